@@ -1,0 +1,210 @@
+"""Flax (Linen) ResNets that are architecturally identical to torchvision's.
+
+Module names mirror torchvision's state-dict keys so that the PyTorch key map is
+mechanical (see `lth_jax.torch_names`):
+
+    conv1, bn1, layer{1..4}_{i}/{conv1,bn1,conv2,bn2,conv3,bn3,downsample_conv,downsample_bn}, fc
+
+Every convolution uses explicit symmetric padding (k // 2 on each side), as PyTorch
+does: Flax's 'SAME' pads stride-2 convolutions asymmetrically, which keeps shapes
+but changes values. BatchNorm uses PyTorch's defaults (momentum 0.1 -> Flax 0.9,
+epsilon 1e-5). Strides sit on the 3x3 convolution of a bottleneck (torchvision v1.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
+    'resnet18': ('basic', (2, 2, 2, 2)),
+    'resnet34': ('basic', (3, 4, 6, 3)),
+    'resnet50': ('bottleneck', (3, 4, 6, 3)),
+    'resnet101': ('bottleneck', (3, 4, 23, 3)),
+    'resnet152': ('bottleneck', (3, 8, 36, 3)),
+}
+STEMS = ('imagenet', 'cifar')
+HEADS = ('linear', 'mlp', 'none')
+_EXPANSION = {'basic': 1, 'bottleneck': 4}
+
+# torchvision initialises convolutions with kaiming_normal_(mode='fan_out', relu).
+_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
+  pad = kernel // 2
+  return nn.Conv(
+      features, (kernel, kernel), strides=(stride, stride),
+      padding=[(pad, pad), (pad, pad)], use_bias=False,
+      kernel_init=_conv_init, dtype=dtype, name=name)
+
+
+def _bn(train: bool, name: str, dtype: Any) -> nn.BatchNorm:
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      dtype=dtype, name=name)
+
+
+class BasicBlock(nn.Module):
+  """torchvision's BasicBlock (two 3x3 convolutions)."""
+  planes: int
+  stride: int = 1
+  downsample: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    out = _conv(self.planes, 3, self.stride, 'conv1', self.dtype)(x)
+    out = nn.relu(_bn(train, 'bn1', self.dtype)(out))
+    out = _conv(self.planes, 3, 1, 'conv2', self.dtype)(out)
+    out = _bn(train, 'bn2', self.dtype)(out)
+    if self.downsample:
+      x = _conv(self.planes, 1, self.stride, 'downsample_conv', self.dtype)(x)
+      x = _bn(train, 'downsample_bn', self.dtype)(x)
+    return nn.relu(out + x)
+
+
+class Bottleneck(nn.Module):
+  """torchvision's Bottleneck (1x1, 3x3 with the stride, 1x1 expanding by 4)."""
+  planes: int
+  stride: int = 1
+  downsample: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    out = _conv(self.planes, 1, 1, 'conv1', self.dtype)(x)
+    out = nn.relu(_bn(train, 'bn1', self.dtype)(out))
+    out = _conv(self.planes, 3, self.stride, 'conv2', self.dtype)(out)
+    out = nn.relu(_bn(train, 'bn2', self.dtype)(out))
+    out = _conv(self.planes * 4, 1, 1, 'conv3', self.dtype)(out)
+    out = _bn(train, 'bn3', self.dtype)(out)
+    if self.downsample:
+      x = _conv(self.planes * 4, 1, self.stride, 'downsample_conv', self.dtype)(x)
+      x = _bn(train, 'downsample_bn', self.dtype)(x)
+    return nn.relu(out + x)
+
+
+class ResNet(nn.Module):
+  """A torchvision-compatible ResNet.
+
+  Attributes:
+    block: 'basic' or 'bottleneck'.
+    stage_sizes: number of blocks in each of the four stages.
+    num_classes: output size of the head (ignored when head='none').
+    stem: 'imagenet' (7x7/2 conv + 3x3/2 max-pool) or 'cifar' (3x3/1 conv, no pool).
+    in_channels: number of input channels the model is built for.
+    width_multiplier: scales every stage's width (64, 128, 256, 512 planes).
+    head: 'linear' (torchvision `fc`), 'mlp' (MoCo v2 / SimCLR projection head
+      `fc_0` -> relu -> `fc_2`, hidden size = feature size) or 'none' (pooled features).
+    dtype: computation dtype (parameters stay float32).
+  """
+  block: str
+  stage_sizes: Sequence[int]
+  num_classes: int = 1000
+  stem: str = 'imagenet'
+  in_channels: int = 3
+  width_multiplier: float = 1.0
+  head: str = 'linear'
+  dtype: Any = jnp.float32
+
+  @property
+  def num_features(self) -> int:
+    """Size of the pooled feature vector that feeds the head."""
+    return int(512 * self.width_multiplier) * _EXPANSION[self.block]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Applies the network to NHWC images.
+
+    Args:
+      x: images, shape [batch, height, width, in_channels].
+      train: batch statistics (and their running-average update) when True.
+
+    Returns:
+      Logits [batch, num_classes], or pooled features when head='none'.
+    """
+    if x.ndim != 4 or x.shape[-1] != self.in_channels:
+      raise ValueError(
+          f'ResNet expects NHWC images with {self.in_channels} channels, got shape '
+          f'{x.shape}; transpose NCHW inputs with x.transpose(0, 2, 3, 1) or build '
+          f'the model with in_channels={x.shape[-1]}.')
+    block_cls = BasicBlock if self.block == 'basic' else Bottleneck
+    width = int(64 * self.width_multiplier)
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = _conv(width, 7, 2, 'conv1', self.dtype)(x)
+      x = nn.relu(_bn(train, 'bn1', self.dtype)(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = _conv(width, 3, 1, 'conv1', self.dtype)(x)
+      x = nn.relu(_bn(train, 'bn1', self.dtype)(x))
+    in_width = width
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      planes = int(64 * self.width_multiplier) * 2**stage
+      for i in range(num_blocks):
+        stride = 2 if stage > 0 and i == 0 else 1
+        out_width = planes * _EXPANSION[self.block]
+        x = block_cls(
+            planes, stride=stride, downsample=(stride != 1 or in_width != out_width),
+            dtype=self.dtype, name=f'layer{stage + 1}_{i}')(x, train)
+        in_width = out_width
+    x = jnp.mean(x, axis=(1, 2))
+    if self.head == 'linear':
+      x = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
+    elif self.head == 'mlp':
+      x = nn.relu(nn.Dense(self.num_features, dtype=self.dtype, name='fc_0')(x))
+      x = nn.Dense(self.num_classes, dtype=self.dtype, name='fc_2')(x)
+    return x.astype(jnp.float32)
+
+
+def create_model(arch: str, *, num_classes: int, stem: str = 'imagenet',
+                 in_channels: int = 3, width_multiplier: float = 1.0,
+                 head: str = 'linear', dtype: Any = jnp.float32) -> ResNet:
+  """Builds a torchvision-compatible ResNet.
+
+  Args:
+    arch: one of resnet18, resnet34, resnet50, resnet101, resnet152.
+    num_classes: size of the output layer.
+    stem: 'imagenet' or 'cifar'.
+    in_channels: input channels (1 for Fashion-MNIST / MNIST).
+    width_multiplier: > 0, scales all widths (0.25 gives a 16-wide ResNet).
+    head: 'linear', 'mlp' or 'none'.
+    dtype: computation dtype, e.g. jnp.bfloat16 on TPU/GPU.
+
+  Returns:
+    An unbound `ResNet`; apply it with {'params', 'batch_stats'} and `train=`.
+  """
+  if arch not in ARCHS:
+    raise ValueError(f'Unknown arch {arch!r}; choose one of {sorted(ARCHS)}.')
+  if stem not in STEMS:
+    raise ValueError(f'Unknown stem {stem!r}; choose one of {STEMS}.')
+  if head not in HEADS:
+    raise ValueError(f'Unknown head {head!r}; choose one of {HEADS}.')
+  if width_multiplier <= 0 or int(64 * width_multiplier) < 1:
+    raise ValueError(f'width_multiplier must give at least 1 channel, got {width_multiplier}.')
+  if in_channels < 1 or (head != 'none' and num_classes < 1):
+    raise ValueError(f'in_channels ({in_channels}) and num_classes ({num_classes}) must be >= 1.')
+  block, stages = ARCHS[arch]
+  return ResNet(block=block, stage_sizes=stages, num_classes=num_classes, stem=stem,
+                in_channels=in_channels, width_multiplier=width_multiplier, head=head,
+                dtype=dtype)
+
+
+def init_variables(model: ResNet, rng: jax.Array, image_size: int) -> dict[str, Any]:
+  """Initialises {'params', 'batch_stats'} for square inputs of `image_size`.
+
+  Args:
+    model: a module from `create_model`.
+    rng: PRNG key.
+    image_size: height and width of the inputs used for initialisation.
+
+  Returns:
+    The variables as plain nested dicts.
+  """
+  dummy = jnp.zeros((1, image_size, image_size, model.in_channels), jnp.float32)
+  return dict(jax.jit(lambda r: model.init(r, dummy, train=False))(rng))
