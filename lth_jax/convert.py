@@ -1,27 +1,123 @@
-"""PyTorch checkpoints (torchvision, MoCo v2, SimCLR, reference masks) <-> Flax trees.
+"""PyTorch checkpoints (torchvision, MoCo v2, SimCLR, reference) <-> Flax variables.
 
-(Skeleton: read_state_dict and backbone_state_dict are the shared entry points used by
-`lth_jax.masks` as well; the converter itself is completed in this module.)
+Reading is split in three steps that other modules reuse (`lth_jax.masks` reads mask
+files with the first two):
+
+  read_state_dict      file or mapping -> flat {torch key: numpy array}
+  backbone_state_dict  strip `module.` / MoCo `encoder_q.` prefixes, drop the key encoder
+  load_pytorch         torchvision keys -> {'params', 'batch_stats'} checked against a model
+
+`to_pytorch` is the inverse of `load_pytorch`. The key map and the layout transposes
+live in `lth_jax.torch_names`. torch is imported only to read `.pth`/`.pth.tar` files;
+`.safetensors` and `.npz` state dicts load without it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+
+from lth_jax import torch_names
+from lth_jax.models.resnet import ARCHS, ResNet
 
 StateDict = dict[str, np.ndarray]
+Path = torch_names.Path
+
+_LOG = logging.getLogger(__name__)
+
+SOURCES = ('auto', 'torchvision', 'moco', 'simclr')
 
 # Prefixes that wrap a torchvision backbone in the checkpoints we read, longest first.
 _BACKBONE_PREFIXES = ('module.encoder_q.', 'encoder_q.', 'module.')
+_QUERY_PREFIXES = ('module.encoder_q.', 'encoder_q.')
+# What jax_disable_most_optimizations sets, for one small compile only.
+_FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+_ZIP_MAGIC = b'PK\x03\x04'
+# Every pickle of protocol >= 2 (torch's legacy format) starts with the PROTO opcode.
+_PICKLE_MAGIC = b'\x80'
+_TORCH_HINT = ('reading .pth/.pth.tar files needs PyTorch: install a CPU build with '
+               '`pip install torch==2.13.0` (or the `torch` extra, `pip install '
+               'lth_jax[torch]`, after it), or convert the file to .safetensors/.npz '
+               'where torch is available.')
+_RESAVE_HINT = ('If you trust its source, re-save it as a plain state dict where torch is '
+                'available: `ckpt = torch.load(path, weights_only=False); '
+                "sd = ckpt.get('state_dict', ckpt); torch.save({k: v for k, v in "
+                "sd.items() if isinstance(v, torch.Tensor)}, 'clean.pth')`.")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
 def _to_numpy(value: Any) -> np.ndarray:
   if hasattr(value, 'detach'):
-    return value.detach().cpu().numpy()
+    value = value.detach().cpu()
+    if not value.dtype.is_floating_point or value.dtype.itemsize >= 4:
+      return value.numpy()
+    # numpy has no bfloat16; half precision is widened before leaving torch.
+    return value.float().numpy()
   return np.asarray(value)
+
+
+def _torch_load(path: str) -> Any:
+  """torch.load that never runs a checkpoint's code and explains every failure."""
+  with open(path, 'rb') as f:
+    magic = f.read(4)
+  if not magic.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+    raise CheckpointError(
+        f'{path} is not a PyTorch checkpoint (it starts with {magic!r}, not a zip archive '
+        'or a pickle); pass a .pth/.pth.tar file saved by torch.save, or a .safetensors '
+        'or .npz state dict.')
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f'{path}: {_TORCH_HINT}') from e
+  try:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+    message = str(e)
+    if 'Weights only load failed' in message:
+      found = re.search(r'Unsupported global: GLOBAL (\S+)', message)
+      what = f' (it references {found[1]})' if found else ''
+      raise CheckpointError(
+          f'{path} was refused for safety: it holds pickled Python objects beyond tensors'
+          f'{what}, and loading it would run code from the file. {_RESAVE_HINT}') from e
+    raise CheckpointError(
+        f'{path} could not be read; it looks truncated or corrupted ({type(e).__name__}: '
+        f'{message.splitlines()[0] if message else "unexpected end of file"}). '
+        'Download or save it again.') from e
+
+
+def _load_file(path: str) -> Any:
+  if not os.path.isfile(path):
+    raise CheckpointError(f'Checkpoint file {path!r} does not exist.')
+  if path.endswith('.safetensors'):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    try:
+      return load_file(path)
+    except SafetensorError as e:
+      raise CheckpointError(
+          f'{path} is not a readable safetensors file ({e}); it is truncated, corrupted '
+          'or in another format.') from e
+  if path.endswith('.npz'):
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        return dict(f)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+      raise CheckpointError(
+          f'{path} is not a readable .npz of arrays ({type(e).__name__}: {e}); it is '
+          'truncated, corrupted, holds pickled objects or is in another format.') from e
+  return _torch_load(path)
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
@@ -33,24 +129,24 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
       {'state_dict': ...} wrapper is unwrapped.
 
   Returns:
-    A flat dict of PyTorch key -> numpy array.
+    A flat dict of PyTorch key -> numpy array (non-array entries such as an epoch
+    counter or optimizer state are left out).
+
+  Raises:
+    CheckpointError: the file is missing, truncated, not a checkpoint, refused because
+      it carries code, or holds no arrays.
   """
-  if isinstance(source, Mapping):
-    raw = source
-  else:
-    path = os.fspath(source)
-    if path.endswith('.safetensors'):
-      from safetensors.numpy import load_file
-      raw = load_file(path)
-    elif path.endswith('.npz'):
-      with np.load(path, allow_pickle=False) as f:
-        raw = dict(f)
-    else:
-      import torch
-      raw = torch.load(path, map_location='cpu', weights_only=True)
+  raw = source if isinstance(source, Mapping) else _load_file(os.fspath(source))
+  if not isinstance(raw, Mapping):
+    raise CheckpointError(
+        f'Expected a state dict (a mapping of names to tensors), got {type(raw).__name__}.')
   if 'state_dict' in raw and isinstance(raw['state_dict'], Mapping):
     raw = raw['state_dict']
-  return {k: _to_numpy(v) for k, v in raw.items() if hasattr(v, 'shape')}
+  out = {k: _to_numpy(v) for k, v in raw.items() if hasattr(v, 'shape')}
+  if not out:
+    raise CheckpointError(
+        f'The checkpoint holds no tensors (its entries: {sorted(map(str, raw))[:10]}).')
+  return out
 
 
 def backbone_state_dict(state_dict: Mapping[str, np.ndarray]) -> StateDict:
@@ -63,10 +159,10 @@ def backbone_state_dict(state_dict: Mapping[str, np.ndarray]) -> StateDict:
     The torchvision-named entries. MoCo's `encoder_k.*` and `queue*` are dropped, never
     merged into the query encoder.
   """
-  has_query = any(k.startswith(('module.encoder_q.', 'encoder_q.')) for k in state_dict)
+  has_query = any(k.startswith(_QUERY_PREFIXES) for k in state_dict)
   out = {}
   for key, value in state_dict.items():
-    if has_query and not key.startswith(('module.encoder_q.', 'encoder_q.')):
+    if has_query and not key.startswith(_QUERY_PREFIXES):
       continue
     for prefix in _BACKBONE_PREFIXES:
       if key.startswith(prefix):
@@ -74,3 +170,238 @@ def backbone_state_dict(state_dict: Mapping[str, np.ndarray]) -> StateDict:
         break
     out[key] = value
   return out
+
+
+def _fold_pruning(state_dict: Mapping[str, np.ndarray]) -> StateDict:
+  """Turns torch.nn.utils.prune's `weight_orig` * `weight_mask` into plain weights."""
+  out = {}
+  for key, value in state_dict.items():
+    if key.endswith('.weight_mask'):
+      continue
+    if key.endswith('.weight_orig'):
+      key = key[:-len('_orig')]
+      mask = state_dict.get(key + '_mask')
+      value = value if mask is None else value * mask
+    out[key] = value
+  return out
+
+
+def _arch_of(block: str, stage_sizes: tuple[int, ...]) -> str:
+  for name, arch in ARCHS.items():
+    if arch == (block, stage_sizes):
+      return name
+  return f'a {block} ResNet with stages {stage_sizes}'
+
+
+def _checkpoint_arch(state_dict: Mapping[str, np.ndarray]) -> str:
+  """Names the torchvision ResNet that a state dict's keys describe."""
+  stages = []
+  for stage in range(1, 5):
+    blocks = {int(m[1]) for k in state_dict if (m := re.match(rf'layer{stage}\.(\d+)\.', k))}
+    stages.append(max(blocks) + 1 if blocks else 0)
+  bottleneck = any(re.match(r'layer\d\.\d+\.conv3\.', k) for k in state_dict)
+  return _arch_of('bottleneck' if bottleneck else 'basic', tuple(stages))
+
+
+def _describe(model: ResNet) -> str:
+  return (f'{_arch_of(model.block, tuple(model.stage_sizes))}(stem={model.stem!r}, '
+          f'in_channels={model.in_channels}, width_multiplier={model.width_multiplier}, '
+          f'head={model.head!r}, num_classes={model.num_classes})')
+
+
+def _likely_fixes(state_dict: Mapping[str, np.ndarray], model: ResNet) -> list[str]:
+  """Guesses, from the checkpoint's structure, which model argument is wrong."""
+  fixes = []
+  checkpoint_arch = _checkpoint_arch(state_dict)
+  model_arch = _arch_of(model.block, tuple(model.stage_sizes))
+  if checkpoint_arch in ARCHS and checkpoint_arch != model_arch:
+    fixes.append(f'this looks like a {checkpoint_arch} checkpoint loaded into {model_arch}; '
+                 f'build the model with create_model({checkpoint_arch!r}, ...)')
+  conv1 = state_dict.get('conv1.weight')
+  if conv1 is None or conv1.ndim != 4:
+    return fixes
+  out_channels, in_channels, kernel, _ = conv1.shape
+  if out_channels != int(64 * model.width_multiplier):
+    fixes.append(f'checkpoint conv1 has {out_channels} output channels; build the model with '
+                 f'width_multiplier={out_channels / 64:g}')
+  if kernel == 3 and model.stem == 'imagenet':
+    fixes.append("checkpoint conv1 is 3x3 (a CIFAR stem); build the model with stem='cifar'")
+  conv1_dropped = model.stem == 'cifar' and kernel != 3
+  if in_channels != model.in_channels and not conv1_dropped:
+    fixes.append(f'checkpoint conv1 has {in_channels} input channel'
+                 f'{"" if in_channels == 1 else "s"}; build the model with '
+                 f'in_channels={in_channels}')
+  return fixes
+
+
+def _init_fn(model: ResNet):
+  # Variable shapes do not depend on the image size; 32x32 is valid for both stems.
+  dummy = jnp.zeros((1, 32, 32, model.in_channels), jnp.float32)
+  return lambda rng: model.init(rng, dummy, train=False)
+
+
+def _fresh_variables(model: ResNet, rng: jax.Array, paths: list[Path]) -> dict[Path, np.ndarray]:
+  """The leaves `model.init(rng, ...)` would give at `paths`, without the others.
+
+  Only the selected leaves leave the jit, so the forward pass and every other
+  initialiser are dead code. XLA's CPU backend spends ~0.4 s optimising each random
+  normal; unoptimised, the compile takes a fifth of that and the values differ from
+  an optimised `model.init` by a few float32 ulps at most.
+  """
+  init = _init_fn(model)
+
+  def select(r):
+    flat = traverse_util.flatten_dict(init(r))
+    return [flat[p] for p in paths]
+
+  compiled = jax.jit(select).lower(rng).compile(compiler_options=_FAST_COMPILE)
+  return {p: np.asarray(v) for p, v in zip(paths, compiled(rng))}
+
+
+def _may_be_fresh(path: Path, model: ResNet, shape: tuple[int, ...],
+                  value: np.ndarray | None) -> bool:
+  """Whether a variable may be initialised anew when the checkpoint lacks it or misfits.
+
+  That is the head (task-specific by nature) and the stem conv of a CIFAR-stem model
+  when the checkpoint's conv1 has another kernel size (the reference's downstream
+  models drop the ImageNet 7x7 conv1).
+  """
+  module = path[1]
+  if torch_names.is_dense(module) and len(path) == 3:
+    return True
+  return (module == 'conv1' and len(path) == 3 and model.stem == 'cifar'
+          and (value is None or value.shape[:2] != shape[:2]))
+
+
+def _torch_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+  # A zero-stride view: the layout transpose of a shape without allocating it.
+  return torch_names.to_torch_value(path, np.broadcast_to(np.float32(0), shape)).shape
+
+
+def load_pytorch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], model: ResNet, *,
+                 source: str = 'auto', rng: jax.Array | None = None) -> dict[str, Any]:
+  """Converts a PyTorch ResNet checkpoint into Flax variables for `model`.
+
+  Entries the model does not use (a head of another size or kind, the ImageNet 7x7
+  `conv1` for a CIFAR-stem model, anything that is not a ResNet variable) are dropped.
+  The head (`fc`, `fc_0`, `fc_2`) and the `conv1` of a CIFAR-stem model, when the
+  checkpoint lacks them or they do not fit, are initialised as `model.init(rng, ...)`
+  would (the same values up to float32 rounding). One `logging.info` line lists what
+  was dropped and what is fresh. Pruned reference checkpoints (`weight_orig`,
+  `weight_mask`) load as their masked weights.
+
+  Args:
+    path_or_state_dict: a `.pth`/`.pth.tar` (needs torch), `.safetensors` or `.npz`
+      file, or an in-memory state dict of tensors/arrays.
+    model: the Flax ResNet (`lth_jax.models.create_model`) the variables are for.
+    source: 'torchvision' (plain keys, optionally behind `module.`), 'moco' (MoCo v2:
+      `module.encoder_q.*`; only the query encoder is read, `encoder_k` and `queue`
+      are ignored), 'simclr' ({'state_dict': {torchvision keys}}) or 'auto' (MoCo
+      when query-encoder keys are present, else torchvision/SimCLR).
+    rng: PRNG key for the fresh variables; defaults to jax.random.key(0).
+
+  Returns:
+    {'params': ..., 'batch_stats': ...} as plain nested dicts of float32 numpy arrays in
+    Flax layout (HWIO convolutions); `jax.device_put` them with the shardings you use.
+
+  Raises:
+    CheckpointError: the file cannot be read (see `read_state_dict`), `source` does not
+      match the checkpoint, or a variable the model needs is missing or has another
+      shape; the message names the keys, both shapes and the likely fix.
+  """
+  if source not in SOURCES:
+    raise ValueError(f'Unknown source {source!r}; choose one of {SOURCES}.')
+  raw = read_state_dict(path_or_state_dict)
+  is_moco = any(k.startswith(_QUERY_PREFIXES) for k in raw)
+  if source == 'moco' and not is_moco:
+    raise CheckpointError(
+        "source='moco' but the checkpoint has no 'module.encoder_q.*' keys (its first keys: "
+        f"{list(raw)[:3]}); use source='auto' or the checkpoint's own source.")
+  if source in ('torchvision', 'simclr') and is_moco:
+    raise CheckpointError(
+        f"source={source!r} but the checkpoint holds a MoCo query encoder "
+        "('module.encoder_q.*' keys); use source='moco' or 'auto'.")
+  backbone = backbone_state_dict(raw)
+  state_dict = _fold_pruning(backbone)
+  expected = traverse_util.flatten_dict(jax.eval_shape(_init_fn(model), jax.random.key(0)))
+  # Parameters first, so that an error leads with the weights rather than BN statistics.
+  expected = {p: tuple(expected[p].shape)
+              for p in sorted(expected, key=lambda p: p[0] != 'params')}
+
+  found, dropped = {}, []
+  for key, value in state_dict.items():
+    try:
+      path = torch_names.torch_to_flax_key(key)
+    except KeyError:
+      path = ()
+    if path is None:  # bookkeeping such as num_batches_tracked
+      continue
+    if path in expected:
+      found[path] = torch_names.to_flax_value(path, value)
+    else:
+      dropped.append(f'{key} {tuple(value.shape)}')
+
+  variables, fresh, problems = {}, [], []
+  for path, shape in expected.items():
+    value = found.get(path)
+    if value is not None and value.shape == shape:
+      variables[path] = np.ascontiguousarray(value, dtype=np.float32)
+      continue
+    key, want = torch_names.flax_to_torch_key(path), _torch_shape(path, shape)
+    if _may_be_fresh(path, model, shape, value):
+      fresh.append(path)
+      if value is not None:
+        dropped.append(f'{key} {_torch_shape(path, value.shape)}')
+    elif value is None:
+      problems.append(f'{key} is missing (the model needs shape {want})')
+    else:
+      problems.append(f'{key} has shape {_torch_shape(path, value.shape)} in the checkpoint, '
+                      f'the model needs {want}')
+  if problems:
+    fixes = _likely_fixes(state_dict, model)
+    if not found:
+      fixes.append('none of its keys are torchvision ResNet variables (first keys: '
+                   f'{list(state_dict)[:3]}); pass a torchvision, MoCo or SimCLR ResNet')
+    shown = problems[:8] + ([f'... and {len(problems) - 8} more'] if len(problems) > 8 else [])
+    raise CheckpointError(
+        f'The checkpoint does not fit the model {_describe(model)}: '
+        + ('; '.join(fixes) + '.' if fixes else 'see the keys below.')
+        + ''.join(f'\n  {line}' for line in shown))
+  if fresh:
+    variables.update(_fresh_variables(model, jax.random.key(0) if rng is None else rng, fresh))
+
+  ignored = len(raw) - len(backbone)
+  _LOG.info(
+      'load_pytorch: %d tensors from a %s checkpoint; dropped %d unused entries%s; '
+      'initialised fresh: %s%s', len(variables) - len(fresh),
+      'moco' if is_moco else {'auto': 'torchvision/simclr'}.get(source, source),
+      len(dropped), f' ({", ".join(dropped)})' if dropped else '',
+      ', '.join(torch_names.flax_to_torch_key(p) for p in fresh) or 'none',
+      f'; ignored {ignored} entries outside the query encoder (key encoder, queue)'
+      if ignored else '')
+  return traverse_util.unflatten_dict(variables)
+
+
+def to_pytorch(variables: Mapping[str, Any]) -> StateDict:
+  """Converts Flax ResNet variables into a torchvision-keyed state dict.
+
+  The inverse of `load_pytorch`: `load_pytorch(to_pytorch(v), model)` gives back `v`.
+  `num_batches_tracked` is left out; torch's BatchNorm fills it in when loading a
+  plain dict, so `module.load_state_dict({k: torch.from_numpy(v) ...})` works strictly.
+
+  Args:
+    variables: {'params': ..., 'batch_stats': ...} of a model from `create_model`
+      (numpy or jax arrays).
+
+  Returns:
+    torchvision key -> numpy array in PyTorch layout (OIHW convolutions, [out, in]
+    linear weights).
+  """
+  unknown = set(variables) - {'params', 'batch_stats'}
+  if unknown or 'params' not in variables:
+    raise ValueError(
+        "to_pytorch expects {'params': ..., 'batch_stats': ...}, got collections "
+        f'{sorted(variables)}.')
+  return {torch_names.flax_to_torch_key(path):
+          np.ascontiguousarray(torch_names.to_torch_value(path, np.asarray(value)))
+          for path, value in traverse_util.flatten_dict(dict(variables)).items()}
