@@ -1,0 +1,416 @@
+"""The mask pytree: which weights a ticket keeps.
+
+Masks are a pytree parallel to the params: the same treedef, every leaf present, bool
+leaves (True = kept). A *policy* says which leaves are prunable; the others stay all-True,
+so `apply` is a plain elementwise select. Every function here also accepts a partial tree
+holding only the prunable kernels (what `from_pytorch` returns without `like`), except
+`apply`, which needs the full tree.
+
+A leaf is named by its '/'-joined path, e.g. 'layer1_0/conv1/kernel'. The PyTorch side
+names the same mask 'layer1.0.conv1.weight_mask' (OIHW), the key map being
+`lth_jax.torch_names`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lth_jax import convert, torch_names
+
+# Every convolution kernel inside a residual block (never the stem conv1, fc, BN or
+# biases). `(^|/)` lets prefixed trees match too: {'encoder_q': ...}, {'params': ...}.
+DEFAULT_POLICY = r'(^|/)layer\d+_\d+/(conv\d+|downsample_conv)/kernel$'
+
+Policy = str | re.Pattern | Callable[[str], bool] | None
+Row = dict[str, Any]
+
+# First module of a torchvision ResNet path; anything before it is a wrapper prefix.
+_BACKBONE_ROOT = re.compile(r'conv1|bn1|layer\d+_\d+|fc(_\d+)?')
+_MASK_SUFFIX = '_mask'
+
+
+def _predicate(policy: Policy) -> Callable[[str], bool]:
+  if policy is None:
+    policy = DEFAULT_POLICY
+  if isinstance(policy, (str, re.Pattern)):
+    pattern = re.compile(policy)
+    return lambda path: pattern.search(path) is not None
+  if callable(policy):
+    return policy
+  raise TypeError(
+      f'policy must be None, a regex string or a callable(path) -> bool, got {policy!r}.')
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+  """The '/'-joined name of a pytree key path, e.g. 'layer1_0/conv1/kernel'.
+
+  Args:
+    path: a key path from `jax.tree_util.tree_flatten_with_path`.
+
+  Returns:
+    The leaf's name as policies and summaries see it.
+  """
+  return jax.tree_util.keystr(path, simple=True, separator='/')
+
+
+def prunable_leaves(tree: Any, policy: Policy = None) -> dict[str, Any]:
+  """The leaves the policy calls prunable, by name, in tree order.
+
+  Args:
+    tree: params or masks.
+    policy: None (DEFAULT_POLICY), a regex searched in the leaf name, or a callable.
+
+  Returns:
+    {name: leaf}.
+
+  Raises:
+    ValueError: the policy selects no leaf (always a misconfiguration).
+  """
+  is_prunable = _predicate(policy)
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  named = [(path_str(p), x) for p, x in flat]
+  leaves = {name: leaf for name, leaf in named if is_prunable(name)}
+  if not leaves:
+    raise ValueError(
+        f'The policy {policy if policy is not None else DEFAULT_POLICY!r} selects no leaf '
+        f'of the tree (leaves look like {[n for n, _ in named[:4]]}); pass a policy that '
+        f'matches the kernels to prune.')
+  return leaves
+
+
+def prunable_paths(tree: Any, policy: Policy = None) -> list[str]:
+  """Names of the prunable leaves of `tree`, in tree order.
+
+  Args:
+    tree: params or masks.
+    policy: see `prunable_leaves`.
+
+  Returns:
+    e.g. ['layer1_0/conv1/kernel', ...].
+  """
+  return list(prunable_leaves(tree, policy))
+
+
+def replace_leaves(tree: Any, leaves: Mapping[str, Any]) -> Any:
+  """`tree` with the named leaves replaced.
+
+  Args:
+    tree: any pytree.
+    leaves: {name: new leaf} for some of its leaves.
+
+  Returns:
+    A tree with the same treedef.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: leaves.get(path_str(p), x), tree)
+
+
+def init(params: Any, policy: Policy = None) -> Any:
+  """A dense mask: all True, with exactly the treedef of `params`.
+
+  Args:
+    params: the parameter tree (arrays or jax.ShapeDtypeStruct).
+    policy: which leaves later pruning may touch; checked to select at least one leaf.
+
+  Returns:
+    A bool tree parallel to `params`, each leaf placed (sharded) like its parameter.
+  """
+  prunable_leaves(params, policy)
+  return jax.tree.map(lambda x: jnp.ones_like(x, dtype=jnp.bool_), params)
+
+
+def apply(params: Any, masks: Any) -> Any:
+  """Zeroes the pruned weights. Traceable: usable inside jit.
+
+  Args:
+    params: the parameter tree.
+    masks: a full mask tree with the treedef of `params`.
+
+  Returns:
+    params with pruned entries set to exactly 0.
+  """
+  if jax.tree.structure(params) != jax.tree.structure(masks):
+    raise ValueError(
+        'masks must have the treedef of params; build a full tree with '
+        'masks.init(params) or masks.from_pytorch(source, like=params).')
+  return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
+
+
+def _ratio(num: int, den: int) -> float:
+  return num / den if den else math.nan
+
+
+def _sparsity_row(shape: tuple[int, ...] | None, total: int, kept: int) -> Row:
+  return {'shape': shape, 'total': total, 'kept': kept,
+          'sparsity': 1.0 - _ratio(kept, total)}
+
+
+def summary(masks: Any, policy: Policy = None) -> dict[str, Row]:
+  """Per-layer sparsity (print it with `format_table`).
+
+  Args:
+    masks: a mask tree (full or partial).
+    policy: see `prunable_leaves`.
+
+  Returns:
+    {name: {'shape', 'total', 'kept', 'sparsity'}} for every prunable leaf, then a
+    'total' row over all of them (shape None).
+  """
+  rows = {name: _sparsity_row(tuple(m.shape), int(np.size(m)),
+                              int(np.count_nonzero(np.asarray(m))))
+          for name, m in prunable_leaves(masks, policy).items()}
+  rows['total'] = _sparsity_row(None, sum(r['total'] for r in rows.values()),
+                                sum(r['kept'] for r in rows.values()))
+  return rows
+
+
+def sparsity(masks: Any, policy: Policy = None) -> float:
+  """The fraction of prunable weights that are pruned.
+
+  Args:
+    masks: a mask tree (full or partial).
+    policy: see `prunable_leaves`.
+
+  Returns:
+    pruned / total over all prunable leaves.
+  """
+  return summary(masks, policy)['total']['sparsity']
+
+
+def _overlap_row(total: int, kept_a: int, kept_b: int, both: int) -> Row:
+  union = kept_a + kept_b - both
+  return {'total': total, 'kept_a': kept_a, 'kept_b': kept_b, 'intersection': both,
+          'union': union, 'iou': _ratio(both, union), 'hamming': union - both,
+          'a_kept_by_b': _ratio(both, kept_a)}
+
+
+def overlap(a: Any, b: Any, policy: Policy = None) -> dict[str, Row]:
+  """How much two tickets agree.
+
+  Args:
+    a: a mask tree.
+    b: a mask tree with the same prunable leaves (names and shapes).
+    policy: see `prunable_leaves`.
+
+  Returns:
+    {name: row} per prunable leaf and a 'total' row; each row has 'total', 'kept_a',
+    'kept_b', 'intersection', 'union', 'iou' (intersection / union of kept weights),
+    'hamming' (number of positions where the masks differ) and 'a_kept_by_b' (the
+    fraction of a's survivors that b keeps). Ratios are nan where undefined (empty
+    union, or a keeps nothing).
+  """
+  leaves_a, leaves_b = prunable_leaves(a, policy), prunable_leaves(b, policy)
+  if list(leaves_a) != list(leaves_b):
+    only = sorted(set(leaves_a) ^ set(leaves_b))[:4]
+    raise ValueError(f'The masks have different prunable leaves (e.g. {only}); compare '
+                     f'trees of the same model, e.g. masks["encoder_q"] for a MoCo tree.')
+  rows = {}
+  for name, ma in leaves_a.items():
+    ma, mb = np.asarray(ma, bool), np.asarray(leaves_b[name], bool)
+    if ma.shape != mb.shape:
+      raise ValueError(f'{name}: shapes differ ({ma.shape} vs {mb.shape}).')
+    rows[name] = _overlap_row(ma.size, int(np.count_nonzero(ma)),
+                              int(np.count_nonzero(mb)), int(np.count_nonzero(ma & mb)))
+  sums = [sum(r[k] for r in rows.values()) for k in ('total', 'kept_a', 'kept_b',
+                                                      'intersection')]
+  rows['total'] = _overlap_row(*sums)
+  return rows
+
+
+def kernel_emptiness(masks: Any, policy: Policy = None) -> dict[str, Row]:
+  """Which whole kxk kernels are fully pruned, per conv layer with k > 1.
+
+  Args:
+    masks: a mask tree (full or partial) with HWIO conv kernels.
+    policy: see `prunable_leaves`.
+
+  Returns:
+    {name: {'empty': bool array [in, out] (True where all kxk weights connecting input
+    channel i to output channel o are pruned), 'fraction': the share of empty kernels}}.
+  """
+  out = {}
+  for name, m in prunable_leaves(masks, policy).items():
+    if np.ndim(m) == 4 and m.shape[0] * m.shape[1] > 1:
+      empty = ~np.asarray(m, bool).any(axis=(0, 1))
+      out[name] = {'empty': empty, 'fraction': float(empty.mean())}
+  return out
+
+
+def _cell(value: Any) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, tuple):
+    return 'x'.join(map(str, value))
+  if isinstance(value, float):
+    return f'{value:.4f}'
+  return str(value)
+
+
+def format_table(rows: Mapping[str, Row]) -> str:
+  """Renders the rows of `summary` or `overlap` as an aligned text table.
+
+  Args:
+    rows: {name: {column: value}}.
+
+  Returns:
+    The table, one line per row, with a header.
+  """
+  columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+  table = [['name', *columns]] + [[name, *(_cell(row.get(c)) for c in columns)]
+                                  for name, row in rows.items()]
+  widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+  return '\n'.join(
+      '  '.join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
+                for i, cell in enumerate(r))
+      for r in table)
+
+
+def save(path: str | os.PathLike, masks: Any, *, overwrite: bool = False) -> None:
+  """Writes a mask tree with orbax (bool leaves, tree structure kept).
+
+  Args:
+    path: a directory to create.
+    masks: the mask tree.
+    overwrite: replace an existing checkpoint at `path`.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f'{path} already exists; pass overwrite=True to replace it.')
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, masks, force=overwrite)
+
+
+def load(path: str | os.PathLike) -> Any:
+  """Reads a mask tree written by `save`.
+
+  Args:
+    path: the checkpoint directory.
+
+  Returns:
+    The mask tree, bool leaves.
+  """
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'No mask checkpoint at {path}; write one with masks.save.')
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path)
+
+
+def _backbone_root(parts: tuple[str, ...]) -> tuple[str, ...]:
+  for i, part in enumerate(parts):
+    if _BACKBONE_ROOT.fullmatch(part):
+      return parts[i:]
+  return parts
+
+
+def _read_pytorch_masks(source: Any) -> dict[tuple[str, ...], tuple[str, np.ndarray]]:
+  """{backbone path: (torch key, 0/1 array in Flax layout)} of a PyTorch source."""
+  state = convert.backbone_state_dict(convert.read_state_dict(source))
+  found = {}
+  for key, value in state.items():
+    if not key.endswith(_MASK_SUFFIX):
+      continue
+    param_key = key[:-len(_MASK_SUFFIX)]
+    try:
+      path = torch_names.torch_to_flax_key(param_key)
+    except KeyError as e:
+      raise ValueError(f'{key!r} does not name a model parameter: {e}') from None
+    if path is None or path[0] != 'params':
+      raise ValueError(f'{key!r} does not mask a parameter.')
+    if not np.isin(value, (0, 1)).all():
+      raise ValueError(f'{key!r} holds values other than 0 and 1; it is not a mask.')
+    root = _backbone_root(path[1:])
+    if root in found:
+      raise ValueError(f'{found[root][0]!r} and {key!r} both mask {"/".join(root)}; '
+                       f'pass a state dict with a single backbone.')
+    found[root] = (param_key, torch_names.to_flax_value(path, value) != 0)
+  if not found:
+    raise ValueError(
+        'No mask in the source: expected keys like "layer1.0.conv1.weight_mask" '
+        '(a mask dict, or a pruned state dict with weight_orig/weight_mask).')
+  return found
+
+
+def from_pytorch(source: Any, like: Any = None, policy: Policy = None) -> Any:
+  """Reads the reference's PyTorch masks.
+
+  Accepted: a dict {'layer1.0.conv1.weight_mask': OIHW tensor, ...}, a pruned state dict
+  with '<name>.weight_orig' + '<name>.weight_mask', either behind 'module.' or
+  'module.encoder_q.' prefixes, as a file (.pth/.pth.tar/.safetensors/.npz) or a mapping.
+
+  Args:
+    source: a path or a mapping of PyTorch key -> tensor/array.
+    like: a params tree; when given, the result is a full mask tree with its treedef
+      (non-prunable leaves all True). Wrapped backbones match by their torchvision part:
+      for a MoCo tree {'encoder_q': ..., 'encoder_k': ...} both encoders get the mask.
+    policy: see `prunable_leaves`; every mask in `source` must fall on a prunable leaf.
+
+  Returns:
+    The full mask tree, or without `like` a nested dict of only the masked kernels,
+    e.g. {'layer1_0': {'conv1': {'kernel': bool HWIO}}}.
+  """
+  found = _read_pytorch_masks(source)
+  is_prunable = _predicate(policy)
+  if like is None:
+    tree: dict[str, Any] = {}
+    for root, (key, value) in found.items():
+      if not is_prunable('/'.join(root)):
+        raise ValueError(f'{key!r} masks {"/".join(root)}, which the policy does not '
+                         f'call prunable; pass a policy that includes it.')
+      node = tree
+      for part in root[:-1]:
+        node = node.setdefault(part, {})
+      node[root[-1]] = jnp.asarray(value)
+    return tree
+  leaves, used = {}, set()
+  for name, leaf in prunable_leaves(like, policy).items():
+    root = _backbone_root(tuple(name.split('/')))
+    torch_key = torch_names.flax_to_torch_key(('params', *root))
+    if root not in found:
+      raise ValueError(f'The source has no mask {torch_key + _MASK_SUFFIX!r} for the '
+                       f'prunable leaf {name}.')
+    value = found[root][1]
+    if value.shape != tuple(leaf.shape):
+      torch_shape = torch_names.to_torch_value(('params', *root), value).shape
+      raise ValueError(
+          f'{torch_key + _MASK_SUFFIX!r} has shape {torch_shape} (PyTorch layout) but '
+          f'{name} needs {tuple(leaf.shape)} (Flax layout); the mask is for another model.')
+    leaves[name] = jnp.asarray(value)
+    used.add(root)
+  unused = [found[r][0] + _MASK_SUFFIX for r in found if r not in used]
+  if unused:
+    raise ValueError(f'Masks {unused[:4]} match no prunable leaf of `like`; use a policy '
+                     f'that includes them or remove them from the source.')
+  return replace_leaves(init(like, policy), leaves)
+
+
+def to_pytorch(masks: Any, policy: Policy = None) -> dict[str, np.ndarray]:
+  """The reference's mask dict, e.g. {'layer1.0.conv1.weight_mask': OIHW array}.
+
+  Values are float32 0/1, the dtype torch.nn.utils.prune keeps for float32 weights, so
+  the dict drops into the reference (`torch.from_numpy` each value). Only prunable leaves
+  are written; a wrapper prefix in the tree becomes a key prefix ('encoder_q.layer1...').
+
+  Args:
+    masks: a mask tree (full or partial).
+    policy: see `prunable_leaves`.
+
+  Returns:
+    {torch key + '_mask': contiguous float32 array}.
+  """
+  out = {}
+  for name, m in prunable_leaves(masks, policy).items():
+    path = ('params', *name.split('/'))
+    value = torch_names.to_torch_value(path, np.asarray(m))
+    out[torch_names.flax_to_torch_key(path) + _MASK_SUFFIX] = np.ascontiguousarray(
+        value, np.float32)
+  return out
