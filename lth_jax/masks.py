@@ -128,6 +128,39 @@ def init(params: Any, policy: Policy = None) -> Any:
   return jax.tree.map(lambda x: jnp.ones_like(x, dtype=jnp.bool_), params)
 
 
+def conform(ticket: Any, params: Any, policy: Policy = None) -> Any:
+  """A full mask for `params` holding a ticket's prunable masks.
+
+  Tickets move between models that share the prunable convolutions but not the rest
+  (an ImageNet-stem ticket on a CIFAR-stem model, another head): the prunable leaves
+  are taken from `ticket`, every other leaf of `params` is all-True.
+
+  Args:
+    ticket: a mask tree (full or partial) naming the prunable leaves of `params`.
+    params: the parameter tree of the model the ticket goes to.
+    policy: see `prunable_leaves`.
+
+  Returns:
+    A bool tree with the treedef of `params`.
+
+  Raises:
+    ValueError: a prunable leaf of `params` has no mask in `ticket`, or its shape differs.
+  """
+  source = prunable_leaves(ticket, policy)
+  target = prunable_leaves(params, policy)
+  missing = [n for n in target if n not in source]
+  if missing:
+    raise ValueError(f'The ticket has no mask for {missing[:4]} ({len(missing)} in all): '
+                     'it comes from a different architecture.')
+  for name, leaf in target.items():
+    if tuple(source[name].shape) != tuple(leaf.shape):
+      raise ValueError(f'{name}: the ticket\'s mask has shape {tuple(source[name].shape)}, '
+                       f'the model\'s weight {tuple(leaf.shape)}: a different architecture '
+                       'or width.')
+  return replace_leaves(init(params, policy),
+                        {n: jnp.asarray(source[n], jnp.bool_) for n in target})
+
+
 def apply(params: Any, masks: Any) -> Any:
   """Zeroes the pruned weights. Traceable: usable inside jit.
 

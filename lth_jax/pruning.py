@@ -276,6 +276,38 @@ def random(key: jax.Array, masks: Any, fraction: float, layerwise: bool = False,
                          layerwise)
 
 
+def random_like(key: jax.Array, ticket: Any, layerwise: bool = True,
+                policy: masks_lib.Policy = None) -> Any:
+  """A random mask with a ticket's sparsity: the random-pruning baselines of a ticket.
+
+  Positions are drawn uniformly among all prunable weights (pruned ones included), so
+  the result shares no structure with the ticket beyond its counts.
+
+  Args:
+    key: a PRNG key.
+    ticket: the mask tree whose counts to match.
+    layerwise: match every leaf's kept count (the ticket's layer-wise sparsity, i.e.
+      each layer's mask shuffled); otherwise only the total kept count.
+    policy: see `lth_jax.masks.prunable_leaves`.
+
+  Returns:
+    A new mask tree (same structure as `ticket`).
+  """
+  current = masks_lib.prunable_leaves(ticket, policy)
+  names = list(current)
+  full = [jnp.ones(m.shape, jnp.bool_) for m in current.values()]
+  sizes = [int(np.size(m)) for m in full]
+  kept = _alive(list(current.values()))
+  if layerwise:
+    groups = [[i] for i in range(len(names))]
+    ks = [n - k for n, k in zip(sizes, kept)]
+  else:
+    groups, ks = [list(range(len(names)))], [sum(sizes) - sum(kept)]
+  scores = _random_scores(key, tuple(tuple(m.shape) for m in full))
+  new = _prune_lowest(scores, full, sizes, groups, ks)
+  return masks_lib.replace_leaves(ticket, dict(zip(names, new)))
+
+
 def to_sparsity(params: Any, masks: Any, target: float,
                 policy: masks_lib.Policy = None) -> Any:
   """One-shot magnitude pruning (OMP) to a total sparsity among prunable weights.

@@ -258,3 +258,22 @@ def test_from_pytorch_errors(small_params):
   with pytest.raises(ValueError, match='No mask in the source'):
     masks.from_pytorch({'layer1.0.conv1.weight': np.ones((8, 8, 3, 3))})
 
+
+
+def test_conform_moves_a_ticket_between_stems_and_heads(small_params):
+  ticket = _random_masks(small_params)
+  model = create_model('resnet18', num_classes=100, stem='imagenet', width_multiplier=0.125)
+  other = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))[
+      'params']
+  full = masks.conform(ticket, other)
+  assert jax.tree.structure(full) == jax.tree.structure(other)
+  for name, m in masks.prunable_leaves(full).items():
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(masks.prunable_leaves(ticket)[name]))
+  assert bool(np.all(np.asarray(full['conv1']['kernel']))) and full['conv1']['kernel'].shape == (
+      7, 7, 3, 8)
+  assert bool(np.all(np.asarray(full['fc']['kernel'])))
+  wider = create_model('resnet18', num_classes=10, stem='cifar', width_multiplier=0.25)
+  wide = jax.eval_shape(lambda: wider.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))[
+      'params']
+  with pytest.raises(ValueError, match='different architecture or width'):
+    masks.conform(ticket, wide)

@@ -244,3 +244,17 @@ def test_mismatched_trees_are_refused(params):
     pruning.layerwise_magnitude(params, wrong, 0.2)
   with pytest.raises(ValueError, match='selects no leaf'):
     pruning.global_magnitude(params, current, 0.2, policy='^nothing$')
+
+
+@pytest.mark.parametrize('layerwise', [True, False])
+def test_random_like_matches_the_tickets_counts(params, layerwise):
+  ticket = pruning.global_magnitude(params, masks.init(params), 0.6)
+  rand = pruning.random_like(jax.random.key(3), ticket, layerwise=layerwise)
+  t_rows, r_rows = masks.summary(ticket), masks.summary(rand)
+  assert r_rows['total']['kept'] == t_rows['total']['kept']
+  if layerwise:
+    assert all(r_rows[n]['kept'] == t_rows[n]['kept'] for n in t_rows)
+  # Random positions: far from the ticket's own (IoU of two random masks ~ density / (2 - density)).
+  assert masks.overlap(ticket, rand)['total']['iou'] < 0.5
+  again = pruning.random_like(jax.random.key(3), ticket, layerwise=layerwise)
+  assert np.array_equal(_flat(again), _flat(rand))
