@@ -1,0 +1,43 @@
+"""Datasets: tensorflow-datasets sets and small offline sets behind one API.
+
+    info = get_info('cifar10')          # classes, (H, W, C), split sizes, mean/std, ...
+    n = steps_per_epoch('cifar10', 128)  # 45000 // 128
+    for batch in train_batches('cifar10', batch_size=128, epoch=e, seed=0):
+      ...                                # {'image': f32 [B/P,H,W,C], 'label': i32 [B/P]}
+    for batch in eval_batches('cifar10', 'test', batch_size=500):
+      ...                                # + 'mask': f32 [B/P], 1 real / 0 padding
+
+`train_batches` yields ONE epoch, shuffled and augmented as a pure function of (seed,
+epoch, process index); `start_step=k` resumes it at batch k. `eval_batches` yields every
+example of 'val' or 'test' (or 'train', unaugmented) once, the tail padded with mask 0.
+With P processes each host yields its own batch_size // P examples. `normalize=False`
+keeps [0, 1] pixels and `augment=False` turns augmentation off (for pipelines that augment on the accelerator).
+`image_size=S` resizes every image to S x S (bilinear, antialiased, after augmentation);
+for ImageNet it is the crop size (train: random-resized crop to S; eval: resize the
+short side to S * 256 / 224, centre-crop S). Channel counts are never changed: the CIFAR
+stem ResNet takes any channel count and any size down to 8 x 8 (global pooling).
+
+Datasets (splits: train / val / test):
+  cifar10, cifar100  tfds, 45,000 / 5,000 / 10,000; pad-4 random crop + h-flip
+  svhn_cropped       tfds, 68,257 / 5,000 / 26,032; no augmentation (as the reference)
+  fashion_mnist      tfds, 55,000 / 5,000 / 10,000, 28x28x1; no augmentation (ditto)
+  imagenet2012       tfds, 1,281,167 / 50,000 / 50,000 (val and test are both the
+                     official validation set); random-resized crop 224 + h-flip
+  animal_mnist       offline, 6,807 / 968 / 1,941, 28x28x1 (Animal-MNIST without its
+                     284 exact duplicates); pad-2 random crop + h-flip
+  mnist5k            offline, 3,500 / 500 / 1,000, 28x28x1; pad-2 random crop
+  digits             offline, 1,266 / 176 / 355, 8x8x1 (scikit-learn); pad-1 random crop
+
+tfds sets are read from `data_dir` and never downloaded (a missing one raises
+FileNotFoundError saying how to prepare it); offline sets ship in lth_jax/data/offline
+(origin, licences and split rules in offline/ORIGIN.md). Importing this package imports
+tensorflow and hides GPUs from it.
+"""
+
+from lth_jax.data.pipeline import eval_batches, steps_per_epoch, train_batches
+from lth_jax.data.registry import DATASETS, SPLITS, DatasetInfo, get_info
+
+__all__ = [
+    'DATASETS', 'SPLITS', 'DatasetInfo', 'eval_batches', 'get_info', 'steps_per_epoch',
+    'train_batches',
+]

@@ -1,0 +1,138 @@
+"""What each dataset is: classes, shapes, splits, normalisation and augmentation.
+
+Static facts only (no tensorflow, no file access), so configs can be validated and
+schedules sized before any data is read.
+
+Splits follow the reference (VITA-Group/CV_LTH_Pre-training, dataset.py): a validation
+split is held out of the end of the official train split, and the official test split
+is the test split. TFDS stores examples in its own fixed order, so the held-out images
+are not the same ones torchvision's order would give; the sizes are. ImageNet has no
+labelled test split: 'val' and 'test' both read the official validation set.
+
+Normalisation constants are the reference's own for the four downstream sets (its SVHN
+and Fashion-MNIST std values are not the datasets' pixel std; kept for parity, and the
+freshly initialised stem conv + BN absorb the scale), torchvision's for ImageNet, and
+the train split's pixel mean/std for the offline sets (printed by
+scripts/rebuild_offline_data.py, checked by tests/test_data.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+# Augmentations (see `lth_jax.data.augment`):
+#   'crop_flip'  zero-pad by `crop_padding`, random crop back to size, random h-flip
+#   'crop'       the same without the flip (digits are not mirror-symmetric)
+#   'none'       the reference trains SVHN and Fashion-MNIST without augmentation
+#   'inception'  random-resized crop (area 8-100%, aspect 3/4-4/3) + h-flip; eval resizes
+#                the short side to 256/224 of the output size and centre-crops
+AUGMENTATIONS = ('crop_flip', 'crop', 'none', 'inception')
+SOURCES = ('tfds', 'offline')
+SPLITS = ('train', 'val', 'test')
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """One dataset as the pipelines serve it.
+
+  Attributes:
+    name: the name the API takes ('cifar10', 'mnist5k', ...); for tfds sets also the
+      tensorflow-datasets name.
+    source: 'tfds' (tensorflow-datasets, prepared under a data_dir) or 'offline'
+      (arrays shipped in lth_jax/data/offline).
+    num_classes: number of labels.
+    image_shape: (H, W, C) of the images the pipeline yields by default.
+    split_sizes: number of examples of 'train', 'val' and 'test'.
+    mean: per-channel mean of the [0, 1] pixels, subtracted when normalising.
+    std: per-channel std, divided by when normalising.
+    augmentation: one of AUGMENTATIONS, applied to training images.
+    crop_padding: zero padding of the random crop (0 when there is no crop).
+    pixel_max: the raw pixel value that maps to 1.0 (255; 16 for scikit-learn digits).
+    tfds_splits: tfds split string of 'train', 'val' and 'test' (empty for offline sets).
+    shuffle_buffer: examples in the training shuffle buffer (the whole split unless
+      that would not fit in memory).
+  """
+  name: str
+  source: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  split_sizes: Mapping[str, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  augmentation: str
+  crop_padding: int = 0
+  pixel_max: int = 255
+  tfds_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  shuffle_buffer: int = 0
+
+  def __post_init__(self):
+    assert self.source in SOURCES and self.augmentation in AUGMENTATIONS
+    assert len(self.mean) == len(self.std) == self.image_shape[-1]
+    if not self.shuffle_buffer:
+      object.__setattr__(self, 'shuffle_buffer', self.split_sizes['train'])
+
+
+def _tfds(name: str, num_classes: int, image_shape: tuple[int, int, int],
+          train_size: int, val_size: int, test_size: int, **kwargs) -> DatasetInfo:
+  """A tfds set whose 'val' is the last `val_size` examples of its train split."""
+  kept = train_size - val_size
+  return DatasetInfo(
+      name=name, source='tfds', num_classes=num_classes, image_shape=image_shape,
+      split_sizes={'train': kept, 'val': val_size, 'test': test_size},
+      tfds_splits={'train': f'train[:{kept}]', 'val': f'train[{kept}:]', 'test': 'test'},
+      **kwargs)
+
+
+_DATASETS = (
+    _tfds('cifar10', 10, (32, 32, 3), 50_000, 5_000, 10_000,
+          mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
+          augmentation='crop_flip', crop_padding=4),
+    _tfds('cifar100', 100, (32, 32, 3), 50_000, 5_000, 10_000,
+          mean=(0.5071, 0.4866, 0.4409), std=(0.2009, 0.1984, 0.2023),
+          augmentation='crop_flip', crop_padding=4),
+    _tfds('svhn_cropped', 10, (32, 32, 3), 73_257, 5_000, 26_032,
+          mean=(0.4377, 0.4438, 0.4728), std=(0.1201, 0.1231, 0.1052),
+          augmentation='none'),
+    _tfds('fashion_mnist', 10, (28, 28, 1), 60_000, 5_000, 10_000,
+          mean=(0.1436,), std=(0.1609,), augmentation='none'),
+    DatasetInfo(
+        name='imagenet2012', source='tfds', num_classes=1000, image_shape=(224, 224, 3),
+        split_sizes={'train': 1_281_167, 'val': 50_000, 'test': 50_000},
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        augmentation='inception',
+        tfds_splits={'train': 'train', 'val': 'validation', 'test': 'validation'},
+        # Encoded JPEGs (~110 kB each) wait in the buffer; files are shuffled too.
+        shuffle_buffer=10_000),
+    DatasetInfo(
+        name='animal_mnist', source='offline', num_classes=10, image_shape=(28, 28, 1),
+        split_sizes={'train': 6807, 'val': 968, 'test': 1941},
+        mean=(0.2748,), std=(0.4063,), augmentation='crop_flip', crop_padding=2),
+    DatasetInfo(
+        name='mnist5k', source='offline', num_classes=10, image_shape=(28, 28, 1),
+        split_sizes={'train': 3500, 'val': 500, 'test': 1000},
+        mean=(0.1320,), std=(0.3093,), augmentation='crop', crop_padding=2),
+    DatasetInfo(
+        name='digits', source='offline', num_classes=10, image_shape=(8, 8, 1),
+        split_sizes={'train': 1266, 'val': 176, 'test': 355},
+        mean=(0.3055,), std=(0.3760,), augmentation='crop', crop_padding=1,
+        pixel_max=16),
+)
+DATASETS: Mapping[str, DatasetInfo] = {info.name: info for info in _DATASETS}
+
+
+def get_info(name: str) -> DatasetInfo:
+  """Returns the facts about dataset `name`.
+
+  Args:
+    name: one of `DATASETS`.
+
+  Returns:
+    Its DatasetInfo.
+
+  Raises:
+    ValueError: for an unknown name, listing the known ones.
+  """
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.')
+  return DATASETS[name]
