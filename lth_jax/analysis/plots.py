@@ -1,0 +1,271 @@
+"""PNG figures of the analyses; each function writes one file and returns its path.
+
+Inputs are the plain results of `structure` and `perturbation`, so the figures can be
+redrawn from the JSON the report stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lth_jax.analysis.structure import short_name
+
+
+def _pyplot() -> Any:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig: Any, path: str) -> str:
+  fig.savefig(path, dpi=110)
+  _pyplot().close(fig)
+  return path
+
+
+def _layer_axis(ax: Any, layers: Sequence[str]) -> None:
+  ax.set_xticks(range(len(layers)))
+  ax.set_xticklabels([short_name(n) for n in layers], rotation=90,
+                     fontsize=max(4, 9 - len(layers) // 12))
+  ax.grid(alpha=0.3)
+
+
+def _width(layers: Sequence[Any]) -> float:
+  return min(16.0, max(6.4, 0.22 * len(layers)))
+
+
+def overlap_matrix(path: str, names: Sequence[str], iou: np.ndarray, expected: np.ndarray,
+                   title: str = '') -> str:
+  """Heatmap of pairwise IoU; each cell also shows the random masks' expected IoU.
+
+  Args:
+    path: PNG path.
+    names: ticket names.
+    iou: [k, k] IoU of kept weights.
+    expected: [k, k] expected IoU of random masks of the same per-layer sparsity.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  plt = _pyplot()
+  k = len(names)
+  fig, ax = plt.subplots(figsize=(2.2 + 1.3 * k, 1.6 + 1.1 * k),
+                         layout='constrained')
+  image = ax.imshow(iou, vmin=0, vmax=1, cmap='viridis')
+  for i in range(k):
+    for j in range(k):
+      ax.text(j, i, f'{iou[i, j]:.3f}\n(rand {expected[i, j]:.3f})', ha='center',
+              va='center', fontsize=7, color='w' if iou[i, j] < 0.6 else 'k')
+  ax.set_xticks(range(k))
+  ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
+  ax.set_yticks(range(k))
+  ax.set_yticklabels(names, fontsize=8)
+  fig.colorbar(image, ax=ax, label='IoU of kept weights')
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)
+
+
+def layer_overlap(path: str, overlaps: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                  title: str = '') -> str:
+  """Per-layer IoU of ticket pairs (solid) and of random masks (dashed).
+
+  Args:
+    path: PNG path.
+    overlaps: {pair label: rows of `structure.pairwise_overlap`}.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  plt = _pyplot()
+  layers = [n for n in next(iter(overlaps.values())) if n != 'total']
+  fig, ax = plt.subplots(figsize=(_width(layers), 4.2), layout='constrained')
+  for i, (label, rows) in enumerate(overlaps.items()):
+    color = f'C{i % 10}'
+    ax.plot([rows[n]['iou'] for n in layers], marker='o', ms=3, color=color, label=label)
+    ax.plot([rows[n]['expected_iou'] for n in layers], ls='--', color=color, lw=1,
+            label=f'{label}: random')
+  _layer_axis(ax, layers)
+  ax.set_ylabel('IoU of kept weights')
+  ax.set_ylim(0, 1.02)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def overlap_vs_sparsity(path: str, rows: Sequence[Mapping[str, Any]], title: str = '') -> str:
+  """Total IoU of each pair of runs against sparsity, with the random expectation.
+
+  Args:
+    path: PNG path.
+    rows: dicts with 'pair', 'sparsity', 'iou', 'expected_iou'.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), layout='constrained')
+  pairs = list(dict.fromkeys(r['pair'] for r in rows))
+  for i, pair in enumerate(pairs):
+    mine = sorted((r for r in rows if r['pair'] == pair), key=lambda r: r['sparsity'])
+    x = [100 * r['sparsity'] for r in mine]
+    ax.plot(x, [r['iou'] for r in mine], marker='o', ms=4, color=f'C{i % 10}', label=pair)
+    ax.plot(x, [r['expected_iou'] for r in mine], ls='--', lw=1, color=f'C{i % 10}',
+            label=f'{pair}: random')
+  ax.set_xlabel('sparsity (%)')
+  ax.set_ylabel('IoU of kept weights')
+  ax.set_ylim(0, 1.02)
+  ax.grid(alpha=0.3)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def layer_sparsity(path: str, profile: Mapping[str, Mapping[str, Any]],
+                   tickets: Sequence[str], title: str = '') -> str:
+  """Sparsity of every prunable layer, one line per ticket.
+
+  Args:
+    path: PNG path.
+    profile: the result of `structure.layer_sparsity` ('total' is drawn as a level).
+    tickets: the ticket columns to draw.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  plt = _pyplot()
+  layers = [n for n in profile if n != 'total']
+  fig, ax = plt.subplots(figsize=(_width(layers), 4.2), layout='constrained')
+  for i, name in enumerate(tickets):
+    color = f'C{i % 10}'
+    ax.plot([100 * profile[n][name] for n in layers], marker='o', ms=3, color=color,
+            label=name)
+    ax.axhline(100 * profile['total'][name], color=color, ls=':', lw=1)
+  _layer_axis(ax, layers)
+  ax.set_ylabel('sparsity (%) (dotted: total)')
+  ax.set_ylim(0, 100)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def kernel_structure(path: str, structures: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                     title: str = '') -> str:
+  """Fraction of kxk kernels pruned whole: per layer (left) and per stage (right).
+
+  Args:
+    path: PNG path.
+    structures: {ticket: result of `structure.kernel_structure`}.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  plt = _pyplot()
+  first = next(iter(structures.values()))
+  layers = [n for n, r in first.items() if r['stage'] != n and n != 'total']
+  groups = [n for n, r in first.items() if r['stage'] == n]
+  fig, (left, right) = plt.subplots(
+      1, 2, figsize=(_width(layers) + 3.5, 4.2),
+      gridspec_kw={'width_ratios': [max(2, len(layers) / 4), 1]},
+      layout='constrained')
+  width = 0.8 / len(structures)
+  for i, (name, rows) in enumerate(structures.items()):
+    color = f'C{i % 10}'
+    left.plot([100 * rows[n]['fraction'] for n in layers], marker='o', ms=3, color=color,
+              label=name)
+    right.bar(np.arange(len(groups)) + (i - (len(structures) - 1) / 2) * width,
+              [100 * rows[g]['fraction'] for g in groups], width, color=color, label=name)
+  _layer_axis(left, layers)
+  left.set_ylabel('kernels pruned whole (%)')
+  left.legend(fontsize=7)
+  right.set_xticks(range(len(groups)))
+  right.set_xticklabels(groups, rotation=30, fontsize=8)
+  right.grid(alpha=0.3, axis='y')
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def kernel_heatmaps(path: str, densities: Mapping[str, np.ndarray], layer: str) -> str:
+  """Every kernel of one layer, input x output channel, coloured by kept share.
+
+  Args:
+    path: PNG path.
+    densities: {ticket: result of `structure.kernel_density`} for the same layer.
+    layer: the layer's name (for the title).
+
+  Returns:
+    `path`.
+  """
+  plt = _pyplot()
+  k = len(densities)
+  fig, axes = plt.subplots(1, k, figsize=(1.0 + 3.6 * k, 3.9), squeeze=False,
+                           layout='constrained')
+  for ax, (name, density) in zip(axes[0], densities.items()):
+    image = ax.imshow(density, vmin=0, vmax=1, cmap='magma', aspect='auto',
+                      interpolation='antialiased')
+    ax.set_title(f'{name}: {100 * np.mean(density == 0):.1f}% empty', fontsize=8)
+    ax.set_xlabel('output channel')
+    ax.set_ylabel('input channel')
+  fig.colorbar(image, ax=axes[0].tolist(), label='kept share of the kernel (0 = empty)')
+  fig.suptitle(short_name(layer), fontsize=9)
+  return _save(fig, path)
+
+
+def sweep(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]], xlabel: str,
+          title: str = '') -> str:
+  """Test accuracy against perturbation size, one curve per ticket.
+
+  Args:
+    path: PNG path.
+    curves: {ticket: rows of `perturbation.sweep`}.
+    xlabel: what the size means.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), layout='constrained')
+  for name, rows in curves.items():
+    rows = sorted(rows, key=lambda r: r['size'])
+    ax.errorbar([r['size'] for r in rows], [100 * r['test_accuracy'] for r in rows],
+                yerr=[100 * r['test_accuracy_std'] for r in rows], marker='o', ms=4,
+                capsize=2, label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('test accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def connectivity(path: str, results: Mapping[str, Mapping[str, Any]], title: str = '') -> str:
+  """Error along the straight line between two fine-tuned copies, one curve per ticket.
+
+  Args:
+    path: PNG path.
+    results: {ticket: result of `perturbation.linear_mode_connectivity`}.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), layout='constrained')
+  for name, result in results.items():
+    ax.plot(result['alpha'], [100 * e for e in result['error']], marker='o', ms=4,
+            label=f'{name} (barrier {100 * result["barrier"]:.2f})')
+  ax.set_xlabel('interpolation alpha')
+  ax.set_ylabel('test error (%)')
+  ax.grid(alpha=0.3)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  return _save(fig, path)

@@ -1,0 +1,159 @@
+"""Analysis of the IMP runs found in experiment workdirs (what `lth_jax.analyze` runs).
+
+A run is any folder holding `round_XX/mask` (see `lth_jax.imp`), found at any depth:
+e.g. DIR/imp/round_03/mask and DIR/random/round_03/mask are the runs 'imp' and
+'random' of DIR. Each round's `round.json` gives its sparsity and accuracy; a round
+without one (the next mask of a finished run, not trained yet) is still a ticket.
+
+Runs are compared at equal sparsity (levels grouped within a tolerance): the IoU of
+every pair of runs at every shared level, and the full structural report of the
+tickets at one focus level.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from absl import logging
+
+from lth_jax import masks as masks_lib
+from lth_jax import results
+from lth_jax.analysis import report, structure
+
+ANALYSIS_DIR = 'analysis'
+_ROUND = re.compile(r'round_(\d+)$')
+
+
+def _labels(workdirs: Sequence[str]) -> list[str]:
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  return names if len(set(names)) == len(names) else [os.path.normpath(w) for w in workdirs]
+
+
+def discover_runs(workdirs: Sequence[str]) -> dict[str, dict[int, str]]:
+  """The IMP runs under some workdirs.
+
+  Args:
+    workdirs: experiment folders. A run is named by its path relative to its
+      workdir ('imp'), prefixed by the workdir's name when there are several
+      ('DIR2/imp'); a workdir that is itself a run is named by its name.
+
+  Returns:
+    {run name: {round index: round folder}}, runs and rounds sorted.
+
+  Raises:
+    FileNotFoundError: a workdir holds no run.
+  """
+  runs: dict[str, dict[int, str]] = {}
+  for workdir, label in zip(workdirs, _labels(workdirs)):
+    found = sorted(glob.glob(os.path.join(workdir, '**', 'round_*', 'mask'), recursive=True))
+    found = [os.path.dirname(p) for p in found if _ROUND.search(os.path.dirname(p))]
+    if not found:
+      raise FileNotFoundError(
+          f'No IMP round under {workdir} (looked for **/round_XX/mask); pass the workdir '
+          f'of an experiment that has run at least one round.')
+    for round_dir in found:
+      run_dir = os.path.dirname(round_dir)
+      rel = os.path.relpath(run_dir, workdir)
+      if rel == '.':
+        name = label
+      else:
+        name = f'{label}/{rel}' if len(workdirs) > 1 else rel
+      runs.setdefault(name, {})[int(_ROUND.search(round_dir)[1])] = round_dir
+  return {name: dict(sorted(rounds.items())) for name, rounds in sorted(runs.items())}
+
+
+def round_record(round_dir: str) -> dict[str, Any] | None:
+  """The round's `round.json` (written by `lth_jax.imp` when the round finished)."""
+  path = os.path.join(round_dir, 'round.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _ticket_name(run: str, k: int, keys: Sequence[tuple[str, int]]) -> str:
+  """The run's name, with the round when the run has several rounds on one level."""
+  return run if sum(r == run for r, _ in keys) == 1 else f'{run}/round_{k:02d}'
+
+
+def _load(round_dir: str) -> Any:
+  return masks_lib.load(os.path.join(round_dir, 'mask'))
+
+
+def _runs_section(out_dir: str, runs: dict[str, dict[int, str]],
+                  sparsity: dict[tuple[str, int], float],
+                  records: dict[tuple[str, int], dict[str, Any] | None]) -> list[str]:
+  rows = []
+  for (run, k), value in sparsity.items():
+    record = records[(run, k)] or {}
+    rows.append([run, k, report.percent(value), report.percent(record.get('test_accuracy')),
+                 report.percent(record.get('test_accuracy_std'))])
+  lines = ['## Runs', 'Every round found (test accuracy from round.json; "-" for a mask '
+           'not trained yet).',
+           report.markdown_table(['run', 'round', 'sparsity %', 'test accuracy %', 'std %'],
+                                 rows)]
+  curves = {run: [r for k in rounds if (r := records[(run, k)]) is not None]
+            for run, rounds in runs.items()}
+  curves = {run: rows for run, rows in curves.items() if rows}
+  if curves:
+    path = results.plot_accuracy_vs_sparsity(os.path.join(out_dir, 'accuracy.png'), curves,
+                                             title='Test accuracy of every round')
+    lines.append(report.image_link(path, 'accuracy against sparsity'))
+  return lines
+
+
+def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
+                     sparsity: float | None = None, heatmap_layer: str | None = None,
+                     policy: masks_lib.Policy = None, tolerance: float = 5e-4) -> str:
+  """Compares the IMP runs of some workdirs and writes the report.
+
+  Args:
+    workdirs: experiment folders; the first is the main one.
+    out_dir: where the report goes; default `<workdirs[0]>/analysis`.
+    sparsity: the focus level for the detailed sections: the level nearest this value.
+      Default: the highest level that the most runs share.
+    heatmap_layer: the layer drawn kernel by kernel (see `report.write_report`).
+    policy: which leaves are prunable.
+    tolerance: sparsities closer than this are one level.
+
+  Returns:
+    The report's path.
+  """
+  out_dir = out_dir or os.path.join(workdirs[0], ANALYSIS_DIR)
+  runs = discover_runs(workdirs)
+  records = {(run, k): round_record(d) for run, rounds in runs.items()
+             for k, d in rounds.items()}
+  values = {(run, k): record['sparsity'] if record else masks_lib.sparsity(
+      _load(runs[run][k]), policy) for (run, k), record in records.items()}
+  levels = structure.group_by_sparsity(values, tolerance)
+  curve = []
+  for level, keys in levels:
+    if level == 0 or len(keys) < 2:
+      continue
+    logging.info('Comparing %d runs at sparsity %.4f.', len(keys), level)
+    tickets = {_ticket_name(run, k, keys): _load(runs[run][k]) for run, k in keys}
+    names, iou, expected = structure.overlap_matrix(tickets, policy)
+    for (i, a), (j, b) in itertools.combinations(enumerate(names), 2):
+      curve.append({'pair': f'{a} vs {b}', 'sparsity': level, 'iou': float(iou[i, j]),
+                    'expected_iou': float(expected[i, j])})
+  if sparsity is None:
+    focus = max(levels, key=lambda g: (len(g[1]), g[0]))
+  else:
+    focus = min(levels, key=lambda g: abs(g[0] - sparsity))
+  level, keys = focus
+  os.makedirs(out_dir, exist_ok=True)
+  intro = [f'Runs from {", ".join(workdirs)}. The detailed sections compare the tickets '
+           f'at sparsity {100 * level:.2f}% (one per run; choose another level with '
+           f'--sparsity).', *_runs_section(out_dir, runs, values, records)]
+  tickets = {_ticket_name(run, k, keys): _load(runs[run][k]) for run, k in keys}
+  accuracy = {_ticket_name(run, k, keys): records[(run, k)]['test_accuracy']
+              for run, k in keys if records[(run, k)] is not None}
+  return report.write_report(out_dir, tickets, title='Ticket analysis', intro=intro,
+                             accuracy=accuracy, similarity=curve,
+                             heatmap_layer=heatmap_layer, policy=policy)
