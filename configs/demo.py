@@ -1,0 +1,36 @@
+r"""The offline default: a whole ticket search in minutes on a laptop CPU, no downloads.
+
+    python -m lth_jax.main --config=configs/demo.py --workdir=/tmp/lth_demo
+
+1. θ_p: pre-trains a small ResNet-18 (width 1/4, CIFAR stem) on Animal-MNIST (shipped
+   with the package) unless the workdir already holds it.
+2. Downstream IMP on MNIST-5k (shipped too): fine-tune, prune 20% of the surviving
+   convolution weights globally by magnitude, rewind to θ_p, repeat.
+3. The random-pruning baseline at the same sparsities.
+4. results.csv/.json, accuracy_vs_sparsity.png and the extreme matching sparsity.
+"""
+
+from lth_jax import defaults
+
+
+def get_config():
+  c = defaults.base_config()
+  c.mode = 'imp'
+  c.pretrained.source = 'pretrain'
+  c.pretrain.dataset = 'animal_mnist'
+  c.model.arch = 'resnet18'
+  c.model.stem = 'cifar'
+  c.model.width_multiplier = 0.25
+  c.data.dataset = 'mnist5k'
+  c.data.batch_size = 64
+  c.data.eval_batch_size = 500
+  for optim, epochs in ((c.pretrain.optim, 4), (c.optim, 3)):
+    optim.num_epochs = epochs
+    optim.learning_rate = 0.05
+    optim.schedule = 'cosine'
+    optim.warmup_epochs = 0
+    optim.weight_decay = 5e-4
+  c.imp.num_rounds = 9
+  c.imp.random_baseline = True
+  c.num_seeds = 2
+  return c

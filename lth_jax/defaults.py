@@ -1,0 +1,157 @@
+"""The default experiment config that every file in configs/ starts from, and its checks.
+
+Config files in configs/ override fields of `base_config()`; `validate` runs before any
+compute so that a bad value stops the run with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from lth_jax import imp, train
+from lth_jax.models import resnet
+
+MODES = ('imp', 'transfer')
+PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
+TRANSFER_VARIANTS = ('ticket', 'random_global', 'random_layerwise', 'reinit', 'omp')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field an experiment reads, with the reference's downstream defaults.
+
+  Returns:
+    A ConfigDict; configs/*.py change what differs.
+  """
+  c = ml_collections.ConfigDict()
+  c.mode = 'imp'
+  c.seed = 0
+
+  # θ_p: where the pre-trained weights come from.
+  c.pretrained = ml_collections.ConfigDict()
+  c.pretrained.source = 'torchvision'   # see PRETRAINED_SOURCES
+  c.pretrained.path = ''                # .pth / .pth.tar / .safetensors / .npz
+
+  # source='pretrain': θ_p is trained (supervised) inside the workdir and cached there.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.dataset = 'animal_mnist'
+  c.pretrain.optim = train.default_optimizer_config()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = 'resnet50'
+  c.model.stem = 'cifar'                # the reference's downstream model
+  c.model.width_multiplier = 1.0
+  c.model.half_precision = False        # bf16 compute on TPU/GPU
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'cifar10'
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
+  c.data.batch_size = 128               # global, over all devices and hosts
+  c.data.eval_batch_size = 500
+
+  c.optim = train.default_optimizer_config()
+
+  c.imp = ml_collections.ConfigDict()
+  c.imp.num_rounds = 16                 # round k has sparsity 1 - 0.8^k
+  c.imp.fraction = 0.2
+  c.imp.pruning = 'magnitude'           # see imp.PRUNING_METHODS
+  c.imp.rewind = 'start'                # 'start' (θ_p, or θ_0 with pretrained.source=random) or 'step'
+  c.imp.rewind_step = 0
+  c.imp.prune_first = False
+  c.imp.random_baseline = False         # also run the random-pruning baseline branch
+  c.imp.policy = ml_collections.config_dict.placeholder(str)  # None: all convs but the stem
+
+  c.transfer = ml_collections.ConfigDict()
+  c.transfer.masks = ''                 # comma-separated mask paths (orbax dirs or .pth/.npz)
+  c.transfer.imp_workdir = ''           # or: every round mask of an IMP workdir
+  c.transfer.datasets = 'cifar10'       # comma-separated
+  c.transfer.variant = 'ticket'         # see TRANSFER_VARIANTS
+  c.transfer.omp_rounds = 8             # 'omp': one-shot masks at 1 - 0.8^k, k = 1..omp_rounds
+
+  c.num_seeds = 1                       # fine-tuning seeds per ticket (the paper: 3)
+  c.dense_seeds = 0                     # seeds of IMP's dense round 0 (0: num_seeds)
+  c.checkpoint_every_steps = 0          # extra mid-epoch checkpoints (0: each epoch only)
+  c.num_devices = 0                     # 0: all devices
+  return c
+
+
+def _fail(field: str, value, hint: str) -> None:
+  raise ValueError(f'config.{field}={value!r}: {hint}')
+
+
+def validate(config: ml_collections.ConfigDict, known_datasets: tuple[str, ...]) -> None:
+  """Checks a config before any compute.
+
+  Args:
+    config: the experiment config.
+    known_datasets: dataset names the data module can load.
+
+  Raises:
+    ValueError: naming the field, its value and what to change.
+  """
+  if config.mode not in MODES:
+    _fail('mode', config.mode, f'choose one of {MODES}.')
+  if config.model.arch not in resnet.ARCHS:
+    _fail('model.arch', config.model.arch, f'choose one of {sorted(resnet.ARCHS)}.')
+  if config.model.stem not in resnet.STEMS:
+    _fail('model.stem', config.model.stem, f'choose one of {resnet.STEMS}.')
+  if config.model.width_multiplier <= 0:
+    _fail('model.width_multiplier', config.model.width_multiplier, 'must be > 0.')
+  datasets = [config.data.dataset]
+  if config.mode == 'transfer':
+    datasets = [d.strip() for d in config.transfer.datasets.split(',') if d.strip()]
+  for name in datasets:
+    if name not in known_datasets:
+      _fail('data.dataset' if config.mode != 'transfer' else 'transfer.datasets', name,
+            f'unknown dataset; choose from {sorted(known_datasets)}.')
+  if config.data.batch_size < 1 or config.data.eval_batch_size < 1:
+    _fail('data.batch_size', config.data.batch_size, 'batch sizes must be >= 1.')
+  if not 0.0 < config.imp.fraction < 1.0:
+    _fail('imp.fraction', config.imp.fraction,
+          'must be in (0, 1): the share of surviving weights pruned per round (paper: 0.2).')
+  if config.imp.num_rounds < 1:
+    _fail('imp.num_rounds', config.imp.num_rounds, 'must be >= 1.')
+  if config.imp.pruning not in imp.PRUNING_METHODS:
+    _fail('imp.pruning', config.imp.pruning, f'choose one of {imp.PRUNING_METHODS}.')
+  if config.imp.rewind not in imp.REWIND_POINTS:
+    _fail('imp.rewind', config.imp.rewind, f'choose one of {imp.REWIND_POINTS}.')
+  if config.num_seeds < 1:
+    _fail('num_seeds', config.num_seeds, 'must be >= 1.')
+  if config.dense_seeds and config.dense_seeds < config.num_seeds:
+    _fail('dense_seeds', config.dense_seeds, f'must be 0 or >= num_seeds ({config.num_seeds}).')
+  if config.optim.optimizer not in train.OPTIMIZERS:
+    _fail('optim.optimizer', config.optim.optimizer, f'choose one of {train.OPTIMIZERS}.')
+  if config.optim.schedule not in train.SCHEDULES:
+    _fail('optim.schedule', config.optim.schedule, f'choose one of {train.SCHEDULES}.')
+  if config.optim.num_epochs < 1:
+    _fail('optim.num_epochs', config.optim.num_epochs, 'must be >= 1.')
+  if config.optim.learning_rate <= 0:
+    _fail('optim.learning_rate', config.optim.learning_rate, 'must be > 0.')
+  source = config.pretrained.source
+  if source not in PRETRAINED_SOURCES:
+    _fail('pretrained.source', source, f'choose one of {PRETRAINED_SOURCES}.')
+  if source == 'pretrain' and config.pretrain.dataset not in known_datasets:
+    _fail('pretrain.dataset', config.pretrain.dataset,
+          f'unknown dataset; choose from {sorted(known_datasets)}.')
+  if source not in ('random', 'pretrain'):
+    path = config.pretrained.path
+    if not path:
+      _fail('pretrained.path', path, f'set it to the {source} checkpoint file '
+            '(--config.pretrained.path=/path/to/file.pth), or use '
+            '--config.pretrained.source=random for a randomly initialised network.')
+    if not os.path.isfile(path):
+      _fail('pretrained.path', path, 'no such file; check the path (weights cannot be '
+            'downloaded at run time).')
+  if config.mode == 'transfer':
+    if config.transfer.variant not in TRANSFER_VARIANTS:
+      _fail('transfer.variant', config.transfer.variant, f'choose one of {TRANSFER_VARIANTS}.')
+    if config.transfer.variant != 'omp' and not (config.transfer.masks or
+                                                  config.transfer.imp_workdir):
+      _fail('transfer.masks', config.transfer.masks,
+            'name the tickets: comma-separated mask paths, or transfer.imp_workdir.')
+    for path in filter(None, (p.strip() for p in config.transfer.masks.split(','))):
+      if not os.path.exists(path):
+        _fail('transfer.masks', path, 'no such mask file or directory.')
+    if config.transfer.imp_workdir and not os.path.isdir(config.transfer.imp_workdir):
+      _fail('transfer.imp_workdir', config.transfer.imp_workdir, 'no such directory.')

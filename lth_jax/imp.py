@@ -1,0 +1,262 @@
+"""Iterative magnitude pruning (IMP) with rewinding, as resumable rounds.
+
+A round k fine-tunes the rewound ticket `rewind_point ⊙ m_k` (for every seed), then
+derives m_{k+1} from the trained weights of the first seed (prune `fraction` of the
+survivors) and records its metrics. Each round lives in `run_dir/round_XX/`:
+
+    mask/          m_k (orbax; `lth_jax.masks.load`)
+    mask_torch.npz m_k in the reference's PyTorch format ('<name>.weight_mask', OIHW)
+    seed_S/        the fine-tuning checkpoints of seed S (resumable mid-round)
+    round.json     the round's metrics, written last: a round with it is never rerun
+
+m_{k+1} is written into round k+1's folder before round.json of round k, so a crash
+at any point resumes without redoing finished work, and a finished run can be
+extended with more rounds. The optimizer state is fresh every round.
+
+IMP does not know about data or models: fine-tuning is a callable (see `Finetune`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from lth_jax import masks as masks_lib
+from lth_jax import pruning, results, train
+
+PRUNING_METHODS = ('magnitude', 'layerwise_magnitude', 'random', 'random_layerwise')
+REWIND_POINTS = ('start', 'step')
+
+
+class Finetune(Protocol):
+  """Fine-tunes masked variables; `lth_jax.train.fit` with the data bound."""
+
+  def __call__(self, variables: Mapping[str, Any], masks: Any, *, seed: int,
+               checkpoint_dir: str, rewind_step: int | None = None) -> train.FitResult:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpSpec:
+  """What an IMP run does.
+
+  Attributes:
+    num_rounds: rounds to train, round 0 included (round k has sparsity 1 - 0.8^k
+      with the default fraction, or 1 - 0.8^(k+1) with `prune_first`).
+    fraction: share of the surviving prunable weights pruned after each round.
+    pruning: 'magnitude' (global, the paper's), 'layerwise_magnitude', or the random
+      baselines 'random' (global count) and 'random_layerwise'.
+    rewind: 'start' rewinds to the variables round 0 started from (the pre-trained
+      weights for the paper's tickets, a random init for classic LTH); 'step' to the
+      weights of round 0 after `rewind_step` optimizer steps (late rewinding).
+    rewind_step: optimizer steps of round 0 for rewind='step'.
+    prune_first: prune the start variables by magnitude before any training (the
+      reference's upstream scripts), so round 0 already trains a sparse network.
+    include_dense: train round 0 when it is dense; a baseline that reuses another
+      run's dense round sets False and starts at round 1.
+    seeds: fine-tuning seeds of every round; the first one's weights are pruned.
+    dense_seeds: seeds of the dense round 0 when they should differ from `seeds`
+      (more dense runs give the matching band at little cost); None: `seeds`.
+    policy: which leaves are prunable (None: every conv kernel but the stem).
+    pruning_seed: seed of the random baselines' masks.
+  """
+  num_rounds: int
+  fraction: float = 0.2
+  pruning: str = 'magnitude'
+  rewind: str = 'start'
+  rewind_step: int = 0
+  prune_first: bool = False
+  include_dense: bool = True
+  seeds: tuple[int, ...] = (0,)
+  dense_seeds: tuple[int, ...] | None = None
+  policy: str | None = None
+  pruning_seed: int = 0
+
+  def __post_init__(self):
+    if self.num_rounds < 1:
+      raise ValueError(f'num_rounds must be >= 1, got {self.num_rounds}.')
+    if not 0.0 < self.fraction < 1.0:
+      raise ValueError(f'fraction must be in (0, 1), got {self.fraction}: it is the share '
+                       'of surviving weights pruned each round (the paper uses 0.2).')
+    if self.pruning not in PRUNING_METHODS:
+      raise ValueError(f'Unknown pruning {self.pruning!r}; choose one of {PRUNING_METHODS}.')
+    if self.rewind not in REWIND_POINTS:
+      raise ValueError(f'Unknown rewind {self.rewind!r}; choose one of {REWIND_POINTS}.')
+    if self.rewind == 'step' and self.rewind_step < 1:
+      raise ValueError('rewind="step" needs rewind_step >= 1 (optimizer steps of round 0).')
+    if self.rewind == 'step' and (self.prune_first or not self.include_dense):
+      raise ValueError('rewind="step" takes its rewind point from a dense round 0: it '
+                       'cannot be combined with prune_first or include_dense=False.')
+    if not self.seeds or self.dense_seeds == ():
+      raise ValueError('seeds and dense_seeds must name at least one seed.')
+    if self.dense_seeds and self.dense_seeds[0] != self.seeds[0]:
+      raise ValueError('dense_seeds must start with seeds[0]: the first seed\'s weights '
+                       'are pruned in every round.')
+
+
+def prune(spec: ImpSpec, params: Any, masks: Any, round_index: int) -> Any:
+  """The next mask of an IMP run.
+
+  Args:
+    spec: the run's spec (method, fraction, policy, pruning seed).
+    params: trained weights (ignored by the random baselines).
+    masks: the current mask.
+    round_index: the round whose mask is being made (seeds the random baselines).
+
+  Returns:
+    The mask with `spec.fraction` of its surviving prunable weights removed.
+  """
+  if spec.pruning == 'magnitude':
+    return pruning.global_magnitude(params, masks, spec.fraction, spec.policy)
+  if spec.pruning == 'layerwise_magnitude':
+    return pruning.layerwise_magnitude(params, masks, spec.fraction, spec.policy)
+  key = jax.random.fold_in(jax.random.key(spec.pruning_seed), round_index)
+  return pruning.random(key, masks, spec.fraction, layerwise=spec.pruning == 'random_layerwise',
+                        policy=spec.policy)
+
+
+def stage_sparsity(masks: Any, policy: str | None = None) -> dict[str, float]:
+  """Sparsity of each ResNet stage (layer1..layer4) among its prunable weights.
+
+  Args:
+    masks: a mask tree.
+    policy: which leaves are prunable.
+
+  Returns:
+    {'sparsity_layer1': ..., ...} in stage order.
+  """
+  totals: dict[str, list[int]] = {}
+  for name, row in masks_lib.summary(masks, policy).items():
+    if match := re.search(r'(^|/)(layer\d+)_\d+/', name):
+      counts = totals.setdefault(match[2], [0, 0])
+      counts[0] += row['total']
+      counts[1] += row['kept']
+  return {f'sparsity_{stage}': 1.0 - kept / total
+          for stage, (total, kept) in sorted(totals.items())}
+
+
+def _round_dir(run_dir: str, k: int) -> str:
+  return os.path.join(run_dir, f'round_{k:02d}')
+
+
+def save_round_mask(round_dir: str, masks: Any, policy: str | None = None) -> None:
+  """Writes a round's mask in this project's format and the reference's.
+
+  Args:
+    round_dir: the round's folder.
+    masks: the mask tree.
+    policy: which leaves are prunable (only those go into the PyTorch file).
+  """
+  os.makedirs(round_dir, exist_ok=True)
+  np.savez_compressed(os.path.join(round_dir, 'mask_torch.npz'),
+                      **masks_lib.to_pytorch(masks, policy))
+  masks_lib.save(os.path.join(round_dir, 'mask'), masks, overwrite=True)
+
+
+def load_round_mask(run_dir: str, k: int) -> Any:
+  """The mask of round k of a run (see `save_round_mask`)."""
+  return masks_lib.load(os.path.join(_round_dir(run_dir, k), 'mask'))
+
+
+def _rewind_point(spec: ImpSpec, run_dir: str, start: Mapping[str, Any],
+                  result: train.FitResult | None) -> Mapping[str, Any]:
+  if spec.rewind == 'start':
+    return start
+  path = os.path.abspath(os.path.join(run_dir, 'rewind_point'))
+  checkpointer = ocp.StandardCheckpointer()
+  if result is not None and not os.path.exists(path):
+    checkpointer.save(path, jax.device_get(result.rewind_variables))
+    checkpointer.wait_until_finished()
+  return checkpointer.restore(path, jax.device_get(dict(start)))
+
+
+def _round_record(k: int, masks: Any, fits: Sequence[train.FitResult], seeds: Sequence[int],
+                  policy: str | None, seconds: float) -> dict[str, Any]:
+  test = [f.test_accuracy for f in fits]
+  val = [f.best_val_accuracy for f in fits]
+  test_mean, test_std = results.mean_std(test)
+  val_mean, val_std = results.mean_std(val)
+  return {
+      'round': k, 'sparsity': masks_lib.sparsity(masks, policy),
+      'test_accuracy': test_mean, 'test_accuracy_std': test_std,
+      'val_accuracy': val_mean, 'val_accuracy_std': val_std,
+      'best_epoch': fits[0].best_epoch, 'num_seeds': len(seeds),
+      **stage_sparsity(masks, policy),
+      'runs': [{'seed': s, 'test_accuracy': f.test_accuracy, 'val_accuracy': f.best_val_accuracy,
+                'best_epoch': f.best_epoch} for s, f in zip(seeds, fits)],
+      'seconds': seconds,
+  }
+
+
+def run_imp(run_dir: str, spec: ImpSpec, start_variables: Mapping[str, Any],
+            finetune: Finetune,
+            on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+  """Runs (or resumes) IMP rounds; finished rounds are read back, never recomputed.
+
+  Args:
+    run_dir: the run's folder.
+    spec: what to run.
+    start_variables: {'params', 'batch_stats'} round 0 starts from (the pre-trained
+      weights with the task's head, or a random init).
+    finetune: trains masked variables for one seed (see `Finetune`).
+    on_round: called with each round's record as it finishes (or is read back).
+
+  Returns:
+    One record per round: round, sparsity, test/val accuracy (mean and std over
+    seeds), best epoch, sparsity per stage, per-seed runs.
+  """
+  os.makedirs(run_dir, exist_ok=True)
+  start = jax.device_get(dict(start_variables))
+  first = 0 if spec.include_dense or spec.prune_first else 1
+  first_dir = _round_dir(run_dir, first)
+  if not os.path.exists(os.path.join(first_dir, 'mask')):
+    m0 = masks_lib.init(start['params'], spec.policy)
+    if spec.prune_first or first == 1:
+      m0 = prune(spec, start['params'], m0, first)
+    save_round_mask(first_dir, m0, spec.policy)
+  rewind = None if spec.rewind == 'step' else start
+  if spec.rewind == 'step' and os.path.exists(os.path.join(run_dir, 'rewind_point')):
+    rewind = _rewind_point(spec, run_dir, start, None)
+  records = []
+  for k in range(first, spec.num_rounds):
+    round_dir = _round_dir(run_dir, k)
+    done = os.path.join(round_dir, 'round.json')
+    if os.path.exists(done):
+      with open(done) as f:
+        record = json.load(f)
+    else:
+      tic = time.time()
+      masks = load_round_mask(run_dir, k)
+      init = rewind if rewind is not None else start
+      variables = {'params': masks_lib.apply(init['params'], masks),
+                   'batch_stats': init['batch_stats']}
+      fits = []
+      seeds = spec.dense_seeds if k == 0 and spec.dense_seeds and not spec.prune_first else (
+          spec.seeds)
+      for seed in seeds:
+        take_rewind = rewind is None and seed == seeds[0]
+        fits.append(finetune(variables, masks, seed=seed,
+                             checkpoint_dir=os.path.join(round_dir, f'seed_{seed}'),
+                             rewind_step=spec.rewind_step if take_rewind else None))
+        if take_rewind:
+          rewind = _rewind_point(spec, run_dir, start, fits[-1])
+      next_masks = prune(spec, jax.device_get(fits[0].variables['params']), masks, k + 1)
+      save_round_mask(_round_dir(run_dir, k + 1), next_masks, spec.policy)
+      record = _round_record(k, masks, fits, seeds, spec.policy, time.time() - tic)
+      results.write_json(done, record)
+      logging.info('IMP round %d: sparsity %.4f, test accuracy %.4f', k, record['sparsity'],
+                   record['test_accuracy'])
+    records.append(record)
+    if on_round is not None:
+      on_round(record)
+  return records

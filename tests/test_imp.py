@@ -1,0 +1,164 @@
+"""IMP rounds: rewinding, pruning schedule, resume, baselines (fast: fine-tuning is faked)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lth_jax import imp, masks, pruning, train
+from lth_jax.models import create_model, init_variables
+
+
+@pytest.fixture(scope='module')
+def start() -> dict:
+  model = create_model('resnet18', num_classes=10, stem='cifar', width_multiplier=0.125)
+  return jax.device_get(init_variables(model, jax.random.key(0), 16))
+
+
+class FakeFinetune:
+  """Records each call; 'trains' by adding seeded noise to the unpruned weights."""
+
+  def __init__(self, crash_on_call: int | None = None):
+    self.calls = []
+    self.crash_on_call = crash_on_call
+
+  def __call__(self, variables, m, *, seed, checkpoint_dir, rewind_step=None):
+    if len(self.calls) == self.crash_on_call:
+      raise KeyboardInterrupt('simulated crash')
+    leaves, treedef = jax.tree.flatten(variables['params'])
+    rng = np.random.default_rng([seed, int(abs(np.asarray(leaves[0])).sum() * 1e6) % 2**31])
+    trained = masks.apply(jax.tree.unflatten(treedef, [
+        np.asarray(x) + 0.1 * rng.standard_normal(np.shape(x)).astype(np.float32)
+        for x in leaves]), m)
+    trained = jax.device_get(trained)
+    acc = 0.9 - 0.01 * len(self.calls) + 0.001 * seed
+    early = None
+    if rewind_step is not None:
+      early = {'params': jax.tree.map(lambda x: np.asarray(x) + 1.0, variables['params']),
+               'batch_stats': variables['batch_stats']}
+    self.calls.append({'variables': variables, 'masks': m, 'seed': seed, 'trained': trained,
+                       'dir': checkpoint_dir, 'rewind_step': rewind_step, 'early': early})
+    return train.FitResult(best_val_accuracy=acc, best_epoch=1, test_accuracy=acc, history=[],
+                           variables={'params': trained,
+                                      'batch_stats': variables['batch_stats']},
+                           rewind_variables=early)
+
+
+def _kept(m) -> int:
+  return sum(int(np.count_nonzero(np.asarray(x))) for x in masks.prunable_leaves(m).values())
+
+
+def _equal(a, b) -> bool:
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                    for x, y in zip(la, lb))
+
+
+def test_rounds_rewind_to_start_and_prune_trained_weights(tmp_path, start):
+  fake = FakeFinetune()
+  records = imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=4), start, fake)
+  total = sum(x.size for x in masks.prunable_leaves(start['params']).values())
+  kept, expected = total, masks.init(start['params'])
+  for k, (rec, call) in enumerate(zip(records, fake.calls)):
+    assert rec['round'] == k and call['seed'] == 0
+    assert _kept(call['masks']) == kept
+    # The mask of round k is global magnitude pruning of round k-1's trained weights.
+    assert _equal(call['masks'], expected)
+    assert rec['sparsity'] == pytest.approx(1 - kept / total)
+    # Rewinding: round k starts from the start weights under its mask.
+    assert _equal(call['variables']['params'], masks.apply(start['params'], call['masks']))
+    assert _equal(call['variables']['batch_stats'], start['batch_stats'])
+    assert os.path.exists(tmp_path / f'round_{k:02d}' / 'mask_torch.npz')
+    expected = pruning.global_magnitude(call['trained'], call['masks'], 0.2)
+    kept -= round(0.2 * kept)
+  assert [round(r['sparsity'], 4) for r in records] == [0.0, 0.2, 0.36, 0.488]
+  # The next round's mask is written already, so a finished run can be extended.
+  assert _equal(imp.load_round_mask(str(tmp_path), 4), expected)
+  assert {k for k in records[2] if k.startswith('sparsity_layer')} == {
+      f'sparsity_layer{i}' for i in range(1, 5)}
+  torch_file = np.load(tmp_path / 'round_02' / 'mask_torch.npz')
+  assert len(torch_file.files) == 19 and all(f.endswith('.weight_mask') for f in torch_file.files)
+
+
+def test_finished_rounds_are_never_recomputed_and_a_crash_resumes(tmp_path, start):
+  spec = imp.ImpSpec(num_rounds=4, seeds=(0, 1))
+  crashing = FakeFinetune(crash_on_call=5)  # round 2, seed 1
+  with pytest.raises(KeyboardInterrupt):
+    imp.run_imp(str(tmp_path), spec, start, crashing)
+  resumed = FakeFinetune()
+  records = imp.run_imp(str(tmp_path), spec, start, resumed)
+  # Only the unfinished rounds ran again: round 2 (both seeds) and round 3.
+  assert [c['dir'].split(os.sep)[-2:] for c in resumed.calls] == [
+      ['round_02', 'seed_0'], ['round_02', 'seed_1'], ['round_03', 'seed_0'],
+      ['round_03', 'seed_1']]
+  assert _equal(resumed.calls[0]['masks'], crashing.calls[4]['masks'])
+  uninterrupted = FakeFinetune()
+  reference = imp.run_imp(str(tmp_path / 'ref'), spec, start, uninterrupted)
+  assert [r['sparsity'] for r in records] == [r['sparsity'] for r in reference]
+  for k in range(4):
+    assert _equal(imp.load_round_mask(str(tmp_path), k),
+                  imp.load_round_mask(str(tmp_path / 'ref'), k))
+  # Two seeds per round: mean and sample std.
+  assert records[0]['test_accuracy_std'] == pytest.approx(np.std([0.9, 0.891], ddof=1))
+  # Extending a finished run trains only the new round.
+  more = FakeFinetune()
+  imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=5, seeds=(0, 1)), start, more)
+  assert len(more.calls) == 2
+
+
+def test_late_rewinding_uses_the_dense_runs_early_weights(tmp_path, start):
+  fake = FakeFinetune()
+  spec = imp.ImpSpec(num_rounds=3, rewind='step', rewind_step=7)
+  imp.run_imp(str(tmp_path), spec, start, fake)
+  assert fake.calls[0]['rewind_step'] == 7 and fake.calls[1]['rewind_step'] is None
+  early = fake.calls[0]['early']
+  for call in fake.calls[1:]:
+    assert _equal(call['variables']['params'], masks.apply(early['params'], call['masks']))
+  # The rewind point is saved: a resumed run finds it without redoing round 0.
+  resumed = FakeFinetune()
+  imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=4, rewind='step', rewind_step=7), start,
+              resumed)
+  assert len(resumed.calls) == 1
+  assert _equal(resumed.calls[0]['variables']['params'],
+                masks.apply(early['params'], resumed.calls[0]['masks']))
+
+
+def test_prune_first_and_random_baseline(tmp_path, start):
+  fake = FakeFinetune()
+  imp.run_imp(str(tmp_path / 'pf'), imp.ImpSpec(num_rounds=2, prune_first=True), start, fake)
+  # The first trained mask is one-shot magnitude pruning of the start weights.
+  assert _equal(fake.calls[0]['masks'],
+                pruning.global_magnitude(start['params'], masks.init(start['params']), 0.2))
+  rand = FakeFinetune()
+  records = imp.run_imp(str(tmp_path / 'rand'),
+                        imp.ImpSpec(num_rounds=3, pruning='random', include_dense=False),
+                        start, rand)
+  assert [r['round'] for r in records] == [1, 2]
+  assert [round(r['sparsity'], 4) for r in records] == [0.2, 0.36]
+  magnitude = pruning.global_magnitude(start['params'], masks.init(start['params']), 0.2)
+  assert masks.overlap(rand.calls[0]['masks'], magnitude)['total']['iou'] < 0.9
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_rounds=0), 'num_rounds'),
+    (dict(num_rounds=2, fraction=1.0), 'fraction'),
+    (dict(num_rounds=2, pruning='snip'), 'pruning'),
+    (dict(num_rounds=2, rewind='step'), 'rewind_step'),
+    (dict(num_rounds=2, rewind='step', rewind_step=3, prune_first=True), 'prune_first'),
+])
+def test_spec_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    imp.ImpSpec(**kwargs)
+
+
+def test_dense_round_takes_the_dense_seeds(tmp_path, start):
+  fake = FakeFinetune()
+  records = imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=2, dense_seeds=(0, 1, 2)), start,
+                        fake)
+  assert [c['seed'] for c in fake.calls] == [0, 1, 2, 0]
+  assert [r['num_seeds'] for r in records] == [3, 1]
+  with pytest.raises(ValueError, match='dense_seeds must start'):
+    imp.ImpSpec(num_rounds=2, dense_seeds=(1, 2))
