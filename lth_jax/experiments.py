@@ -16,6 +16,7 @@ Workdir layout:
     transfer/<dataset>/<ticket>/ transfer runs (see lth_jax.transfer)
     results.csv, results.json    one row per round / ticket
     accuracy_vs_sparsity*.png    the plot(s)
+    analysis/report.md           IMP mode: the tickets' structure (lth_jax.analysis)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from lth_jax import convert, data, defaults, imp, masks as masks_lib, pruning, results
+from lth_jax import analysis, convert, data, defaults, imp, masks as masks_lib, pruning, results
 from lth_jax import sharding, train, transfer, workdir as workdir_lib
 from lth_jax.models import create_model, init_variables
 
@@ -237,6 +238,9 @@ def run_imp_experiment(config: ml_collections.ConfigDict, workdir: str,
   for method, value in extreme.items():
     shown = 'none' if value is None else f'{100 * value:.2f}%'
     _say(f'Extreme matching sparsity ({method}): {shown}')
+  if _is_chief():
+    report = analysis.analyze_workdirs([workdir], policy=c.policy)
+    _say(f'Ticket analysis (overlap, layer and kernel structure): {report}')
   return {'curves': curves, 'extreme_sparsity': extreme}
 
 

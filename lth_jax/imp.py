@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -125,26 +124,6 @@ def prune(spec: ImpSpec, params: Any, masks: Any, round_index: int) -> Any:
                         policy=spec.policy)
 
 
-def stage_sparsity(masks: Any, policy: str | None = None) -> dict[str, float]:
-  """Sparsity of each ResNet stage (layer1..layer4) among its prunable weights.
-
-  Args:
-    masks: a mask tree.
-    policy: which leaves are prunable.
-
-  Returns:
-    {'sparsity_layer1': ..., ...} in stage order.
-  """
-  totals: dict[str, list[int]] = {}
-  for name, row in masks_lib.summary(masks, policy).items():
-    if match := re.search(r'(^|/)(layer\d+)_\d+/', name):
-      counts = totals.setdefault(match[2], [0, 0])
-      counts[0] += row['total']
-      counts[1] += row['kept']
-  return {f'sparsity_{stage}': 1.0 - kept / total
-          for stage, (total, kept) in sorted(totals.items())}
-
-
 def _round_dir(run_dir: str, k: int) -> str:
   return os.path.join(run_dir, f'round_{k:02d}')
 
@@ -191,7 +170,7 @@ def _round_record(k: int, masks: Any, fits: Sequence[train.FitResult], seeds: Se
       'test_accuracy': test_mean, 'test_accuracy_std': test_std,
       'val_accuracy': val_mean, 'val_accuracy_std': val_std,
       'best_epoch': fits[0].best_epoch, 'num_seeds': len(seeds),
-      **stage_sparsity(masks, policy),
+      **masks_lib.stage_sparsity(masks, policy),
       'runs': [{'seed': s, 'test_accuracy': f.test_accuracy, 'val_accuracy': f.best_val_accuracy,
                 'best_epoch': f.best_epoch} for s, f in zip(seeds, fits)],
       'seconds': seconds,

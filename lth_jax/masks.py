@@ -219,6 +219,42 @@ def sparsity(masks: Any, policy: Policy = None) -> float:
   return summary(masks, policy)['total']['sparsity']
 
 
+_STAGE = re.compile(r'(^|/)(layer\d+)_\d+/')
+
+
+def stage_of(name: str) -> str | None:
+  """The ResNet stage ('layer1'..'layer4') of a leaf name, None outside the stages.
+
+  Args:
+    name: a '/'-joined leaf name, e.g. 'layer3_1/conv2/kernel'.
+
+  Returns:
+    e.g. 'layer3'.
+  """
+  match = _STAGE.search(name)
+  return match[2] if match else None
+
+
+def stage_sparsity(masks: Any, policy: Policy = None) -> dict[str, float]:
+  """Sparsity of each ResNet stage among its prunable weights.
+
+  Args:
+    masks: a mask tree (full or partial).
+    policy: see `prunable_leaves`.
+
+  Returns:
+    {'sparsity_layer1': ..., ...} in stage order.
+  """
+  totals: dict[str, list[int]] = {}
+  for name, row in summary(masks, policy).items():
+    if stage := stage_of(name):
+      counts = totals.setdefault(stage, [0, 0])
+      counts[0] += row['total']
+      counts[1] += row['kept']
+  return {f'sparsity_{stage}': 1.0 - kept / total
+          for stage, (total, kept) in sorted(totals.items())}
+
+
 def _overlap_row(total: int, kept_a: int, kept_b: int, both: int) -> Row:
   union = kept_a + kept_b - both
   return {'total': total, 'kept_a': kept_a, 'kept_b': kept_b, 'intersection': both,

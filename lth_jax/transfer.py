@@ -70,7 +70,7 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Mapp
     row = {'ticket': name, 'sparsity': masks_lib.sparsity(masks, policy),
            'test_accuracy': test_mean, 'test_accuracy_std': test_std,
            'val_accuracy': val_mean, 'val_accuracy_std': val_std,
-           **imp.stage_sparsity(masks, policy), 'runs': runs}
+           **masks_lib.stage_sparsity(masks, policy), 'runs': runs}
     rows.append(row)
     if on_result is not None:
       on_result(row)

@@ -92,6 +92,8 @@ def test_imp_experiment_writes_rounds_table_plot_and_extreme_sparsity(imp_run):
     mean, std = np.mean(dense), np.std(dense, ddof=1)
     matching = [r['sparsity'] for r in recs[1:] if r['test_accuracy'] >= mean - std - 1e-9]
     assert out['extreme_sparsity'][method] == (max(matching) if matching else None)
+  report = open(os.path.join(workdir, 'analysis', 'report.md')).read()
+  assert 'magnitude' in report and 'random' in report
   ticket = imp.load_round_mask(os.path.join(workdir, 'magnitude'), 2)
   assert masks.sparsity(ticket) == pytest.approx(0.36, abs=1e-4)
 

@@ -277,3 +277,14 @@ def test_conform_moves_a_ticket_between_stems_and_heads(small_params):
       'params']
   with pytest.raises(ValueError, match='different architecture or width'):
     masks.conform(ticket, wide)
+
+
+def test_stage_sparsity_groups_layers_by_stage():
+  tree = {'conv1': {'kernel': np.zeros((3, 3, 1, 2), bool)},
+          'layer1_0': {'conv1': {'kernel': np.array([True, False, False, False]).reshape(
+              1, 1, 2, 2)}},
+          'layer1_1': {'conv1': {'kernel': np.ones((1, 1, 2, 2), bool)}},
+          'layer2_0': {'downsample_conv': {'kernel': np.zeros((1, 1, 2, 2), bool)}}}
+  assert masks.stage_of('encoder_q/layer3_1/conv2/kernel') == 'layer3'
+  assert masks.stage_of('conv1/kernel') is None
+  assert masks.stage_sparsity(tree) == {'sparsity_layer1': 3 / 8, 'sparsity_layer2': 1.0}

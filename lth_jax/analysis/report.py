@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lth_jax import imp, results
+from lth_jax import results
 from lth_jax import masks as masks_lib
 from lth_jax.analysis import plots, structure
 
@@ -64,7 +64,7 @@ def _write_json(path: str, value: Any) -> None:
 
 def _tickets_section(tickets: Mapping[str, Any], accuracy: Mapping[str, float] | None,
                      policy: masks_lib.Policy) -> list[str]:
-  stages = {name: imp.stage_sparsity(m, policy) for name, m in tickets.items()}
+  stages = {name: masks_lib.stage_sparsity(m, policy) for name, m in tickets.items()}
   columns = list(dict.fromkeys(c for s in stages.values() for c in s))
   header = ['ticket', 'sparsity %', *(c.removeprefix('sparsity_') + ' %' for c in columns)]
   if accuracy:

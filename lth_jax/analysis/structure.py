@@ -14,7 +14,6 @@ expected ratio up to O(1/n).
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -23,22 +22,6 @@ import numpy as np
 from lth_jax import masks as masks_lib
 
 Row = dict[str, Any]
-
-_STAGE = re.compile(r'(^|/)(layer\d+)_\d+/')
-
-
-def stage_of(name: str) -> str | None:
-  """The ResNet stage ('layer1'..'layer4') of a leaf name, None outside the stages.
-
-  Args:
-    name: a '/'-joined leaf name, e.g. 'layer3_1/conv2/kernel'.
-
-  Returns:
-    e.g. 'layer3'.
-  """
-  match = _STAGE.search(name)
-  return match[2] if match else None
-
 
 def short_name(name: str) -> str:
   """A layer's name without the trailing '/kernel', for tables and plot labels."""
@@ -169,7 +152,7 @@ def kernel_structure(masks: Any, policy: masks_lib.Policy = None) -> dict[str, R
   rows = {}
   for name, item in masks_lib.kernel_emptiness(masks, policy).items():
     empty = item['empty']
-    rows[name] = {'stage': stage_of(name), 'kernels': int(empty.size),
+    rows[name] = {'stage': masks_lib.stage_of(name), 'kernels': int(empty.size),
                   'empty': int(np.count_nonzero(empty)), 'fraction': item['fraction']}
   if not rows:
     raise ValueError('No prunable conv layer has kernels larger than 1x1.')
