@@ -8,12 +8,18 @@ r"""The offline default: a whole ticket search in minutes on a laptop CPU, no do
    convolution weights globally by magnitude, rewind to θ_p, repeat.
 3. The random-pruning baseline at the same sparsities.
 4. results.csv/.json, accuracy_vs_sparsity.png and the extreme matching sparsity.
+
+`configs/demo.py:tiny` is the same pipeline shrunk to about a minute (a random init
+instead of pre-training, the 8x8 scikit-learn digits, width 1/8, one epoch per round),
+for tests, notebooks and a first look:
+
+    python -m lth_jax.main --config=configs/demo.py:tiny --workdir=/tmp/lth_tiny
 """
 
 from lth_jax import defaults
 
 
-def get_config():
+def get_config(variant: str = ''):
   c = defaults.base_config()
   c.mode = 'imp'
   c.pretrained.source = 'pretrain'
@@ -32,5 +38,17 @@ def get_config():
     optim.weight_decay = 5e-4
   c.imp.num_rounds = 9
   c.imp.random_baseline = True
-  c.num_seeds = 2
+  c.num_seeds = 1
+  c.dense_seeds = 3
+  if variant == 'tiny':
+    c.pretrained.source = 'random'
+    c.data.dataset = 'digits'
+    c.model.width_multiplier = 0.125
+    c.data.eval_batch_size = 64
+    c.optim.num_epochs = 1
+    c.imp.num_rounds = 3
+    c.dense_seeds = 2
+  elif variant:
+    raise ValueError(f'Unknown demo variant {variant!r}: use configs/demo.py or '
+                     'configs/demo.py:tiny.')
   return c

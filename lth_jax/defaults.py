@@ -6,7 +6,9 @@ compute so that a bad value stops the run with a message that says what to chang
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
 
 import ml_collections
 
@@ -16,6 +18,30 @@ from lth_jax.models import resnet
 MODES = ('imp', 'transfer')
 PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
 TRANSFER_VARIANTS = ('ticket', 'random_global', 'random_layerwise', 'reinit', 'omp')
+# The config files of a source checkout (what `--config=configs/<name>.py` names).
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads a config file as `--config=` does, for notebooks and tests.
+
+  Args:
+    spec: 'name' or 'name:arg' of a file in configs/ (e.g. 'demo:tiny',
+      'downstream_imp:moco'), or a path to a config file, optionally with ':arg'.
+
+  Returns:
+    The file's `get_config(arg)` (or `get_config()` without an argument).
+  """
+  name, _, arg = spec.partition(':')
+  path = pathlib.Path(name if name.endswith('.py') else CONFIG_DIR / f'{name}.py')
+  if not path.is_file():
+    raise FileNotFoundError(
+        f'No config file {path}: configs/ ships with the source repository; install lth_jax '
+        'from a checkout (pip install -e DIR) or pass the path of a config file.')
+  module_spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -15,40 +14,18 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import experiments, imp, masks
+from lth_jax import defaults, experiments, imp, masks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / 'configs').glob('*.py'))
-# A tiny, fast version of the demo (scikit-learn digits, ResNet-18 at width 1/8).
-TINY = ['--config.pretrained.source=random', '--config.data.dataset=digits',
-        '--config.model.width_multiplier=0.125', '--config.data.batch_size=64',
-        '--config.data.eval_batch_size=64', '--config.optim.num_epochs=2',
-        '--config.imp.num_rounds=3', '--config.num_seeds=1', '--config.dense_seeds=2',
-        '--config.num_devices=1', '--config.checkpoint_every_steps=5']
-
-
-def load_config(path: pathlib.Path, arg: str | None = None):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+# The tiny demo, with mid-epoch checkpoints so that a kill lands inside a round.
+TINY = ['--config.num_devices=1', '--config.checkpoint_every_steps=5']
 
 
 def tiny(**overrides):
-  c = load_config(ROOT / 'configs' / 'demo.py')
-  for flag in TINY:
-    field, value = flag[len('--config.'):].split('=')
-    node = c
-    *parents, leaf = field.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == 'True'
-  for field, value in overrides.items():
-    node = c
-    *parents, leaf = field.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c = defaults.load_config('demo:tiny')
+  c.num_devices, c.checkpoint_every_steps = 1, 5
+  c.update_from_flattened_dict(overrides)
   return c
 
 
@@ -56,13 +33,13 @@ def tiny(**overrides):
 def test_every_config_has_its_command_line_and_validates(path, tmp_path):
   text = path.read_text()
   assert f'--config=configs/{path.name}' in text, 'the docstring must hold the command line'
-  config = load_config(path)
+  config = defaults.load_config(str(path))
   if config.pretrained.source not in ('random', 'pretrain'):
     config.pretrained.path = str(tmp_path / 'weights.pth')
     (tmp_path / 'weights.pth').write_bytes(b'')
   if config.mode == 'transfer' and config.transfer.variant != 'omp':
     config.transfer.imp_workdir = str(tmp_path)
-  experiments.defaults.validate(config, tuple(experiments.data.DATASETS))
+  defaults.validate(config, tuple(experiments.data.DATASETS))
 
 
 @pytest.fixture(scope='module')
@@ -109,7 +86,7 @@ def test_rerun_is_a_resume_that_recomputes_nothing(imp_run):
 def test_transfer_of_imp_tickets_and_omp(imp_run, tmp_path):
   workdir, _ = imp_run
   config = tiny(**{'mode': 'transfer', 'transfer.imp_workdir': os.path.join(workdir, 'magnitude'),
-                   'transfer.datasets': 'digits', 'optim.num_epochs': 1})
+                   'transfer.datasets': 'digits'})
   out = experiments.run(config, str(tmp_path / 'transfer'))
   rows = out['digits']['rows']
   # dense + the 4 masks of the IMP run (rounds 0..3; round 3's mask is ready, untrained).
@@ -118,8 +95,8 @@ def test_transfer_of_imp_tickets_and_omp(imp_run, tmp_path):
   assert [round(r['sparsity'], 4) for r in rows] == [0.0, 0.0, 0.2, 0.36, 0.488]
   assert all(isinstance(r['matching'], bool) for r in rows)
   omp = experiments.run(tiny(**{'mode': 'transfer', 'transfer.variant': 'omp',
-                                'transfer.omp_rounds': 2, 'transfer.datasets': 'digits',
-                                'optim.num_epochs': 1}), str(tmp_path / 'omp'))
+                                'transfer.omp_rounds': 2, 'transfer.datasets': 'digits'}),
+                     str(tmp_path / 'omp'))
   assert [round(r['sparsity'], 4) for r in omp['digits']['rows']] == [0.0, 0.2, 0.36]
 
 
@@ -149,7 +126,7 @@ def test_missing_checkpoint_file_and_foreign_workdir(imp_run, tmp_path):
 
 
 def _cli(workdir: str, *extra: str) -> list[str]:
-  return [sys.executable, '-m', 'lth_jax.main', f'--config={ROOT / "configs" / "demo.py"}',
+  return [sys.executable, '-m', 'lth_jax.main', f'--config={ROOT / "configs" / "demo.py"}:tiny',
           f'--workdir={workdir}', *TINY, '--config.imp.random_baseline=False', *extra]
 
 
