@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
 
+from lth_jax import masks as masks_lib
 from lth_jax import sharding
 
 if TYPE_CHECKING:
@@ -202,10 +203,8 @@ def cross_entropy_objective(model: nn.Module, params: Any, batch_stats: Any,
 
 
 def _masked(tree: Any, masks: Any | None) -> Any:
-  """Zeroes the entries of `tree` whose mask is False (`where`, so NaNs cannot leak)."""
-  if masks is None:
-    return tree
-  return jax.tree.map(lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), tree, masks)
+  """`masks_lib.apply`, or `tree` itself for dense training (masks None)."""
+  return tree if masks is None else masks_lib.apply(tree, masks)
 
 
 def _train_step(model: nn.Module, tx: optax.GradientTransformation, objective: Objective,
