@@ -30,13 +30,13 @@ def get_config(variant: str = ''):
   c.data.dataset = 'mnist5k'
   c.data.batch_size = 64
   c.data.eval_batch_size = 500
-  for optim, epochs in ((c.pretrain.optim, 4), (c.optim, 3)):
+  for optim, epochs in ((c.pretrain.optim, 3), (c.optim, 2)):
     optim.num_epochs = epochs
     optim.learning_rate = 0.05
     optim.schedule = 'cosine'
     optim.warmup_epochs = 0
     optim.weight_decay = 5e-4
-  c.imp.num_rounds = 9
+  c.imp.num_rounds = 8                  # up to 79% sparsity
   c.imp.random_baseline = True
   c.num_seeds = 1
   c.dense_seeds = 3
