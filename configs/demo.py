@@ -28,7 +28,7 @@ def get_config(variant: str = ''):
   c.model.stem = 'cifar'
   c.model.width_multiplier = 0.25
   c.data.dataset = 'mnist5k'
-  c.data.batch_size = 64
+  c.data.batch_size = 128
   c.data.eval_batch_size = 500
   for optim, epochs in ((c.pretrain.optim, 3), (c.optim, 2)):
     optim.num_epochs = epochs
@@ -44,6 +44,7 @@ def get_config(variant: str = ''):
     c.pretrained.source = 'random'
     c.data.dataset = 'digits'
     c.model.width_multiplier = 0.125
+    c.data.batch_size = 64
     c.data.eval_batch_size = 64
     c.optim.num_epochs = 1
     c.imp.num_rounds = 3
