@@ -12,10 +12,11 @@ import pathlib
 
 import ml_collections
 
-from lth_jax import imp, train
+from lth_jax import augment, imp, train
 from lth_jax.models import resnet
 
-MODES = ('imp', 'transfer')
+MODES = ('imp', 'transfer', 'upstream')
+UPSTREAM_OBJECTIVES = ('supervised', 'simclr', 'moco')
 PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
 TRANSFER_VARIANTS = ('ticket', 'random_global', 'random_layerwise', 'reinit', 'omp')
 # The config files of a source checkout (what `--config=configs/<name>.py` names).
@@ -82,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.imp.num_rounds = 16                 # round k has sparsity 1 - 0.8^k
   c.imp.fraction = 0.2
   c.imp.pruning = 'magnitude'           # see imp.PRUNING_METHODS
-  c.imp.rewind = 'start'                # 'start' (θ_p, or θ_0 with pretrained.source=random) or 'step'
+  c.imp.rewind = 'start'                # 'start' (θ_p; θ_0 if pretrained.source=random), 'step'
   c.imp.rewind_step = 0
   c.imp.prune_first = False
   c.imp.random_baseline = False         # also run the random-pruning baseline branch
@@ -95,11 +96,102 @@ def base_config() -> ml_collections.ConfigDict:
   c.transfer.variant = 'ticket'         # see TRANSFER_VARIANTS
   c.transfer.omp_rounds = 8             # 'omp': one-shot masks at 1 - 0.8^k, k = 1..omp_rounds
 
+  # mode='upstream': IMP on the pre-training task (lth_jax.upstream).
+  c.upstream = ml_collections.ConfigDict()
+  c.upstream.objective = 'supervised'   # see UPSTREAM_OBJECTIVES
+  c.upstream.projection_dim = 128       # simclr/moco: output of the MLP head
+  c.upstream.temperature = 0.2          # simclr (0.5 in the reference) / moco
+  c.upstream.moco_momentum = 0.999
+  c.upstream.queue_size = 65536         # moco: K negative keys (>= the global batch)
+  c.upstream.views = ''                 # augment preset ('simclr', 'moco_v2'); '': the objective's
+  c.upstream.blur = True                # keep the preset's Gaussian blur (off for tiny images)
+  c.upstream.image_size = 0             # side of the raw images fed to the views (0: the dataset's)
+  c.upstream.view_size = 0              # side of the augmented views (0: image_size)
+  c.upstream.normalize = True           # normalise views with the dataset's mean/std
+  c.upstream.keep_state = False         # carry optimizer state and MoCo's queue across rounds
+  c.upstream.knn_k = 200                # simclr/moco round metric: weighted kNN top-1
+  c.upstream.knn_temperature = 0.1
+  c.upstream.knn_bank_size = 0          # train examples in the kNN bank (0: all)
+
   c.num_seeds = 1                       # fine-tuning seeds per ticket (the paper: 3)
   c.dense_seeds = 0                     # seeds of IMP's dense round 0 (0: num_seeds)
   c.checkpoint_every_steps = 0          # extra mid-epoch checkpoints (0: each epoch only)
   c.num_devices = 0                     # 0: all devices
   return c
+
+
+def upstream_config(objective: str, source: str,
+                    variant: str = '') -> ml_collections.ConfigDict:
+  """The upstream IMP experiment of configs/{supervised,simclr,moco}_imp.py.
+
+  The paper's setting: ResNet-50 (ImageNet stem) on imagenet2012, batch 256, 10 epochs
+  per round at a constant learning rate, the first mask one-shot pruned from θ_p, 18
+  masks (20% to 98.2% sparsity). variant='demo' runs the same code on Animal-MNIST
+  with a ResNet-18 of width 1/4 (CIFAR stem) whose θ_p is pre-trained with the
+  objective inside the workdir.
+
+  Args:
+    objective: one of UPSTREAM_OBJECTIVES.
+    source: `pretrained.source` of the paper's checkpoint.
+    variant: '' (the paper) or 'demo'.
+
+  Returns:
+    A ConfigDict; the config files add the objective's recipe.
+  """
+  c = base_config()
+  c.mode = 'upstream'
+  c.upstream.objective = objective
+  c.pretrained.source = source
+  c.model.arch = 'resnet50'
+  c.model.stem = 'imagenet'
+  c.data.dataset = 'imagenet2012'
+  c.data.batch_size = 256
+  c.upstream.knn_bank_size = 100_000
+  c.optim.update(schedule='constant', warmup_epochs=0, num_epochs=10, momentum=0.9)
+  c.imp.num_rounds = 18
+  c.imp.prune_first = True
+  if variant == 'demo':
+    c.pretrained.source = 'pretrain'
+    c.pretrain.dataset = c.data.dataset = 'animal_mnist'
+    c.model.arch = 'resnet18'
+    c.model.stem = 'cifar'
+    c.model.width_multiplier = 0.25
+    c.data.batch_size = 128
+    c.upstream.knn_bank_size = 0
+    # A blur of sigma 0.1-2 px is meant for 224 px images (SimCLR drops it on CIFAR).
+    c.upstream.blur = False
+    c.pretrain.optim.update(schedule='cosine', warmup_epochs=0, num_epochs=6, momentum=0.9)
+    c.optim.num_epochs = 1
+    c.imp.num_rounds = 5
+  elif variant:
+    raise ValueError(f'Unknown variant {variant!r}: use configs/{objective}_imp.py for the '
+                     f'paper or configs/{objective}_imp.py:demo for the offline demo.')
+  return c
+
+
+def _validate_upstream(config: ml_collections.ConfigDict) -> None:
+  u = config.upstream
+  if u.objective not in UPSTREAM_OBJECTIVES:
+    _fail('upstream.objective', u.objective, f'choose one of {UPSTREAM_OBJECTIVES}.')
+  if u.views and u.views not in augment.PRESETS:
+    _fail('upstream.views', u.views, f'choose one of {tuple(augment.PRESETS)} or \'\'.')
+  if u.temperature <= 0:
+    _fail('upstream.temperature', u.temperature, 'must be > 0.')
+  if not 0.0 <= u.moco_momentum <= 1.0:
+    _fail('upstream.moco_momentum', u.moco_momentum, 'must be in [0, 1].')
+  if u.objective == 'moco' and u.queue_size < config.data.batch_size:
+    _fail('upstream.queue_size', u.queue_size,
+          f'must hold at least one global batch (data.batch_size={config.data.batch_size}).')
+  if u.knn_k < 1 or u.knn_temperature <= 0 or u.knn_bank_size < 0:
+    _fail('upstream.knn_k', u.knn_k, 'knn_k must be >= 1, knn_temperature > 0 and '
+          'knn_bank_size >= 0.')
+  if config.imp.rewind != 'start':
+    _fail('imp.rewind', config.imp.rewind, "upstream IMP rewinds to θ_p: use 'start'.")
+  if (config.pretrained.source == 'pretrain'
+      and config.pretrain.dataset != config.data.dataset):
+    _fail('pretrain.dataset', config.pretrain.dataset,
+          'upstream IMP pre-trains θ_p on its own task: set it to data.dataset '
+          f'({config.data.dataset!r}).')
 
 
 def _fail(field: str, value, hint: str) -> None:
@@ -169,6 +261,8 @@ def validate(config: ml_collections.ConfigDict, known_datasets: tuple[str, ...])
     if not os.path.isfile(path):
       _fail('pretrained.path', path, 'no such file; check the path (weights cannot be '
             'downloaded at run time).')
+  if config.mode == 'upstream':
+    _validate_upstream(config)
   if config.mode == 'transfer':
     if config.transfer.variant not in TRANSFER_VARIANTS:
       _fail('transfer.variant', config.transfer.variant, f'choose one of {TRANSFER_VARIANTS}.')

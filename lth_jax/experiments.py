@@ -3,11 +3,12 @@
     run(config, workdir)   # what `python -m lth_jax.main` calls
 
 Modes: 'imp' (IMP on a task with rewinding, optionally with the random-pruning
-baseline) and 'transfer' (fine-tune given tickets or baseline masks on tasks with
-several seeds and judge matching). Where θ_p comes from is `config.pretrained.source`:
-a PyTorch checkpoint, a random init (classic LTH), or 'pretrain' (supervised
-pre-training on `config.pretrain.dataset` inside the workdir, cached there; the
-offline demo uses it).
+baseline), 'transfer' (fine-tune given tickets or baseline masks on tasks with
+several seeds and judge matching) and 'upstream' (IMP on the pre-training task:
+supervised, SimCLR or MoCo v2; see lth_jax.upstream). Where θ_p comes from is
+`config.pretrained.source`: a PyTorch checkpoint, a random init (classic LTH), or
+'pretrain' (supervised pre-training on `config.pretrain.dataset` inside the workdir,
+cached there; the offline demo uses it).
 
 Workdir layout:
     experiment.json              the config (a different experiment is refused)
@@ -29,28 +30,16 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
-from absl import logging
 
-from lth_jax import analysis, convert, data, defaults, imp, masks as masks_lib, pruning, results
-from lth_jax import sharding, train, transfer, workdir as workdir_lib
+from lth_jax import analysis, console, convert, data, defaults, finetune as finetune_lib, imp
+from lth_jax import masks as masks_lib, pruning, results, sharding, train, transfer, upstream
+from lth_jax import workdir as workdir_lib
 from lth_jax.models import create_model, init_variables
 
 # Fields that may change between runs of one workdir: more rounds extend a run.
 RESUMABLE_CHANGES = ('imp.num_rounds',)
 TABLE_COLUMNS = ('method', 'round', 'ticket', 'sparsity', 'test_accuracy',
                  'test_accuracy_std', 'matching')
-
-
-def _is_chief() -> bool:
-  return jax.process_index() == 0
-
-
-def _say(message: str) -> None:
-  """Console progress that the user sees whatever the logging verbosity."""
-  logging.info(message)
-  if _is_chief():
-    print(message, flush=True)
 
 
 # ----------------------------------------------------------------------------------
@@ -74,48 +63,6 @@ def build_model(config: ml_collections.ConfigDict, dataset: str) -> Any:
       dtype=train.compute_dtype(config.model.half_precision))
 
 
-def make_finetune(config: ml_collections.ConfigDict, model: Any, dataset: str,
-                  mesh: Any, optim: ml_collections.ConfigDict | None = None) -> imp.Finetune:
-  """Binds `train.fit` to a dataset and recipe (see `lth_jax.imp.Finetune`).
-
-  Args:
-    config: the experiment config (data and checkpoint fields).
-    model: the Flax module.
-    dataset: the dataset to train and evaluate on.
-    mesh: the device mesh.
-    optim: the recipe (default `config.optim`).
-
-  Returns:
-    finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None) -> FitResult.
-  """
-  from clu import metric_writers
-
-  optim = config.optim if optim is None else optim
-  batch_size, eval_batch_size = config.data.batch_size, config.data.eval_batch_size
-  data_dir = config.data.data_dir
-  steps = data.steps_per_epoch(dataset, batch_size)
-
-  def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None):
-    writer = metric_writers.create_default_writer(
-        checkpoint_dir.rstrip('/') + '_tensorboard', just_logging=not _is_chief(),
-        asynchronous=False)
-    try:
-      return train.fit(
-          model, variables, masks, optim,
-          train_batches=lambda epoch, start: data.train_batches(
-              dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
-              start_step=start),
-          eval_batches=lambda split: data.eval_batches(
-              dataset, split, batch_size=eval_batch_size, data_dir=data_dir),
-          steps_per_epoch=steps, checkpoint_dir=checkpoint_dir, mesh=mesh, writer=writer,
-          checkpoint_every_steps=config.checkpoint_every_steps or None,
-          rewind_step=rewind_step)
-    finally:
-      writer.close()
-
-  return finetune
-
-
 def _transplant(backbone: Mapping[str, Any], model: Any, rng: jax.Array) -> dict[str, Any]:
   """θ_p on a task's model: the backbone's weights, a fresh head (as the reference)."""
   state_dict = {k: v for k, v in convert.to_pytorch(backbone).items()
@@ -125,21 +72,14 @@ def _transplant(backbone: Mapping[str, Any], model: Any, rng: jax.Array) -> dict
 
 def _pretrain(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[str, Any]:
   """Supervised pre-training on `config.pretrain.dataset`, cached in the workdir."""
-  path = os.path.abspath(os.path.join(workdir, 'pretrain', 'variables'))
   dataset = config.pretrain.dataset
   model = build_model(config, dataset)
-  rng = jax.random.key(config.seed)
-  like = init_variables(model, rng, data.get_info(dataset).image_shape[0])
-  checkpointer = ocp.StandardCheckpointer()
-  if not os.path.exists(path):
-    _say(f'Pre-training θ_p: {config.model.arch} on {dataset} for '
-         f'{config.pretrain.optim.num_epochs} epochs (cached in {path}).')
-    fit = make_finetune(config, model, dataset, mesh, optim=config.pretrain.optim)(
-        like, None, seed=config.seed, checkpoint_dir=os.path.join(workdir, 'pretrain', 'train'))
-    _say(f'Pre-training done: {dataset} test accuracy {fit.test_accuracy:.4f}.')
-    checkpointer.save(path, jax.device_get(fit.variables))
-    checkpointer.wait_until_finished()
-  return checkpointer.restore(path, jax.device_get(like))
+  like = init_variables(model, jax.random.key(config.seed), data.get_info(dataset).image_shape[0])
+  return finetune_lib.pretrain_once(
+      workdir, like, finetune_lib.make_finetune(config, model, dataset, mesh,
+                                                optim=config.pretrain.optim),
+      seed=config.seed, description=f'{config.model.arch} on {dataset} for '
+      f'{config.pretrain.optim.num_epochs} epochs')
 
 
 def pretrained_variables(config: ml_collections.ConfigDict, model: Any, dataset: str,
@@ -175,15 +115,8 @@ def _seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 def _report(workdir: str, rows: list[dict[str, Any]], curves: Mapping[str, list[dict[str, Any]]],
             dense: list[float], title: str, suffix: str = '') -> None:
-  if not _is_chief():
-    return
-  results.write_table(os.path.join(workdir, f'results{suffix}'), rows)
-  plot = results.plot_accuracy_vs_sparsity(
-      os.path.join(workdir, f'accuracy_vs_sparsity{suffix}.png'), curves, dense, title=title)
-  columns = [c for c in TABLE_COLUMNS if any(c in r for r in rows)]
-  stages = sorted({k for r in rows for k in r if k.startswith('sparsity_layer')})
-  _say('\n' + results.format_table(rows, columns + stages))
-  _say(f'Results: {os.path.join(workdir, "results" + suffix)}.csv/.json; plot: {plot}')
+  if console.is_chief():
+    console.say(results.report(workdir, rows, curves, dense, title, TABLE_COLUMNS, suffix))
 
 
 def run_imp_experiment(config: ml_collections.ConfigDict, workdir: str,
@@ -201,7 +134,7 @@ def run_imp_experiment(config: ml_collections.ConfigDict, workdir: str,
   dataset = config.data.dataset
   model = build_model(config, dataset)
   start = pretrained_variables(config, model, dataset, workdir, mesh)
-  finetune = make_finetune(config, model, dataset, mesh)
+  finetune = finetune_lib.make_finetune(config, model, dataset, mesh)
   c = config.imp
   spec = imp.ImpSpec(num_rounds=c.num_rounds, fraction=c.fraction, pruning=c.pruning,
                      rewind=c.rewind, rewind_step=c.rewind_step, prune_first=c.prune_first,
@@ -214,11 +147,11 @@ def run_imp_experiment(config: ml_collections.ConfigDict, workdir: str,
                                           prune_first=False, rewind='start')
   curves = {}
   for method, s in specs.items():
-    _say(f'IMP ({method}) on {dataset}: {s.num_rounds} rounds x {len(s.seeds)} seed(s) x '
-         f'{config.optim.num_epochs} epochs.')
+    console.say(f'IMP ({method}) on {dataset}: {s.num_rounds} rounds x {len(s.seeds)} '
+                f'seed(s) x {config.optim.num_epochs} epochs.')
     curves[method] = imp.run_imp(
         os.path.join(workdir, method), s, start, finetune,
-        on_round=lambda r, m=method: _say(
+        on_round=lambda r, m=method: console.say(
             f'[{m}] round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test accuracy '
             f'{100 * r["test_accuracy"]:.2f}% (best val epoch {r["best_epoch"]})'))
   dense_round = curves[c.pruning][0]
@@ -237,10 +170,10 @@ def run_imp_experiment(config: ml_collections.ConfigDict, workdir: str,
   _report(workdir, rows, curves, dense, f'{config.model.arch} on {dataset}')
   for method, value in extreme.items():
     shown = 'none' if value is None else f'{100 * value:.2f}%'
-    _say(f'Extreme matching sparsity ({method}): {shown}')
-  if _is_chief():
+    console.say(f'Extreme matching sparsity ({method}): {shown}')
+  if console.is_chief():
     report = analysis.analyze_workdirs([workdir], policy=c.policy)
-    _say(f'Ticket analysis (overlap, layer and kernel structure): {report}')
+    console.say(f'Ticket analysis (overlap, layer and kernel structure): {report}')
   return {'curves': curves, 'extreme_sparsity': extreme}
 
 
@@ -314,23 +247,23 @@ def run_transfer_experiment(config: ml_collections.ConfigDict, workdir: str,
       fresh = init_variables(model, jax.random.key(config.seed + 1),
                              data.get_info(dataset).image_shape[0])
       reinit = {name: fresh for name in chosen}
-    _say(f'Transfer ({variant}) to {dataset}: {len(chosen)} ticket(s) + dense x '
-         f'{config.num_seeds} seed(s).')
+    console.say(f'Transfer ({variant}) to {dataset}: {len(chosen)} ticket(s) + dense x '
+                f'{config.num_seeds} seed(s).')
     rows = transfer.run_transfer(
         os.path.join(workdir, 'transfer', dataset), chosen, start,
-        make_finetune(config, model, dataset, mesh), _seeds(config), init_variables=reinit,
-        policy=config.imp.policy,
-        on_result=lambda r: _say(f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, '
-                                 f'test {100 * r["test_accuracy"]:.2f}% '
-                                 f'± {100 * r["test_accuracy_std"]:.2f}'))
+        finetune_lib.make_finetune(config, model, dataset, mesh), _seeds(config),
+        init_variables=reinit, policy=config.imp.policy,
+        on_result=lambda r: console.say(
+            f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, '
+            f'test {100 * r["test_accuracy"]:.2f}% ± {100 * r["test_accuracy_std"]:.2f}'))
     extreme = transfer.add_matching(rows)
     dense = [r['test_accuracy'] for r in rows[0]['runs']]
     for row in rows:
       row['method'] = variant if row['ticket'] != transfer.DENSE else transfer.DENSE
     _report(workdir, rows, {variant: rows}, dense, f'{variant} tickets on {dataset}',
             suffix=f'_{dataset}')
-    _say(f'Extreme matching sparsity on {dataset}: '
-         f'{"none" if extreme is None else f"{100 * extreme:.2f}%"}')
+    console.say(f'Extreme matching sparsity on {dataset}: '
+                f'{"none" if extreme is None else f"{100 * extreme:.2f}%"}')
     out[dataset] = {'rows': rows, 'extreme_sparsity': extreme}
   return out
 
@@ -358,8 +291,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       raise ValueError(f'config.data.{field}={config.data[field]} must be a multiple of the '
                        f'{mesh.size} devices; change it or set config.num_devices.')
   resumed = workdir_lib.claim(workdir, config, RESUMABLE_CHANGES)
-  _say(f'{"Resuming" if resumed else "Starting"} {config.mode} in {workdir} on {mesh.size} '
-       f'{devices[0].platform} device(s).')
+  console.say(f'{"Resuming" if resumed else "Starting"} {config.mode} in {workdir} on '
+              f'{mesh.size} {devices[0].platform} device(s).')
   if config.mode == 'imp':
     return run_imp_experiment(config, workdir, mesh)
+  if config.mode == 'upstream':
+    return upstream.run_upstream_experiment(config, workdir, mesh)
   return run_transfer_experiment(config, workdir, mesh)

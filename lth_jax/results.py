@@ -171,3 +171,30 @@ def plot_accuracy_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[s
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def report(workdir: str, rows: Sequence[Mapping[str, Any]],
+           curves: Mapping[str, Sequence[Mapping[str, Any]]], dense: Sequence[float],
+           title: str, columns: Sequence[str], suffix: str = '') -> str:
+  """Writes results{suffix}.csv/.json and accuracy_vs_sparsity{suffix}.png in `workdir`.
+
+  Args:
+    workdir: the experiment's workdir.
+    rows: the table rows.
+    curves: name -> rows, one plotted curve each.
+    dense: dense-run accuracies (the plot's band; may be empty).
+    title: the plot title.
+    columns: the console table's columns, in order (absent ones are skipped); the
+      per-stage sparsities follow them.
+    suffix: appended to the file names (one report per task).
+
+  Returns:
+    The console text: the table and where the files are.
+  """
+  stem = os.path.join(workdir, f'results{suffix}')
+  write_table(stem, rows)
+  plot = plot_accuracy_vs_sparsity(
+      os.path.join(workdir, f'accuracy_vs_sparsity{suffix}.png'), curves, dense, title=title)
+  shown = [c for c in columns if any(c in r for r in rows)]
+  stages = sorted({k for r in rows for k in r if k.startswith('sparsity_layer')})
+  return f'\n{format_table(rows, shown + stages)}\nResults: {stem}.csv/.json; plot: {plot}'

@@ -15,6 +15,13 @@ on 'test' whenever validation accuracy improves (the reported number is the test
 accuracy at the best validation epoch), writes an orbax checkpoint every epoch (and
 every N steps if asked) and, called again on the same directory, resumes from the
 latest checkpoint and ends bit-identical to an uninterrupted run.
+
+Objectives with state of their own (`StatefulObjective`: SimCLR's and MoCo's PRNG
+key, MoCo's key encoder and queue; see `lth_jax.objectives`) keep it in
+`TrainState.extra`, which the same step carries, donates and checkpoints; they get
+the masks after the optimizer step, so MoCo's key encoder is re-masked with the query
+encoder's mask. Plain `Objective` functions (supervised cross-entropy) have no extra
+state and compile to the same step as before.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flax import struct
 import flax.linen as nn
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
   from clu import metric_writers
 
 Batch = Mapping[str, Any]
+# evaluator(variables, split) -> {'accuracy', 'loss', ...} on 'val' or 'test'.
+Evaluator = Callable[[Mapping[str, Any], str], Mapping[str, float]]
 # objective(model, params, batch_stats, batch) -> (loss, (new_batch_stats, metrics)):
 # the loss to differentiate, the updated BatchNorm statistics and scalar metrics
 # (means over the global batch) to average over an epoch.
@@ -62,11 +71,14 @@ class TrainState:
     params: model parameters (float32, pruned entries zero).
     batch_stats: BatchNorm running statistics.
     opt_state: optax state (momentum etc.).
+    extra: the objective's own state (see `StatefulObjective`); None for plain
+      objectives.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: optax.OptState
+  extra: Any = None
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -207,29 +219,79 @@ def _masked(tree: Any, masks: Any | None) -> Any:
   return tree if masks is None else masks_lib.apply(tree, masks)
 
 
-def _train_step(model: nn.Module, tx: optax.GradientTransformation, objective: Objective,
-                state: TrainState, masks: Any | None,
+class StatefulObjective(Protocol):
+  """An objective with state of its own, carried in `TrainState.extra`.
+
+  Implementations are hashable (frozen dataclasses), so equal objectives share one
+  compiled step; `lth_jax.objectives.SimCLR` and `MoCo` are the examples.
+  """
+
+  def init_extra(self, model: nn.Module, params: Any, batch_stats: Any, rng: jax.Array,
+                 carry: Any | None = None) -> Any:
+    """The state at the start of a run, from the masked params and a PRNG key.
+
+    `carry` is the state a previous run ended with (`fit(carry_from=...)`): the
+    objective keeps what the reference carries over (MoCo: the queue).
+    """
+
+  def __call__(self, model: nn.Module, params: Any, batch_stats: Any, batch: Batch,
+               extra: Any) -> tuple[jax.Array, tuple[Any, Any, dict[str, jax.Array]]]:
+    """(loss, (new_batch_stats, new_extra, metrics)); only params are differentiated."""
+
+  def update_extra(self, extra: Any, params: Any, masks: Any | None) -> Any:
+    """The state after the optimizer step, given the new, masked params."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stateless:
+  """A plain `Objective` as a `StatefulObjective` whose state is None."""
+  objective: Objective
+
+  def init_extra(self, model, params, batch_stats, rng, carry=None):
+    del model, params, batch_stats, rng, carry
+
+  def __call__(self, model, params, batch_stats, batch, extra):
+    loss, (batch_stats, metrics) = self.objective(model, params, batch_stats, batch)
+    return loss, (batch_stats, extra, metrics)
+
+  def update_extra(self, extra, params, masks):
+    del params, masks
+    return extra
+
+
+def _as_stateful(objective: Objective | StatefulObjective) -> StatefulObjective:
+  return objective if hasattr(objective, 'init_extra') else _Stateless(objective)
+
+
+def _train_step(model: nn.Module, tx: optax.GradientTransformation,
+                objective: StatefulObjective, state: TrainState, masks: Any | None,
                 batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
   grad_fn = jax.value_and_grad(
-      lambda p: objective(model, p, state.batch_stats, batch), has_aux=True)
-  (_, (batch_stats, metrics)), grads = grad_fn(state.params)
+      lambda p: objective(model, p, state.batch_stats, batch, state.extra), has_aux=True)
+  (_, (batch_stats, extra, metrics)), grads = grad_fn(state.params)
   grads = _masked(grads, masks)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   # Re-masking guards against any update that is not zero where the gradient is
   # (e.g. weights that were non-zero in the initial variables).
   params = _masked(optax.apply_updates(state.params, updates), masks)
   return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                    opt_state=opt_state), metrics
+                    opt_state=opt_state,
+                    extra=objective.update_extra(extra, params, masks)), metrics
 
 
-def _init_state(tx: optax.GradientTransformation, params: Any, batch_stats: Any,
-                masks: Any | None) -> TrainState:
+def _init_state(tx: optax.GradientTransformation, model: nn.Module,
+                objective: StatefulObjective, params: Any, batch_stats: Any,
+                masks: Any | None, rng_data: jax.Array,
+                carry: TrainState | None) -> TrainState:
   params = _masked(params, masks)
   # The state is donated to the train step, so it must own its buffers: a copy keeps
   # the caller's batch_stats (e.g. the rewind point) alive.
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=jax.tree.map(jnp.copy, batch_stats),
-                    opt_state=tx.init(params))
+  batch_stats = jax.tree.map(jnp.copy, batch_stats)
+  extra = objective.init_extra(model, params, batch_stats, jax.random.wrap_key_data(rng_data),
+                               None if carry is None else carry.extra)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params) if carry is None else carry.opt_state,
+                    extra=extra)
 
 
 def _eval_sums(model: nn.Module, variables: Any, batch: Batch) -> dict[str, jax.Array]:
@@ -249,7 +311,10 @@ class TrainSteps:
   Attributes:
     mesh: the mesh they run on.
     schedule: the learning-rate schedule (step -> lr).
-    init: (params, batch_stats, masks) -> TrainState, params masked, replicated.
+    init: (params, batch_stats, masks, rng=None, carry=None) -> TrainState, params
+      masked, replicated; `rng` (a PRNG key, default key(0)) seeds the objective's
+      state; `carry`, a previous run's final state, gives the optimizer state and
+      what the objective keeps of its state.
     train: (state, masks, batch) -> (state, metrics); state donated, batch from
       `sharding.shard_batch`, masks a replicated bool pytree or None (dense).
   """
@@ -269,11 +334,19 @@ def _eval_step(model: nn.Module, mesh: Mesh) -> Callable[..., dict[str, jax.Arra
 
 @functools.lru_cache(maxsize=16)
 def _build_steps(model: nn.Module, config: ml_collections.FrozenConfigDict,
-                 steps_per_epoch: int, mesh: Mesh, objective: Objective) -> TrainSteps:
+                 steps_per_epoch: int, mesh: Mesh,
+                 objective: Objective | StatefulObjective) -> TrainSteps:
   tx = create_optimizer(config, steps_per_epoch)
+  objective = _as_stateful(objective)
   replicated = sharding.replicated_sharding(mesh)
-  init = jax.jit(functools.partial(_init_state, tx), in_shardings=replicated,
-                 out_shardings=replicated)
+  init_state = jax.jit(functools.partial(_init_state, tx, model, objective),
+                       in_shardings=replicated, out_shardings=replicated)
+
+  def init(params, batch_stats, masks, rng=None, carry=None):
+    # Raw key data: a host array that `replicate` can place on every process.
+    rng_data = np.asarray(jax.random.key_data(jax.random.key(0) if rng is None else rng))
+    return init_state(params, batch_stats, masks, sharding.replicate(rng_data, mesh), carry)
+
   train = jax.jit(functools.partial(_train_step, model, tx, objective),
                   in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
                   out_shardings=(replicated, replicated), donate_argnums=0)
@@ -283,7 +356,8 @@ def _build_steps(model: nn.Module, config: ml_collections.FrozenConfigDict,
 
 def make_train_steps(model: nn.Module, config: ml_collections.ConfigDict,
                      steps_per_epoch: int, mesh: Mesh | None = None,
-                     objective: Objective = cross_entropy_objective) -> TrainSteps:
+                     objective: Objective | StatefulObjective = cross_entropy_objective
+                     ) -> TrainSteps:
   """The jitted init and train functions, memoised so every IMP round shares them.
 
   Args:
@@ -291,7 +365,7 @@ def make_train_steps(model: nn.Module, config: ml_collections.ConfigDict,
     config: the optimizer recipe (see `default_optimizer_config`).
     steps_per_epoch: optimizer steps per epoch.
     mesh: the device mesh; all devices by default.
-    objective: the training loss (see `Objective`).
+    objective: the training loss (an `Objective` or a `StatefulObjective`).
 
   Returns:
     The `TrainSteps`; calling this again with equal arguments returns the same
@@ -410,19 +484,30 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState,
   return restored['state'], meta, restored.get('rewind')
 
 
+def _restore_final_state(checkpoint_dir: str, like: TrainState, mesh: Mesh) -> TrainState:
+  """The last state a finished (or interrupted) `fit` saved in `checkpoint_dir`."""
+  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
+  try:
+    if manager.latest_step() is None:
+      raise ValueError(f'carry_from={checkpoint_dir!r} holds no checkpoint of a previous '
+                       'run; pass the checkpoint_dir of a run that has trained.')
+    return _restore(manager, like, mesh)[0]
+  finally:
+    manager.close()
+
+
 def _copy(tree: Any) -> Any:
   # A snapshot must not share buffers with a state that the next step donates.
   return jax.tree.map(jnp.copy, tree)
 
 
-def _end_of_epoch_record(model: nn.Module, state: TrainState, meta: dict[str, Any],
-                         eval_batches: Callable[[str], Iterable[Batch]],
-                         mesh: Mesh) -> dict[str, float]:
+def _end_of_epoch_record(state: TrainState, meta: dict[str, Any],
+                         evaluator: Evaluator) -> dict[str, float]:
   """Validates (and tests, when validation improved), updating the best in `meta`."""
-  val = evaluate(model, state.variables, eval_batches('val'), mesh)
+  val = evaluator(state.variables, 'val')
   record = {'val_accuracy': val['accuracy'], 'val_loss': val['loss']}
   if val['accuracy'] > meta['best_val_accuracy']:
-    test = evaluate(model, state.variables, eval_batches('test'), mesh)
+    test = evaluator(state.variables, 'test')
     record.update(test_accuracy=test['accuracy'], test_loss=test['loss'])
     meta.update(best_val_accuracy=val['accuracy'], best_epoch=meta['epoch'] + 1,
                 test_accuracy=test['accuracy'])
@@ -434,10 +519,12 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None,
         train_batches: Callable[[int, int], Iterable[Batch]],
         eval_batches: Callable[[str], Iterable[Batch]],
         steps_per_epoch: int, checkpoint_dir: str, mesh: Mesh | None = None,
-        objective: Objective = cross_entropy_objective,
+        objective: Objective | StatefulObjective = cross_entropy_objective,
         writer: metric_writers.MetricWriter | None = None,
         checkpoint_every_steps: int | None = None,
-        rewind_step: int | None = None) -> FitResult:
+        rewind_step: int | None = None, rng: jax.Array | None = None,
+        evaluator: Evaluator | None = None,
+        carry_from: str | None = None) -> FitResult:
   """Fine-tunes masked `variables` for `config.num_epochs` epochs, resumably.
 
   Args:
@@ -456,11 +543,18 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None,
     steps_per_epoch: optimizer steps per epoch (batches `train_batches` yields).
     checkpoint_dir: where the run's checkpoints live; an existing run there resumes.
     mesh: the device mesh; all devices by default.
-    objective: the training loss.
+    objective: the training loss (an `Objective` or a `StatefulObjective`).
     writer: optional clu metric writer for per-epoch scalars and steps/s.
     checkpoint_every_steps: also checkpoint every this many steps within an epoch.
     rewind_step: also return the variables after this many optimizer steps (0 gives
       the initial, masked variables): the late-rewinding point.
+    rng: PRNG key of the objective's state (on-device augmentation); key(0) if None.
+    evaluator: (variables, split) -> {'accuracy', 'loss'}, the per-epoch metric
+      (e.g. kNN accuracy of self-supervised features); None: classification
+      accuracy of the model on `eval_batches(split)`.
+    carry_from: checkpoint_dir of an earlier run (the previous IMP round) whose final
+      optimizer state, and what the objective keeps of its state, this run starts
+      from instead of fresh ones (the reference's carry-over between rounds).
 
   Returns:
     The `FitResult`.
@@ -478,8 +572,11 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None,
   steps = make_train_steps(model, config, steps_per_epoch, mesh, objective)
   mesh = steps.mesh
   masks = None if masks is None else sharding.replicate(masks, mesh)
-  state = steps.init(sharding.replicate(variables['params'], mesh),
-                     sharding.replicate(variables['batch_stats'], mesh), masks)
+  if evaluator is None:
+    evaluator = lambda v, split: evaluate(model, v, eval_batches(split), mesh)
+  start = (sharding.replicate(variables['params'], mesh),
+           sharding.replicate(variables['batch_stats'], mesh), masks, rng)
+  state = steps.init(*start)
 
   manager = ocp.CheckpointManager(
       os.path.abspath(checkpoint_dir),
@@ -489,6 +586,8 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None,
   rewind = None
   if manager.latest_step() is None:
     meta = _fresh_meta()
+    if carry_from is not None:
+      state = steps.init(*start, carry=_restore_final_state(carry_from, state, mesh))
   else:
     state, meta, rewind = _restore(manager, state, mesh)
     logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
@@ -529,7 +628,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None,
               'learning_rate': float(steps.schedule(step - 1)),
               **{f'train_{k}': v / steps_per_epoch for k, v in meta['train_sums'].items()}}
     with report_progress.timed('eval'):
-      record.update(_end_of_epoch_record(model, state, meta, eval_batches, mesh))
+      record.update(_end_of_epoch_record(state, meta, evaluator))
     meta['history'].append(record)
     meta.update(epoch=epoch + 1, step=step, train_sums={}, has_rewind=rewind is not None)
     _save(manager, state, meta, rewind)

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lth_jax import data
-from lth_jax.data import augment, offline, pipeline, registry
+from lth_jax.data import augment, offline, pipeline
 
 OFFLINE = ('animal_mnist', 'mnist5k', 'digits')
 REPO = pathlib.Path(__file__).parents[1]

@@ -1,0 +1,272 @@
+"""Tests for upstream IMP: contrastive objectives in the train step, lth_jax.upstream.
+
+MoCo's key encoder under masks, one device against eight, state carried between
+runs, checkpoints with and without heads, and small end-to-end upstream IMP runs on
+the offline digits.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lth_jax import augment, convert, data, defaults, experiments, masks as masks_lib, objectives
+from lth_jax import pruning, sharding, train, upstream
+from lth_jax.models import create_model, init_variables
+
+IMAGE, BATCH, QUEUE = 12, 16, 40  # 40 is no multiple of 16: batches wrap around the queue
+MOCO = objectives.MoCo(momentum=0.9, queue_size=QUEUE)
+SIMCLR = objectives.SimCLR()
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """A tiny ResNet-18 with the MLP head, its variables and a ~50% random mask."""
+  model = create_model('resnet18', num_classes=16, stem='cifar', width_multiplier=0.125,
+                       head='mlp')
+  variables = jax.device_get(init_variables(model, jax.random.key(0), IMAGE))
+  masks = pruning.random(jax.random.key(1), masks_lib.init(variables['params']), 0.5)
+  return model, variables, jax.device_get(masks)
+
+
+def recipe():
+  config = train.default_optimizer_config()
+  config.update(learning_rate=0.05, weight_decay=5e-3, schedule='constant', warmup_epochs=0,
+                num_epochs=1)
+  return config
+
+
+def images(seed):
+  return {'image': np.random.default_rng(seed).random((BATCH, IMAGE, IMAGE, 3), np.float32)}
+
+
+def start(steps, variables, masks, rng=None, carry=None):
+  mesh = steps.mesh
+  return steps.init(sharding.replicate(variables['params'], mesh),
+                    sharding.replicate(variables['batch_stats'], mesh),
+                    sharding.replicate(masks, mesh), rng, carry)
+
+
+def test_moco_key_encoder_follows_by_momentum_under_the_query_mask(tiny):
+  model, variables, masks = tiny
+  steps = train.make_train_steps(model, recipe(), 100, objective=MOCO)
+  state = start(steps, variables, masks, jax.random.key(2))
+  mesh_masks = sharding.replicate(masks, steps.mesh)
+  want = jax.tree.map(lambda p, m: np.where(m, p, 0).astype(np.float64), variables['params'],
+                      masks)
+  np.testing.assert_array_equal(jax.tree.leaves(state.extra['key_params'])[5],
+                                jax.tree.leaves(want)[5])
+  for step in range(25):
+    state, metrics = steps.train(state, mesh_masks, sharding.shard_batch(images(step), steps.mesh))
+    query = jax.device_get(state.params)
+    want = jax.tree.map(lambda k, q, m: np.where(m, 0.9 * k + 0.1 * q, 0), want, query, masks)
+  key_params = jax.device_get(state.extra['key_params'])
+  for k, w, q, m in zip(*map(jax.tree.leaves, (key_params, want, query, masks))):
+    np.testing.assert_allclose(k, w, rtol=1e-4, atol=1e-6)
+    assert not k[~m].any() and not q[~m].any()  # pruned: exactly zero in both encoders
+  assert not np.allclose(jax.tree.leaves(key_params)[3], jax.tree.leaves(query)[3])
+  assert int(state.extra['queue_pointer']) == 25 * BATCH % QUEUE
+  np.testing.assert_allclose(np.linalg.norm(state.extra['queue'], axis=1), 1.0, rtol=1e-5)
+  assert np.isfinite(float(metrics['loss'])) and 'contrastive_accuracy' in metrics
+
+
+@pytest.mark.parametrize('objective', [MOCO, SIMCLR], ids=['moco', 'simclr'])
+def test_contrastive_step_on_eight_devices_equals_one(tiny, objective):
+  model, variables, masks = tiny
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    steps = train.make_train_steps(model, recipe(), 100, sharding.make_mesh(devices),
+                                   objective=objective)
+    state = start(steps, variables, masks, jax.random.key(3))
+    mesh_masks = sharding.replicate(masks, steps.mesh)
+    for step in range(2):
+      state, metrics = steps.train(state, mesh_masks,
+                                   sharding.shard_batch(images(step), steps.mesh))
+    results.append(jax.device_get((state.params, state.extra, metrics)))
+  (params_1, extra_1, metrics_1), (params_8, extra_8, metrics_8) = results
+  np.testing.assert_allclose(metrics_8['loss'], metrics_1['loss'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((params_8, extra_8)), jax.tree.leaves((params_1, extra_1))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_init_carries_optimizer_state_and_queue_but_not_the_key_encoder(tiny):
+  model, variables, masks = tiny
+  steps = train.make_train_steps(model, recipe(), 100, objective=MOCO)
+  state = start(steps, variables, masks, jax.random.key(2))
+  state, _ = steps.train(state, sharding.replicate(masks, steps.mesh),
+                         sharding.shard_batch(images(0), steps.mesh))
+  previous = jax.device_get(state)
+  fewer = pruning.global_magnitude(variables['params'], masks, 0.2)
+  carried = jax.device_get(start(steps, variables, fewer, jax.random.key(4),
+                                 sharding.replicate(previous, steps.mesh)))
+  np.testing.assert_array_equal(carried.extra['queue'], previous.extra['queue'])
+  assert int(carried.extra['queue_pointer']) == BATCH
+  for a, b in zip(jax.tree.leaves(carried.opt_state), jax.tree.leaves(previous.opt_state)):
+    np.testing.assert_array_equal(a, b)
+  rewound = masks_lib.apply(variables['params'], fewer)
+  for a, b in zip(jax.tree.leaves(carried.extra['key_params']), jax.tree.leaves(rewound)):
+    np.testing.assert_array_equal(a, b)
+  fresh = jax.device_get(start(steps, variables, fewer, jax.random.key(4)))
+  assert int(fresh.extra['queue_pointer']) == 0
+  assert not np.array_equal(fresh.extra['queue'], previous.extra['queue'])
+
+
+def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
+  config = defaults.load_config('moco_imp:demo')
+  config.data.dataset = 'digits'
+  config.model.width_multiplier = 0.125
+  model = upstream.build_model(config)
+  query = jax.device_get(init_variables(model, jax.random.key(5), 8))
+  key_encoder = jax.device_get(init_variables(model, jax.random.key(6), 8))
+  state_dict = {f'module.encoder_q.{k}': v for k, v in convert.to_pytorch(query).items()}
+  state_dict.update({f'module.encoder_k.{k}': v
+                     for k, v in convert.to_pytorch(key_encoder).items()})
+  state_dict['module.queue'] = np.zeros((16, 8), np.float32)
+  np.savez(tmp_path / 'moco.npz', **state_dict)
+  config.pretrained.update(source='moco', path=str(tmp_path / 'moco.npz'))
+  loaded = upstream.start_variables(config, model, str(tmp_path), finetune=None)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(query)):
+    np.testing.assert_array_equal(a, b)  # the MLP head included, never the key encoder
+
+  headless = {k: v for k, v in convert.to_pytorch(query).items() if not k.startswith('fc')}
+  np.savez(tmp_path / 'simclr.npz', **headless)
+  config.upstream.objective = 'simclr'
+  config.pretrained.update(source='simclr', path=str(tmp_path / 'simclr.npz'))
+  loaded = upstream.start_variables(config, model, str(tmp_path), finetune=None)
+  assert not np.allclose(loaded['params']['fc_0']['kernel'], query['params']['fc_0']['kernel'])
+  np.testing.assert_array_equal(loaded['params']['layer4_1']['conv2']['kernel'],
+                                query['params']['layer4_1']['conv2']['kernel'])
+
+
+def test_knn_evaluator_equals_numpy():
+  model = create_model('resnet18', num_classes=16, stem='cifar', in_channels=1,
+                       width_multiplier=0.125, head='mlp')
+  variables = jax.device_get(init_variables(model, jax.random.key(7), 8))
+  evaluate = upstream.knn_evaluator(model, 'digits', batch_size=64, mesh=sharding.make_mesh(),
+                                    k=5, temperature=0.1, bank_size=300)
+  got = evaluate(variables, 'test')
+
+  def features(split):
+    batches = list(data.eval_batches('digits', split, batch_size=64))
+    image, label, mask = (np.concatenate([b[k] for b in batches])
+                          for k in ('image', 'label', 'mask'))
+    f = np.asarray(model.clone(head='none').apply(variables, image), np.float64)[mask > 0]
+    return f / np.linalg.norm(f, axis=1, keepdims=True), label[mask > 0]
+
+  bank, bank_labels = (x[:300] for x in features('train'))
+  query, labels = features('test')
+  similarity = query @ bank.T
+  nearest = np.argsort(-similarity, axis=1)[:, :5]
+  votes = np.zeros((len(query), 10))
+  for i, row in enumerate(nearest):
+    np.add.at(votes[i], bank_labels[row], np.exp(similarity[i, row] / 0.1))
+  probability = votes / votes.sum(1, keepdims=True)
+  assert got['count'] == 355
+  assert got['accuracy'] == pytest.approx(np.mean(votes.argmax(1) == labels))
+  assert got['loss'] == pytest.approx(
+      -np.mean(np.log(probability[np.arange(len(labels)), labels] + 1e-12)), rel=1e-4)
+  assert evaluate(variables, 'test') == got  # the cached bank gives the same answer
+
+
+def tiny_upstream(objective, **overrides):
+  """The demo config of an objective shrunk to seconds: digits, width 1/8, one epoch."""
+  c = defaults.load_config(f'{objective}_imp:demo')
+  c.data.dataset = c.pretrain.dataset = 'digits'
+  c.model.width_multiplier = 0.125
+  c.data.batch_size = c.data.eval_batch_size = 64
+  c.pretrain.optim.num_epochs = 1
+  c.upstream.queue_size = 256
+  c.imp.num_rounds = 1
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+def _round_state(run_dir, k):
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(run_dir, f'round_{k:02d}',
+                                                               'seed_0')))
+  try:
+    restored = manager.restore(manager.latest_step(),
+                               args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  finally:
+    manager.close()
+  return restored['state']
+
+
+def test_moco_upstream_imp_end_to_end(tmp_path):
+  import torch
+
+  config = tiny_upstream('moco', **{'imp.num_rounds': 2, 'upstream.keep_state': True})
+  out = experiments.run(config, str(tmp_path))
+  run_dir = out['run_dir']
+  assert [r['round'] for r in out['records']] == [0, 1]
+  np.testing.assert_allclose([r['sparsity'] for r in out['records']], [0.2, 0.36], atol=1e-4)
+  assert 0 < out['theta_p']['test_accuracy'] <= 1
+  assert all(0 < r['test_accuracy'] <= 1 for r in out['records'])
+  for name in ('results.csv', 'theta_p.json', 'accuracy_vs_sparsity.png',
+               os.path.join('pretrain', 'variables')):
+    assert os.path.exists(tmp_path / name), name
+  tickets = [masks_lib.load(os.path.join(run_dir, f'round_{k:02d}', 'mask')) for k in range(3)]
+  for earlier, later in zip(tickets, tickets[1:]):
+    assert all(not (b & ~a).any() for a, b in zip(*map(jax.tree.leaves, (earlier, later))))
+  for k, ticket in enumerate(tickets):
+    path = os.path.join(run_dir, f'round_{k:02d}', 'mask_torch.pth')
+    state = torch.load(path, weights_only=True)
+    # ResNet-18: 16 block convs and 3 downsample convs, float 0/1 as torch's prune.
+    assert len(state) == 19 and all(v.dtype == torch.float32 for v in state.values())
+    from_torch = masks_lib.from_pytorch(path, like=ticket)
+    assert all(np.array_equal(a, b) for a, b in zip(*map(jax.tree.leaves, (from_torch, ticket))))
+  # keep_state: round 1 continued round 0's queue, 19 batches of 64 per epoch.
+  steps = 1266 // 64
+  assert int(_round_state(run_dir, 0)['extra']['queue_pointer']) == steps * 64 % 256
+  assert int(_round_state(run_dir, 1)['extra']['queue_pointer']) == 2 * steps * 64 % 256
+
+  again = experiments.run(config, str(tmp_path))  # finished: read back, not recomputed
+  assert again['records'] == out['records']
+
+
+@pytest.mark.parametrize('objective', ['supervised', 'simclr'])
+def test_upstream_imp_runs_for_every_objective(tmp_path, objective):
+  config = tiny_upstream(objective, **{'pretrained.source': 'random'})
+  out = experiments.run(config, str(tmp_path))
+  assert len(out['records']) == 1 and out['records'][0]['sparsity'] == pytest.approx(0.2, 1e-3)
+  assert os.path.isdir(os.path.join(out['run_dir'], 'round_01', 'mask'))
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('upstream.objective', 'byol', 'choose one of'),
+    ('upstream.queue_size', 32, 'at least one global batch'),
+    ('pretrain.dataset', 'mnist5k', 'pre-trains θ_p on its own task'),
+    ('imp.rewind', 'step', "rewinds to θ_p"),
+    ('upstream.views', 'byol', 'choose one of')])
+def test_bad_upstream_config_is_refused(tmp_path, field, value, message):
+  config = tiny_upstream('moco', **{field: value})
+  with pytest.raises(ValueError, match=message):
+    experiments.run(config, str(tmp_path))
+  assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_objectives_from_configs():
+  moco = upstream.make_objective(defaults.load_config('moco_imp'))
+  assert (moco.temperature, moco.momentum, moco.queue_size) == (0.2, 0.999, 65536)
+  assert moco.views == augment.MOCO_V2 and moco.mean == (0.485, 0.456, 0.406)
+  simclr = upstream.make_objective(defaults.load_config('simclr_imp'))
+  assert simclr.temperature == 0.5 and simclr.views == augment.SIMCLR and simclr.mean is None
+  demo = upstream.make_objective(defaults.load_config('moco_imp:demo'))
+  assert demo.views.blur_prob == 0 and demo.views.crop_scale == (0.2, 1.0)
+  assert demo.queue_size == 2048 and demo.mean == (0.2748,)
+  assert upstream.make_objective(defaults.load_config('supervised_imp')) is (
+      train.cross_entropy_objective)
+
+
+@pytest.mark.parametrize('name', ['supervised_imp', 'simclr_imp', 'moco_imp'])
+def test_paper_configs(name):
+  config = defaults.load_config(name)
+  assert config.mode == 'upstream' and config.imp.prune_first and config.imp.num_rounds == 18
+  assert (config.model.arch, config.data.dataset, config.data.batch_size,
+          config.optim.num_epochs) == ('resnet50', 'imagenet2012', 256, 10)
+  with pytest.raises(ValueError, match='Unknown variant'):
+    defaults.load_config(f'{name}:paper')
