@@ -23,14 +23,4 @@ from lth_jax import defaults
 
 
 def get_config(variant: str = ''):
-  c = defaults.upstream_config('moco', 'moco', variant)
-  c.upstream.temperature = 0.2
-  c.upstream.queue_size = 65536
-  c.optim.learning_rate = 3e-4
-  c.optim.weight_decay = 1e-4
-  if variant == 'demo':
-    c.upstream.queue_size = 2048
-    for optim in (c.pretrain.optim, c.optim):
-      optim.learning_rate = 0.06
-      optim.weight_decay = 5e-4
-  return c
+  return defaults.upstream_config('moco', variant)

@@ -24,15 +24,4 @@ from lth_jax import defaults
 
 
 def get_config(variant: str = ''):
-  c = defaults.upstream_config('simclr', 'simclr', variant)
-  c.upstream.temperature = 0.5
-  c.upstream.normalize = False
-  c.optim.optimizer = 'lars'
-  c.optim.learning_rate = 1e-4
-  c.optim.weight_decay = 1e-6
-  if variant == 'demo':
-    for optim in (c.pretrain.optim, c.optim):
-      optim.optimizer = 'lars'
-      optim.learning_rate = 0.5
-      optim.weight_decay = 1e-6
-  return c
+  return defaults.upstream_config('simclr', variant)

@@ -22,11 +22,4 @@ from lth_jax import defaults
 
 
 def get_config(variant: str = ''):
-  c = defaults.upstream_config('supervised', 'torchvision', variant)
-  c.optim.learning_rate = 1e-4
-  c.optim.weight_decay = 1e-4
-  if variant == 'demo':
-    for optim in (c.pretrain.optim, c.optim):
-      optim.learning_rate = 0.05
-      optim.weight_decay = 5e-4
-  return c
+  return defaults.upstream_config('supervised', variant)

@@ -15,7 +15,7 @@ import ml_collections
 from lth_jax import augment, imp, train
 from lth_jax.models import resnet
 
-MODES = ('imp', 'transfer', 'upstream')
+MODES = ('imp', 'transfer', 'upstream', 'paper')
 UPSTREAM_OBJECTIVES = ('supervised', 'simclr', 'moco')
 PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
 TRANSFER_VARIANTS = ('ticket', 'random_global', 'random_layerwise', 'reinit', 'omp')
@@ -113,6 +113,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.upstream.knn_temperature = 0.1
   c.upstream.knn_bank_size = 0          # train examples in the kNN bank (0: all)
 
+  # mode='paper': the paper in miniature (lth_jax.paper).
+  c.paper = ml_collections.ConfigDict()
+  c.paper.pretrainings = 'supervised,simclr,moco'  # pre-trained on pretrain.dataset
+  c.paper.tasks = 'mnist5k,digits'      # transfer tasks (comma-separated)
+  c.paper.upstream_epochs = 1           # epochs of each upstream IMP round
+  c.paper.transfer_every = 2            # transfer every N-th upstream ticket
+
   c.num_seeds = 1                       # fine-tuning seeds per ticket (the paper: 3)
   c.dense_seeds = 0                     # seeds of IMP's dense round 0 (0: num_seeds)
   c.checkpoint_every_steps = 0          # extra mid-epoch checkpoints (0: each epoch only)
@@ -120,27 +127,41 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def upstream_config(objective: str, source: str,
-                    variant: str = '') -> ml_collections.ConfigDict:
+# Each objective's released checkpoint (`pretrained.source`) and the reference's upstream
+# recipe: (optimizer, learning rate, weight decay) for the paper and for the offline demo.
+_UPSTREAM_RECIPES = {
+    'supervised': ('torchvision', ('sgd', 1e-4, 1e-4), ('sgd', 0.05, 5e-4)),
+    'simclr': ('simclr', ('lars', 1e-4, 1e-6), ('lars', 0.5, 1e-6)),
+    'moco': ('moco', ('sgd', 3e-4, 1e-4), ('sgd', 0.06, 5e-4)),
+}
+
+
+def upstream_config(objective: str, variant: str = '') -> ml_collections.ConfigDict:
   """The upstream IMP experiment of configs/{supervised,simclr,moco}_imp.py.
 
-  The paper's setting: ResNet-50 (ImageNet stem) on imagenet2012, batch 256, 10 epochs
-  per round at a constant learning rate, the first mask one-shot pruned from θ_p, 18
-  masks (20% to 98.2% sparsity). variant='demo' runs the same code on Animal-MNIST
-  with a ResNet-18 of width 1/4 (CIFAR stem) whose θ_p is pre-trained with the
-  objective inside the workdir.
+  The paper's setting: ResNet-50 (ImageNet stem) on imagenet2012 from the objective's
+  released checkpoint, batch 256, 10 epochs per round at a constant learning rate
+  (SGD; LARS for SimCLR), the first mask one-shot pruned from θ_p, 18 masks (20% to
+  98.2% sparsity). variant='demo' runs the same code on Animal-MNIST with a ResNet-18
+  of width 1/4 (CIFAR stem) whose θ_p is pre-trained with the objective inside the
+  workdir.
 
   Args:
     objective: one of UPSTREAM_OBJECTIVES.
-    source: `pretrained.source` of the paper's checkpoint.
     variant: '' (the paper) or 'demo'.
 
   Returns:
-    A ConfigDict; the config files add the objective's recipe.
+    A ConfigDict.
   """
+  if objective not in _UPSTREAM_RECIPES:
+    raise ValueError(f'Unknown objective {objective!r}: choose one of {UPSTREAM_OBJECTIVES}.')
+  source, paper, demo = _UPSTREAM_RECIPES[objective]
   c = base_config()
   c.mode = 'upstream'
   c.upstream.objective = objective
+  c.upstream.temperature = 0.5 if objective == 'simclr' else 0.2
+  # The converted SimCLR checkpoints take [0, 1] pixels.
+  c.upstream.normalize = objective != 'simclr'
   c.pretrained.source = source
   c.model.arch = 'resnet50'
   c.model.stem = 'imagenet'
@@ -150,6 +171,7 @@ def upstream_config(objective: str, source: str,
   c.optim.update(schedule='constant', warmup_epochs=0, num_epochs=10, momentum=0.9)
   c.imp.num_rounds = 18
   c.imp.prune_first = True
+  recipes = [(c.optim, paper)]
   if variant == 'demo':
     c.pretrained.source = 'pretrain'
     c.pretrain.dataset = c.data.dataset = 'animal_mnist'
@@ -158,14 +180,21 @@ def upstream_config(objective: str, source: str,
     c.model.width_multiplier = 0.25
     c.data.batch_size = 128
     c.upstream.knn_bank_size = 0
+    c.upstream.queue_size = 2048
+    # 0.999 suits ImageNet's 5k steps per epoch; a few hundred steps need a faster key
+    # encoder (the usual CIFAR-scale MoCo setting).
+    c.upstream.moco_momentum = 0.99
     # A blur of sigma 0.1-2 px is meant for 224 px images (SimCLR drops it on CIFAR).
     c.upstream.blur = False
     c.pretrain.optim.update(schedule='cosine', warmup_epochs=0, num_epochs=6, momentum=0.9)
     c.optim.num_epochs = 1
     c.imp.num_rounds = 5
+    recipes = [(c.optim, demo), (c.pretrain.optim, demo)]
   elif variant:
     raise ValueError(f'Unknown variant {variant!r}: use configs/{objective}_imp.py for the '
                      f'paper or configs/{objective}_imp.py:demo for the offline demo.')
+  for optim, (optimizer, learning_rate, weight_decay) in recipes:
+    optim.update(optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay)
   return c
 
 
@@ -192,6 +221,24 @@ def _validate_upstream(config: ml_collections.ConfigDict) -> None:
     _fail('pretrain.dataset', config.pretrain.dataset,
           'upstream IMP pre-trains θ_p on its own task: set it to data.dataset '
           f'({config.data.dataset!r}).')
+
+
+def _validate_paper(config: ml_collections.ConfigDict,
+                    known_datasets: tuple[str, ...]) -> None:
+  p = config.paper
+  names = [n.strip() for n in p.pretrainings.split(',') if n.strip()]
+  if not names or any(n not in UPSTREAM_OBJECTIVES for n in names):
+    _fail('paper.pretrainings', p.pretrainings,
+          f'a comma-separated list drawn from {UPSTREAM_OBJECTIVES}.')
+  tasks = [t.strip() for t in p.tasks.split(',') if t.strip()]
+  if not tasks or any(t not in known_datasets for t in tasks):
+    _fail('paper.tasks', p.tasks, f'a comma-separated list drawn from {known_datasets}.')
+  if p.upstream_epochs < 1 or p.transfer_every < 1:
+    _fail('paper.upstream_epochs', p.upstream_epochs,
+          'upstream_epochs and transfer_every must be >= 1.')
+  if p.transfer_every > config.imp.num_rounds:
+    _fail('paper.transfer_every', p.transfer_every,
+          f'must be <= imp.num_rounds ({config.imp.num_rounds}), or no ticket is transferred.')
 
 
 def _fail(field: str, value, hint: str) -> None:
@@ -263,6 +310,8 @@ def validate(config: ml_collections.ConfigDict, known_datasets: tuple[str, ...])
             'downloaded at run time).')
   if config.mode == 'upstream':
     _validate_upstream(config)
+  if config.mode == 'paper':
+    _validate_paper(config, known_datasets)
   if config.mode == 'transfer':
     if config.transfer.variant not in TRANSFER_VARIANTS:
       _fail('transfer.variant', config.transfer.variant, f'choose one of {TRANSFER_VARIANTS}.')

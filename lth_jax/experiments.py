@@ -4,8 +4,9 @@
 
 Modes: 'imp' (IMP on a task with rewinding, optionally with the random-pruning
 baseline), 'transfer' (fine-tune given tickets or baseline masks on tasks with
-several seeds and judge matching) and 'upstream' (IMP on the pre-training task:
-supervised, SimCLR or MoCo v2; see lth_jax.upstream). Where θ_p comes from is
+several seeds and judge matching), 'upstream' (IMP on the pre-training task:
+supervised, SimCLR or MoCo v2; see lth_jax.upstream) and 'paper' (the paper's main
+figure in miniature; see lth_jax.paper). Where θ_p comes from is
 `config.pretrained.source`: a PyTorch checkpoint, a random init (classic LTH), or
 'pretrain' (supervised pre-training on `config.pretrain.dataset` inside the workdir,
 cached there; the offline demo uses it).
@@ -31,78 +32,15 @@ from typing import Any
 import jax
 import ml_collections
 
-from lth_jax import analysis, console, convert, data, defaults, finetune as finetune_lib, imp
-from lth_jax import masks as masks_lib, pruning, results, sharding, train, transfer, upstream
+from lth_jax import analysis, console, data, defaults, finetune as finetune_lib, imp, paper
+from lth_jax import masks as masks_lib, pretrained, pruning, results, sharding, transfer, upstream
 from lth_jax import workdir as workdir_lib
-from lth_jax.models import create_model, init_variables
+from lth_jax.models import init_variables
 
 # Fields that may change between runs of one workdir: more rounds extend a run.
 RESUMABLE_CHANGES = ('imp.num_rounds',)
 TABLE_COLUMNS = ('method', 'round', 'ticket', 'sparsity', 'test_accuracy',
                  'test_accuracy_std', 'matching')
-
-
-# ----------------------------------------------------------------------------------
-# Models, weights, fine-tuning.
-# ----------------------------------------------------------------------------------
-
-def build_model(config: ml_collections.ConfigDict, dataset: str) -> Any:
-  """The configured ResNet sized for a dataset (classes, input channels).
-
-  Args:
-    config: the experiment config (its `model` fields).
-    dataset: dataset name.
-
-  Returns:
-    The Flax module.
-  """
-  info = data.get_info(dataset)
-  return create_model(
-      config.model.arch, num_classes=info.num_classes, stem=config.model.stem,
-      in_channels=info.image_shape[-1], width_multiplier=config.model.width_multiplier,
-      dtype=train.compute_dtype(config.model.half_precision))
-
-
-def _transplant(backbone: Mapping[str, Any], model: Any, rng: jax.Array) -> dict[str, Any]:
-  """θ_p on a task's model: the backbone's weights, a fresh head (as the reference)."""
-  state_dict = {k: v for k, v in convert.to_pytorch(backbone).items()
-                if not k.startswith('fc')}
-  return convert.load_pytorch(state_dict, model, rng=rng)
-
-
-def _pretrain(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dict[str, Any]:
-  """Supervised pre-training on `config.pretrain.dataset`, cached in the workdir."""
-  dataset = config.pretrain.dataset
-  model = build_model(config, dataset)
-  like = init_variables(model, jax.random.key(config.seed), data.get_info(dataset).image_shape[0])
-  return finetune_lib.pretrain_once(
-      workdir, like, finetune_lib.make_finetune(config, model, dataset, mesh,
-                                                optim=config.pretrain.optim),
-      seed=config.seed, description=f'{config.model.arch} on {dataset} for '
-      f'{config.pretrain.optim.num_epochs} epochs')
-
-
-def pretrained_variables(config: ml_collections.ConfigDict, model: Any, dataset: str,
-                         workdir: str, mesh: Any) -> dict[str, Any]:
-  """θ_p for a task's model, with the task's fresh head.
-
-  Args:
-    config: the experiment config (`pretrained`, `pretrain`, `seed`).
-    model: the task's model.
-    dataset: the task (for the input size of a random init).
-    workdir: the experiment's workdir (for the 'pretrain' source's cache).
-    mesh: the device mesh.
-
-  Returns:
-    {'params', 'batch_stats'} as numpy trees.
-  """
-  rng = jax.random.key(config.seed)
-  source = config.pretrained.source
-  if source == 'random':
-    return jax.device_get(init_variables(model, rng, data.get_info(dataset).image_shape[0]))
-  if source == 'pretrain':
-    return _transplant(_pretrain(config, workdir, mesh), model, rng)
-  return convert.load_pytorch(config.pretrained.path, model, source=source, rng=rng)
 
 
 def _seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -132,8 +70,8 @@ def run_imp_experiment(config: ml_collections.ConfigDict, workdir: str,
     {'curves': {method: round records}, 'extreme_sparsity': {method: value or None}}.
   """
   dataset = config.data.dataset
-  model = build_model(config, dataset)
-  start = pretrained_variables(config, model, dataset, workdir, mesh)
+  model = pretrained.build_model(config, dataset)
+  start = pretrained.pretrained_variables(config, model, dataset, workdir, mesh)
   finetune = finetune_lib.make_finetune(config, model, dataset, mesh)
   c = config.imp
   spec = imp.ImpSpec(num_rounds=c.num_rounds, fraction=c.fraction, pruning=c.pruning,
@@ -239,8 +177,8 @@ def run_transfer_experiment(config: ml_collections.ConfigDict, workdir: str,
   variant = config.transfer.variant
   out = {}
   for dataset in [d.strip() for d in config.transfer.datasets.split(',') if d.strip()]:
-    model = build_model(config, dataset)
-    start = pretrained_variables(config, model, dataset, workdir, mesh)
+    model = pretrained.build_model(config, dataset)
+    start = pretrained.pretrained_variables(config, model, dataset, workdir, mesh)
     chosen = _baseline_tickets(config, tickets, start)
     reinit = {}
     if variant == 'reinit':
@@ -297,4 +235,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return run_imp_experiment(config, workdir, mesh)
   if config.mode == 'upstream':
     return upstream.run_upstream_experiment(config, workdir, mesh)
+  if config.mode == 'paper':
+    return paper.run_paper_experiment(config, workdir, mesh)
   return run_transfer_experiment(config, workdir, mesh)
