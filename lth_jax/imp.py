@@ -147,16 +147,31 @@ def load_round_mask(run_dir: str, k: int) -> Any:
   return masks_lib.load(os.path.join(_round_dir(run_dir, k), 'mask'))
 
 
+def load_rewind_point(run_dir: str, start: Mapping[str, Any]) -> dict[str, Any]:
+  """The variables a run rewinds to: its saved late-rewinding point, else `start`.
+
+  Args:
+    run_dir: an IMP run folder.
+    start: the variables round 0 started from (θ_p); also the structure to restore.
+
+  Returns:
+    {'params', 'batch_stats'} as numpy trees.
+  """
+  path = os.path.abspath(os.path.join(run_dir, 'rewind_point'))
+  start = jax.device_get(dict(start))
+  return ocp.StandardCheckpointer().restore(path, start) if os.path.exists(path) else start
+
+
 def _rewind_point(spec: ImpSpec, run_dir: str, start: Mapping[str, Any],
                   result: train.FitResult | None) -> Mapping[str, Any]:
   if spec.rewind == 'start':
     return start
   path = os.path.abspath(os.path.join(run_dir, 'rewind_point'))
-  checkpointer = ocp.StandardCheckpointer()
   if result is not None and not os.path.exists(path):
+    checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path, jax.device_get(result.rewind_variables))
     checkpointer.wait_until_finished()
-  return checkpointer.restore(path, jax.device_get(dict(start)))
+  return load_rewind_point(run_dir, start)
 
 
 def _round_record(k: int, masks: Any, fits: Sequence[train.FitResult], seeds: Sequence[int],

@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -110,7 +110,10 @@ def _runs_section(out_dir: str, runs: dict[str, dict[int, str]],
 
 def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
                      sparsity: float | None = None, heatmap_layer: str | None = None,
-                     policy: masks_lib.Policy = None, tolerance: float = 5e-4) -> str:
+                     policy: masks_lib.Policy = None, tolerance: float = 5e-4,
+                     perturbation: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]
+                     | None = None,
+                     connectivity: Mapping[str, Mapping[str, Any]] | None = None) -> str:
   """Compares the IMP runs of some workdirs and writes the report.
 
   Args:
@@ -121,6 +124,8 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
     heatmap_layer: the layer drawn kernel by kernel (see `report.write_report`).
     policy: which leaves are prunable.
     tolerance: sparsities closer than this are one level.
+    perturbation: sweeps to report (see `lth_jax.sensitivity.run`).
+    connectivity: linear mode connectivity results to report.
 
   Returns:
     The report's path.
@@ -156,4 +161,5 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
               for run, k in keys if records[(run, k)] is not None}
   return report.write_report(out_dir, tickets, title='Ticket analysis', intro=intro,
                              accuracy=accuracy, similarity=curve,
+                             perturbation=perturbation, connectivity=connectivity,
                              heatmap_layer=heatmap_layer, policy=policy)
