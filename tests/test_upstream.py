@@ -7,6 +7,7 @@ the offline digits.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import jax
@@ -76,16 +77,17 @@ def test_moco_key_encoder_follows_by_momentum_under_the_query_mask(tiny):
 
 @pytest.mark.parametrize('objective', [MOCO, SIMCLR], ids=['moco', 'simclr'])
 def test_contrastive_step_on_eight_devices_equals_one(tiny, objective):
-  model, variables, masks = tiny
+  # Dense: a randomly pruned tiny network has channels whose pre-activations sit exactly
+  # on ReLU's kink, where the float rounding of a different reduction order flips the
+  # gradient (by several % on either jax 0.10 or 0.12); the masked step is tested above.
+  model, variables, _ = tiny
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     steps = train.make_train_steps(model, recipe(), 100, sharding.make_mesh(devices),
                                    objective=objective)
-    state = start(steps, variables, masks, jax.random.key(3))
-    mesh_masks = sharding.replicate(masks, steps.mesh)
+    state = start(steps, variables, None, jax.random.key(3))
     for step in range(2):
-      state, metrics = steps.train(state, mesh_masks,
-                                   sharding.shard_batch(images(step), steps.mesh))
+      state, metrics = steps.train(state, None, sharding.shard_batch(images(step), steps.mesh))
     results.append(jax.device_get((state.params, state.extra, metrics)))
   (params_1, extra_1, metrics_1), (params_8, extra_8, metrics_8) = results
   np.testing.assert_allclose(metrics_8['loss'], metrics_1['loss'], rtol=1e-5)
@@ -197,8 +199,6 @@ def _round_state(run_dir, k):
 
 
 def test_moco_upstream_imp_end_to_end(tmp_path):
-  import torch
-
   config = tiny_upstream('moco', **{'imp.num_rounds': 2, 'upstream.keep_state': True})
   out = experiments.run(config, str(tmp_path))
   run_dir = out['run_dir']
@@ -212,13 +212,20 @@ def test_moco_upstream_imp_end_to_end(tmp_path):
   tickets = [masks_lib.load(os.path.join(run_dir, f'round_{k:02d}', 'mask')) for k in range(3)]
   for earlier, later in zip(tickets, tickets[1:]):
     assert all(not (b & ~a).any() for a, b in zip(*map(jax.tree.leaves, (earlier, later))))
+  torch_installed = importlib.util.find_spec('torch') is not None
   for k, ticket in enumerate(tickets):
-    path = os.path.join(run_dir, f'round_{k:02d}', 'mask_torch.pth')
-    state = torch.load(path, weights_only=True)
-    # ResNet-18: 16 block convs and 3 downsample convs, float 0/1 as torch's prune.
-    assert len(state) == 19 and all(v.dtype == torch.float32 for v in state.values())
-    from_torch = masks_lib.from_pytorch(path, like=ticket)
-    assert all(np.array_equal(a, b) for a, b in zip(*map(jax.tree.leaves, (from_torch, ticket))))
+    files = ['mask_torch.npz'] + (['mask_torch.pth'] if torch_installed else [])
+    for name in files:
+      path = os.path.join(run_dir, f'round_{k:02d}', name)
+      # ResNet-18: 16 block convs and 3 downsample convs.
+      assert len(masks_lib.prunable_leaves(masks_lib.from_pytorch(path))) == 19
+      from_torch = masks_lib.from_pytorch(path, like=ticket)
+      assert all(np.array_equal(a, b)
+                 for a, b in zip(*map(jax.tree.leaves, (from_torch, ticket))))
+  if torch_installed:
+    import torch
+    state = torch.load(os.path.join(run_dir, 'round_01', 'mask_torch.pth'), weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values())  # as torch's prune
   # keep_state: round 1 continued round 0's queue, 19 batches of 64 per epoch.
   steps = 1266 // 64
   assert int(_round_state(run_dir, 0)['extra']['queue_pointer']) == steps * 64 % 256
