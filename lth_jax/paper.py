@@ -87,8 +87,7 @@ def _upstream_tickets(config: ml_collections.ConfigDict, workdir: str,
                                                    config.paper.transfer_every]
     tickets[objective] = {f'round_{k:02d}': imp.load_round_mask(out['run_dir'], k)
                           for k in chosen}
-    thetas[objective] = upstream.start_variables(sub, upstream.build_model(sub), subdir,
-                                                 finetune=None)
+    thetas[objective] = out['start']
   return tickets, thetas
 
 
@@ -142,12 +141,11 @@ def run_paper_experiment(config: ml_collections.ConfigDict, workdir: str,
       for row in found:
         method = RANDOM if row['ticket'].startswith(RANDOM) else objective
         task_rows.append({'task': task, 'pretraining': objective, 'method': method, **row})
-      for method in {objective, RANDOM} & {r['method'] for r in task_rows}:
+      for method in [objective] + ([RANDOM] if objective == first else []):
         curve = [r for r in task_rows if r['method'] == method and r['pretraining'] == objective]
-        if curve:
-          extreme.append({'task': task, 'method': method, 'pretraining': objective,
-                          'dense_accuracy': results.mean_std(dense)[0],
-                          'extreme_sparsity': results.extreme_sparsity(curve, dense)})
+        extreme.append({'task': task, 'method': method, 'pretraining': objective,
+                        'dense_accuracy': results.mean_std(dense)[0],
+                        'extreme_sparsity': results.extreme_sparsity(curve, dense)})
     rows += task_rows
     if console.is_chief():
       console.say(results.report(

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 
 from lth_jax import analysis, console, data, finetune as finetune_lib, imp, pretrained
-from lth_jax import sharding, train
+from lth_jax import sharding, train, workdir as workdir_lib
 from lth_jax.analysis import workdirs
 from lth_jax.models import init_variables
 
@@ -45,7 +45,7 @@ def experiment_config(workdir: str) -> ml_collections.ConfigDict:
   Returns:
     The config of its `experiment.json`.
   """
-  path = os.path.join(workdir, 'experiment.json')
+  path = os.path.join(workdir, workdir_lib.EXPERIMENT_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a folder written by '
                             '`python -m lth_jax.main`.')

@@ -339,7 +339,8 @@ def run_upstream_experiment(config: ml_collections.ConfigDict, workdir: str,
     mesh: the device mesh.
 
   Returns:
-    {'records': round records, 'theta_p': θ_p's metric, 'run_dir': the IMP folder}.
+    {'records': round records, 'theta_p': θ_p's metric, 'run_dir': the IMP folder,
+    'start': θ_p's variables}.
   """
   c = config.upstream
   model = build_model(config)
@@ -379,4 +380,4 @@ def run_upstream_experiment(config: ml_collections.ConfigDict, workdir: str,
                 'reference).')
     report = analysis.analyze_workdirs([workdir], policy=config.imp.policy)
     console.say(f'Ticket analysis (overlap, layer and kernel structure): {report}')
-  return {'records': records, 'theta_p': theta_p, 'run_dir': run_dir}
+  return {'records': records, 'theta_p': theta_p, 'run_dir': run_dir, 'start': start}
