@@ -6,6 +6,13 @@ A Flax path is (collection, module..., leaf), e.g.
 Conv kernels are HWIO in Flax and OIHW in PyTorch; Dense kernels are transposed.
 Both the checkpoint converter and the mask converter use these functions, so a
 ticket found in JAX and a mask file of the reference name the same weights.
+
+A DeepLabV3+ (`lth_jax.models.deeplab`) keeps its backbone at the root with the names
+above and its head under `classifier`, named like the reference's keys with each index
+joined to the module before it by '_':
+    ('params', 'classifier', 'aspp', 'convs_4_1', 'kernel') <-> 'classifier.aspp.convs.4.1.weight'
+The reference's whole DeepLab state dict adds `backbone.` before the backbone's keys
+(`from_reference_deeplab_key`, `to_reference_deeplab_key`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,13 @@ _BN_FROM_TORCH = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
                   'running_var': ('batch_stats', 'var')}
 # Keys PyTorch keeps that carry no information for inference or training here.
 IGNORED_TORCH_LEAVES = ('num_batches_tracked',)
+
+# The DeepLabV3+ head's root module, and its BatchNorms (by Flax module name).
+HEAD = 'classifier'
+_HEAD_BN = re.compile(r'project_1|convs_[0-3]_1|convs_4_2|classifier_1')
+_HEAD_LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', **_BN_STATS}
+_REFERENCE_BACKBONE = 'backbone.'
+_DATA_PARALLEL = 'module.'
 
 
 def is_bn(module: str) -> bool:
@@ -53,6 +67,8 @@ def flax_to_torch_key(path: Path) -> str:
     The state-dict key, e.g. 'layer1.0.conv1.weight'.
   """
   collection, *modules, leaf = path
+  if modules[0] == HEAD:
+    return '.'.join([re.sub(r'_(?=\d)', '.', m) for m in modules] + [_HEAD_LEAVES[leaf]])
   if collection == 'batch_stats':
     torch_leaf = _BN_STATS[leaf]
   elif is_bn(modules[-1]):
@@ -66,7 +82,7 @@ def torch_to_flax_key(key: str) -> Path | None:
   """Maps a torchvision key (no prefix) to its Flax path, or None if not a variable.
 
   Args:
-    key: e.g. 'layer1.0.downsample.1.running_var'.
+    key: e.g. 'layer1.0.downsample.1.running_var' or 'classifier.project.1.weight'.
 
   Returns:
     e.g. ('batch_stats', 'layer1_0', 'downsample_bn', 'var'); None for
@@ -76,6 +92,8 @@ def torch_to_flax_key(key: str) -> Path | None:
   leaf = parts[-1]
   if leaf in IGNORED_TORCH_LEAVES:
     return None
+  if parts[0] == HEAD:
+    return _head_torch_to_flax_key(key, parts[1:-1], leaf)
   modules, rest = [], parts[:-1]
   while rest:
     head = rest.pop(0)
@@ -95,6 +113,53 @@ def torch_to_flax_key(key: str) -> Path | None:
     collection, flax_leaf = _BN_FROM_TORCH[leaf]
     return (collection, *modules, flax_leaf)
   return ('params', *modules, 'kernel' if leaf == 'weight' else leaf)
+
+
+def _head_torch_to_flax_key(key: str, parts: list[str], leaf: str) -> Path:
+  """A DeepLab head key ('classifier.' and the leaf stripped into `parts`, `leaf`)."""
+  modules = [HEAD]
+  for part in parts:
+    if not part.isdigit():
+      modules.append(part)
+    elif len(modules) > 1:
+      modules[-1] += f'_{part}'
+    else:
+      raise KeyError(f'{key!r} is not a DeepLabV3+ head variable.')
+  if len(modules) == 1:
+    raise KeyError(f'{key!r} is not a module parameter.')
+  if _HEAD_BN.fullmatch(modules[-1]):
+    if leaf not in _BN_FROM_TORCH:
+      raise KeyError(f'Unexpected BatchNorm entry {key!r}.')
+    collection, flax_leaf = _BN_FROM_TORCH[leaf]
+    return (collection, *modules, flax_leaf)
+  if leaf not in ('weight', 'bias'):
+    raise KeyError(f'Unexpected convolution entry {key!r}.')
+  return ('params', *modules, 'kernel' if leaf == 'weight' else leaf)
+
+
+def from_reference_deeplab_key(key: str) -> str:
+  """A key of the reference's DeepLab state dict as `torch_to_flax_key` reads it.
+
+  Args:
+    key: e.g. 'module.backbone.layer1.0.conv1.weight' or 'classifier.aspp.convs.0.0.weight'.
+
+  Returns:
+    `module.` and `backbone.` stripped: 'layer1.0.conv1.weight'; head keys unchanged.
+  """
+  key = key.removeprefix(_DATA_PARALLEL)
+  return key.removeprefix(_REFERENCE_BACKBONE)
+
+
+def to_reference_deeplab_key(key: str) -> str:
+  """The inverse of `from_reference_deeplab_key` (without `module.`).
+
+  Args:
+    key: a key of `flax_to_torch_key`, e.g. 'layer1.0.conv1.weight'.
+
+  Returns:
+    'backbone.layer1.0.conv1.weight'; head keys ('classifier.*') unchanged.
+  """
+  return key if key.startswith(HEAD + '.') else _REFERENCE_BACKBONE + key
 
 
 def to_flax_value(path: Path, value: np.ndarray) -> np.ndarray:

@@ -1,0 +1,9 @@
+"""YOLOv4 detection pieces: box geometry and NMS, target assignment, the loss."""
+
+from lth_jax.yolo.boxes import (ciou, giou, iou, nms, postprocess, xywh_to_xyxy,
+                                xyxy_to_xywh)
+from lth_jax.yolo.loss import yolo_loss
+from lth_jax.yolo.targets import ScaleTargets, build_targets, grid_sizes
+
+__all__ = ['ScaleTargets', 'build_targets', 'ciou', 'giou', 'grid_sizes', 'iou', 'nms',
+           'postprocess', 'xywh_to_xyxy', 'xyxy_to_xywh', 'yolo_loss']
