@@ -8,16 +8,7 @@ absl verbosity; on several hosts only process 0 prints.
 
 from __future__ import annotations
 
-import jax
-
-
-def is_chief() -> bool:
-  """Whether this process writes shared outputs and prints (process 0).
-
-  Returns:
-    True on process 0.
-  """
-  return jax.process_index() == 0
+from lth_jax import sharding
 
 
 def say(message: str) -> None:
@@ -26,5 +17,5 @@ def say(message: str) -> None:
   Args:
     message: the text.
   """
-  if is_chief():
+  if sharding.is_chief():
     print(message, flush=True)

@@ -27,6 +27,7 @@ import numpy as np
 from flax import traverse_util
 
 from lth_jax import torch_names
+from lth_jax.errors import CheckpointError
 from lth_jax.models.resnet import ARCHS, ResNet
 
 StateDict = dict[str, np.ndarray]
@@ -52,10 +53,6 @@ _RESAVE_HINT = ('If you trust its source, re-save it as a plain state dict where
                 'available: `ckpt = torch.load(path, weights_only=False); '
                 "sd = ckpt.get('state_dict', ckpt); torch.save({k: v for k, v in "
                 "sd.items() if isinstance(v, torch.Tensor)}, 'clean.pth')`.")
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -12,7 +12,7 @@ import pathlib
 
 import ml_collections
 
-from lth_jax import augment, imp, train
+from lth_jax import augment, errors, imp, train
 from lth_jax.models import resnet
 
 MODES = ('imp', 'transfer', 'upstream', 'paper')
@@ -21,6 +21,18 @@ PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretra
 TRANSFER_VARIANTS = ('ticket', 'random_global', 'random_layerwise', 'reinit', 'omp')
 # The config files of a source checkout (what `--config=configs/<name>.py` names).
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def split_names(value: str) -> list[str]:
+  """The items of a comma-separated config field, e.g. 'cifar10, svhn_cropped'.
+
+  Args:
+    value: the field's value.
+
+  Returns:
+    The stripped, non-empty items in order.
+  """
+  return [v.strip() for v in value.split(',') if v.strip()]
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -76,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
   c.data.batch_size = 128               # global, over all devices and hosts
   c.data.eval_batch_size = 500
+  # ImageNet has no labelled test split besides its validation set (the 'test' split):
+  # hold this many train images out as 'val', so that choosing the best epoch never
+  # looks at the test set (0: 'val' is the test set, as in the reference).
+  c.data.val_from_train = 10_000
 
   c.optim = train.default_optimizer_config()
 
@@ -173,6 +189,9 @@ def upstream_config(objective: str, variant: str = '') -> ml_collections.ConfigD
   c.imp.prune_first = True
   recipes = [(c.optim, paper)]
   if variant == 'demo':
+    # θ_p is made here, so it can see the same normalised inputs as every transfer of it
+    # (the released SimCLR weights want [0, 1] pixels; ours need not).
+    c.upstream.normalize = True
     c.pretrained.source = 'pretrain'
     c.pretrain.dataset = c.data.dataset = 'animal_mnist'
     c.model.arch = 'resnet18'
@@ -226,11 +245,11 @@ def _validate_upstream(config: ml_collections.ConfigDict) -> None:
 def _validate_paper(config: ml_collections.ConfigDict,
                     known_datasets: tuple[str, ...]) -> None:
   p = config.paper
-  names = [n.strip() for n in p.pretrainings.split(',') if n.strip()]
+  names = split_names(p.pretrainings)
   if not names or any(n not in UPSTREAM_OBJECTIVES for n in names):
     _fail('paper.pretrainings', p.pretrainings,
           f'a comma-separated list drawn from {UPSTREAM_OBJECTIVES}.')
-  tasks = [t.strip() for t in p.tasks.split(',') if t.strip()]
+  tasks = split_names(p.tasks)
   if not tasks or any(t not in known_datasets for t in tasks):
     _fail('paper.tasks', p.tasks, f'a comma-separated list drawn from {known_datasets}.')
   if p.upstream_epochs < 1 or p.transfer_every < 1:
@@ -242,7 +261,7 @@ def _validate_paper(config: ml_collections.ConfigDict,
 
 
 def _fail(field: str, value, hint: str) -> None:
-  raise ValueError(f'config.{field}={value!r}: {hint}')
+  raise errors.ConfigError(f'config.{field}={value!r}: {hint}')
 
 
 def validate(config: ml_collections.ConfigDict, known_datasets: tuple[str, ...]) -> None:
@@ -265,7 +284,7 @@ def validate(config: ml_collections.ConfigDict, known_datasets: tuple[str, ...])
     _fail('model.width_multiplier', config.model.width_multiplier, 'must be > 0.')
   datasets = [config.data.dataset]
   if config.mode == 'transfer':
-    datasets = [d.strip() for d in config.transfer.datasets.split(',') if d.strip()]
+    datasets = split_names(config.transfer.datasets)
   for name in datasets:
     if name not in known_datasets:
       _fail('data.dataset' if config.mode != 'transfer' else 'transfer.datasets', name,
@@ -281,6 +300,11 @@ def validate(config: ml_collections.ConfigDict, known_datasets: tuple[str, ...])
     _fail('imp.pruning', config.imp.pruning, f'choose one of {imp.PRUNING_METHODS}.')
   if config.imp.rewind not in imp.REWIND_POINTS:
     _fail('imp.rewind', config.imp.rewind, f'choose one of {imp.REWIND_POINTS}.')
+  if config.imp.random_baseline and config.imp.pruning.startswith('random'):
+    _fail('imp.random_baseline', config.imp.random_baseline,
+          f'imp.pruning={config.imp.pruning!r} already prunes at random, so the baseline '
+          'branch would be the run itself; set --config.imp.random_baseline=False, or '
+          "--config.imp.pruning=magnitude to compare IMP with random pruning.")
   if config.num_seeds < 1:
     _fail('num_seeds', config.num_seeds, 'must be >= 1.')
   if config.dense_seeds and config.dense_seeds < config.num_seeds:
@@ -319,7 +343,7 @@ def validate(config: ml_collections.ConfigDict, known_datasets: tuple[str, ...])
                                                   config.transfer.imp_workdir):
       _fail('transfer.masks', config.transfer.masks,
             'name the tickets: comma-separated mask paths, or transfer.imp_workdir.')
-    for path in filter(None, (p.strip() for p in config.transfer.masks.split(','))):
+    for path in split_names(config.transfer.masks):
       if not os.path.exists(path):
         _fail('transfer.masks', path, 'no such mask file or directory.')
     if config.transfer.imp_workdir and not os.path.isdir(config.transfer.imp_workdir):

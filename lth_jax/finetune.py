@@ -17,10 +17,10 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from lth_jax import console, data, imp, train
+from lth_jax import console, data, imp, sharding, train, tree_io
+from lth_jax.errors import DivergenceError
 
 
 def previous_round_dir(checkpoint_dir: str) -> str | None:
@@ -72,11 +72,12 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, dataset: str, m
   optim = config.optim if optim is None else optim
   batch_size, eval_batch_size = config.data.batch_size, config.data.eval_batch_size
   data_dir = config.data.data_dir
+  dataset = data.get_info(dataset, val_from_train=config.data.val_from_train)
   steps = data.steps_per_epoch(dataset, batch_size)
 
   def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None):
     writer = metric_writers.create_default_writer(
-        checkpoint_dir.rstrip('/') + '_tensorboard', just_logging=not console.is_chief(),
+        checkpoint_dir.rstrip('/') + '_tensorboard', just_logging=not sharding.is_chief(),
         asynchronous=False)
     try:
       return train.fit(
@@ -114,14 +115,15 @@ def pretrain_once(workdir: str, like: Mapping[str, Any], finetune: imp.Finetune,
   Returns:
     {'params', 'batch_stats'} as numpy trees.
   """
-  path = os.path.abspath(os.path.join(workdir, 'pretrain', 'variables'))
+  path = os.path.join(workdir, 'pretrain', 'variables')
   like = jax.device_get(dict(like))
-  checkpointer = ocp.StandardCheckpointer()
   if not os.path.exists(path):
     console.say(f'Pre-training θ_p: {description} (cached in {path}).')
-    fit = finetune(like, None, seed=seed,
-                   checkpoint_dir=os.path.join(workdir, 'pretrain', 'train'))
+    try:
+      fit = finetune(like, None, seed=seed,
+                     checkpoint_dir=os.path.join(workdir, 'pretrain', 'train'))
+    except DivergenceError as e:
+      raise e.within(f'pre-training θ_p ({description})') from None
     console.say(f'Pre-training done: test accuracy {fit.test_accuracy:.4f}.')
-    checkpointer.save(path, jax.device_get(fit.variables))
-    checkpointer.wait_until_finished()
-  return checkpointer.restore(path, like)
+    tree_io.save(path, fit.variables)
+  return tree_io.load(path, like)

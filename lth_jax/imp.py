@@ -26,12 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
-import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 
 from lth_jax import masks as masks_lib
-from lth_jax import pruning, results, train
+from lth_jax import pruning, results, sharding, train, tree_io
+from lth_jax.errors import DivergenceError
 
 PRUNING_METHODS = ('magnitude', 'layerwise_magnitude', 'random', 'random_layerwise')
 REWIND_POINTS = ('start', 'step')
@@ -131,20 +130,45 @@ def _round_dir(run_dir: str, k: int) -> str:
 def save_round_mask(round_dir: str, masks: Any, policy: str | None = None) -> None:
   """Writes a round's mask in this project's format and the reference's.
 
+  Every process calls it: orbax writes one copy of `mask/`, and the chief process the
+  reference's `mask_torch.npz` ('<name>.weight_mask', OIHW).
+
   Args:
     round_dir: the round's folder.
     masks: the mask tree.
     policy: which leaves are prunable (only those go into the PyTorch file).
   """
-  os.makedirs(round_dir, exist_ok=True)
-  np.savez_compressed(os.path.join(round_dir, 'mask_torch.npz'),
-                      **masks_lib.to_pytorch(masks, policy))
+  if sharding.is_chief():
+    results.write_npz(os.path.join(round_dir, 'mask_torch.npz'),
+                      masks_lib.to_pytorch(masks, policy))
   masks_lib.save(os.path.join(round_dir, 'mask'), masks, overwrite=True)
 
 
 def load_round_mask(run_dir: str, k: int) -> Any:
   """The mask of round k of a run (see `save_round_mask`)."""
   return masks_lib.load(os.path.join(_round_dir(run_dir, k), 'mask'))
+
+
+StartVariables = Mapping[str, Any] | Callable[[int], Mapping[str, Any]]
+
+
+def per_seed(variables: StartVariables) -> Callable[[int], dict[str, Any]]:
+  """Variables as a function of the fine-tuning seed.
+
+  Runs start from θ_p, whose pre-trained parts are the same for every seed while the
+  parts a checkpoint does not provide (a task's head, a CIFAR stem) are drawn per seed,
+  so that seeds are independent runs rather than data orders of one init.
+
+  Args:
+    variables: {'params', 'batch_stats'} shared by every seed, or seed -> variables.
+
+  Returns:
+    seed -> {'params', 'batch_stats'} as numpy trees.
+  """
+  if callable(variables):
+    return lambda seed: jax.device_get(dict(variables(seed)))
+  shared = jax.device_get(dict(variables))
+  return lambda seed: shared
 
 
 def load_rewind_point(run_dir: str, start: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,60 +181,76 @@ def load_rewind_point(run_dir: str, start: Mapping[str, Any]) -> dict[str, Any]:
   Returns:
     {'params', 'batch_stats'} as numpy trees.
   """
-  path = os.path.abspath(os.path.join(run_dir, 'rewind_point'))
+  path = os.path.join(run_dir, 'rewind_point')
   start = jax.device_get(dict(start))
-  return ocp.StandardCheckpointer().restore(path, start) if os.path.exists(path) else start
+  return tree_io.load(path, start) if os.path.exists(path) else start
 
 
-def _rewind_point(spec: ImpSpec, run_dir: str, start: Mapping[str, Any],
-                  result: train.FitResult | None) -> Mapping[str, Any]:
-  if spec.rewind == 'start':
+def rewind_point(run_dir: str, start: StartVariables, seed: int) -> StartVariables:
+  """What a run's later rounds rewind each seed to: its late-rewinding θ_k, else `start`.
+
+  Args:
+    run_dir: an IMP run folder.
+    start: the variables round 0 started from, or seed -> those.
+    seed: a seed of the run (its start variables give the structure to restore).
+
+  Returns:
+    θ_k (one tree for every seed) when the run saved one, else `start` itself.
+  """
+  if not os.path.exists(os.path.join(run_dir, 'rewind_point')):
     return start
-  path = os.path.abspath(os.path.join(run_dir, 'rewind_point'))
-  if result is not None and not os.path.exists(path):
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path, jax.device_get(result.rewind_variables))
-    checkpointer.wait_until_finished()
-  return load_rewind_point(run_dir, start)
+  return load_rewind_point(run_dir, per_seed(start)(seed))
 
 
-def _round_record(k: int, masks: Any, fits: Sequence[train.FitResult], seeds: Sequence[int],
+def _round_record(k: int, masks: Any, runs: Sequence[Mapping[str, Any]],
                   policy: str | None, seconds: float) -> dict[str, Any]:
-  test = [f.test_accuracy for f in fits]
-  val = [f.best_val_accuracy for f in fits]
-  test_mean, test_std = results.mean_std(test)
-  val_mean, val_std = results.mean_std(val)
+  test_mean, test_std = results.mean_std([r['test_accuracy'] for r in runs])
+  val_mean, val_std = results.mean_std([r['val_accuracy'] for r in runs])
   return {
       'round': k, 'sparsity': masks_lib.sparsity(masks, policy),
       'test_accuracy': test_mean, 'test_accuracy_std': test_std,
       'val_accuracy': val_mean, 'val_accuracy_std': val_std,
-      'best_epoch': fits[0].best_epoch, 'num_seeds': len(seeds),
-      **masks_lib.stage_sparsity(masks, policy),
-      'runs': [{'seed': s, 'test_accuracy': f.test_accuracy, 'val_accuracy': f.best_val_accuracy,
-                'best_epoch': f.best_epoch} for s, f in zip(seeds, fits)],
-      'seconds': seconds,
+      'best_epoch': runs[0]['best_epoch'], 'num_seeds': len(runs),
+      **masks_lib.stage_sparsity(masks, policy), 'runs': list(runs), 'seconds': seconds,
   }
 
 
-def run_imp(run_dir: str, spec: ImpSpec, start_variables: Mapping[str, Any],
+def _read_record(path: str) -> dict[str, Any] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
             finetune: Finetune,
             on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
   """Runs (or resumes) IMP rounds; finished rounds are read back, never recomputed.
+
+  A finished round that lacks some of the spec's seeds (a run resumed with more seeds)
+  trains only those and rewrites its record with every seed; its masks stay as they
+  were (they come from the first seed).
 
   Args:
     run_dir: the run's folder.
     spec: what to run.
     start_variables: {'params', 'batch_stats'} round 0 starts from (the pre-trained
-      weights with the task's head, or a random init).
+      weights with the task's head, or a random init), or seed -> those variables
+      (see `per_seed`); with rewind='start' every round rewinds each seed to its own.
     finetune: trains masked variables for one seed (see `Finetune`).
     on_round: called with each round's record as it finishes (or is read back).
 
   Returns:
     One record per round: round, sparsity, test/val accuracy (mean and std over
     seeds), best epoch, sparsity per stage, per-seed runs.
+
+  Raises:
+    DivergenceError: a fine-tuning run diverged; it names the run, round and seed, and
+      nothing is recorded for the round.
   """
   os.makedirs(run_dir, exist_ok=True)
-  start = jax.device_get(dict(start_variables))
+  start_for = per_seed(start_variables)
+  start = start_for(spec.seeds[0])
   first = 0 if spec.include_dense or spec.prune_first else 1
   first_dir = _round_dir(run_dir, first)
   if not os.path.exists(os.path.join(first_dir, 'mask')):
@@ -218,36 +258,47 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: Mapping[str, Any],
     if spec.prune_first or first == 1:
       m0 = prune(spec, start['params'], m0, first)
     save_round_mask(first_dir, m0, spec.policy)
-  rewind = None if spec.rewind == 'step' else start
+  rewind = None
   if spec.rewind == 'step' and os.path.exists(os.path.join(run_dir, 'rewind_point')):
-    rewind = _rewind_point(spec, run_dir, start, None)
+    rewind = load_rewind_point(run_dir, start)
   records = []
   for k in range(first, spec.num_rounds):
     round_dir = _round_dir(run_dir, k)
     done = os.path.join(round_dir, 'round.json')
-    if os.path.exists(done):
-      with open(done) as f:
-        record = json.load(f)
-    else:
+    record = _read_record(done)
+    seeds = spec.dense_seeds if k == 0 and spec.dense_seeds and not spec.prune_first else (
+        spec.seeds)
+    have = {r['seed']: r for r in (record or {}).get('runs', [])}
+    missing = [s for s in seeds if s not in have]
+    if missing:
       tic = time.time()
       masks = load_round_mask(run_dir, k)
-      init = rewind if rewind is not None else start
-      variables = {'params': masks_lib.apply(init['params'], masks),
-                   'batch_stats': init['batch_stats']}
-      fits = []
-      seeds = spec.dense_seeds if k == 0 and spec.dense_seeds and not spec.prune_first else (
-          spec.seeds)
-      for seed in seeds:
-        take_rewind = rewind is None and seed == seeds[0]
-        fits.append(finetune(variables, masks, seed=seed,
-                             checkpoint_dir=os.path.join(round_dir, f'seed_{seed}'),
-                             rewind_step=spec.rewind_step if take_rewind else None))
+      for seed in missing:
+        init = rewind if spec.rewind == 'step' and k > 0 else start_for(seed)
+        take_rewind = spec.rewind == 'step' and k == 0 and seed == seeds[0] and rewind is None
+        variables = {'params': masks_lib.apply(init['params'], masks),
+                     'batch_stats': init['batch_stats']}
+        try:
+          fit = finetune(variables, masks, seed=seed,
+                         checkpoint_dir=os.path.join(round_dir, f'seed_{seed}'),
+                         rewind_step=spec.rewind_step if take_rewind else None)
+        except DivergenceError as e:
+          raise e.within(f'{os.path.basename(os.path.normpath(run_dir))} round {k}, '
+                         f'seed {seed}') from None
         if take_rewind:
-          rewind = _rewind_point(spec, run_dir, start, fits[-1])
-      next_masks = prune(spec, jax.device_get(fits[0].variables['params']), masks, k + 1)
-      save_round_mask(_round_dir(run_dir, k + 1), next_masks, spec.policy)
-      record = _round_record(k, masks, fits, seeds, spec.policy, time.time() - tic)
-      results.write_json(done, record)
+          tree_io.save(os.path.join(run_dir, 'rewind_point'), fit.rewind_variables)
+          rewind = load_rewind_point(run_dir, start)
+        if seed == spec.seeds[0] and record is None:
+          next_masks = prune(spec, jax.device_get(fit.variables['params']), masks, k + 1)
+          save_round_mask(_round_dir(run_dir, k + 1), next_masks, spec.policy)
+        have[seed] = {'seed': seed, 'test_accuracy': fit.test_accuracy,
+                      'val_accuracy': fit.best_val_accuracy, 'best_epoch': fit.best_epoch}
+      runs = [have[s] for s in seeds] + [r for s, r in have.items() if s not in seeds]
+      record = _round_record(k, masks, runs, spec.policy,
+                             time.time() - tic + (record or {}).get('seconds', 0.0))
+      if sharding.is_chief():
+        results.write_json(done, record)
+      sharding.sync(f'imp round {k} of {run_dir}')
       logging.info('IMP round %d: sparsity %.4f, test accuracy %.4f', k, record['sparsity'],
                    record['test_accuracy'])
     records.append(record)

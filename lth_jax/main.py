@@ -2,12 +2,23 @@
 
 Flags only; the work lives in `lth_jax.experiments.run`, which tests and notebooks
 call directly. Override any config field with `--config.<field>=<value>`.
+
+Several processes (hosts): start the same command on every host with the same workdir.
+JAX joins them itself where it detects the cluster (SLURM, Open MPI, TPU pods that set
+TPU_WORKER_HOSTNAMES, or JAX_COORDINATOR_ADDRESS in the environment); otherwise pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (I = 0 .. N-1,
+HOST:PORT a free port on process 0's host).
+
+A problem the user can fix (a bad config value, a missing dataset or checkpoint, a
+workdir holding another experiment, a diverged run) ends with its message alone and exit
+status 2; `--verbosity=1` shows the traceback too.
 """
 
 from __future__ import annotations
 
 import logging as std_logging
 import os
+import sys
 
 # TensorFlow (the input pipeline) would otherwise print CUDA probing noise at import.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -19,6 +30,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, masks, metrics and plots.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py).',
                                 lock_config=True)
+flags.DEFINE_string('coordinator_address', None, 'Several processes: HOST:PORT of process 0 '
+                    '(same on every process).')
+flags.DEFINE_integer('num_processes', None, 'Several processes: how many.')
+flags.DEFINE_integer('process_id', None, 'Several processes: this one\'s index, 0 .. N-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -30,13 +45,35 @@ class _QuietLibraries(std_logging.Filter):
         part in record.pathname for part in ('/orbax/', '/tensorstore/', '/etils/'))
 
 
+def _join_processes() -> None:
+  from lth_jax import sharding  # Imports jax; must run before any computation.
+  given = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+  if any(v is not None for v in given):
+    if any(v is None for v in given):
+      raise app.UsageError('--coordinator_address, --num_processes and --process_id go '
+                           'together: pass all three, on every process.')
+    sharding.initialize_distributed(*given)
+  elif sharding.cluster_detected():
+    sharding.initialize_distributed()
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from lth_jax import experiments  # Imported late so that --help stays fast.
-  logging.set_verbosity(logging.INFO)
+  verbose = FLAGS.verbosity >= 1
+  _join_processes()
+  # Imported late so that --help stays fast.
+  from lth_jax import errors, experiments, sharding
+  logging.set_verbosity(logging.DEBUG if verbose else logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  experiments.run(FLAGS.config, FLAGS.workdir)
+  sharding.log_processes()
+  try:
+    experiments.run(FLAGS.config, FLAGS.workdir)
+  except errors.USER_ERRORS as e:
+    if verbose:
+      raise
+    print(f'{type(e).__name__}: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -22,9 +22,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from lth_jax import convert, torch_names
+from lth_jax import convert, torch_names, tree_io
 
 # Every convolution kernel inside a residual block (never the stem conv1, fc, BN or
 # biases). `(^|/)` lets prefixed trees match too: {'encoder_q': ...}, {'params': ...}.
@@ -346,20 +345,18 @@ def format_table(rows: Mapping[str, Row]) -> str:
 def save(path: str | os.PathLike, masks: Any, *, overwrite: bool = False) -> None:
   """Writes a mask tree with orbax (bool leaves, tree structure kept).
 
+  With several processes every process calls it (see `lth_jax.tree_io`).
+
   Args:
     path: a directory to create.
     masks: the mask tree.
     overwrite: replace an existing checkpoint at `path`.
   """
-  path = os.path.abspath(os.fspath(path))
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f'{path} already exists; pass overwrite=True to replace it.')
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path, masks, force=overwrite)
+  tree_io.save(path, masks, overwrite=overwrite)
 
 
 def load(path: str | os.PathLike) -> Any:
-  """Reads a mask tree written by `save`.
+  """Reads a mask tree written by `save` (in this process alone).
 
   Args:
     path: the checkpoint directory.
@@ -367,11 +364,10 @@ def load(path: str | os.PathLike) -> Any:
   Returns:
     The mask tree, bool leaves.
   """
-  path = os.path.abspath(os.fspath(path))
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'No mask checkpoint at {path}; write one with masks.save.')
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path)
+  if not os.path.isdir(os.fspath(path)):
+    raise FileNotFoundError(f'No mask checkpoint at {os.path.abspath(os.fspath(path))}; '
+                            'write one with masks.save.')
+  return tree_io.load(path)
 
 
 def _backbone_root(parts: tuple[str, ...]) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ fresh classification head, as in the reference's downstream fine-tuning.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -65,9 +66,30 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str, mesh: Any) -> dic
       f'{config.pretrain.optim.num_epochs} epochs')
 
 
+@functools.lru_cache(maxsize=2)
+def read_checkpoint(path: str) -> dict[str, Any]:
+  """The state dict of a checkpoint file, read once per process.
+
+  One read serves every seed's θ_p (only the fresh parts differ between seeds).
+
+  Args:
+    path: a file `lth_jax.convert.read_state_dict` reads.
+
+  Returns:
+    The flat state dict.
+  """
+  return convert.read_state_dict(path)
+
+
 def pretrained_variables(config: ml_collections.ConfigDict, model: Any, dataset: str,
-                         workdir: str, mesh: Any) -> dict[str, Any]:
+                         workdir: str, mesh: Any, seed: int | None = None) -> dict[str, Any]:
   """θ_p for a task's model, with the task's fresh head.
+
+  The pre-trained parts are the same for every seed; the parts the source does not
+  provide (the task's head; the stem conv of a CIFAR-stem model loading an ImageNet
+  checkpoint) are drawn from `seed`, so that runs with different seeds are independent
+  runs from θ_p. A random init (source 'random', the classic LTH θ_0) is itself the
+  rewind point and does not depend on the seed.
 
   Args:
     config: the experiment config (`pretrained`, `pretrain`, `seed`).
@@ -75,14 +97,35 @@ def pretrained_variables(config: ml_collections.ConfigDict, model: Any, dataset:
     dataset: the task (for the input size of a random init).
     workdir: the experiment's workdir (for the 'pretrain' source's cache).
     mesh: the device mesh.
+    seed: the fine-tuning seed whose fresh parts to draw (None: `config.seed`).
 
   Returns:
     {'params', 'batch_stats'} as numpy trees.
   """
-  rng = jax.random.key(config.seed)
   source = config.pretrained.source
   if source == 'random':
-    return jax.device_get(init_variables(model, rng, data.get_info(dataset).image_shape[0]))
+    return jax.device_get(init_variables(model, jax.random.key(config.seed),
+                                         data.get_info(dataset).image_shape[0]))
+  rng = jax.random.key(config.seed if seed is None else seed)
   if source == 'pretrain':
     return transplant(_pretrain(config, workdir, mesh), model, rng)
-  return convert.load_pytorch(config.pretrained.path, model, source=source, rng=rng)
+  return convert.load_pytorch(read_checkpoint(config.pretrained.path), model, source=source,
+                              rng=rng)
+
+
+def per_seed(config: ml_collections.ConfigDict, model: Any, dataset: str, workdir: str,
+             mesh: Any) -> Callable[[int], dict[str, Any]]:
+  """`pretrained_variables` as a function of the seed, each seed's variables made once.
+
+  Args:
+    config: the experiment config.
+    model: the task's model.
+    dataset: the task.
+    workdir: the experiment's workdir.
+    mesh: the device mesh.
+
+  Returns:
+    seed -> {'params', 'batch_stats'} (see `pretrained_variables`).
+  """
+  return functools.lru_cache(maxsize=None)(
+      lambda seed: pretrained_variables(config, model, dataset, workdir, mesh, seed=seed))

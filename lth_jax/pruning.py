@@ -110,11 +110,12 @@ def _select(scores: list[np.ndarray], inside: list[np.ndarray], leaves: list[int
   return int(threshold), restore
 
 
-def _prune_lowest(scores: list[Any], masks: list[Any], alive: list[int],
+def _prune_lowest(names: list[str], scores: list[Any], masks: list[Any], alive: list[int],
                   groups: list[list[int]], ks: list[int]) -> list[jax.Array]:
   """In each group of leaves, prunes the ks[g] survivors with the lowest scores.
 
   Args:
+    names: per leaf, its name (for error messages).
     scores: per leaf, float weights (scored by |w|) or int32 scores >= 0.
     masks: per leaf, the current mask.
     alive: per leaf, the number of survivors.
@@ -123,8 +124,18 @@ def _prune_lowest(scores: list[Any], masks: list[Any], alive: list[int],
 
   Returns:
     The new masks, bool, per leaf.
+
+  Raises:
+    ValueError: a float score is NaN or infinite (its bit pattern would rank it as a
+      huge magnitude and keep it).
   """
   host_scores = [np.asarray(s).reshape(-1) for s in scores]
+  bad = [n for n, s in zip(names, host_scores) if s.dtype.kind == 'f' and not np.isfinite(s).all()]
+  if bad:
+    raise ValueError(
+        f'Cannot prune: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. '
+        f'{bad[:3]}), so their magnitudes mean nothing. The training that produced them '
+        'diverged; lower the learning rate or check the checkpoint these weights came from.')
   host_masks = [np.asarray(m).reshape(-1) for m in masks]
   rng = np.random.default_rng(0)
   # -1 brackets and thresholds leave groups with nothing to prune untouched.
@@ -203,7 +214,7 @@ def _prune_fraction(masks: Any, names: list[str], scores: list[Any], current: li
     ks = [round(fraction * n) for n in alive]
   else:
     groups, ks = [list(range(len(names)))], [round(fraction * sum(alive))]
-  new = _prune_lowest(scores, current, alive, groups, ks)
+  new = _prune_lowest(names, scores, current, alive, groups, ks)
   return masks_lib.replace_leaves(masks, dict(zip(names, new)))
 
 
@@ -276,18 +287,22 @@ def random(key: jax.Array, masks: Any, fraction: float, layerwise: bool = False,
                          layerwise)
 
 
-def random_like(key: jax.Array, ticket: Any, layerwise: bool = True,
+def random_like(key: jax.Array, ticket: Any, *, layerwise: bool,
                 policy: masks_lib.Policy = None) -> Any:
   """A random mask with a ticket's sparsity: the random-pruning baselines of a ticket.
 
   Positions are drawn uniformly among all prunable weights (pruned ones included), so
-  the result shares no structure with the ticket beyond its counts.
+  the result shares no structure with the ticket beyond its counts. The two baselines
+  differ in what they keep of the ticket, so the choice has no default:
+  `layerwise=False` is random global pruning at the ticket's total sparsity (the
+  reference's `RandomUnstructured` over all prunable convolutions, the paper's "random
+  pruning"); `layerwise=True` keeps the ticket's layer profile (each layer's mask
+  shuffled).
 
   Args:
     key: a PRNG key.
     ticket: the mask tree whose counts to match.
-    layerwise: match every leaf's kept count (the ticket's layer-wise sparsity, i.e.
-      each layer's mask shuffled); otherwise only the total kept count.
+    layerwise: match every leaf's kept count; otherwise only the total kept count.
     policy: see `lth_jax.masks.prunable_leaves`.
 
   Returns:
@@ -304,7 +319,7 @@ def random_like(key: jax.Array, ticket: Any, layerwise: bool = True,
   else:
     groups, ks = [list(range(len(names)))], [sum(sizes) - sum(kept)]
   scores = _random_scores(key, tuple(tuple(m.shape) for m in full))
-  new = _prune_lowest(scores, full, sizes, groups, ks)
+  new = _prune_lowest(names, scores, full, sizes, groups, ks)
   return masks_lib.replace_leaves(ticket, dict(zip(names, new)))
 
 
@@ -330,5 +345,5 @@ def to_sparsity(params: Any, masks: Any, target: float,
   if k < 0:
     raise ValueError(f'The masks are already at sparsity {pruned / total:.6f}, above the '
                      f'target {target}; pruned weights never come back.')
-  new = _prune_lowest(weights, current, alive, [list(range(len(names)))], [k])
+  new = _prune_lowest(names, weights, current, alive, [list(range(len(names)))], [k])
   return masks_lib.replace_leaves(masks, dict(zip(names, new)))

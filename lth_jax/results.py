@@ -11,10 +11,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 import numpy as np
+
+
+# What each method's curve is, in words, where its name alone could mislead.
+METHOD_LABELS = {
+    'random': 'random pruning (global, as an IMP branch)',
+    'random_global': 'random pruning (global)',
+    'random_layerwise': "random, ticket's layer profile",
+}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -65,8 +74,37 @@ def extreme_sparsity(rows: Sequence[Mapping[str, Any]], dense: Sequence[float],
   return max(matching) if matching else None
 
 
+def atomic_write(path: str, write: Callable[[IO[Any]], None], mode: str = 'w') -> str:
+  """Writes a file atomically: into a uniquely named temporary file, then renamed.
+
+  A crash leaves no half-written file, and processes or threads writing the same path
+  never share a temporary file.
+
+  Args:
+    path: the file to write; its folder is created.
+    write: called with the open temporary file.
+    mode: 'w' (text) or 'wb'.
+
+  Returns:
+    `path`.
+  """
+  folder = os.path.dirname(path) or '.'
+  os.makedirs(folder, exist_ok=True)
+  handle, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.',
+                                 suffix='.tmp')
+  try:
+    with os.fdopen(handle, mode, **({'newline': ''} if 'b' not in mode else {})) as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
 def write_json(path: str, value: Any) -> str:
-  """Writes `value` as JSON atomically (temp file + rename: a crash leaves no half file).
+  """Writes `value` as JSON atomically (see `atomic_write`).
 
   Args:
     path: the file to write; its folder is created.
@@ -75,15 +113,39 @@ def write_json(path: str, value: Any) -> str:
   Returns:
     `path`.
   """
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1, default=float)
-  os.replace(path + '.tmp', path)
-  return path
+  return atomic_write(path, lambda f: json.dump(value, f, indent=1, default=float))
+
+
+def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> str:
+  """Writes arrays as a compressed `.npz` atomically (see `atomic_write`).
+
+  Args:
+    path: the file to write (ending in .npz).
+    arrays: name -> array.
+
+  Returns:
+    `path`.
+  """
+  return atomic_write(path, lambda f: np.savez_compressed(f, **arrays), mode='wb')
+
+
+def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
+  """Saves a matplotlib figure atomically, in the format of the path's extension.
+
+  Args:
+    fig: the figure.
+    path: e.g. 'plot.png' or 'plot.pdf'.
+    dpi: resolution of raster formats.
+
+  Returns:
+    `path`.
+  """
+  fmt = os.path.splitext(path)[1].lstrip('.') or 'png'
+  return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi), mode='wb')
 
 
 def write_table(path_stem: str, rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
-  """Writes rows as `<stem>.csv` and `<stem>.json` (atomically: temp file + rename).
+  """Writes rows as `<stem>.csv` and `<stem>.json` (atomically, see `atomic_write`).
 
   Args:
     path_stem: output path without extension.
@@ -97,14 +159,15 @@ def write_table(path_stem: str, rows: Sequence[Mapping[str, Any]]) -> tuple[str,
   for row in rows:
     fields += [k for k, v in row.items()
                if k not in fields and not isinstance(v, (list, tuple, dict))]
-  csv_path, json_path = f'{path_stem}.csv', f'{path_stem}.json'
-  with open(csv_path + '.tmp', 'w', newline='') as f:
+
+  def write_csv(f: IO[str]) -> None:
     # Nested values (per-seed runs) go to the JSON file only.
     writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
-  os.replace(csv_path + '.tmp', csv_path)
-  return csv_path, write_json(json_path, list(rows))
+
+  csv_path = atomic_write(f'{path_stem}.csv', write_csv)
+  return csv_path, write_json(f'{path_stem}.json', list(rows))
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -156,7 +219,7 @@ def plot_accuracy_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[s
     y = [100 * r[accuracy_key] for r in rows]
     err = [100 * r.get(f'{accuracy_key}_std', 0.0) for r in rows]
     ax.errorbar(x, y, yerr=err if any(err) else None, marker='o', ms=4, capsize=2,
-                label=name)
+                label=METHOD_LABELS.get(name, name))
   if dense:
     mean, std = mean_std(dense)
     ax.axhline(100 * mean, color='k', ls='--', lw=1, label='dense mean')
@@ -168,7 +231,7 @@ def plot_accuracy_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[s
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, path)
   plt.close(fig)
   return path
 

@@ -125,9 +125,10 @@ def run(workdir: str, *, level: int | None = None,
   # the devices the run had).
   mesh = sharding.make_mesh(jax.devices()[:config.num_devices or math.gcd(
       jax.device_count(), config.data.batch_size, config.data.eval_batch_size)])
-  # What the run rewound to: θ_p, or the late-rewinding point of imp.rewind='step'.
-  theta = imp.load_rewind_point(run_dir, pretrained.pretrained_variables(
-      config, model, dataset, workdir, mesh))
+  # What the run rewound to: each seed's θ_p, or the late-rewinding point of
+  # imp.rewind='step'.
+  theta = imp.rewind_point(run_dir, pretrained.per_seed(config, model, dataset, workdir, mesh),
+                           config.seed)
   finetune = finetune_lib.make_finetune(config, model, dataset, mesh)
   fresh = init_variables(model, jax.random.key(config.seed + 1),
                          data.get_info(dataset).image_shape[0])['params']

@@ -9,10 +9,13 @@ batch, inserting the cross-device reductions itself.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+from absl import logging
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -44,6 +47,57 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.distributed.initialize(
       coordinator_address=coordinator_address, num_processes=num_processes,
       process_id=process_id, local_device_ids=local_device_ids)
+
+
+def cluster_detected() -> bool:
+  """Whether the environment describes a multi-process job that JAX can join by itself.
+
+  SLURM with several tasks, Open MPI, a TPU slice that lists several workers
+  (TPU_WORKER_HOSTNAMES / TPU_PROCESS_ADDRESSES) or an explicit JAX_COORDINATOR_ADDRESS.
+
+  Returns:
+    True when `initialize_distributed()` without arguments should be called.
+  """
+  env = os.environ
+  if 'JAX_COORDINATOR_ADDRESS' in env or 'OMPI_MCA_orte_hnp_uri' in env:
+    return True
+  if 'SLURM_JOB_ID' in env and int(env.get('SLURM_NTASKS', '1')) > 1:
+    return True
+  workers = env.get('TPU_PROCESS_ADDRESSES') or env.get('TPU_WORKER_HOSTNAMES') or ''
+  return len([w for w in workers.split(',') if w.strip()]) > 1
+
+
+def log_processes() -> None:
+  """Logs this process's index, the process count and the devices (every process)."""
+  logging.info('Process %d of %d on %s; %d local and %d global %s device(s): %s',
+               jax.process_index(), jax.process_count(), socket.gethostname(),
+               jax.local_device_count(), jax.device_count(), jax.default_backend(),
+               ', '.join(str(d) for d in jax.local_devices()))
+
+
+def is_chief() -> bool:
+  """Whether this process writes the shared files of a run (process 0).
+
+  Orbax checkpoints are the exception: every process takes part in saving them and
+  orbax writes one copy.
+
+  Returns:
+    True on process 0.
+  """
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Waits until every process reaches this point (no-op with one process).
+
+  Placed after the chief writes a shared file that the others read next.
+
+  Args:
+    name: a label unique to this point of the program (it names the barrier).
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -45,6 +45,7 @@ from jax.sharding import Mesh
 
 from lth_jax import masks as masks_lib
 from lth_jax import sharding
+from lth_jax.errors import DivergenceError
 
 if TYPE_CHECKING:
   from clu import metric_writers
@@ -60,6 +61,8 @@ Objective = Callable[[nn.Module, Any, Any, Batch],
 
 OPTIMIZERS = ('sgd', 'lars')
 SCHEDULES = ('constant', 'multistep', 'cosine')
+# The train step's metric that is 1 when the loss, params or BN statistics are not finite.
+NONFINITE = 'nonfinite'
 
 
 @struct.dataclass
@@ -263,17 +266,25 @@ def _as_stateful(objective: Objective | StatefulObjective) -> StatefulObjective:
   return objective if hasattr(objective, 'init_extra') else _Stateless(objective)
 
 
+def _all_finite(*trees: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
+
+
 def _train_step(model: nn.Module, tx: optax.GradientTransformation,
                 objective: StatefulObjective, state: TrainState, masks: Any | None,
                 batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
   grad_fn = jax.value_and_grad(
       lambda p: objective(model, p, state.batch_stats, batch, state.extra), has_aux=True)
-  (_, (batch_stats, extra, metrics)), grads = grad_fn(state.params)
+  (loss, (batch_stats, extra, metrics)), grads = grad_fn(state.params)
   grads = _masked(grads, masks)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   # Re-masking guards against any update that is not zero where the gradient is
   # (e.g. weights that were non-zero in the initial variables).
   params = _masked(optax.apply_updates(state.params, updates), masks)
+  # Checked on the host before anything is saved or evaluated (see `fit`): a NaN loss
+  # would otherwise read as an accuracy (argmax of NaN logits is class 0) and a NaN
+  # weight as the largest magnitude.
+  metrics = {**metrics, NONFINITE: 1 - _all_finite(loss, params, batch_stats).astype(jnp.int32)}
   return TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                     opt_state=opt_state,
                     extra=objective.update_extra(extra, params, masks)), metrics
@@ -558,6 +569,11 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None,
 
   Returns:
     The `FitResult`.
+
+  Raises:
+    DivergenceError: the loss, params or BatchNorm statistics became non-finite; it is
+      raised before the next checkpoint, so the last one saved is finite, and it names
+      the epoch, the step and its learning rate.
   """
   # clu imports tensorflow (seconds); workers that only need the steps skip it.
   from clu import periodic_actions
@@ -601,6 +617,18 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None,
   step = meta['step']
   report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                                     writer=writer)
+
+  def absorb(pending: list[dict[str, jax.Array]], epoch: int) -> None:
+    # The metrics of the steps since the last absorb, before anything is saved.
+    metrics = jax.device_get(pending)
+    for i, item in enumerate(metrics):
+      if item.pop(NONFINITE):
+        bad = step - len(metrics) + i + 1
+        raise DivergenceError(checkpoint_dir, epoch=epoch + 1, step=bad,
+                              learning_rate=float(steps.schedule(bad - 1)))
+    _sum_sequentially(meta['train_sums'], metrics)
+    pending.clear()
+
   for epoch in range(meta['epoch'], num_epochs):
     start = step - epoch * steps_per_epoch
     batches = iter(train_batches(epoch, start))
@@ -618,11 +646,10 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None,
       report_progress(step)
       if checkpoint_every_steps and step % checkpoint_every_steps == 0 and (
           i + 1 < steps_per_epoch):
-        _sum_sequentially(meta['train_sums'], pending)
-        pending = []
+        absorb(pending, epoch)
         meta.update(step=step, has_rewind=rewind is not None)
         _save(manager, state, meta, rewind)
-    _sum_sequentially(meta['train_sums'], pending)
+    absorb(pending, epoch)
 
     record = {'epoch': epoch + 1, 'step': step,
               'learning_rate': float(steps.schedule(step - 1)),

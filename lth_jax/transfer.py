@@ -13,16 +13,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
-
-from lth_jax import imp, masks as masks_lib, results
+from lth_jax import imp, masks as masks_lib, results, sharding
+from lth_jax.errors import DivergenceError
 
 DENSE = 'dense'
 
 
-def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Mapping[str, Any],
+def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: imp.StartVariables,
                  finetune: imp.Finetune, seeds: Sequence[int],
-                 init_variables: Mapping[str, Mapping[str, Any]] | None = None,
+                 init_variables: Mapping[str, imp.StartVariables] | None = None,
                  policy: str | None = None,
                  on_result: Callable[[dict[str, Any]], None] | None = None
                  ) -> list[dict[str, Any]]:
@@ -33,36 +32,47 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Mapp
     tickets: name -> mask tree (any model sharing the prunable convolutions; see
       `lth_jax.masks.conform`).
     start_variables: {'params', 'batch_stats'} of this task's model (θ_p with the
-      task's head); the dense run and every ticket start from them.
+      task's head), or seed -> those variables (see `lth_jax.imp.per_seed`); the dense
+      run and every ticket start from them.
     finetune: trains masked variables for one seed (see `lth_jax.imp.Finetune`).
     seeds: fine-tuning seeds.
-    init_variables: optional name -> variables to use instead of `start_variables`
-      for that ticket (random re-initialisation baselines).
+    init_variables: optional name -> variables (or seed -> variables) to use instead
+      of `start_variables` for that ticket (random re-initialisation baselines).
     policy: which leaves are prunable.
     on_result: called with each finished row.
 
   Returns:
     One row per ticket, dense first: ticket, sparsity, test accuracy mean/std,
     val accuracy mean/std, per-seed accuracies, sparsity per stage.
+
+  Raises:
+    DivergenceError: a run diverged (it names the ticket and seed); nothing is recorded
+      for it.
   """
-  start = jax.device_get(dict(start_variables))
-  init_variables = init_variables or {}
-  named = {DENSE: masks_lib.init(start['params'], policy), **tickets}
+  start_for = imp.per_seed(start_variables)
+  init_for = {name: imp.per_seed(v) for name, v in (init_variables or {}).items()}
+  params = start_for(seeds[0])['params']
+  named = {DENSE: masks_lib.init(params, policy), **tickets}
   rows = []
   for name, ticket in named.items():
-    masks = masks_lib.conform(ticket, start['params'], policy)
-    base = jax.device_get(dict(init_variables.get(name, start)))
-    variables = {'params': masks_lib.apply(base['params'], masks),
-                 'batch_stats': base['batch_stats']}
+    masks = masks_lib.conform(ticket, params, policy)
     runs = []
     for seed in seeds:
       unit = os.path.join(run_dir, name, f'seed_{seed}')
       done = os.path.join(unit, 'result.json')
       if not os.path.exists(done):
-        fit = finetune(variables, masks, seed=seed, checkpoint_dir=os.path.join(unit, 'train'))
+        base = init_for.get(name, start_for)(seed)
+        variables = {'params': masks_lib.apply(base['params'], masks),
+                     'batch_stats': base['batch_stats']}
+        try:
+          fit = finetune(variables, masks, seed=seed, checkpoint_dir=os.path.join(unit, 'train'))
+        except DivergenceError as e:
+          raise e.within(f'ticket {name}, seed {seed}') from None
         record = {'seed': seed, 'test_accuracy': fit.test_accuracy,
                   'val_accuracy': fit.best_val_accuracy, 'best_epoch': fit.best_epoch}
-        results.write_json(done, record)
+        if sharding.is_chief():
+          results.write_json(done, record)
+        sharding.sync(f'transfer {unit}')
       with open(done) as f:
         runs.append(json.load(f))
     test_mean, test_std = results.mean_std([r['test_accuracy'] for r in runs])

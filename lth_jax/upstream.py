@@ -122,7 +122,7 @@ def _knn_sums(model: Any, k: int, temperature: float, num_classes: int, variable
           'count': jnp.sum(weight)}
 
 
-def knn_evaluator(model: Any, dataset: str, *, batch_size: int, mesh: Mesh,
+def knn_evaluator(model: Any, dataset: str | data.DatasetInfo, *, batch_size: int, mesh: Mesh,
                   data_dir: str | None = None, normalize: bool = True,
                   image_size: int | None = None, k: int = 200, temperature: float = 0.1,
                   bank_size: int = 0) -> train.Evaluator:
@@ -134,7 +134,8 @@ def knn_evaluator(model: Any, dataset: str, *, batch_size: int, mesh: Mesh,
 
   Args:
     model: the ResNet (any head).
-    dataset: the labelled dataset; its unaugmented train split is the memory bank.
+    dataset: the labelled dataset (name or `DatasetInfo`); its unaugmented train split
+      is the memory bank.
     batch_size: evaluation batch size (a multiple of the devices).
     mesh: the device mesh.
     data_dir: tfds data directory.
@@ -210,7 +211,8 @@ def make_evaluator(config: ml_collections.ConfigDict, model: Any,
   Returns:
     evaluator(variables, split) -> {'accuracy', 'loss', 'count'}.
   """
-  dataset, c = config.data.dataset, config.upstream
+  dataset = data.get_info(config.data.dataset, val_from_train=config.data.val_from_train)
+  c = config.upstream
   if c.objective == 'supervised':
     return lambda variables, split: train.evaluate(
         model, variables, data.eval_batches(dataset, split,
@@ -306,8 +308,7 @@ def save_torch_masks(run_dir: str) -> list[str]:
       continue
     with np.load(npz) as f:
       state = {k: torch.from_numpy(f[k].astype(np.float32)) for k in f.files}
-    torch.save(state, path + '.tmp')
-    os.replace(path + '.tmp', path)
+    results.atomic_write(path, lambda f, state=state: torch.save(state, f), mode='wb')
     written.append(path)
   return written
 
@@ -324,7 +325,7 @@ def _theta_p_metric(workdir: str, evaluator: train.Evaluator,
       return json.load(f)
   metric = {'test_accuracy': evaluator(variables, 'test')['accuracy'],
             'val_accuracy': evaluator(variables, 'val')['accuracy']}
-  if console.is_chief():
+  if sharding.is_chief():
     results.write_json(path, metric)
   return metric
 
@@ -364,13 +365,13 @@ def run_upstream_experiment(config: ml_collections.ConfigDict, workdir: str,
               f'rounds x {config.optim.num_epochs} epochs{carried}.')
 
   def on_round(record: dict[str, Any]) -> None:
-    if console.is_chief():
+    if sharding.is_chief():
       save_torch_masks(run_dir)
     console.say(f'[{c.objective}] round {record["round"]}: sparsity '
                 f'{100 * record["sparsity"]:.2f}%, {metric} {100 * record["test_accuracy"]:.2f}%')
 
   records = imp.run_imp(run_dir, spec, start, finetune, on_round=on_round)
-  if console.is_chief():
+  if sharding.is_chief():
     rows = [{'method': c.objective, **r} for r in records]
     console.say(results.report(
         workdir, rows, {c.objective: records}, [theta_p['test_accuracy']],

@@ -1,20 +1,53 @@
 """Ownership of a workdir by one experiment, so that reruns resume and never mix runs.
 
-The first run writes `experiment.json` (the config). A later run with the same config
-(up to fields that may grow, such as the number of rounds) resumes; a different config
-is refused before any compute, with the differing fields named.
+The first run writes `experiment.json` (the config) once every input has been found
+and loaded; a run that stopped on a missing dataset or a bad checkpoint leaves nothing
+behind. A later run resumes when its config equals the recorded one up to changes that
+cannot change a result:
+  - paths to the same inputs (`data.data_dir`; `pretrained.path` when the file has the
+    recorded SHA-256), the device count, the evaluation batch size, the checkpoint
+    cadence;
+  - more rounds (`imp.num_rounds`) or more seeds (`num_seeds`, `dense_seeds`): the new
+    ones run and the old ones are kept;
+  - after a run diverged (`diverged.json`), a new recipe (`optim.*`, `pretrain.optim.*`,
+    `model.half_precision`), as long as no training that used the recorded recipe has
+    started.
+Anything else is refused with the differing fields named. A field missing from the
+recorded config (written by an older lth_jax) counts as its default.
+
+Files:
+    experiment.json   the config (chief process only)
+    inputs.json       fingerprints of the input files (the checkpoint's SHA-256)
+    diverged.json     one entry per diverged run; its checkpoints go to diverged/<n>/
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+import shutil
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 
+from lth_jax import results, sharding
+from lth_jax.errors import DivergenceError, WorkdirError
+
 EXPERIMENT_FILE = 'experiment.json'
+INPUTS_FILE = 'inputs.json'
+DIVERGED_FILE = 'diverged.json'
+DIVERGED_DIR = 'diverged'
+
+# Fields whose value never changes a result.
+NEUTRAL_FIELDS = ('data.data_dir', 'data.eval_batch_size', 'num_devices',
+                  'checkpoint_every_steps')
+# Fields that may change between runs: more rounds extend a run (fewer report fewer).
+RESUMABLE_FIELDS = ('imp.num_rounds',)
+# The recipe fields that fixing a diverged run may change.
+RECIPE_PREFIXES = ('optim.', 'pretrain.optim.', 'model.half_precision')
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -39,39 +72,174 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def claim(workdir: str, config: ml_collections.ConfigDict,
-          may_change: Iterable[str] = ()) -> bool:
+def for_config(root: str, config: ml_collections.ConfigDict) -> str:
+  """A workdir under `root` named for a config: the same config always gets the same one.
+
+  For notebooks and scripts that run several configs: each lands in its own folder
+  (and resumes there) instead of being refused by a folder holding another one.
+
+  Args:
+    root: the parent folder.
+    config: the experiment config.
+
+  Returns:
+    `root/<mode>_<dataset>_<first 10 hex digits of the config's SHA-256>`.
+  """
+  text = json.dumps(config_to_dict(config), sort_keys=True)
+  digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+  return os.path.join(root, f'{config.mode}_{config.data.dataset}_{digest}')
+
+
+def file_sha256(path: str) -> str:
+  """The SHA-256 of a file's bytes, read in chunks.
+
+  Args:
+    path: the file.
+
+  Returns:
+    The hex digest.
+  """
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 22), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _read(path: str, default: Any) -> Any:
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def _dense_seeds(config: Mapping[str, Any]) -> int:
+  return config.get('dense_seeds') or config.get('num_seeds') or 0
+
+
+def _allowed(field: str, old: Any, new: Any, config: Mapping[str, Any],
+             recorded: Mapping[str, Any], same_inputs: set[str]) -> bool:
+  """Whether changing `field` from `old` to `new` keeps every recorded result valid."""
+  if field in NEUTRAL_FIELDS or field in RESUMABLE_FIELDS or field in same_inputs:
+    return True
+  if field in ('num_seeds', 'dense_seeds'):
+    # More seeds add runs; the dense round's seeds may only grow too.
+    return (_dense_seeds(config) >= _dense_seeds(recorded)
+            and (field == 'dense_seeds' or new >= old))
+  return False
+
+
+def _recipe_change_refusal(workdir: str, fields: Sequence[str],
+                           recipe_work: Mapping[str, Sequence[str]]) -> str | None:
+  """Why a recipe change after a divergence is refused, or None when it is allowed."""
+  if not os.path.exists(os.path.join(workdir, DIVERGED_FILE)):
+    return ('a new recipe is accepted in a workdir only after a run in it diverged, for '
+            'the training that has not started yet')
+  started = []
+  for field in fields:
+    for prefix, patterns in recipe_work.items():
+      if field.startswith(prefix):
+        started += [p for pattern in patterns
+                    for p in glob.glob(os.path.join(workdir, pattern), recursive=True)
+                    if not os.path.relpath(p, workdir).startswith(DIVERGED_DIR + os.sep)]
+  if started:
+    shown = ', '.join(os.path.relpath(p, workdir) for p in sorted(set(started))[:3])
+    return (f'training with the recorded recipe has already run here ({shown}, ...), so '
+            'results would mix two recipes')
+  return None
+
+
+def claim(workdir: str, config: ml_collections.ConfigDict, *,
+          defaults: ml_collections.ConfigDict | None = None,
+          inputs: Mapping[str, str] | None = None,
+          recipe_work: Mapping[str, Sequence[str]] | None = None) -> bool:
   """Makes `workdir` belong to the experiment described by `config`.
+
+  Call it once every input has been found and loaded: a refused or failed start must
+  leave no record behind.
 
   Args:
     workdir: the experiment's directory (created if needed).
     config: the experiment config.
-    may_change: dotted config fields that may differ from the recorded experiment
-      (e.g. 'imp.num_rounds', to extend a finished run); the record is updated.
+    defaults: the config schema's defaults; a field missing from the recorded config
+      counts as its default here.
+    inputs: config field -> fingerprint of the file it names (e.g.
+      {'pretrained.path': sha256}); a changed path with the recorded fingerprint is the
+      same input.
+    recipe_work: recipe field prefix (see RECIPE_PREFIXES) -> glob patterns, relative
+      to the workdir, of the training folders that used it; a recipe change after a
+      divergence is refused while any of them exists.
 
   Returns:
     True when the workdir already held this experiment (a resume), False when new.
 
   Raises:
-    ValueError: the workdir holds a different experiment.
+    WorkdirError: the workdir holds a different experiment, naming the fields.
   """
-  os.makedirs(workdir, exist_ok=True)
+  inputs = dict(inputs or {})
   path = os.path.join(workdir, EXPERIMENT_FILE)
   current = config_to_dict(config)
   resumed = os.path.exists(path)
   if resumed:
-    with open(path) as f:
-      recorded = json.load(f)
-    old, new = _flatten(recorded), _flatten(current)
-    allowed = set(may_change)
-    diff = sorted(k for k in old.keys() | new.keys()
-                  if k not in allowed and old.get(k) != new.get(k))
-    if diff:
-      shown = '; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in diff[:8])
-      raise ValueError(
-          f'{workdir} holds another experiment (config differs in {shown}). Use a new '
-          f'--workdir, or rerun with the recorded config in {path} to resume it.')
-  with open(path + '.tmp', 'w') as f:
-    json.dump(current, f, indent=1, sort_keys=True)
-  os.replace(path + '.tmp', path)
+    recorded = _read(path, {})
+    recorded_inputs = _read(os.path.join(workdir, INPUTS_FILE), {})
+    old = {**_flatten(config_to_dict(defaults)), **_flatten(recorded)} if defaults else (
+        _flatten(recorded))
+    new = _flatten(current)
+    same_inputs = {f for f, fingerprint in inputs.items()
+                   if recorded_inputs.get(f) == fingerprint}
+    refused, recipe = [], []
+    for field in sorted(new):
+      if old.get(field) == new[field]:
+        continue
+      if field.startswith(RECIPE_PREFIXES):
+        recipe.append(field)
+      elif not _allowed(field, old.get(field), new[field], new, old, same_inputs):
+        refused.append(f'{field}: {old.get(field)!r} -> {new[field]!r}')
+    if recipe:
+      why = _recipe_change_refusal(workdir, recipe, recipe_work or {})
+      if why:
+        refused += [f'{f}: {old.get(f)!r} -> {new[f]!r}' for f in recipe]
+        refused.append(f'({why})')
+    if refused:
+      raise WorkdirError(
+          f'{workdir} holds another experiment (config differs in '
+          f'{"; ".join(refused[:8])}). Use a new --workdir, or rerun with the recorded config '
+          f'in {path} to resume it.')
+  if sharding.is_chief():
+    os.makedirs(workdir, exist_ok=True)
+    results.write_json(os.path.join(workdir, INPUTS_FILE), inputs)
+    results.atomic_write(path, lambda f: json.dump(current, f, indent=1, sort_keys=True))
+  sharding.sync(f'claim {workdir}')
   return resumed
+
+
+def record_divergence(workdir: str, error: DivergenceError) -> str:
+  """Moves a diverged run's checkpoints aside and records the divergence.
+
+  The run's folder (and its TensorBoard folder) goes to `diverged/<n>/` under the same
+  relative path, so a rerun starts it again from scratch, with the same recipe or with a
+  fixed one (see `claim`).
+
+  Args:
+    workdir: the experiment's directory.
+    error: the divergence (its checkpoint_dir lies inside the workdir).
+
+  Returns:
+    Where the run's checkpoints now are.
+  """
+  log = os.path.join(workdir, DIVERGED_FILE)
+  entries = _read(log, [])
+  run = os.path.abspath(error.checkpoint_dir)
+  target = os.path.join(os.path.abspath(workdir), DIVERGED_DIR, str(len(entries)),
+                        os.path.relpath(run, os.path.abspath(workdir)))
+  if sharding.is_chief():
+    for source, dest in ((run, target), (run + '_tensorboard', target + '_tensorboard')):
+      if os.path.exists(source):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.move(source, dest)
+    entries.append({'error': str(error), 'moved_to': os.path.relpath(target, workdir),
+                    'epoch': error.epoch, 'step': error.step,
+                    'learning_rate': error.learning_rate})
+    results.write_json(log, entries)
+  return target

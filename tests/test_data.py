@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lth_jax import data
+from lth_jax import data, defaults
 from lth_jax.data import augment, offline, pipeline
 
 OFFLINE = ('animal_mnist', 'mnist5k', 'digits')
@@ -250,6 +250,33 @@ def test_tfds_split_strings_give_the_reference_split_sizes():
       end = splits[instruction.splitname].num_examples if instruction.to is None else instruction.to
       sizes.append(end - (instruction.from_ or 0))
     assert tuple(sizes) == tuple(info.split_sizes[s] for s in data.SPLITS) == expected[name]
+
+
+def test_imagenet_val_is_held_out_of_train_unless_asked_otherwise():
+  splits = tfds.core.SplitDict([
+      tfds.core.SplitInfo(name='train', shard_lengths=[1_281_167], num_bytes=0),
+      tfds.core.SplitInfo(name='validation', shard_lengths=[50_000], num_bytes=0)])
+
+  def examples(info, split):
+    (instruction,) = tfds.core.ReadInstruction.from_spec(
+        info.tfds_splits[split]).to_absolute(splits)
+    size = splits[instruction.splitname].num_examples
+    return instruction.splitname, range(size)[instruction.from_:instruction.to]
+
+  held = data.get_info('imagenet2012', val_from_train=10_000)
+  assert held.split_sizes == {'train': 1_271_167, 'val': 10_000, 'test': 50_000}
+  train, val, test = (examples(held, s) for s in data.SPLITS)
+  assert (train[0], val[0], test[0]) == ('train', 'train', 'validation')
+  assert len(train[1]) == 1_271_167 and len(val[1]) == 10_000 and len(test[1]) == 50_000
+  assert set(train[1]).isdisjoint(val[1])  # model selection never sees the test set
+  # The experiments hold out by default; 0 is the reference's val == test.
+  assert defaults.base_config().data.val_from_train == 10_000
+  reference = data.get_info('imagenet2012', val_from_train=0)
+  assert reference.val_is_test and examples(reference, 'val') == examples(reference, 'test')
+  # Datasets with a held-out val already are left alone.
+  assert data.get_info('cifar10', val_from_train=10_000) == data.get_info('cifar10')
+  with pytest.raises(ValueError, match='val_from_train=2000000'):
+    data.get_info('imagenet2012', val_from_train=2_000_000)
 
 
 def test_mock_data_ignores_split_slicing():

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import defaults, experiments, imp, masks
+from lth_jax import convert, defaults, errors, experiments, imp, masks, train
+from lth_jax.models import init_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / 'configs').glob('*.py'))
@@ -105,6 +107,7 @@ def test_transfer_of_imp_tickets_and_omp(imp_run, tmp_path):
     ('data.dataset', 'mnist', "data.dataset='mnist': unknown dataset"),
     ('pretrained.source', 'torchvision', 'pretrained.path'),
     ('data.eval_batch_size', 500, 'multiple of the 8 devices'),
+    ('imp.pruning', 'random', 'already prunes at random.*random_baseline=False'),
 ])
 def test_bad_values_stop_before_any_compute(tmp_path, field, value, match):
   overrides = {field: value}
@@ -167,6 +170,235 @@ def test_cli_killed_twice_mid_round_resumes_to_the_same_result(tmp_path):
 def test_cli_rejects_a_bad_value_with_a_message(tmp_path):
   proc = subprocess.run(_cli(str(tmp_path / 'w'), '--config.imp.fraction=1.5'), cwd=ROOT,
                         capture_output=True, text=True, env={**os.environ, 'XLA_FLAGS': ''})
-  assert proc.returncode != 0
-  assert 'config.imp.fraction=1.5: must be in (0, 1)' in proc.stderr
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'ConfigError: config.imp.fraction=1.5: must be in (0, 1): the share of surviving '
+      'weights pruned per round (paper: 0.2).')
+  assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'w').exists()
+  verbose = subprocess.run(_cli(str(tmp_path / 'w'), '--config.imp.fraction=1.5',
+                                '--verbosity=1'), cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, 'XLA_FLAGS': ''})
+  assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
+
+
+def test_divergence_stops_with_a_message_records_nothing_and_a_fixed_rerun_resumes(tmp_path):
+  workdir = tmp_path / 'w'
+  proc = subprocess.run(_cli(str(workdir), '--config.optim.learning_rate=1e4'), cwd=ROOT,
+                        capture_output=True, text=True, env={**os.environ, 'XLA_FLAGS': ''})
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  message = proc.stderr.strip().splitlines()[-1]
+  assert message.startswith('DivergenceError: Training diverged (mode imp, magnitude round 0, '
+                            'seed 0, epoch 1, step ')
+  assert 'at learning rate' in message and '--config.optim.learning_rate' in message
+  assert not list(workdir.glob('**/round.json'))  # no accuracy of a diverged run anywhere
+  assert not list(workdir.glob('results.*'))
+  assert not (workdir / 'magnitude' / 'round_00' / 'seed_0').exists()
+  log = json.load(open(workdir / 'diverged.json'))
+  assert len(log) == 1 and (workdir / log[0]['moved_to']).is_dir()
+  # The fix, as the message says: the same command with a lower learning rate.
+  out = experiments.run(tiny(**{'imp.random_baseline': False}), str(workdir))
+  records = out['curves']['magnitude']
+  assert [r['round'] for r in records] == [0, 1, 2]
+  assert all(0.1 < r['test_accuracy'] <= 1 for r in records)
+
+
+# -------------------------------------------------- experiments wired to a fake fine-tune
+
+class FakeFinetunes:
+  """Stands in for `finetune.make_finetune`: records every call, trains nothing.
+
+  A 'trained' network is its start plus 0.1 per round of its checkpoint folder; the
+  late-rewinding point is the start plus 1.
+  """
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, config, model, dataset, mesh, *args, **kwargs):
+    def finetune(variables, masks_, *, seed, checkpoint_dir, rewind_step=None):
+      variables = jax.device_get(dict(variables))
+      self.calls.append({'dir': os.path.relpath(checkpoint_dir, config_root[0]), 'seed': seed,
+                         'variables': variables})
+      shifted = lambda by: {'params': jax.tree.map(lambda x: np.asarray(x) + by,
+                                                   variables['params']),
+                            'batch_stats': variables['batch_stats']}
+      accuracy = 0.5 + 0.01 * seed
+      return train.FitResult(best_val_accuracy=accuracy, best_epoch=1, test_accuracy=accuracy,
+                             history=[], variables=shifted(np.float32(0.1)),
+                             rewind_variables=shifted(np.float32(1.0))
+                             if rewind_step is not None else None)
+    return finetune
+
+
+config_root = ['']
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+  config_root[0] = str(tmp_path)
+  recorder = FakeFinetunes()
+  monkeypatch.setattr(experiments.finetune_lib, 'make_finetune', recorder)
+  return recorder
+
+
+def _leaf(variables, *path):
+  node = variables['params']
+  for key in path:
+    node = node[key]
+  return np.asarray(node)
+
+
+def test_dense_seeds_draw_their_own_head_from_one_theta_p(fake, tmp_path):
+  config = tiny(**{'pretrained.source': 'pretrain', 'imp.num_rounds': 1,
+                   'imp.random_baseline': False, 'dense_seeds': 3})
+  experiments.run(config, str(tmp_path))
+  dense = {c['seed']: c['variables'] for c in fake.calls if c['dir'].startswith('magnitude')}
+  assert sorted(dense) == [0, 1, 2]
+  for seed in (1, 2):
+    # The task's fresh head differs between seeds; every pre-trained weight is θ_p's.
+    assert not np.array_equal(_leaf(dense[0], 'fc', 'kernel'), _leaf(dense[seed], 'fc', 'kernel'))
+    for path in (('conv1', 'kernel'), ('layer1_0', 'conv1', 'kernel'),
+                 ('layer4_1', 'conv2', 'kernel')):
+      np.testing.assert_array_equal(_leaf(dense[0], *path), _leaf(dense[seed], *path))
+
+
+def test_random_baseline_rewinds_where_the_imp_run_does(fake, tmp_path):
+  config = tiny(**{'imp.num_rounds': 3, 'imp.rewind': 'step', 'imp.rewind_step': 2})
+  experiments.run(config, str(tmp_path))
+  theta_k = imp.load_rewind_point(str(tmp_path / 'magnitude'),
+                                  fake.calls[0]['variables'])
+  # θ_k is the dense run's early weights (the fake's start + 1), not θ_p.
+  np.testing.assert_allclose(_leaf(theta_k, 'layer1_0', 'conv1', 'kernel'),
+                             _leaf(fake.calls[0]['variables'], 'layer1_0', 'conv1', 'kernel')
+                             + 1, rtol=1e-6)
+  later = [c for c in fake.calls if 'round_00' not in c['dir']]
+  assert {c['dir'].split(os.sep)[0] for c in later} == {'magnitude', 'random'}
+  for call in later:
+    round_mask = imp.load_round_mask(str(tmp_path / call['dir'].split(os.sep)[0]),
+                                     int(call['dir'].split(os.sep)[1][6:]))
+    want = masks.apply(theta_k['params'], round_mask)
+    for got, expected in zip(jax.tree.leaves(call['variables']['params']),
+                             jax.tree.leaves(want)):
+      np.testing.assert_array_equal(got, expected)
+
+
+def test_more_seeds_train_only_the_new_seeds_and_keep_the_old(fake, tmp_path):
+  experiments.run(tiny(**{'imp.random_baseline': False, 'dense_seeds': 0}), str(tmp_path))
+  first = {(c['dir'], c['seed']) for c in fake.calls}
+  masks_before = [imp.load_round_mask(str(tmp_path / 'magnitude'), k) for k in range(4)]
+  fake.calls.clear()
+  out = experiments.run(tiny(**{'imp.random_baseline': False, 'dense_seeds': 0,
+                                'num_seeds': 2}), str(tmp_path))
+  assert {c['seed'] for c in fake.calls} == {1}
+  assert sorted(c['dir'] for c in fake.calls) == sorted(
+      d.replace('seed_0', 'seed_1') for d, _ in first)
+  for k, record in enumerate(out['curves']['magnitude']):
+    assert [r['seed'] for r in record['runs']] == [0, 1]
+    assert record['test_accuracy'] == pytest.approx(0.505)
+    after = imp.load_round_mask(str(tmp_path / 'magnitude'), k)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after),
+                                                    jax.tree.leaves(masks_before[k])))
+  with pytest.raises(errors.WorkdirError, match='num_seeds: 2 -> 1'):
+    experiments.run(tiny(**{'imp.random_baseline': False, 'dense_seeds': 0}), str(tmp_path))
+
+
+def test_a_run_that_stops_on_a_missing_or_bad_input_leaves_nothing_behind(fake, tmp_path):
+  run = tmp_path / 'w'
+  with pytest.raises(errors.DatasetNotFoundError, match="'cifar10' is not prepared"):
+    experiments.run(tiny(**{'data.dataset': 'cifar10', 'data.data_dir': str(tmp_path)}),
+                    str(run))
+  assert not run.exists()
+  config = tiny(**{'pretrained.source': 'torchvision'})
+  model = experiments.pretrained.build_model(config, 'digits')
+  wider = experiments.pretrained.build_model(tiny(**{'model.width_multiplier': 0.25}), 'digits')
+  for name, source in (('wrong_width.npz', wider), ('good.npz', model)):
+    variables = init_variables(source, jax.random.key(0), 8)
+    np.savez(tmp_path / name, **convert.to_pytorch(jax.device_get(variables)))
+  config.pretrained.path = str(tmp_path / 'wrong_width.npz')
+  with pytest.raises(errors.CheckpointError, match='width_multiplier=0.25'):
+    experiments.run(config, str(run))
+  assert not run.exists()
+  # Fixed: the same workdir is claimed now, with the checkpoint's fingerprint.
+  config.pretrained.path = str(tmp_path / 'good.npz')
+  experiments.run(config, str(run))
+  inputs = json.load(open(run / 'inputs.json'))
+  assert inputs == {'pretrained.path': experiments.workdir_lib.file_sha256(
+      str(tmp_path / 'good.npz'))}
+
+
+def test_tickets_sharing_a_file_name_are_all_kept_under_distinct_names(tmp_path):
+  model = experiments.pretrained.build_model(tiny(), 'digits')
+  params = init_variables(model, jax.random.key(0), 8)['params']
+  written = {}
+  for k, fraction in ((2, 0.36), (4, 0.59)):
+    ticket = experiments.pruning.to_sparsity(params, masks.init(params), fraction)
+    imp.save_round_mask(str(tmp_path / 'run' / f'round_{k:02d}'), ticket)
+    written[k] = ticket
+  files = [str(tmp_path / 'run' / f'round_{k:02d}' / 'mask_torch.npz') for k in (2, 4)]
+  folder = str(tmp_path / 'run' / 'round_02' / 'mask')
+  assert experiments.ticket_names(files + [folder]) == [
+      'round_02/mask_torch', 'round_04/mask_torch', 'round_02']
+  config = tiny(**{'mode': 'transfer', 'transfer.masks': ','.join(files)})
+  tickets = experiments.load_tickets(config)
+  assert list(tickets) == ['round_02/mask_torch', 'round_04/mask_torch']
+  for k, name in ((2, 'round_02/mask_torch'), (4, 'round_04/mask_torch')):
+    assert masks.sparsity(tickets[name]) == pytest.approx(masks.sparsity(written[k]))
+  with pytest.raises(errors.ConfigError, match='lists .*round_02/mask_torch.npz.* and '
+                                               '.*round_02/mask_torch.npz'):
+    experiments.load_tickets(tiny(**{'mode': 'transfer',
+                                     'transfer.masks': ','.join([files[0], files[0]])}))
+  with pytest.raises(errors.ConfigError, match="both be named 'round_02'"):
+    experiments.load_tickets(tiny(**{'mode': 'transfer', 'transfer.masks': folder,
+                                     'transfer.imp_workdir': str(tmp_path / 'run')}))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _files(root: pathlib.Path) -> list[str]:
+  """The files under a workdir; an orbax checkpoint (its inner files are named by content
+  and process) and TensorBoard event files (named by host and time) count as one each."""
+  names = []
+  for folder, dirs, files in os.walk(root):
+    rel = os.path.relpath(folder, root)
+    if '_CHECKPOINT_METADATA' in files:
+      names.append(f'{rel}/<orbax>')
+      dirs.clear()
+      continue
+    names += [f'{rel}/<events>' if 'tfevents' in f else f'{rel}/{f}' for f in files]
+  return sorted(set(names))
+
+
+def test_two_processes_from_the_command_line_match_one_process_on_two_devices(tmp_path):
+  args = [sys.executable, '-m', 'lth_jax.main', f'--config={ROOT / "configs" / "demo.py"}:tiny']
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  port = _free_port()
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  workers = [subprocess.Popen(
+      [*args, f'--workdir={two}', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  logs = [w.communicate(timeout=600)[0] for w in workers]
+  for worker, log in zip(workers, logs):
+    assert worker.returncode == 0, log[-3000:]
+  assert 'Process 1 of 2' in logs[1] and '2 global cpu device(s)' in logs[1]
+  subprocess.run([*args, f'--workdir={one}'], cwd=ROOT, check=True, capture_output=True,
+                 env={**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  rows = {name: json.load(open(root / 'results.json')) for name, root in (('1', one), ('2', two))}
+  assert len(rows['1']) == len(rows['2']) == 6
+  for a, b in zip(rows['1'], rows['2']):
+    assert (a['method'], a['round'], a['sparsity']) == (b['method'], b['round'], b['sparsity'])
+    for run_a, run_b in zip(a['runs'], b['runs']):  # within one of the 355 test digits
+      assert abs(run_a['test_accuracy'] - run_b['test_accuracy']) <= 1 / 355 + 1e-9
+  for method in ('magnitude', 'random'):
+    for k in range(1 if method == 'random' else 0, 4):
+      ma, mb = (imp.load_round_mask(str(root / method), k) for root in (one, two))
+      assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(ma), jax.tree.leaves(mb)))
+  # Only the chief wrote the shared files: the same files as one process, none left over.
+  assert _files(two) == _files(one)

@@ -49,23 +49,37 @@ def kernel_specs(tmp_path_factory) -> KernelSpecManager:
   return KernelSpecManager(kernel_dirs=[str(kernels)])
 
 
-@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_headless_on_cpu(path, tmp_path, kernel_specs):
-  nb = nbformat.read(path, as_version=4)
-  workdir = tmp_path / 'workdir'
+def _execute(nb: nbformat.NotebookNode, root: pathlib.Path, tmp_path: pathlib.Path,
+             kernel_specs: KernelSpecManager) -> nbformat.NotebookNode:
   # The checkout under test comes first on the path, so the install cell never installs.
   path_entries = [str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])]
-  env = {**os.environ, 'LTH_NOTEBOOK_FAST': '1', 'LTH_NOTEBOOK_WORKDIR': str(workdir),
+  env = {**os.environ, 'LTH_NOTEBOOK_FAST': '1', 'LTH_NOTEBOOK_WORKDIR': str(root),
          'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu', 'MPLBACKEND': 'Agg',
          'PYTHONPATH': os.pathsep.join(path_entries)}
   km = AsyncKernelManager(kernel_name=KERNEL, kernel_spec_manager=kernel_specs)
   client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL,
                           resources={'metadata': {'path': str(tmp_path)}})
   client.execute(cleanup_kc=True, env=env)
+  return nb
 
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_headless_on_cpu(path, tmp_path, kernel_specs):
+  root = tmp_path / 'workdirs'
+  nb = _execute(nbformat.read(path, as_version=4), root, tmp_path, kernel_specs)
   images = [o for cell in nb.cells if cell.cell_type == 'code' for o in cell.outputs
             if o.output_type == 'display_data' and 'image/png' in o.data]
   assert images, 'the notebook shows its plots'
-  # It ran an IMP experiment in the given WORKDIR (never a default location).
-  assert (workdir / 'experiment.json').is_file()
-  assert (workdir / 'magnitude' / 'round_01' / 'round.json').is_file()
+  # It ran an IMP experiment in a folder of the given root (never a default location).
+  experiments = list(root.glob('*/experiment.json'))
+  assert len(experiments) == 1
+  assert (experiments[0].parent / 'magnitude' / 'round_01' / 'round.json').is_file()
+  if path.stem == 'quickstart':
+    # Run again with another setting, as a user does: a folder of its own, no refusal.
+    for cell in nb.cells:
+      if cell.cell_type == 'code' and 'NUM_ROUNDS = None' in cell.source:
+        cell.source = cell.source.replace('NUM_ROUNDS = None', 'NUM_ROUNDS = 2')
+    _execute(nb, root, tmp_path, kernel_specs)
+    folders = sorted(p.parent for p in root.glob('*/experiment.json'))
+    rounds = sorted(len(list(f.glob('magnitude/round_*/round.json'))) for f in folders)
+    assert rounds == [2, 3]

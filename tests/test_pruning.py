@@ -258,3 +258,17 @@ def test_random_like_matches_the_tickets_counts(params, layerwise):
   assert masks.overlap(ticket, rand)['total']['iou'] < 0.5
   again = pruning.random_like(jax.random.key(3), ticket, layerwise=layerwise)
   assert np.array_equal(_flat(again), _flat(rand))
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+@pytest.mark.parametrize('prune', [
+    lambda p, m: pruning.global_magnitude(p, m, 0.2),
+    lambda p, m: pruning.layerwise_magnitude(p, m, 0.2),
+    lambda p, m: pruning.to_sparsity(p, m, 0.5)], ids=['global', 'layerwise', 'one_shot'])
+def test_non_finite_weights_are_refused_not_ranked(params, bad, prune):
+  name = 'layer3_1/conv2/kernel'
+  weights = np.array(masks.prunable_leaves(params)[name])
+  weights[0, 0, 0, :3] = bad  # as a diverged training leaves them
+  poisoned = masks.replace_leaves(params, {name: jnp.asarray(weights)})
+  with pytest.raises(ValueError, match=f'NaN or infinite.*{name}'):
+    prune(poisoned, masks.init(poisoned))

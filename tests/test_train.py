@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
-from lth_jax import sharding, train
+from lth_jax import errors, sharding, train
 from lth_jax.models import create_model, init_variables
 
 MODEL = dict(arch='resnet18', num_classes=10, stem='cifar', width_multiplier=0.125)
@@ -307,6 +308,33 @@ def test_fit_resumes_bit_identically(tiny, tmp_path):
       r['test_accuracy'] for r in straight.history if r['epoch'] == straight.best_epoch)
   assert not np.array_equal(straight.rewind_variables['params']['fc']['kernel'],
                             straight.variables['params']['fc']['kernel'])
+
+
+def test_divergence_stops_before_anything_is_saved_or_evaluated(tiny, tmp_path):
+  model, variables, masks = tiny
+  config = recipe()
+
+  def poisoned(epoch, start_step):  # step 5 (1-based, epoch 2) sees a NaN image
+    for batch, i in zip(train_batches_fn()(epoch, start_step), range(start_step, SPE)):
+      if epoch * SPE + i == 4:
+        batch['image'][0, 0, 0, 0] = np.nan
+      yield batch
+
+  with pytest.raises(errors.DivergenceError) as caught:
+    train.fit(model, variables, masks, config, train_batches=poisoned,
+              eval_batches=eval_batches, steps_per_epoch=SPE,
+              checkpoint_dir=str(tmp_path / 'run'), checkpoint_every_steps=1)
+  error = caught.value
+  assert (error.epoch, error.step) == (2, 5)
+  schedule = train.create_learning_rate_schedule(config, SPE)
+  assert error.learning_rate == pytest.approx(float(schedule(4)))
+  assert 'epoch 2, step 5' in str(error) and 'learning rate' in str(error)
+  # The last checkpoint is the finite state after step 4; nothing after it was kept.
+  manager = ocp.CheckpointManager(str(tmp_path / 'run'))
+  assert manager.latest_step() == 4
+  meta = manager.restore(4, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  assert meta['epoch'] == 1 and len(meta['history']) == 1
+  assert all(np.isfinite(v) for v in meta['history'][0].values())
 
 
 # ---------------------------------------------------------------------------------

@@ -144,13 +144,27 @@ def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
                                 query['params']['layer4_1']['conv2']['kernel'])
 
 
-def test_knn_evaluator_equals_numpy():
+def test_knn_evaluator_equals_numpy(monkeypatch):
   model = create_model('resnet18', num_classes=16, stem='cifar', in_channels=1,
                        width_multiplier=0.125, head='mlp')
   variables = jax.device_get(init_variables(model, jax.random.key(7), 8))
-  evaluate = upstream.knn_evaluator(model, 'digits', batch_size=64, mesh=sharding.make_mesh(),
+  reads = []
+  real_eval_batches = data.eval_batches
+  monkeypatch.setattr(upstream.data, 'eval_batches',
+                      lambda name, split, **kw: reads.append(split) or real_eval_batches(
+                          name, split, **kw))
+  mesh = sharding.make_mesh()
+  evaluate = upstream.knn_evaluator(model, 'digits', batch_size=64, mesh=mesh,
                                     k=5, temperature=0.1, bank_size=300)
   got = evaluate(variables, 'test')
+  # fit evaluates 'val' and 'test' of one epoch with the same (replicated) variables: the
+  # memory bank of train features is built once for both, and again for new variables.
+  placed = sharding.replicate(variables, mesh)
+  reads.clear()
+  assert evaluate(placed, 'val')['count'] == 176 and evaluate(placed, 'test') == got
+  assert reads == ['train', 'val', 'test']
+  evaluate(sharding.replicate(jax.tree.map(lambda x: x * 1.5, variables), mesh), 'val')
+  assert reads == ['train', 'val', 'test', 'train', 'val']
 
   def features(split):
     batches = list(data.eval_batches('digits', split, batch_size=64))
@@ -171,7 +185,6 @@ def test_knn_evaluator_equals_numpy():
   assert got['accuracy'] == pytest.approx(np.mean(votes.argmax(1) == labels))
   assert got['loss'] == pytest.approx(
       -np.mean(np.log(probability[np.arange(len(labels)), labels] + 1e-12)), rel=1e-4)
-  assert evaluate(variables, 'test') == got  # the cached bank gives the same answer
 
 
 def tiny_upstream(objective, **overrides):

@@ -21,24 +21,16 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import masks as masks_lib
-from lth_jax import results, train
+from lth_jax import imp, masks as masks_lib
+from lth_jax import results
 
 PERTURBATIONS = ('mask_shuffle', 'mask_swap', 'weight_noise', 'weight_reinit')
-
-
-class Finetune(Protocol):
-  """Fine-tunes masked variables (`lth_jax.train.fit` with model and data bound)."""
-
-  def __call__(self, variables: Mapping[str, Any], masks: Any, *, seed: int,
-               checkpoint_dir: str) -> train.FitResult:
-    ...
 
 
 def _check_unit(value: Any, name: str) -> float:
@@ -241,8 +233,8 @@ def perturb(kind: str, key: jax.Array, size: float, variables: Mapping[str, Any]
   return {**variables, 'params': masks_lib.apply(params, masks)}, masks
 
 
-def sweep(kind: str, sizes: Sequence[float], variables: Mapping[str, Any], masks: Any,
-          finetune: Finetune, checkpoint_dir: str, *, seeds: Sequence[int] = (0,),
+def sweep(kind: str, sizes: Sequence[float], variables: imp.StartVariables, masks: Any,
+          finetune: imp.Finetune, checkpoint_dir: str, *, seeds: Sequence[int] = (0,),
           fresh_params: Any = None, policy: masks_lib.Policy = None) -> list[dict[str, Any]]:
   """Transfer accuracy of a ticket against the size of one perturbation.
 
@@ -253,7 +245,8 @@ def sweep(kind: str, sizes: Sequence[float], variables: Mapping[str, Any], masks
   Args:
     kind: one of PERTURBATIONS.
     sizes: perturbation sizes (include 0 for the unperturbed ticket).
-    variables: {'params': dense θ_p, 'batch_stats': ...}.
+    variables: {'params': dense θ_p, 'batch_stats': ...}, or seed -> those (the
+      per-seed θ_p of `lth_jax.imp.per_seed`).
     masks: the ticket's full mask tree.
     finetune: fine-tunes (variables, masks, seed=, checkpoint_dir=) -> FitResult.
     checkpoint_dir: root of the fine-tuning runs.
@@ -267,11 +260,12 @@ def sweep(kind: str, sizes: Sequence[float], variables: Mapping[str, Any], masks
   """
   if not seeds:
     raise ValueError('seeds must name at least one seed.')
+  variables_for = imp.per_seed(variables)
   rows = []
   for size in sizes:
     runs = []
     for seed in seeds:
-      v, m = perturb(kind, jax.random.key(seed), size, variables, masks,
+      v, m = perturb(kind, jax.random.key(seed), size, variables_for(seed), masks,
                      fresh_params=fresh_params, policy=policy)
       fit = finetune(v, m, seed=seed, checkpoint_dir=os.path.join(
           checkpoint_dir, kind, f'size_{size:g}', f'seed_{seed}'))
@@ -314,8 +308,8 @@ def error_barrier(errors: Sequence[float]) -> float:
   return float(errors.max() - (errors[0] + errors[-1]) / 2)
 
 
-def linear_mode_connectivity(variables: Mapping[str, Any], masks: Any,
-                             finetune: Finetune,
+def linear_mode_connectivity(variables: imp.StartVariables, masks: Any,
+                             finetune: imp.Finetune,
                              evaluate: Callable[[Mapping[str, Any]], float],
                              checkpoint_dir: str, *, seeds: Sequence[int] = (0, 1),
                              num_points: int = 11) -> dict[str, Any]:
@@ -328,7 +322,8 @@ def linear_mode_connectivity(variables: Mapping[str, Any], masks: Any,
   training batches) before measuring accuracy.
 
   Args:
-    variables: the ticket's starting variables ({'params', 'batch_stats'}).
+    variables: the ticket's starting variables ({'params', 'batch_stats'}), or seed ->
+      those (see `lth_jax.imp.per_seed`).
     masks: the ticket's full mask tree (both copies share it, so every point on the
       path is as sparse as the ticket).
     finetune: fine-tunes (variables, masks, seed=, checkpoint_dir=) -> FitResult.
@@ -345,7 +340,8 @@ def linear_mode_connectivity(variables: Mapping[str, Any], masks: Any,
     raise ValueError(f'seeds must be two different seeds, got {seeds!r}.')
   if num_points < 2:
     raise ValueError(f'num_points must be >= 2 (both endpoints), got {num_points}.')
-  fits = [finetune(variables, masks, seed=s,
+  variables_for = imp.per_seed(variables)
+  fits = [finetune(variables_for(s), masks, seed=s,
                    checkpoint_dir=os.path.join(checkpoint_dir, f'seed_{s}'))
           for s in seeds]
   a, b = (jax.device_get(dict(f.variables)) for f in fits)

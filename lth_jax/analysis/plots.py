@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lth_jax import results
 from lth_jax.analysis.structure import short_name
 
 
@@ -22,7 +23,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str) -> str:
-  fig.savefig(path, dpi=110)
+  results.save_figure(fig, path, dpi=110)
   _pyplot().close(fig)
   return path
 

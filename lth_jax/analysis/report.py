@@ -8,7 +8,6 @@ written as CSV/JSON next to it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -55,11 +54,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def image_link(path: str, alt: str) -> str:
   """Markdown that embeds a PNG lying in the report's folder."""
   return f'![{alt}]({os.path.basename(path)})'
-
-
-def _write_json(path: str, value: Any) -> None:
-  with open(path, 'w') as f:
-    json.dump(value, f, indent=1, default=float)
 
 
 def _tickets_section(tickets: Mapping[str, Any], accuracy: Mapping[str, float] | None,
@@ -177,7 +171,7 @@ def _perturbation_section(out_dir: str,
   for kind, curves in perturbation.items():
     path = plots.sweep(os.path.join(out_dir, f'perturbation_{kind}.png'), curves,
                        SIZE_LABELS.get(kind, 'size'), kind)
-    _write_json(os.path.join(out_dir, f'perturbation_{kind}.json'), curves)
+    results.write_json(os.path.join(out_dir, f'perturbation_{kind}.json'), curves)
     sizes = sorted({r['size'] for rows in curves.values() for r in rows})
     table = [[t, *(next((f'{percent(r["test_accuracy"])} ± {percent(r["test_accuracy_std"])}'
                          for r in rows if r['size'] == s), '-') for s in sizes)]
@@ -192,7 +186,7 @@ def _connectivity_section(out_dir: str, connectivity: Mapping[str, Mapping[str, 
                           ) -> list[str]:
   path = plots.connectivity(os.path.join(out_dir, 'connectivity.png'), connectivity,
                             'Linear mode connectivity')
-  _write_json(os.path.join(out_dir, 'connectivity.json'), connectivity)
+  results.write_json(os.path.join(out_dir, 'connectivity.json'), connectivity)
   table = [[t, ', '.join(map(str, r['seeds'])),
             ', '.join(percent(a) for a in r['test_accuracy']), percent(r['barrier'])]
            for t, r in connectivity.items()]
@@ -244,8 +238,5 @@ def write_report(out_dir: str, tickets: Mapping[str, Any], *, title: str = 'Tick
     blocks += _perturbation_section(out_dir, perturbation)
   if connectivity:
     blocks += _connectivity_section(out_dir, connectivity)
-  path = os.path.join(out_dir, REPORT_FILE)
-  with open(path + '.tmp', 'w') as f:
-    f.write('\n\n'.join(blocks) + '\n')
-  os.replace(path + '.tmp', path)
-  return path
+  return results.atomic_write(os.path.join(out_dir, REPORT_FILE),
+                              lambda f: f.write('\n\n'.join(blocks) + '\n'))

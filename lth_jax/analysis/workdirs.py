@@ -148,18 +148,26 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
       curve.append({'pair': f'{a} vs {b}', 'sparsity': level, 'iou': float(iou[i, j]),
                     'expected_iou': float(expected[i, j])})
   if sparsity is None:
-    focus = max(levels, key=lambda g: (len(g[1]), g[0]))
+    # Masks saved for a next round that never ran have no accuracy: by default the
+    # focus is a level whose tickets were trained.
+    trained = [(level, [key for key in keys if records[key] is not None])
+               for level, keys in levels]
+    trained = [(level, keys) for level, keys in trained if keys]
+    level, keys = max(trained or levels, key=lambda g: (len(g[1]), g[0]))
+    why = ('the highest sparsity trained by the most runs' if trained else
+           'the highest level shared by the most runs; no round has been trained yet')
   else:
-    focus = min(levels, key=lambda g: abs(g[0] - sparsity))
-  level, keys = focus
+    level, keys = min(levels, key=lambda g: abs(g[0] - sparsity))
+    why = f'the level nearest the requested {100 * sparsity:.2f}%'
   os.makedirs(out_dir, exist_ok=True)
-  intro = [f'Runs from {", ".join(workdirs)}. The detailed sections compare the tickets '
-           f'at sparsity {100 * level:.2f}% (one per run; choose another level with '
-           f'--sparsity).', *_runs_section(out_dir, runs, values, records)]
+  title = f'Ticket analysis: the tickets at {100 * level:.2f}% sparsity ({why})'
+  intro = [f'The detailed sections compare one ticket per run at that level (choose another '
+           f'with --sparsity). Runs from {", ".join(workdirs)}.',
+           *_runs_section(out_dir, runs, values, records)]
   tickets = {_ticket_name(run, k, keys): _load(runs[run][k]) for run, k in keys}
   accuracy = {_ticket_name(run, k, keys): records[(run, k)]['test_accuracy']
               for run, k in keys if records[(run, k)] is not None}
-  return report.write_report(out_dir, tickets, title='Ticket analysis', intro=intro,
+  return report.write_report(out_dir, tickets, title=title, intro=intro,
                              accuracy=accuracy, similarity=curve,
                              perturbation=perturbation, connectivity=connectivity,
                              heatmap_layer=heatmap_layer, policy=policy)

@@ -34,10 +34,11 @@ FileNotFoundError saying how to prepare it); offline sets ship in lth_jax/data/o
 tensorflow and hides GPUs from it.
 """
 
-from lth_jax.data.pipeline import eval_batches, steps_per_epoch, train_batches
+from lth_jax.data.pipeline import check_available, eval_batches, steps_per_epoch, train_batches
 from lth_jax.data.registry import DATASETS, SPLITS, DatasetInfo, get_info
 
 __all__ = [
-    'DATASETS', 'SPLITS', 'DatasetInfo', 'eval_batches', 'get_info', 'steps_per_epoch',
+    'DATASETS', 'SPLITS', 'DatasetInfo', 'check_available', 'eval_batches', 'get_info',
+    'steps_per_epoch',
     'train_batches',
 ]

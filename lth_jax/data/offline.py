@@ -13,6 +13,8 @@ import pathlib
 
 import numpy as np
 
+from lth_jax.data import registry
+
 OFFLINE_DIR = pathlib.Path(__file__).parent / 'offline'
 
 
@@ -38,18 +40,43 @@ def _load(name: str) -> dict[str, np.ndarray]:
     return {k: arrays[k] for k in arrays.files}
 
 
+@functools.lru_cache(maxsize=None)
 def split_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Returns the arrays of one split of an offline dataset.
 
+  A set derived from another (`DatasetInfo.derived_from`) keeps that set's images of
+  its classes, relabelled 0, 1, ... in the order of `classes`, and in 'train' only the
+  first `train_per_class` images of each class (in stored order).
+
   Args:
-    name: offline dataset name (the file stem in `OFFLINE_DIR`).
+    name: offline dataset name (the file stem in `OFFLINE_DIR`, or a derived set).
     split: 'train', 'val' or 'test'.
 
   Returns:
-    (images uint8 [N, H, W, C], labels uint8 [N]); read-only views of a cached copy.
+    (images uint8 [N, H, W, C], labels uint8 [N]); read-only arrays of a cached copy.
   """
-  arrays = _load(name)
-  images, labels = arrays[key(split, 'images')], arrays[key(split, 'labels')]
+  info = registry.get_info(name)
+  if info.derived_from:
+    images, labels = split_arrays(info.derived_from, split)
+    relabel = np.full(256, 255, np.uint8)
+    relabel[list(info.classes)] = np.arange(len(info.classes))
+    labels = relabel[labels]
+    keep = labels != 255
+    if split == 'train' and info.train_per_class:
+      keep &= _rank_in_class(labels) < info.train_per_class
+    images, labels = images[keep], labels[keep]
+  else:
+    arrays = _load(name)
+    images, labels = arrays[key(split, 'images')], arrays[key(split, 'labels')]
   images.flags.writeable = False
   labels.flags.writeable = False
   return images, labels
+
+
+def _rank_in_class(labels: np.ndarray) -> np.ndarray:
+  """Each example's index among the examples of its class, in stored order."""
+  rank = np.zeros(len(labels), np.int64)
+  for c in np.unique(labels):
+    where = np.flatnonzero(labels == c)
+    rank[where] = np.arange(len(where))
+  return rank

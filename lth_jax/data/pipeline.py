@@ -3,20 +3,24 @@
 tfds sets and the offline arrays enter the same pipeline; only the first stage
 differs (`tfds.load` of this host's slice vs `from_tensor_slices` of it).
 
-Training (`train_batches`): this host's slice of the train split -> shuffle (seeded by
-run seed, epoch, host) -> first `steps * per-host batch` examples -> skip the first
-`start_step` batches -> augment each example with a stateless seed derived from its
-position in the epoch -> normalise -> batch (remainder dropped). Everything random is a
-function of (seed, epoch, process index), so a run killed in the middle of an epoch
-resumes at `start_step` on exactly the batches it would have seen.
+Training (`train_batches`): the train split -> shuffle (seeded by run seed and epoch)
+-> first `steps * batch` examples -> skip the first `start_step` batches -> this host's
+part of every global batch -> augment each example with a stateless seed derived from
+its position in the epoch -> normalise -> batch (remainder dropped). Everything random is
+a function of (seed, epoch), so a run killed in the middle of an epoch resumes at
+`start_step` on exactly the batches it would have seen, and the global batches are the
+same on any number of hosts (a run on 2 processes sees the batches of 1 process on 2
+devices). ImageNet, too large to shuffle whole, is the exception: each host shuffles
+and reads its own slice (`tfds.split_for_jax_process`), seeded by the process index too.
 
 Evaluation (`eval_batches`): this host's slice, in order, each example with mask 1.0,
 then zero examples with mask 0.0 up to a whole number of batches that is the same on
 every host. Summing metric * mask over batches counts every example exactly once.
 
-Hosts: with P processes each reads `tfds.split_for_jax_process` of a split (the offline
-sets are cut the same way) and yields batches of batch_size // P examples; the global
-batch is the concatenation over hosts in process order.
+Hosts: with P processes each yields batches of batch_size // P examples; the global
+batch is the concatenation over hosts in process order. Evaluation reads
+`tfds.split_for_jax_process` of a split on each host (the offline sets are cut the same
+way).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lth_jax.data import augment as aug
+from lth_jax.errors import DatasetNotFoundError
 from lth_jax.data import offline
 from lth_jax.data.registry import SPLITS, DatasetInfo, get_info
 
@@ -49,31 +54,32 @@ Batch = dict[str, np.ndarray]
 Host = tuple[int, int]  # (process index, process count)
 
 
-def steps_per_epoch(name: str, batch_size: int) -> int:
+def steps_per_epoch(name: str | DatasetInfo, batch_size: int) -> int:
   """Number of training steps in one epoch (the last partial batch is dropped).
 
   Args:
-    name: dataset name.
+    name: dataset name, or its `DatasetInfo` (`get_info(name, val_from_train=...)`).
     batch_size: global batch size (over all hosts).
 
   Returns:
     train split size // batch_size.
   """
-  train_size = get_info(name).split_sizes['train']
+  info = get_info(name)
+  train_size = info.split_sizes['train']
   if not 0 < batch_size <= train_size:
     raise ValueError(f'batch_size={batch_size} must be in [1, {train_size}] (the size '
-                     f'of the train split of {name!r}).')
+                     f'of the train split of {info.name!r}).')
   return train_size // batch_size
 
 
-def train_batches(name: str, *, batch_size: int, epoch: int, seed: int,
+def train_batches(name: str | DatasetInfo, *, batch_size: int, epoch: int, seed: int,
                   data_dir: str | None = None, augment: bool = True,
                   normalize: bool = True, image_size: int | None = None,
                   start_step: int = 0) -> Iterator[Batch]:
   """Yields one epoch of shuffled training batches for this host.
 
   Args:
-    name: dataset name (see `lth_jax.data.DATASETS`).
+    name: dataset name (see `lth_jax.data.DATASETS`), or its `DatasetInfo`.
     batch_size: global batch size; must be divisible by jax.process_count().
     epoch: epoch number; with `seed` it fixes order and augmentation.
     seed: non-negative run seed.
@@ -97,13 +103,13 @@ def train_batches(name: str, *, batch_size: int, epoch: int, seed: int,
   return ds.as_numpy_iterator()
 
 
-def eval_batches(name: str, split: str, *, batch_size: int, data_dir: str | None = None,
+def eval_batches(name: str | DatasetInfo, split: str, *, batch_size: int, data_dir: str | None = None,
                  normalize: bool = True, image_size: int | None = None
                  ) -> Iterator[Batch]:
   """Yields every example of a split exactly once, in padded batches, for this host.
 
   Args:
-    name: dataset name.
+    name: dataset name, or its `DatasetInfo`.
     split: 'val' or 'test'; 'train' reads the train split the same way (in stored
       order, no augmentation), e.g. for kNN evaluation of learnt features.
     batch_size: global batch size; must be divisible by jax.process_count().
@@ -123,26 +129,53 @@ def eval_batches(name: str, split: str, *, batch_size: int, data_dir: str | None
   return ds.as_numpy_iterator()
 
 
+def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> None:
+  """Raises unless every split of a dataset can be read (nothing is read yet).
+
+  Args:
+    name: dataset name, or its `DatasetInfo`.
+    data_dir: tfds data directory (None: TFDS_DATA_DIR or ~/tensorflow_datasets).
+
+  Raises:
+    DatasetNotFoundError: the dataset is not prepared there; the message says how to.
+  """
+  info = get_info(name)
+  for split in SPLITS:
+    _examples(info, split, data_dir, (0, 1))
+
+
 def _train_dataset(info: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
                    data_dir: str | None, augment: bool, normalize: bool,
                    image_size: int | None, start_step: int, host: Host
                    ) -> tf.data.Dataset:
   per_host = _per_host_batch(batch_size, host)
-  steps = steps_per_epoch(info.name, batch_size)
+  steps = steps_per_epoch(info, batch_size)
   if not 0 <= start_step <= steps:
     raise ValueError(f'start_step={start_step} must be in [0, {steps}] (steps per '
                      f'epoch of {info.name!r} at batch size {batch_size}).')
   if seed < 0 or epoch < 0:
     raise ValueError(f'seed ({seed}) and epoch ({epoch}) must be non-negative.')
+  # A split shuffled whole is read whole by every host, each keeping its part of every
+  # global batch; a larger one (ImageNet) is sharded by host first.
+  whole = info.shuffle_buffer >= info.split_sizes['train']
+  index, count = host
   file_seed, shuffle_seed, augment_seed = (
-      int(s) for s in np.random.SeedSequence([seed, epoch, host[0]]).generate_state(3))
+      int(s) for s in np.random.SeedSequence([seed, epoch, 0 if whole else index])
+      .generate_state(3))
   preprocess = functools.partial(
       _preprocess, info=info, train=augment, normalize=normalize, image_size=image_size)
-  # Every host holds at least steps * per_host examples (steps * B <= N), so all hosts
-  # yield the same number of batches.
-  ds = _examples(info, 'train', data_dir, host, file_seed=file_seed)
-  ds = ds.shuffle(info.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-  ds = ds.take(steps * per_host).enumerate().skip(start_step * per_host)
+  if whole:
+    ds = _examples(info, 'train', data_dir, (0, 1), file_seed=file_seed)
+    ds = ds.shuffle(info.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = ds.take(steps * batch_size).enumerate().skip(start_step * batch_size)
+    if count > 1:
+      ds = ds.filter(lambda i, ex: (i % batch_size) // per_host == index)
+  else:
+    # Every host holds at least steps * per_host examples (steps * B <= N), so all
+    # hosts yield the same number of batches.
+    ds = _examples(info, 'train', data_dir, host, file_seed=file_seed)
+    ds = ds.shuffle(info.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    ds = ds.take(steps * per_host).enumerate().skip(start_step * per_host)
   ds = ds.map(
       lambda i, ex: preprocess(ex, seed=tf.stack([tf.constant(augment_seed, tf.int64), i])),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -214,7 +247,7 @@ def _examples(info: DatasetInfo, split: str, data_dir: str | None, host: Host,
   except AssertionError as e:
     if 'could not find data' not in str(e):
       raise
-    raise FileNotFoundError(_not_prepared_message(info, data_dir)) from e
+    raise DatasetNotFoundError(_not_prepared_message(info, data_dir)) from e
 
 
 def _not_prepared_message(info: DatasetInfo, data_dir: str | None) -> str:

@@ -7,7 +7,10 @@ Splits follow the reference (VITA-Group/CV_LTH_Pre-training, dataset.py): a vali
 split is held out of the end of the official train split, and the official test split
 is the test split. TFDS stores examples in its own fixed order, so the held-out images
 are not the same ones torchvision's order would give; the sizes are. ImageNet has no
-labelled test split: 'val' and 'test' both read the official validation set.
+labelled test split: the official validation set is 'test', and 'val' is held out of the
+end of train (`get_info(..., val_from_train=N)`, the experiments' `data.val_from_train`,
+10,000 by default); with N = 0 'val' is the official validation set too, as in the
+reference, and model selection then looks at the test set.
 
 Normalisation constants are the reference's own for the four downstream sets (its SVHN
 and Fashion-MNIST std values are not the datasets' pixel std; kept for parity, and the
@@ -52,6 +55,12 @@ class DatasetInfo:
     tfds_splits: tfds split string of 'train', 'val' and 'test' (empty for offline sets).
     shuffle_buffer: examples in the training shuffle buffer (the whole split unless
       that would not fit in memory).
+    val_is_test: 'val' reads the same examples as 'test' (ImageNet's official
+      validation set) unless `get_info(..., val_from_train=N)` holds N out of train.
+    derived_from: an offline set whose splits this one takes its classes from.
+    classes: the `derived_from` labels kept, in order (relabelled 0, 1, ...).
+    train_per_class: keep only the first this many train images of each class (0: all),
+      a small downstream training set.
   """
   name: str
   source: str
@@ -65,6 +74,10 @@ class DatasetInfo:
   pixel_max: int = 255
   tfds_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
   shuffle_buffer: int = 0
+  val_is_test: bool = False
+  derived_from: str = ''
+  classes: tuple[int, ...] = ()
+  train_per_class: int = 0
 
   def __post_init__(self):
     assert self.source in SOURCES and self.augmentation in AUGMENTATIONS
@@ -103,11 +116,24 @@ _DATASETS = (
         augmentation='inception',
         tfds_splits={'train': 'train', 'val': 'validation', 'test': 'validation'},
         # Encoded JPEGs (~110 kB each) wait in the buffer; files are shuffled too.
-        shuffle_buffer=10_000),
+        shuffle_buffer=10_000, val_is_test=True),
     DatasetInfo(
         name='animal_mnist', source='offline', num_classes=10, image_shape=(28, 28, 1),
         split_sizes={'train': 6807, 'val': 968, 'test': 1941},
         mean=(0.2748,), std=(0.4063,), augmentation='crop_flip', crop_padding=2),
+    # The paper in miniature's pair of tasks from one domain (configs/paper_offline.py):
+    # pre-training on five animal classes, a small downstream task on the other five,
+    # where what pre-training learnt matters (its val and test splits are whole).
+    DatasetInfo(
+        name='animal_mnist_a', source='offline', num_classes=5, image_shape=(28, 28, 1),
+        split_sizes={'train': 3318, 'val': 471, 'test': 945},
+        mean=(0.2856,), std=(0.4218,), augmentation='crop_flip', crop_padding=2,
+        derived_from='animal_mnist', classes=(0, 1, 2, 3, 4)),
+    DatasetInfo(
+        name='animal_mnist_b_few', source='offline', num_classes=5, image_shape=(28, 28, 1),
+        split_sizes={'train': 200, 'val': 497, 'test': 996},
+        mean=(0.2652,), std=(0.3909,), augmentation='crop_flip', crop_padding=2,
+        derived_from='animal_mnist', classes=(5, 6, 7, 8, 9), train_per_class=40),
     DatasetInfo(
         name='mnist5k', source='offline', num_classes=10, image_shape=(28, 28, 1),
         split_sizes={'train': 3500, 'val': 500, 'test': 1000},
@@ -121,18 +147,37 @@ _DATASETS = (
 DATASETS: Mapping[str, DatasetInfo] = {info.name: info for info in _DATASETS}
 
 
-def get_info(name: str) -> DatasetInfo:
-  """Returns the facts about dataset `name`.
+def get_info(name: str | DatasetInfo, *, val_from_train: int = 0) -> DatasetInfo:
+  """Returns the facts about a dataset, with its validation split resolved.
 
   Args:
-    name: one of `DATASETS`.
+    name: one of `DATASETS` (or a DatasetInfo, returned as it is).
+    val_from_train: for a dataset whose 'val' would be its test set (`val_is_test`,
+      ImageNet), hold this many examples out of the end of train as 'val' instead; 0
+      keeps the test set as 'val'. Other datasets ignore it (their 'val' is held out
+      already).
 
   Returns:
     Its DatasetInfo.
 
   Raises:
-    ValueError: for an unknown name, listing the known ones.
+    ValueError: for an unknown name, listing the known ones, or a hold-out that leaves
+      no training data.
   """
+  if isinstance(name, DatasetInfo):
+    return name
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.')
-  return DATASETS[name]
+  info = DATASETS[name]
+  if not (info.val_is_test and val_from_train):
+    return info
+  train = info.split_sizes['train']
+  if not 0 < val_from_train < train:
+    raise ValueError(f'val_from_train={val_from_train} must be in (0, {train}) for '
+                     f'{name!r} (its train split has {train} examples).')
+  kept = train - val_from_train
+  return dataclasses.replace(
+      info, val_is_test=False,
+      split_sizes={**info.split_sizes, 'train': kept, 'val': val_from_train},
+      tfds_splits={**info.tfds_splits, 'train': f'{info.tfds_splits["train"]}[:{kept}]',
+                   'val': f'{info.tfds_splits["train"]}[{kept}:]'})
