@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from lth_jax import convert
+from lth_jax.interop import checkpoints as convert
 from lth_jax.models import create_model
-from lth_jax.torch_reference import build_torch_resnet
+from lth_jax.testing.torch_reference import build_torch_resnet
 
 GOAL_S = 2.0
 REPEATS = 3

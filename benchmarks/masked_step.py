@@ -1,6 +1,6 @@
 """Masked train step against the same dense step (goal: at most 3% slower).
 
-Both run `lth_jax.train`'s jitted step on the same model, recipe and batch; the dense
+Both run `lth_jax.training`'s jitted step on the same model, recipe and batch; the dense
 one gets `masks=None` (gradients and weights not multiplied). Runs alternate so that
 both see the same machine load; the fastest and the median step of each are reported.
 
@@ -16,7 +16,9 @@ import time
 import jax
 import numpy as np
 
-from lth_jax import sharding, train
+from lth_jax.runtime import sharding
+from lth_jax.tasks.classification import cross_entropy
+from lth_jax.training import Recipe, make_train_steps
 from lth_jax.models import create_model, init_variables
 
 
@@ -43,7 +45,7 @@ def main() -> None:
   model = create_model(args.arch, num_classes=10, stem='cifar')
   variables = init_variables(model, jax.random.key(0), args.image_size)
   mesh = sharding.make_mesh()
-  steps = train.make_train_steps(model, train.default_optimizer_config(), 100, mesh)
+  steps = make_train_steps(model, Recipe(), 100, mesh, objective=cross_entropy)
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch({
       'image': rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(

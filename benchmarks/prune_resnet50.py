@@ -24,8 +24,9 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from lth_jax import masks, pruning
+from lth_jax.interop import mask_files
 from lth_jax.models import create_model
-from lth_jax.torch_names import flax_to_torch_key, to_torch_value
+from lth_jax.interop.torch_names import flax_to_torch_key, to_torch_value
 
 GOAL_RATIO = 1 / 20
 FRACTION = 0.2
@@ -108,7 +109,7 @@ def main() -> None:
         f'call with compilation {first_s:.2f} s)')
   print(f'ratio jax / torch: 1/{1 / ratio:.0f} ({verdict} the 1/{1 / GOAL_RATIO:.0f} goal)')
 
-  ours_torch = masks.to_pytorch(ours)
+  ours_torch = mask_files.to_pytorch(ours)
   magnitudes = {name: np.abs(w.numpy()) for name, w in torch_weights.items()}
   kept = {name: ours_torch[torch_keys[name] + '_mask'].astype(bool) for name in kernels}
   threshold = max(magnitudes[n][~kept[n]].max(initial=0) for n in kernels)

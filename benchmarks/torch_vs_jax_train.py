@@ -3,7 +3,7 @@
 The PyTorch side is the reference's: torchvision's ResNet with
 `torch.nn.utils.prune.custom_from_mask` on every pruned conv (weight = weight_orig *
 weight_mask recomputed by a forward pre-hook), torch.optim.SGD with momentum and
-weight decay, cross-entropy. The JAX side is `lth_jax.train`'s jitted masked step.
+weight decay, cross-entropy. The JAX side is `lth_jax.training`'s jitted masked step.
 Same architecture, initial weights, masks, batch and number of CPU threads (the
 first-step losses printed must agree); the two alternate step by step so that both
 see the same machine load.
@@ -58,9 +58,13 @@ def main() -> None:
   import torch
   from torch.nn.utils import prune
 
-  from lth_jax import convert, sharding, torch_names, train
+  from lth_jax.interop import checkpoints as convert
+  from lth_jax.interop import torch_names
   from lth_jax.models import create_model, init_variables
-  from lth_jax.torch_reference import build_torch_resnet
+  from lth_jax.runtime import sharding
+  from lth_jax.tasks.classification import cross_entropy
+  from lth_jax.testing.torch_reference import build_torch_resnet
+  from lth_jax.training import Recipe, make_train_steps
   from masked_step import prunable_masks  # this script's directory is on sys.path
 
   torch.set_num_threads(args.threads)
@@ -70,7 +74,7 @@ def main() -> None:
   rng = np.random.default_rng(0)
   image = rng.normal(size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32)
   label = rng.integers(0, 10, args.batch).astype(np.int32)
-  config = train.default_optimizer_config()
+  config = Recipe()
 
   # PyTorch: the reference's prune re-parametrisation on the same weights and masks.
   torch_model = build_torch_resnet(args.arch, num_classes=10, stem='cifar')
@@ -98,7 +102,7 @@ def main() -> None:
 
   # JAX: lth_jax's masked step.
   mesh = sharding.make_mesh()
-  steps = train.make_train_steps(model, config, 100, mesh)
+  steps = make_train_steps(model, config, 100, mesh, objective=cross_entropy)
   jax_masks = sharding.replicate(masks, mesh)
   state = steps.init(sharding.replicate(variables['params'], mesh),
                      sharding.replicate(variables['batch_stats'], mesh), jax_masks)

@@ -16,7 +16,7 @@ r"""Baselines for tickets: random pruning, random re-initialisation, one-shot ma
         --config.pretrained.path=/path/to/resnet50.pth --config.transfer.datasets=cifar10
 """
 
-from lth_jax import defaults
+from lth_jax.experiments.config import base_config
 
 BASELINES = ('random', 'random_layerwise', 'random_global', 'reinit', 'omp')
 
@@ -25,7 +25,7 @@ def get_config(baseline: str = 'random'):
   if baseline not in BASELINES:
     raise ValueError(f'Unknown baseline {baseline!r}; use configs/baselines.py:<name> with '
                      f'one of {BASELINES}.')
-  c = defaults.base_config()
+  c = base_config()
   c.pretrained.source = 'torchvision'
   if baseline == 'random':
     c.mode = 'imp'

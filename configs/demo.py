@@ -16,11 +16,11 @@ for tests, notebooks and a first look:
     python -m lth_jax.main --config=configs/demo.py:tiny --workdir=/tmp/lth_tiny
 """
 
-from lth_jax import defaults
+from lth_jax.experiments.config import base_config
 
 
 def get_config(variant: str = ''):
-  c = defaults.base_config()
+  c = base_config()
   c.mode = 'imp'
   c.pretrained.source = 'pretrain'
   c.pretrain.dataset = 'animal_mnist'

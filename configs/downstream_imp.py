@@ -14,11 +14,11 @@ globally by magnitude and rewinds to θ_p. Late rewinding: `--config.imp.rewind=
 `--config.imp.random_baseline=True`.
 """
 
-from lth_jax import defaults
+from lth_jax.experiments.config import base_config
 
 
 def get_config(source: str = 'torchvision'):
-  c = defaults.base_config()
+  c = base_config()
   c.mode = 'imp'
   c.pretrained.source = source
   c.model.arch = 'resnet50'

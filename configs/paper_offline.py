@@ -19,11 +19,11 @@ at five times the transfer cost. `:tiny` is a two-minute smoke run (supervised a
 scikit-learn digits only, width 1/8, 2 rounds, 1 seed).
 """
 
-from lth_jax import defaults
+from lth_jax.experiments.config import base_config
 
 
 def get_config(variant: str = ''):
-  c = defaults.base_config()
+  c = base_config()
   c.mode = 'paper'
   c.pretrained.source = 'pretrain'
   c.pretrain.dataset = 'animal_mnist'

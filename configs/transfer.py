@@ -14,11 +14,11 @@ marked *matching* when its mean accuracy is at least the dense mean minus one st
 the highest matching sparsity is reported per task.
 """
 
-from lth_jax import defaults
+from lth_jax.experiments.config import base_config
 
 
 def get_config(source: str = 'torchvision'):
-  c = defaults.base_config()
+  c = base_config()
   c.mode = 'transfer'
   c.pretrained.source = source
   c.transfer.variant = 'ticket'

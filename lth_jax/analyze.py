@@ -9,7 +9,7 @@ DIR's IMP run and adds the sensitivity plots, e.g.
         --perturb=weight_noise=0,1,2 --seeds=0,1,2 --lmc_seeds=0,1
 
 Flags only; the work lives in `lth_jax.analysis.analyze_workdirs` and
-`lth_jax.sensitivity.run`.
+`lth_jax.experiments.sensitivity.run`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from lth_jax import analysis  # Imported late so that --help stays fast.
   logging.set_verbosity(logging.INFO)
-  from lth_jax import sensitivity
+  from lth_jax.experiments import sensitivity
   perturbation, connectivity = None, None
   if FLAGS.perturb or FLAGS.lmc_seeds:
     perturbation, connectivity = sensitivity.run(

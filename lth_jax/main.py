@@ -46,7 +46,7 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def _join_processes() -> None:
-  from lth_jax import sharding  # Imports jax; must run before any computation.
+  from lth_jax.runtime import sharding  # Imports jax; must run before any computation.
   given = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
   if any(v is not None for v in given):
     if any(v is None for v in given):
@@ -63,7 +63,8 @@ def main(argv: list[str]) -> None:
   verbose = FLAGS.verbosity >= 1
   _join_processes()
   # Imported late so that --help stays fast.
-  from lth_jax import errors, experiments, sharding
+  from lth_jax import errors, experiments
+  from lth_jax.runtime import sharding
   logging.set_verbosity(logging.DEBUG if verbose else logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   sharding.log_processes()

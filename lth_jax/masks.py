@@ -7,8 +7,8 @@ holding only the prunable kernels (what `from_pytorch` returns without `like`), 
 `apply`, which needs the full tree.
 
 A leaf is named by its '/'-joined path, e.g. 'layer1_0/conv1/kernel'. The PyTorch side
-names the same mask 'layer1.0.conv1.weight_mask' (OIHW), the key map being
-`lth_jax.torch_names`.
+names the same mask 'layer1.0.conv1.weight_mask' (OIHW); reading and writing the
+reference's mask files is `lth_jax.interop.mask_files`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import convert, torch_names, tree_io
+from lth_jax.runtime import console, tree_io
 
 # Every convolution kernel inside a residual block (never the stem conv1, fc, BN or
 # biases). `(^|/)` lets prefixed trees match too: {'encoder_q': ...}, {'params': ...}.
@@ -32,12 +32,16 @@ DEFAULT_POLICY = r'(^|/)layer\d+_\d+/(conv\d+|downsample_conv)/kernel$'
 Policy = str | re.Pattern | Callable[[str], bool] | None
 Row = dict[str, Any]
 
-# First module of a torchvision ResNet path; anything before it is a wrapper prefix.
-_BACKBONE_ROOT = re.compile(r'conv1|bn1|layer\d+_\d+|fc(_\d+)?')
-_MASK_SUFFIX = '_mask'
 
+def predicate(policy: Policy) -> Callable[[str], bool]:
+  """The policy as a function of a leaf's name (see `prunable_leaves`).
 
-def _predicate(policy: Policy) -> Callable[[str], bool]:
+  Args:
+    policy: None (DEFAULT_POLICY), a regex searched in the leaf name, or a callable.
+
+  Returns:
+    name -> whether the leaf is prunable.
+  """
   if policy is None:
     policy = DEFAULT_POLICY
   if isinstance(policy, (str, re.Pattern)):
@@ -74,7 +78,7 @@ def prunable_leaves(tree: Any, policy: Policy = None) -> dict[str, Any]:
   Raises:
     ValueError: the policy selects no leaf (always a misconfiguration).
   """
-  is_prunable = _predicate(policy)
+  is_prunable = predicate(policy)
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   named = [(path_str(p), x) for p, x in flat]
   leaves = {name: leaf for name, leaf in named if is_prunable(name)}
@@ -313,16 +317,6 @@ def kernel_emptiness(masks: Any, policy: Policy = None) -> dict[str, Row]:
   return out
 
 
-def _cell(value: Any) -> str:
-  if value is None:
-    return ''
-  if isinstance(value, tuple):
-    return 'x'.join(map(str, value))
-  if isinstance(value, float):
-    return f'{value:.4f}'
-  return str(value)
-
-
 def format_table(rows: Mapping[str, Row]) -> str:
   """Renders the rows of `summary` or `overlap` as an aligned text table.
 
@@ -333,19 +327,14 @@ def format_table(rows: Mapping[str, Row]) -> str:
     The table, one line per row, with a header.
   """
   columns = list(dict.fromkeys(c for row in rows.values() for c in row))
-  table = [['name', *columns]] + [[name, *(_cell(row.get(c)) for c in columns)]
-                                  for name, row in rows.items()]
-  widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-  return '\n'.join(
-      '  '.join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
-                for i, cell in enumerate(r))
-      for r in table)
+  return console.format_table([{'name': name, **row} for name, row in rows.items()],
+                              ['name', *columns])
 
 
 def save(path: str | os.PathLike, masks: Any, *, overwrite: bool = False) -> None:
   """Writes a mask tree with orbax (bool leaves, tree structure kept).
 
-  With several processes every process calls it (see `lth_jax.tree_io`).
+  With several processes every process calls it (see `lth_jax.runtime.tree_io`).
 
   Args:
     path: a directory to create.
@@ -368,114 +357,3 @@ def load(path: str | os.PathLike) -> Any:
     raise FileNotFoundError(f'No mask checkpoint at {os.path.abspath(os.fspath(path))}; '
                             'write one with masks.save.')
   return tree_io.load(path)
-
-
-def _backbone_root(parts: tuple[str, ...]) -> tuple[str, ...]:
-  for i, part in enumerate(parts):
-    if _BACKBONE_ROOT.fullmatch(part):
-      return parts[i:]
-  return parts
-
-
-def _read_pytorch_masks(source: Any) -> dict[tuple[str, ...], tuple[str, np.ndarray]]:
-  """{backbone path: (torch key, 0/1 array in Flax layout)} of a PyTorch source."""
-  state = convert.backbone_state_dict(convert.read_state_dict(source))
-  found = {}
-  for key, value in state.items():
-    if not key.endswith(_MASK_SUFFIX):
-      continue
-    param_key = key[:-len(_MASK_SUFFIX)]
-    try:
-      path = torch_names.torch_to_flax_key(param_key)
-    except KeyError as e:
-      raise ValueError(f'{key!r} does not name a model parameter: {e}') from None
-    if path is None or path[0] != 'params':
-      raise ValueError(f'{key!r} does not mask a parameter.')
-    if not np.isin(value, (0, 1)).all():
-      raise ValueError(f'{key!r} holds values other than 0 and 1; it is not a mask.')
-    root = _backbone_root(path[1:])
-    if root in found:
-      raise ValueError(f'{found[root][0]!r} and {key!r} both mask {"/".join(root)}; '
-                       f'pass a state dict with a single backbone.')
-    found[root] = (param_key, torch_names.to_flax_value(path, value) != 0)
-  if not found:
-    raise ValueError(
-        'No mask in the source: expected keys like "layer1.0.conv1.weight_mask" '
-        '(a mask dict, or a pruned state dict with weight_orig/weight_mask).')
-  return found
-
-
-def from_pytorch(source: Any, like: Any = None, policy: Policy = None) -> Any:
-  """Reads the reference's PyTorch masks.
-
-  Accepted: a dict {'layer1.0.conv1.weight_mask': OIHW tensor, ...}, a pruned state dict
-  with '<name>.weight_orig' + '<name>.weight_mask', either behind 'module.' or
-  'module.encoder_q.' prefixes, as a file (.pth/.pth.tar/.safetensors/.npz) or a mapping.
-
-  Args:
-    source: a path or a mapping of PyTorch key -> tensor/array.
-    like: a params tree; when given, the result is a full mask tree with its treedef
-      (non-prunable leaves all True). Wrapped backbones match by their torchvision part:
-      for a MoCo tree {'encoder_q': ..., 'encoder_k': ...} both encoders get the mask.
-    policy: see `prunable_leaves`; every mask in `source` must fall on a prunable leaf.
-
-  Returns:
-    The full mask tree, or without `like` a nested dict of only the masked kernels,
-    e.g. {'layer1_0': {'conv1': {'kernel': bool HWIO}}}.
-  """
-  found = _read_pytorch_masks(source)
-  is_prunable = _predicate(policy)
-  if like is None:
-    tree: dict[str, Any] = {}
-    for root, (key, value) in found.items():
-      if not is_prunable('/'.join(root)):
-        raise ValueError(f'{key!r} masks {"/".join(root)}, which the policy does not '
-                         f'call prunable; pass a policy that includes it.')
-      node = tree
-      for part in root[:-1]:
-        node = node.setdefault(part, {})
-      node[root[-1]] = jnp.asarray(value)
-    return tree
-  leaves, used = {}, set()
-  for name, leaf in prunable_leaves(like, policy).items():
-    root = _backbone_root(tuple(name.split('/')))
-    torch_key = torch_names.flax_to_torch_key(('params', *root))
-    if root not in found:
-      raise ValueError(f'The source has no mask {torch_key + _MASK_SUFFIX!r} for the '
-                       f'prunable leaf {name}.')
-    value = found[root][1]
-    if value.shape != tuple(leaf.shape):
-      torch_shape = torch_names.to_torch_value(('params', *root), value).shape
-      raise ValueError(
-          f'{torch_key + _MASK_SUFFIX!r} has shape {torch_shape} (PyTorch layout) but '
-          f'{name} needs {tuple(leaf.shape)} (Flax layout); the mask is for another model.')
-    leaves[name] = jnp.asarray(value)
-    used.add(root)
-  unused = [found[r][0] + _MASK_SUFFIX for r in found if r not in used]
-  if unused:
-    raise ValueError(f'Masks {unused[:4]} match no prunable leaf of `like`; use a policy '
-                     f'that includes them or remove them from the source.')
-  return replace_leaves(init(like, policy), leaves)
-
-
-def to_pytorch(masks: Any, policy: Policy = None) -> dict[str, np.ndarray]:
-  """The reference's mask dict, e.g. {'layer1.0.conv1.weight_mask': OIHW array}.
-
-  Values are float32 0/1, the dtype torch.nn.utils.prune keeps for float32 weights, so
-  the dict drops into the reference (`torch.from_numpy` each value). Only prunable leaves
-  are written; a wrapper prefix in the tree becomes a key prefix ('encoder_q.layer1...').
-
-  Args:
-    masks: a mask tree (full or partial).
-    policy: see `prunable_leaves`.
-
-  Returns:
-    {torch key + '_mask': contiguous float32 array}.
-  """
-  out = {}
-  for name, m in prunable_leaves(masks, policy).items():
-    path = ('params', *name.split('/'))
-    value = torch_names.to_torch_value(path, np.asarray(m))
-    out[torch_names.flax_to_torch_key(path) + _MASK_SUFFIX] = np.ascontiguousarray(
-        value, np.float32)
-  return out

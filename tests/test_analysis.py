@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import analysis, masks, pruning, train
+from lth_jax import analysis, masks, pruning, training
 from lth_jax.models import create_model
 
 
@@ -293,7 +293,7 @@ def _toy_finetune(calls: list):
       p = masks.apply(jax.tree.map(lambda w, d: w - 2.0 * d, p, g), m)
     out = {'params': p, 'batch_stats': {'count': jnp.asarray(float(seed))}}
     acc = _toy_accuracy(out)
-    return train.FitResult(best_val_accuracy=acc, best_epoch=1, test_accuracy=acc,
+    return training.FitResult(metric='accuracy', best_val=acc, best_epoch=1, test=acc, test_metrics={'accuracy': acc},
                            history=[], variables=out, rewind_variables=None)
 
   return finetune
@@ -362,10 +362,11 @@ def test_write_report_embeds_its_pngs(tmp_path, params):
   dense = masks.init(params)
   tickets = {'magnitude': pruning.to_sparsity(params, dense, 0.6),
              'random': pruning.random(jax.random.key(0), dense, 0.6)}
-  sweep_rows = [{'kind': 'mask_swap', 'size': s, 'test_accuracy': 0.9 - s / 4,
-                 'test_accuracy_std': 0.01, 'runs': [0.9]} for s in (0.0, 0.5, 1.0)]
+  sweep_rows = [{'kind': 'mask_swap', 'size': s, 'metric': 'accuracy',
+                 'test_accuracy': 0.9 - s / 4, 'test_accuracy_std': 0.01, 'runs': [0.9]}
+                for s in (0.0, 0.5, 1.0)]
   lmc = {'seeds': [0, 1], 'alpha': [0.0, 0.5, 1.0], 'error': [0.1, 0.3, 0.12],
-         'barrier': 0.19, 'test_accuracy': [0.9, 0.88]}
+         'barrier': 0.19, 'metric': 'accuracy', 'test_accuracy': [0.9, 0.88]}
   path = analysis.write_report(str(tmp_path), tickets,
                                perturbation={'mask_swap': {'magnitude': sweep_rows}},
                                connectivity={'magnitude': lmc})

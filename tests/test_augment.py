@@ -1,4 +1,4 @@
-"""Tests for lth_jax.augment: on-device SimCLR / MoCo v2 views."""
+"""Tests for lth_jax.objectives.views: on-device SimCLR / MoCo v2 views."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import augment, sharding
+from lth_jax.objectives import views as augment
+from lth_jax.runtime import sharding
 
 # Every random transform off: a view is then the image itself.
 IDENTITY = augment.ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from lth_jax import convert
+from lth_jax.interop import checkpoints as convert
 from lth_jax.models import create_model, init_variables
-from lth_jax.torch_reference import build_torch_resnet
+from lth_jax.testing.torch_reference import build_torch_resnet
 
 try:
   import torch
@@ -127,7 +127,7 @@ def test_moco_reads_the_query_encoder_only(tmp_path, caplog):
   path = tmp_path / 'moco_v2.pth.tar'
   torch.save(checkpoint, path)
   model = create_model('resnet18', num_classes=16, head='mlp', **TINY)
-  with caplog.at_level(logging.INFO, logger='lth_jax.convert'):
+  with caplog.at_level(logging.INFO, logger='lth_jax.interop.checkpoints'):
     variables = convert.load_pytorch(path, model, source='moco')
   _assert_matches_state_dict(variables, query)
   assert not np.array_equal(query['layer1.0.conv1.weight'], key['layer1.0.conv1.weight'])
@@ -139,7 +139,7 @@ def test_moco_reads_the_query_encoder_only(tmp_path, caplog):
 def test_moco_mlp_head_dropped_for_a_linear_model(caplog):
   checkpoint, query, _ = _moco_checkpoint()
   model = create_model('resnet18', num_classes=16, **TINY)
-  with caplog.at_level(logging.INFO, logger='lth_jax.convert'):
+  with caplog.at_level(logging.INFO, logger='lth_jax.interop.checkpoints'):
     variables = convert.load_pytorch(checkpoint, model)
   assert 'fc.0.weight (64, 64)' in caplog.text and 'fc.2.bias (16,)' in caplog.text
   fresh = init_variables(model, jax.random.key(0), 32)['params']['fc']
@@ -194,11 +194,11 @@ def test_new_head_is_fresh_and_the_rest_is_loaded(caplog):
   state_dict = _state_dict(num_classes=1000)
   model = create_model('resnet18', num_classes=10, **TINY)
   rng = jax.random.key(7)
-  with caplog.at_level(logging.INFO, logger='lth_jax.convert'):
+  with caplog.at_level(logging.INFO, logger='lth_jax.interop.checkpoints'):
     variables = convert.load_pytorch(state_dict, model, rng=rng)
   assert 'fc.weight (1000, 64)' in caplog.text and 'initialised fresh: fc.bias, fc.weight' in (
       caplog.text)
-  assert len([r for r in caplog.records if r.name == 'lth_jax.convert']) == 1
+  assert len([r for r in caplog.records if r.name == 'lth_jax.interop.checkpoints']) == 1
   fresh = init_variables(model, rng, 32)['params']['fc']
   jax.tree.map(_assert_same_init, variables['params']['fc'], fresh)
   converted = convert.to_pytorch(variables)
@@ -211,7 +211,7 @@ def test_new_head_is_fresh_and_the_rest_is_loaded(caplog):
 def test_cifar_one_channel_model_from_an_imagenet_checkpoint(caplog):
   state_dict = _state_dict(num_classes=1000)
   model = create_model('resnet18', num_classes=10, stem='cifar', in_channels=1, **TINY)
-  with caplog.at_level(logging.INFO, logger='lth_jax.convert'):
+  with caplog.at_level(logging.INFO, logger='lth_jax.interop.checkpoints'):
     variables = convert.load_pytorch(state_dict, model)
   assert 'conv1.weight (8, 3, 7, 7)' in caplog.text
   fresh = init_variables(model, jax.random.key(0), 32)

@@ -11,8 +11,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lth_jax import data, defaults
-from lth_jax.data import augment, offline, pipeline
+from lth_jax import data
+from lth_jax.experiments import config as defaults
+from lth_jax.data import offline, pipeline
+from lth_jax.data import transforms as augment
 
 OFFLINE = ('animal_mnist', 'mnist5k', 'digits')
 REPO = pathlib.Path(__file__).parents[1]

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lth_jax import convert, masks, torch_names
-from lth_jax.models import (aspp_rates_for, create_deeplab, create_model, init_variables,
-                            load_pytorch_deeplab, to_pytorch_deeplab)
+from lth_jax import masks
+from lth_jax.interop import checkpoints as convert
+from lth_jax.interop import torch_names
+from lth_jax.models import aspp_rates_for, create_deeplab, create_model, init_variables
 from lth_jax.models.deeplab import resize_bilinear
-from lth_jax.torch_reference import build_torch_deeplab, build_torch_resnet
+from lth_jax.testing.torch_reference import build_torch_deeplab, build_torch_resnet
 
 torch = pytest.importorskip('torch')
 
@@ -121,7 +122,7 @@ def test_deeplab_matches_pytorch_and_round_trips():
   # The reference's checkpoints: {'model_state': state dict}, DataParallel's `module.`.
   checkpoint = {'model_state': {f'module.{k}': torch.from_numpy(v)
                                 for k, v in state_dict.items()}}
-  variables = load_pytorch_deeplab(checkpoint, model)
+  variables = convert.load_pytorch(checkpoint, model)
 
   images = _images((2, 3, 64, 48), seed=1)
   with torch.no_grad():
@@ -130,7 +131,7 @@ def test_deeplab_matches_pytorch_and_round_trips():
   assert got.shape == (2, 64, 48, 21) and got.dtype == jnp.float32
   assert _relative_error(got, expected) < 1e-4
 
-  back = to_pytorch_deeplab(variables)
+  back = convert.to_pytorch(variables, backbone_prefix='backbone.')
   assert set(back) == {k for k in state_dict if not k.endswith('num_batches_tracked')}
   for key, value in back.items():
     np.testing.assert_array_equal(value, state_dict[key], err_msg=key)
@@ -154,10 +155,6 @@ def test_deeplab_matches_pytorch_and_round_trips():
 def test_head_keys_map_both_ways(key, path):
   assert torch_names.torch_to_flax_key(key) == path
   assert torch_names.flax_to_torch_key(path) == key
-  assert torch_names.from_reference_deeplab_key(
-      f'module.{torch_names.to_reference_deeplab_key(key)}') == key
-  assert torch_names.to_reference_deeplab_key(key).startswith(
-      'classifier.' if path[1] == 'classifier' else 'backbone.')
 
 
 def test_head_keys_outside_the_head_are_refused():

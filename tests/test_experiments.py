@@ -15,13 +15,23 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import convert, defaults, errors, experiments, imp, masks, train
+from lth_jax import errors, experiments, masks, pruning, training
+from lth_jax.experiments import config as defaults
+from lth_jax.experiments import transfer, wiring
+from lth_jax.interop import checkpoints as convert
+from lth_jax.lottery import imp
+from lth_jax.runtime import workdir as workdir_lib
 from lth_jax.models import init_variables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / 'configs').glob('*.py'))
 # The tiny demo, with mid-epoch checkpoints so that a kill lands inside a round.
 TINY = ['--config.num_devices=1', '--config.checkpoint_every_steps=5']
+
+
+def _model(config):
+  task, info = wiring.task_and_data(config, 'digits')
+  return wiring.build_model(config, task, info)
 
 
 def tiny(**overrides):
@@ -41,7 +51,7 @@ def test_every_config_has_its_command_line_and_validates(path, tmp_path):
     (tmp_path / 'weights.pth').write_bytes(b'')
   if config.mode == 'transfer' and config.transfer.variant != 'omp':
     config.transfer.imp_workdir = str(tmp_path)
-  defaults.validate(config, tuple(experiments.data.DATASETS))
+  defaults.validate(config)
 
 
 @pytest.fixture(scope='module')
@@ -216,7 +226,7 @@ class FakeFinetunes:
   def __init__(self):
     self.calls = []
 
-  def __call__(self, config, model, dataset, mesh, *args, **kwargs):
+  def __call__(self, config, model, *args, **kwargs):
     def finetune(variables, masks_, *, seed, checkpoint_dir, rewind_step=None):
       variables = jax.device_get(dict(variables))
       self.calls.append({'dir': os.path.relpath(checkpoint_dir, config_root[0]), 'seed': seed,
@@ -225,10 +235,10 @@ class FakeFinetunes:
                                                    variables['params']),
                             'batch_stats': variables['batch_stats']}
       accuracy = 0.5 + 0.01 * seed
-      return train.FitResult(best_val_accuracy=accuracy, best_epoch=1, test_accuracy=accuracy,
-                             history=[], variables=shifted(np.float32(0.1)),
-                             rewind_variables=shifted(np.float32(1.0))
-                             if rewind_step is not None else None)
+      return training.FitResult(
+          metric='accuracy', best_val=accuracy, best_epoch=1, test=accuracy,
+          test_metrics={'accuracy': accuracy}, history=[], variables=shifted(np.float32(0.1)),
+          rewind_variables=shifted(np.float32(1.0)) if rewind_step is not None else None)
     return finetune
 
 
@@ -239,7 +249,7 @@ config_root = ['']
 def fake(monkeypatch, tmp_path):
   config_root[0] = str(tmp_path)
   recorder = FakeFinetunes()
-  monkeypatch.setattr(experiments.finetune_lib, 'make_finetune', recorder)
+  monkeypatch.setattr(wiring, 'make_finetune', recorder)
   return recorder
 
 
@@ -311,8 +321,8 @@ def test_a_run_that_stops_on_a_missing_or_bad_input_leaves_nothing_behind(fake, 
                     str(run))
   assert not run.exists()
   config = tiny(**{'pretrained.source': 'torchvision'})
-  model = experiments.pretrained.build_model(config, 'digits')
-  wider = experiments.pretrained.build_model(tiny(**{'model.width_multiplier': 0.25}), 'digits')
+  model = _model(config)
+  wider = _model(tiny(**{'model.width_multiplier': 0.25}))
   for name, source in (('wrong_width.npz', wider), ('good.npz', model)):
     variables = init_variables(source, jax.random.key(0), 8)
     np.savez(tmp_path / name, **convert.to_pytorch(jax.device_get(variables)))
@@ -324,33 +334,33 @@ def test_a_run_that_stops_on_a_missing_or_bad_input_leaves_nothing_behind(fake, 
   config.pretrained.path = str(tmp_path / 'good.npz')
   experiments.run(config, str(run))
   inputs = json.load(open(run / 'inputs.json'))
-  assert inputs == {'pretrained.path': experiments.workdir_lib.file_sha256(
+  assert inputs == {'pretrained.path': workdir_lib.file_sha256(
       str(tmp_path / 'good.npz'))}
 
 
 def test_tickets_sharing_a_file_name_are_all_kept_under_distinct_names(tmp_path):
-  model = experiments.pretrained.build_model(tiny(), 'digits')
+  model = _model(tiny())
   params = init_variables(model, jax.random.key(0), 8)['params']
   written = {}
   for k, fraction in ((2, 0.36), (4, 0.59)):
-    ticket = experiments.pruning.to_sparsity(params, masks.init(params), fraction)
+    ticket = pruning.to_sparsity(params, masks.init(params), fraction)
     imp.save_round_mask(str(tmp_path / 'run' / f'round_{k:02d}'), ticket)
     written[k] = ticket
   files = [str(tmp_path / 'run' / f'round_{k:02d}' / 'mask_torch.npz') for k in (2, 4)]
   folder = str(tmp_path / 'run' / 'round_02' / 'mask')
-  assert experiments.ticket_names(files + [folder]) == [
+  assert transfer.ticket_names(files + [folder]) == [
       'round_02/mask_torch', 'round_04/mask_torch', 'round_02']
   config = tiny(**{'mode': 'transfer', 'transfer.masks': ','.join(files)})
-  tickets = experiments.load_tickets(config)
+  tickets = transfer.load_tickets(config)
   assert list(tickets) == ['round_02/mask_torch', 'round_04/mask_torch']
   for k, name in ((2, 'round_02/mask_torch'), (4, 'round_04/mask_torch')):
     assert masks.sparsity(tickets[name]) == pytest.approx(masks.sparsity(written[k]))
   with pytest.raises(errors.ConfigError, match='lists .*round_02/mask_torch.npz.* and '
                                                '.*round_02/mask_torch.npz'):
-    experiments.load_tickets(tiny(**{'mode': 'transfer',
+    transfer.load_tickets(tiny(**{'mode': 'transfer',
                                      'transfer.masks': ','.join([files[0], files[0]])}))
   with pytest.raises(errors.ConfigError, match="both be named 'round_02'"):
-    experiments.load_tickets(tiny(**{'mode': 'transfer', 'transfer.masks': folder,
+    transfer.load_tickets(tiny(**{'mode': 'transfer', 'transfer.masks': folder,
                                      'transfer.imp_workdir': str(tmp_path / 'run')}))
 
 

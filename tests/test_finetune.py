@@ -1,4 +1,4 @@
-"""Tests for lth_jax.finetune: the previous round's folder and cached pre-training."""
+"""The previous IMP round's folder (lottery.imp) and the cached pre-training (wiring)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,24 @@ import os
 import jax
 import numpy as np
 
-from lth_jax import finetune
+from lth_jax.experiments import wiring
+from lth_jax.lottery import imp
 from lth_jax.models import create_model, init_variables
 
 
 def test_previous_round_dir(tmp_path):
   run = tmp_path / 'moco'
   (run / 'round_02' / 'seed_0').mkdir(parents=True)
-  assert finetune.previous_round_dir(str(run / 'round_03' / 'seed_0')) == str(
+  assert imp.previous_round_dir(str(run / 'round_03' / 'seed_0')) == str(
       run / 'round_02' / 'seed_0')
-  assert finetune.previous_round_dir(str(run / 'round_03' / 'seed_1')) is None  # absent
-  assert finetune.previous_round_dir(str(run / 'round_00' / 'seed_0')) is None
-  assert finetune.previous_round_dir(str(tmp_path / 'pretrain' / 'train')) is None
+  assert imp.previous_round_dir(str(run / 'round_03' / 'seed_1')) is None  # absent
+  assert imp.previous_round_dir(str(run / 'round_00' / 'seed_0')) is None
+  assert imp.previous_round_dir(str(tmp_path / 'pretrain' / 'train')) is None
 
 
 class _Fit:
   def __init__(self, variables):
-    self.variables, self.test_accuracy = variables, 0.5
+    self.variables, self.metric, self.test = variables, 'accuracy', 0.5
 
 
 def test_pretrain_once_trains_once_then_reads_the_cache(tmp_path):
@@ -35,8 +36,8 @@ def test_pretrain_once_trains_once_then_reads_the_cache(tmp_path):
     calls.append((seed, checkpoint_dir, masks))
     return _Fit(jax.tree.map(lambda x: x + 1, variables))
 
-  first = finetune.pretrain_once(str(tmp_path), like, fake_finetune, seed=4, description='x')
-  again = finetune.pretrain_once(str(tmp_path), like, fake_finetune, seed=4, description='x')
+  first = wiring.pretrain_once(str(tmp_path), like, fake_finetune, seed=4, description='x')
+  again = wiring.pretrain_once(str(tmp_path), like, fake_finetune, seed=4, description='x')
   assert calls == [(4, os.path.join(str(tmp_path), 'pretrain', 'train'), None)]
   for a, b, c in zip(*map(jax.tree.leaves, (first, again, like))):
     np.testing.assert_array_equal(a, b)

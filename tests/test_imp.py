@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import imp, masks, pruning, train
+from lth_jax import masks, pruning, training
+from lth_jax.lottery import imp
 from lth_jax.models import create_model, init_variables
 
 
@@ -41,7 +42,7 @@ class FakeFinetune:
                'batch_stats': variables['batch_stats']}
     self.calls.append({'variables': variables, 'masks': m, 'seed': seed, 'trained': trained,
                        'dir': checkpoint_dir, 'rewind_step': rewind_step, 'early': early})
-    return train.FitResult(best_val_accuracy=acc, best_epoch=1, test_accuracy=acc, history=[],
+    return training.FitResult(metric='accuracy', best_val=acc, best_epoch=1, test=acc, test_metrics={'accuracy': acc}, history=[],
                            variables={'params': trained,
                                       'batch_stats': variables['batch_stats']},
                            rewind_variables=early)
@@ -145,7 +146,7 @@ def test_prune_first_and_random_baseline(tmp_path, start):
 @pytest.mark.parametrize('kwargs, match', [
     (dict(num_rounds=0), 'num_rounds'),
     (dict(num_rounds=2, fraction=1.0), 'fraction'),
-    (dict(num_rounds=2, pruning='snip'), 'pruning'),
+    (dict(num_rounds=2, pruning='grasp'), 'Unknown pruning criterion .grasp.'),
     (dict(num_rounds=2, rewind='step'), 'rewind_step'),
     (dict(num_rounds=2, rewind='step', rewind_step=3, prune_first=True), 'prune_first'),
 ])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lth_jax import masks
+from lth_jax.interop import mask_files
 from lth_jax.models import create_model
 
 
@@ -190,30 +191,30 @@ def test_save_load_round_trip(tmp_path, small_params):
 
 def test_to_pytorch_is_the_reference_mask_dict(small_params):
   m = _random_masks(small_params)
-  out = masks.to_pytorch(m)
+  out = mask_files.to_pytorch(m)
   assert len(out) == 19 and 'conv1.weight_mask' not in out
   assert 'layer2.0.downsample.0.weight_mask' in out
   kernel = np.asarray(m['layer1_0']['conv2']['kernel'])
   value = out['layer1.0.conv2.weight_mask']
   assert value.dtype == np.float32 and value.flags['C_CONTIGUOUS']
   np.testing.assert_array_equal(value, kernel.transpose(3, 2, 0, 1))  # HWIO -> OIHW
-  moco = masks.to_pytorch({'encoder_q': m})
+  moco = mask_files.to_pytorch({'encoder_q': m})
   assert set(moco) == {f'encoder_q.{k}' for k in out}
 
 
 @pytest.mark.parametrize('prefix', ['', 'module.', 'module.encoder_q.'])
 def test_pytorch_mask_dict_round_trip(small_params, prefix):
   m = _random_masks(small_params)
-  state = {prefix + k: v for k, v in masks.to_pytorch(m).items()}
+  state = {prefix + k: v for k, v in mask_files.to_pytorch(m).items()}
   if prefix == 'module.encoder_q.':  # the key encoder's masks must be ignored
     state.update({f'module.encoder_k.{k}': np.zeros_like(v)
-                  for k, v in masks.to_pytorch(m).items()})
-  full = masks.from_pytorch(state, like=small_params)
+                  for k, v in mask_files.to_pytorch(m).items()})
+  full = mask_files.from_pytorch(state, like=small_params)
   assert _tree_equal(full, m)
-  partial = masks.from_pytorch(state)
+  partial = mask_files.from_pytorch(state)
   assert _tree_equal(partial, _nested(masks.prunable_leaves(m)))
   assert masks.sparsity(partial) == masks.sparsity(m)
-  assert masks.to_pytorch(partial).keys() == masks.to_pytorch(m).keys()
+  assert mask_files.to_pytorch(partial).keys() == mask_files.to_pytorch(m).keys()
 
 
 def test_pruned_state_dict_file_and_moco_tree(tmp_path, small_params):
@@ -222,41 +223,41 @@ def test_pruned_state_dict_file_and_moco_tree(tmp_path, small_params):
   m = _random_masks(small_params)
   state = {'conv1.weight': torch.randn(8, 3, 3, 3), 'bn1.weight': torch.ones(8),
            'bn1.num_batches_tracked': torch.tensor(3), 'fc.weight': torch.randn(10, 64)}
-  for key, mask in masks.to_pytorch(m).items():
+  for key, mask in mask_files.to_pytorch(m).items():
     name = key[:-len('_mask')]
     state[f'module.{name}_orig'] = torch.randn(mask.shape)
     state[f'module.{key}'] = torch.from_numpy(mask)
   path = tmp_path / 'pruned.pth.tar'
   torch.save({'state_dict': state, 'epoch': 3}, path)
-  assert _tree_equal(masks.from_pytorch(path, like=small_params), m)
-  moco = masks.from_pytorch(path, like={'encoder_q': small_params,
+  assert _tree_equal(mask_files.from_pytorch(path, like=small_params), m)
+  moco = mask_files.from_pytorch(path, like={'encoder_q': small_params,
                                         'encoder_k': small_params})
   assert _tree_equal(moco['encoder_q'], m) and _tree_equal(moco['encoder_k'], m)
 
 
 def test_from_pytorch_errors(small_params):
-  reference = masks.to_pytorch(_random_masks(small_params))
+  reference = mask_files.to_pytorch(_random_masks(small_params))
   missing = dict(reference)
   del missing['layer3.1.conv2.weight_mask']
   with pytest.raises(ValueError, match=r"no mask 'layer3\.1\.conv2\.weight_mask'"):
-    masks.from_pytorch(missing, like=small_params)
+    mask_files.from_pytorch(missing, like=small_params)
   wrong = dict(reference, **{'layer1.0.conv1.weight_mask': np.ones((8, 8, 1, 1))})
   with pytest.raises(ValueError, match=r"'layer1\.0\.conv1\.weight_mask' has shape"):
-    masks.from_pytorch(wrong, like=small_params)
+    mask_files.from_pytorch(wrong, like=small_params)
   not_binary = dict(reference, **{'layer1.0.conv1.weight_mask': np.full((8, 8, 3, 3), .5)})
   with pytest.raises(ValueError, match='other than 0 and 1'):
-    masks.from_pytorch(not_binary)
+    mask_files.from_pytorch(not_binary)
   stem = dict(reference, **{'conv1.weight_mask': np.ones((8, 3, 3, 3))})
   with pytest.raises(ValueError, match=r"conv1\.weight_mask'\] match no prunable"):
-    masks.from_pytorch(stem, like=small_params)
+    mask_files.from_pytorch(stem, like=small_params)
   with pytest.raises(ValueError, match='does not call prunable'):
-    masks.from_pytorch(stem)
+    mask_files.from_pytorch(stem)
   stem_policy = r'(^|/)(layer\d+_\d+/)?(conv\d+|downsample_conv)/kernel$'
-  with_stem = masks.from_pytorch(stem, like=small_params, policy=stem_policy)
+  with_stem = mask_files.from_pytorch(stem, like=small_params, policy=stem_policy)
   assert with_stem['conv1']['kernel'].shape == (3, 3, 3, 8)
   assert bool(with_stem['conv1']['kernel'].all())
   with pytest.raises(ValueError, match='No mask in the source'):
-    masks.from_pytorch({'layer1.0.conv1.weight': np.ones((8, 8, 3, 3))})
+    mask_files.from_pytorch({'layer1.0.conv1.weight': np.ones((8, 8, 3, 3))})
 
 
 

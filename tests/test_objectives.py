@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import objectives, sharding
+from lth_jax.objectives import contrastive as objectives
+from lth_jax.runtime import sharding
 
 
 def _normalize(x):

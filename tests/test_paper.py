@@ -1,4 +1,4 @@
-"""Tests for the paper in miniature (lth_jax.paper, configs/paper_offline.py)."""
+"""Tests for the paper in miniature (lth_jax.experiments.paper, configs/paper_offline.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from lth_jax import data, defaults, experiments, imp, masks as masks_lib, paper, upstream
+from lth_jax import data, experiments, masks as masks_lib, objectives
+from lth_jax.experiments import config as defaults
+from lth_jax.experiments import paper, upstream
+from lth_jax.lottery import imp
 
 
 def test_paper_offline_tiny_end_to_end(tmp_path):
@@ -60,7 +63,7 @@ def test_paper_offline_tiny_end_to_end(tmp_path):
                 if x['method'] == method and x['pretraining'] == pretraining
                 and x['sparsity'] > 0 and x['test_accuracy'] >= floor - 1e-9]
     assert r['extreme_sparsity'] == (max(matching) if matching else None)
-    assert r['scratch_accuracy'] == scratch
+    assert r['scratch'] == scratch and r['metric'] == 'accuracy'
     assert r['pretraining_gain'] == pytest.approx(dense[pretraining] - scratch)
     assert r['can_test_claim'] is None  # one seed: no spread to judge the gain by
   for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
@@ -75,7 +78,7 @@ def test_every_pretraining_is_transferred_on_the_inputs_it_was_made_with():
   config = defaults.load_config('paper_offline')
   for objective in defaults.split_names(config.paper.pretrainings):
     sub = paper.upstream_config(config, objective)
-    objective_fn = upstream.make_objective(sub)
+    objective_fn = objectives.get(objective).build(upstream.settings(sub))
     info = data.get_info(sub.data.dataset)
     if objective == 'supervised':  # the dataset pipeline normalises, as in transfer
       continue

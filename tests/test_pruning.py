@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from lth_jax import masks, pruning
+from lth_jax.interop import mask_files
+from lth_jax.pruning import selection
 from lth_jax.models import create_model
-from lth_jax.torch_names import flax_to_torch_key, to_torch_value
-from lth_jax.torch_reference import build_torch_resnet
+from lth_jax.interop.torch_names import flax_to_torch_key, to_torch_value
+from lth_jax.testing.torch_reference import build_torch_resnet
 
 _ARGS = dict(num_classes=10, stem='cifar', width_multiplier=0.125)
 
@@ -79,9 +81,9 @@ def bracket(request, monkeypatch):
   """Runs a test with the exhaustive sample of small trees, a real subsample, and a
   subsample with a zero-width bracket (forces the widening pass)."""
   if request.param != 'default':
-    monkeypatch.setattr(pruning, '_SAMPLE_SIZE', 64)
+    monkeypatch.setattr(selection, '_SAMPLE_SIZE', 64)
   if request.param == 'missed':
-    monkeypatch.setattr(pruning, '_BRACKET_SIGMAS', 0.0)
+    monkeypatch.setattr(selection, '_BRACKET_SIGMAS', 0.0)
   return request.param
 
 
@@ -108,14 +110,14 @@ def test_global_magnitude_matches_torch_global_unstructured(params):
     current = pruning.global_magnitude(params, current, 0.2)
     pruned += round(0.2 * (total - pruned))
     theirs = model.state_dict()
-    ours = masks.to_pytorch(current)
+    ours = mask_files.to_pytorch(current)
     assert ours.keys() <= theirs.keys()
     for key, value in ours.items():
       np.testing.assert_array_equal(value, theirs[key].numpy(), err_msg=f'{key} {level}')
     assert total - _flat(current).sum() == pruned
     assert masks.sparsity(current) == pytest.approx(1 - 0.8**level, abs=1 / total)
   # The reference's pruned state dict reads back to the same ticket.
-  back = masks.from_pytorch(model.state_dict(), like=params)
+  back = mask_files.from_pytorch(model.state_dict(), like=params)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back),
                                                     jax.tree.leaves(current)))
 
@@ -168,7 +170,7 @@ def test_pruned_weights_never_come_back_and_others_are_untouched(params):
 
 def test_partial_mask_tree_and_zero_fraction(params):
   partial = masks.prunable_leaves(masks.init(params))
-  nested = masks.from_pytorch(masks.to_pytorch(partial))
+  nested = mask_files.from_pytorch(mask_files.to_pytorch(partial))
   once = pruning.global_magnitude(params, nested, 0.2)
   assert jax.tree.structure(once) == jax.tree.structure(nested)
   np.testing.assert_array_equal(

@@ -1,4 +1,4 @@
-"""Tests for lth_jax.sensitivity and `python -m lth_jax.analyze --perturb`."""
+"""Tests for lth_jax.experiments.sensitivity and `python -m lth_jax.analyze --perturb`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from lth_jax import defaults, experiments, sensitivity
+from lth_jax import experiments
+from lth_jax.experiments import config as defaults
+from lth_jax.experiments import sensitivity
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,4 @@
-"""Tests for lth_jax.train and lth_jax.sharding.
+"""Tests for lth_jax.training and lth_jax.runtime.sharding.
 
 Recipes, masked sharded steps, exact evaluation, resumable fit, several devices and
 two processes joined by jax.distributed.
@@ -7,6 +7,7 @@ two processes joined by jax.distributed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -20,7 +21,12 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lth_jax import errors, sharding, train
+from lth_jax import errors
+from lth_jax.runtime import sharding
+from lth_jax.tasks.classification import cross_entropy, evaluate
+from lth_jax.training import loop as fit_lib
+from lth_jax.training import optim
+from lth_jax.training import steps as train
 from lth_jax.models import create_model, init_variables
 
 MODEL = dict(arch='resnet18', num_classes=10, stem='cifar', width_multiplier=0.125)
@@ -56,10 +62,8 @@ def make_batch(seed, size=BATCH):
 
 def recipe(**overrides):
   """A short recipe; tests that use it unchanged share one compiled step."""
-  config = train.default_optimizer_config()
-  config.update({'num_epochs': 3, 'milestones': (2,), 'weight_decay': 5e-3,
-                 'nesterov': True, **overrides})
-  return config
+  return optim.Recipe(**{'num_epochs': 3, 'milestones': (2,), 'weight_decay': 5e-3,
+                         'nesterov': True, **overrides})
 
 
 @contextlib.contextmanager
@@ -98,7 +102,7 @@ def run_steps(steps, variables, masks, batches):
 def test_schedule_follows_reference_warmup_and_milestones():
   spe = 10
   config = recipe(num_epochs=6, milestones=(3, 5), learning_rate=0.1, warmup_epochs=1)
-  schedule = train.create_learning_rate_schedule(config, spe)
+  schedule = optim.create_learning_rate_schedule(config, spe)
   for step in range(6 * spe):
     epoch = step // spe
     # The reference's warmup_lr (per batch) and MultiStepLR (per epoch).
@@ -106,7 +110,7 @@ def test_schedule_follows_reference_warmup_and_milestones():
                 else 0.1 * 0.1 ** sum(epoch >= m for m in (3, 5)))
     np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6, err_msg=step)
 
-  cosine = train.create_learning_rate_schedule(recipe(schedule='cosine', num_epochs=5), spe)
+  cosine = optim.create_learning_rate_schedule(recipe(schedule='cosine', num_epochs=5), spe)
   np.testing.assert_allclose(
       [float(cosine(s)) for s in (0, 9, 10, 30, 50)], [0.01, 0.1, 0.1, 0.05, 0.0], atol=1e-7)
 
@@ -119,7 +123,7 @@ def test_schedule_follows_reference_warmup_and_milestones():
 ])
 def test_bad_recipe_is_refused(field, value, message):
   with pytest.raises(ValueError, match=message):
-    train.create_optimizer(recipe(**{field: value}), 10)
+    optim.create_optimizer(recipe(**{field: value}), 10)
 
 
 @pytest.mark.parametrize('nesterov', [False, True])
@@ -127,7 +131,7 @@ def test_sgd_matches_torch_sgd(nesterov):
   torch = pytest.importorskip('torch')
   spe = 4
   config = recipe(num_epochs=4, milestones=(2,), weight_decay=0.01, nesterov=nesterov)
-  tx, schedule = train.create_optimizer(config, spe), train.create_learning_rate_schedule(
+  tx, schedule = optim.create_optimizer(config, spe), optim.create_learning_rate_schedule(
       config, spe)
   rng = np.random.default_rng(0)
   w0 = rng.normal(size=(5, 3)).astype(np.float32)
@@ -153,7 +157,7 @@ def test_sgd_matches_torch_sgd(nesterov):
 @pytest.mark.parametrize('optimizer', ['sgd', 'lars'])
 def test_pruned_weights_and_momentum_stay_exactly_zero(tiny, optimizer):
   model, variables, masks = tiny
-  steps = train.make_train_steps(model, recipe(optimizer=optimizer), steps_per_epoch=SPE)
+  steps = train.make_train_steps(model, recipe(optimizer=optimizer), SPE, objective=cross_entropy)
   # The variables are not pre-masked: init must zero the pruned entries itself.
   state, metrics = run_steps(steps, variables, masks, [make_batch(0)] * 20)
 
@@ -174,8 +178,8 @@ def test_pruned_weights_and_momentum_stay_exactly_zero(tiny, optimizer):
 
 def test_half_precision_keeps_float32_params_and_zeros(tiny):
   _, variables, masks = tiny
-  model = create_model(**MODEL, dtype=train.compute_dtype(half_precision=True))
-  steps = train.make_train_steps(model, recipe(), steps_per_epoch=SPE)
+  model = create_model(**MODEL, dtype=optim.compute_dtype(half_precision=True))
+  steps = train.make_train_steps(model, recipe(), SPE, objective=cross_entropy)
   state, metrics = run_steps(steps, variables, masks, [make_batch(s) for s in range(3)])
   assert np.isfinite(metrics[-1]['loss'])
   for new, mask in zip(jax.tree.leaves(state.params), jax.tree.leaves(masks)):
@@ -189,9 +193,9 @@ def test_eight_devices_match_one_device(tiny):
   results = []
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh = sharding.make_mesh(devices)
-    steps = train.make_train_steps(model, recipe(), SPE, mesh)
+    steps = train.make_train_steps(model, recipe(), SPE, mesh, objective=cross_entropy)
     state, metrics = run_steps(steps, variables, masks, batches)
-    evaluation = train.evaluate(model, state.variables, batches[:2], mesh)
+    evaluation = evaluate(model, state.variables, batches[:2], mesh)
     results.append((jax.device_get(state.variables), metrics, evaluation))
   (vars8, metrics8, eval8), (vars1, metrics1, eval1) = results
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
@@ -199,7 +203,7 @@ def test_eight_devices_match_one_device(tiny):
   for m8, m1 in zip(metrics8, metrics1):
     np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
     assert m8['accuracy'] == m1['accuracy']
-  assert eval8['accuracy'] == eval1['accuracy'] and eval8['count'] == eval1['count'] == 32
+  assert eval8['accuracy'] == eval1['accuracy']
   np.testing.assert_allclose(eval8['loss'], eval1['loss'], rtol=1e-5)
 
 
@@ -212,11 +216,10 @@ def test_padded_evaluation_is_exact(tiny):
             'label': np.concatenate([real['label'], np.full(3, 9, np.int32)]),
             'mask': np.concatenate([np.ones(13, np.float32), np.zeros(3, np.float32)])}
   batches = [{k: v[:8] for k, v in padded.items()}, {k: v[8:] for k, v in padded.items()}]
-  result = train.evaluate(model, variables, batches)
+  result = evaluate(model, variables, batches)
 
   logits = model.apply(variables, real['image'], train=False)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, real['label'])
-  assert result['count'] == 13
   assert result['accuracy'] == np.sum(np.argmax(logits, -1) == real['label']) / 13
   np.testing.assert_allclose(result['loss'], float(loss.mean()), rtol=1e-5)
 
@@ -259,10 +262,16 @@ def eval_batches(split):
   return [dict(make_batch(seed, size=EVAL), mask=np.ones(EVAL, np.float32)), last]
 
 
+def evaluator(model):
+  return lambda variables, split: evaluate(model, variables, eval_batches(split),
+                                           sharding.make_mesh())
+
+
 def run_fit(model, variables, masks, directory, config, crash_at_step=None, **kwargs):
-  return train.fit(model, variables, masks, config,
-                   train_batches=train_batches_fn(crash_at_step), eval_batches=eval_batches,
-                   steps_per_epoch=SPE, checkpoint_dir=str(directory), **kwargs)
+  return fit_lib.fit(model, variables, masks, config, evaluator=evaluator(model),
+                     metric='accuracy', objective=cross_entropy,
+                     train_batches=train_batches_fn(crash_at_step), steps_per_epoch=SPE,
+                     checkpoint_dir=str(directory), **kwargs)
 
 
 def test_one_compile_serves_every_round(tiny, tmp_path):
@@ -297,17 +306,36 @@ def test_fit_resumes_bit_identically(tiny, tmp_path):
 
   for result in (resumed, again):
     assert result.history == straight.history
-    assert (result.best_val_accuracy, result.best_epoch, result.test_accuracy) == (
-        straight.best_val_accuracy, straight.best_epoch, straight.test_accuracy)
+    assert (result.best_val, result.best_epoch, result.test) == (
+        straight.best_val, straight.best_epoch, straight.test)
     for got, want in ((result.variables, straight.variables),
                       (result.rewind_variables, straight.rewind_variables)):
       jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(want))
   assert [r['epoch'] for r in straight.history] == [1, 2, 3]
   assert straight.history[0]['step'] == SPE and 'test_accuracy' in straight.history[0]
-  assert straight.test_accuracy == next(
+  assert straight.test == next(
       r['test_accuracy'] for r in straight.history if r['epoch'] == straight.best_epoch)
   assert not np.array_equal(straight.rewind_variables['params']['fc']['kernel'],
                             straight.variables['params']['fc']['kernel'])
+
+
+def test_a_run_checkpointed_by_lth_jax_0_1_resumes(tiny, tmp_path):
+  """Mid-run checkpoints written before metrics were named by the task resume exactly."""
+  model, variables, masks = tiny
+  config = recipe()
+  straight = run_fit(model, variables, masks, tmp_path / 'straight', config)
+  old = tmp_path / 'old'
+  with pytest.raises(SimulatedCrash):
+    run_fit(model, variables, masks, old, config, crash_at_step=SPE + 1)
+  (meta_file,) = old.glob('*/meta/metadata')
+  meta = json.loads(meta_file.read_text())
+  best, test = meta.pop('best_val'), meta.pop('test_metrics')['accuracy']
+  meta.update(best_val_accuracy=best, test_accuracy=test)  # lth_jax 0.1's keys
+  meta_file.write_text(json.dumps(meta))
+  resumed = run_fit(model, variables, masks, old, config)
+  assert (resumed.best_val, resumed.best_epoch, resumed.test) == (
+      straight.best_val, straight.best_epoch, straight.test)
+  assert resumed.history == straight.history
 
 
 def test_divergence_stops_before_anything_is_saved_or_evaluated(tiny, tmp_path):
@@ -321,12 +349,13 @@ def test_divergence_stops_before_anything_is_saved_or_evaluated(tiny, tmp_path):
       yield batch
 
   with pytest.raises(errors.DivergenceError) as caught:
-    train.fit(model, variables, masks, config, train_batches=poisoned,
-              eval_batches=eval_batches, steps_per_epoch=SPE,
-              checkpoint_dir=str(tmp_path / 'run'), checkpoint_every_steps=1)
+    fit_lib.fit(model, variables, masks, config, train_batches=poisoned,
+                evaluator=evaluator(model), metric='accuracy', objective=cross_entropy,
+                steps_per_epoch=SPE, checkpoint_dir=str(tmp_path / 'run'),
+                checkpoint_every_steps=1)
   error = caught.value
   assert (error.epoch, error.step) == (2, 5)
-  schedule = train.create_learning_rate_schedule(config, SPE)
+  schedule = optim.create_learning_rate_schedule(config, SPE)
   assert error.learning_rate == pytest.approx(float(schedule(4)))
   assert 'epoch 2, step 5' in str(error) and 'learning rate' in str(error)
   # The last checkpoint is the finite state after step 4; nothing after it was kept.
@@ -364,16 +393,16 @@ def test_replicate_places_once_and_keeps_placed_arrays():
 WORKER = r'''
 import json, sys
 import numpy as np
-from lth_jax import sharding
+from lth_jax.runtime import sharding
 port, process_id, data_path, out_path, settings = sys.argv[1:]
 process_id, settings = int(process_id), json.loads(settings)
 sharding.initialize_distributed(f'127.0.0.1:{port}', num_processes=2,
                                 process_id=process_id)
 import jax
-import ml_collections
 jax.config.update('jax_disable_most_optimizations', True)
-from lth_jax import train
 from lth_jax.models import create_model
+from lth_jax.tasks.classification import cross_entropy, evaluate
+from lth_jax.training import optim, steps as train
 
 model = create_model(**settings['model'])
 data = np.load(data_path)
@@ -382,8 +411,8 @@ treedef = jax.tree.structure({'variables': shapes, 'masks': shapes['params']})
 tree = jax.tree.unflatten(treedef, [data[f'leaf{i}'] for i in range(treedef.num_leaves)])
 mesh = sharding.make_mesh()
 assert mesh.size == 8 and len(jax.local_devices()) == 4
-steps = train.make_train_steps(model, ml_collections.ConfigDict(settings['recipe']),
-                               settings['steps_per_epoch'], mesh)
+steps = train.make_train_steps(model, optim.Recipe(**settings['recipe']),
+                               settings['steps_per_epoch'], mesh, objective=cross_entropy)
 masks = sharding.replicate(tree['masks'], mesh)
 state = steps.init(sharding.replicate(tree['variables']['params'], mesh),
                    sharding.replicate(tree['variables']['batch_stats'], mesh), masks)
@@ -393,7 +422,7 @@ for image, label in zip(data['image'], data['label']):
   local = {'image': image[half], 'label': label[half]}
   state, metrics = steps.train(state, masks, sharding.shard_batch(local, mesh))
   losses.append(float(metrics['loss']))
-evaluation = train.evaluate(model, state.variables, [local], mesh)
+evaluation = evaluate(model, state.variables, [local], mesh)
 np.savez(out_path, losses=np.array(losses), accuracy=evaluation['accuracy'],
          **{f'leaf{i}': np.asarray(x) for i, x in enumerate(jax.tree.leaves(state.params))})
 '''
@@ -417,7 +446,7 @@ def test_two_processes_agree_with_one(tiny, tmp_path):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu')
   port = _free_port()
-  settings = json.dumps({'model': MODEL, 'recipe': recipe().to_dict(),
+  settings = json.dumps({'model': MODEL, 'recipe': dataclasses.asdict(recipe()),
                          'steps_per_epoch': SPE})
   workers = [subprocess.Popen(
       [sys.executable, '-c', WORKER, str(port), str(i), str(tmp_path / 'data.npz'),
@@ -430,7 +459,7 @@ def test_two_processes_agree_with_one(tiny, tmp_path):
   outs = [np.load(tmp_path / f'out{i}.npz') for i in range(2)]
 
   # The same steps in this single process, on its 8 devices.
-  steps = train.make_train_steps(model, recipe(), SPE)
+  steps = train.make_train_steps(model, recipe(), SPE, objective=cross_entropy)
   batches = [{'image': i, 'label': l} for i, l in zip(images, labels)]
   state, metrics = run_steps(steps, variables, masks, batches)
   single = [np.asarray(x) for x in jax.tree.leaves(state.params)]
@@ -440,5 +469,5 @@ def test_two_processes_agree_with_one(tiny, tmp_path):
   for i, want in enumerate(single):
     np.testing.assert_allclose(outs[0][f'leaf{i}'], want, rtol=1e-4, atol=1e-5)
   # The two halves of the last batch, evaluated as one global batch.
-  assert float(outs[0]['accuracy']) == train.evaluate(model, state.variables,
+  assert float(outs[0]['accuracy']) == evaluate(model, state.variables,
                                                       batches[-1:])['accuracy']

@@ -1,4 +1,4 @@
-"""Tests for upstream IMP: contrastive objectives in the train step, lth_jax.upstream.
+"""Tests for upstream IMP: contrastive objectives in the train step, lth_jax.experiments.upstream.
 
 MoCo's key encoder under masks, one device against eight, state carried between
 runs, checkpoints with and without heads, and small end-to-end upstream IMP runs on
@@ -15,13 +15,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lth_jax import augment, convert, data, defaults, experiments, masks as masks_lib, objectives
-from lth_jax import pruning, sharding, train, upstream
+from lth_jax import data, experiments, masks as masks_lib, objectives, pruning
+from lth_jax.experiments import config as defaults
+from lth_jax.experiments import upstream
+from lth_jax.interop import checkpoints as convert
+from lth_jax.interop import mask_files
+from lth_jax.objectives import contrastive
+from lth_jax.objectives import views as augment
+from lth_jax.runtime import sharding
+from lth_jax.tasks.classification import cross_entropy
+from lth_jax.training import optim
+from lth_jax.training import steps as train
+from lth_jax.training.evaluators import knn_evaluator
 from lth_jax.models import create_model, init_variables
 
 IMAGE, BATCH, QUEUE = 12, 16, 40  # 40 is no multiple of 16: batches wrap around the queue
-MOCO = objectives.MoCo(momentum=0.9, queue_size=QUEUE)
-SIMCLR = objectives.SimCLR()
+MOCO = contrastive.MoCo(momentum=0.9, queue_size=QUEUE)
+SIMCLR = contrastive.SimCLR()
 
 
 @pytest.fixture(scope='module')
@@ -35,10 +45,8 @@ def tiny():
 
 
 def recipe():
-  config = train.default_optimizer_config()
-  config.update(learning_rate=0.05, weight_decay=5e-3, schedule='constant', warmup_epochs=0,
-                num_epochs=1)
-  return config
+  return optim.Recipe(learning_rate=0.05, weight_decay=5e-3, schedule='constant',
+                      warmup_epochs=0, num_epochs=1)
 
 
 def images(seed):
@@ -130,7 +138,8 @@ def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
   state_dict['module.queue'] = np.zeros((16, 8), np.float32)
   np.savez(tmp_path / 'moco.npz', **state_dict)
   config.pretrained.update(source='moco', path=str(tmp_path / 'moco.npz'))
-  loaded = upstream.start_variables(config, model, str(tmp_path), finetune=None)
+  mesh = sharding.make_mesh()
+  loaded = upstream.start_variables(config, model, None, str(tmp_path), mesh)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(query)):
     np.testing.assert_array_equal(a, b)  # the MLP head included, never the key encoder
 
@@ -138,7 +147,7 @@ def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
   np.savez(tmp_path / 'simclr.npz', **headless)
   config.upstream.objective = 'simclr'
   config.pretrained.update(source='simclr', path=str(tmp_path / 'simclr.npz'))
-  loaded = upstream.start_variables(config, model, str(tmp_path), finetune=None)
+  loaded = upstream.start_variables(config, model, None, str(tmp_path), mesh)
   assert not np.allclose(loaded['params']['fc_0']['kernel'], query['params']['fc_0']['kernel'])
   np.testing.assert_array_equal(loaded['params']['layer4_1']['conv2']['kernel'],
                                 query['params']['layer4_1']['conv2']['kernel'])
@@ -154,14 +163,16 @@ def test_knn_evaluator_equals_numpy(monkeypatch):
                       lambda name, split, **kw: reads.append(split) or real_eval_batches(
                           name, split, **kw))
   mesh = sharding.make_mesh()
-  evaluate = upstream.knn_evaluator(model, 'digits', batch_size=64, mesh=mesh,
-                                    k=5, temperature=0.1, bank_size=300)
+  read = lambda split: upstream.data.eval_batches('digits', split, batch_size=64)
+  evaluate = knn_evaluator(model, read, num_classes=10, mesh=mesh, k=5, temperature=0.1,
+                           bank_size=300)
   got = evaluate(variables, 'test')
   # fit evaluates 'val' and 'test' of one epoch with the same (replicated) variables: the
   # memory bank of train features is built once for both, and again for new variables.
   placed = sharding.replicate(variables, mesh)
   reads.clear()
-  assert evaluate(placed, 'val')['count'] == 176 and evaluate(placed, 'test') == got
+  evaluate(placed, 'val')
+  assert evaluate(placed, 'test') == got
   assert reads == ['train', 'val', 'test']
   evaluate(sharding.replicate(jax.tree.map(lambda x: x * 1.5, variables), mesh), 'val')
   assert reads == ['train', 'val', 'test', 'train', 'val']
@@ -181,7 +192,6 @@ def test_knn_evaluator_equals_numpy(monkeypatch):
   for i, row in enumerate(nearest):
     np.add.at(votes[i], bank_labels[row], np.exp(similarity[i, row] / 0.1))
   probability = votes / votes.sum(1, keepdims=True)
-  assert got['count'] == 355
   assert got['accuracy'] == pytest.approx(np.mean(votes.argmax(1) == labels))
   assert got['loss'] == pytest.approx(
       -np.mean(np.log(probability[np.arange(len(labels)), labels] + 1e-12)), rel=1e-4)
@@ -231,8 +241,8 @@ def test_moco_upstream_imp_end_to_end(tmp_path):
     for name in files:
       path = os.path.join(run_dir, f'round_{k:02d}', name)
       # ResNet-18: 16 block convs and 3 downsample convs.
-      assert len(masks_lib.prunable_leaves(masks_lib.from_pytorch(path))) == 19
-      from_torch = masks_lib.from_pytorch(path, like=ticket)
+      assert len(masks_lib.prunable_leaves(mask_files.from_pytorch(path))) == 19
+      from_torch = mask_files.from_pytorch(path, like=ticket)
       assert all(np.array_equal(a, b)
                  for a, b in zip(*map(jax.tree.leaves, (from_torch, ticket))))
   if torch_installed:
@@ -269,17 +279,20 @@ def test_bad_upstream_config_is_refused(tmp_path, field, value, message):
   assert not os.listdir(tmp_path)  # refused before anything was written
 
 
+def make_objective(config):
+  return objectives.get(config.upstream.objective).build(upstream.settings(config))
+
+
 def test_objectives_from_configs():
-  moco = upstream.make_objective(defaults.load_config('moco_imp'))
+  moco = make_objective(defaults.load_config('moco_imp'))
   assert (moco.temperature, moco.momentum, moco.queue_size) == (0.2, 0.999, 65536)
   assert moco.views == augment.MOCO_V2 and moco.mean == (0.485, 0.456, 0.406)
-  simclr = upstream.make_objective(defaults.load_config('simclr_imp'))
+  simclr = make_objective(defaults.load_config('simclr_imp'))
   assert simclr.temperature == 0.5 and simclr.views == augment.SIMCLR and simclr.mean is None
-  demo = upstream.make_objective(defaults.load_config('moco_imp:demo'))
+  demo = make_objective(defaults.load_config('moco_imp:demo'))
   assert demo.views.blur_prob == 0 and demo.views.crop_scale == (0.2, 1.0)
   assert demo.queue_size == 2048 and demo.mean == (0.2748,)
-  assert upstream.make_objective(defaults.load_config('supervised_imp')) is (
-      train.cross_entropy_objective)
+  assert make_objective(defaults.load_config('supervised_imp')) is cross_entropy
 
 
 @pytest.mark.parametrize('name', ['supervised_imp', 'simclr_imp', 'moco_imp'])

@@ -9,7 +9,10 @@ import threading
 
 import pytest
 
-from lth_jax import defaults, errors, results, workdir
+from lth_jax import errors
+from lth_jax.experiments import config as defaults
+from lth_jax.runtime import files as results
+from lth_jax.runtime import workdir
 
 
 def config(**overrides):

@@ -8,7 +8,8 @@
 Modules: `structure` (pure functions over mask trees), `perturbation` (perturbed
 tickets, sweeps and linear mode connectivity over fine-tuning callables), `plots`
 (PNG figures), `report` (the markdown report), `workdirs` (IMP runs on disk; the
-`python -m lth_jax.analyze` command).
+`python -m lth_jax.analyze` command). Reads no config; may import `lth_jax.masks`,
+`lth_jax.lottery` (results, the fine-tuning protocol) and `lth_jax.runtime`.
 """
 
 from lth_jax.analysis.perturbation import (

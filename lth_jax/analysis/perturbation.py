@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import imp, masks as masks_lib
-from lth_jax import results
+from lth_jax import masks as masks_lib
+from lth_jax.lottery import results
+from lth_jax.lottery.protocol import Finetune, StartVariables, per_seed
 
 PERTURBATIONS = ('mask_shuffle', 'mask_swap', 'weight_noise', 'weight_reinit')
 
@@ -233,8 +234,8 @@ def perturb(kind: str, key: jax.Array, size: float, variables: Mapping[str, Any]
   return {**variables, 'params': masks_lib.apply(params, masks)}, masks
 
 
-def sweep(kind: str, sizes: Sequence[float], variables: imp.StartVariables, masks: Any,
-          finetune: imp.Finetune, checkpoint_dir: str, *, seeds: Sequence[int] = (0,),
+def sweep(kind: str, sizes: Sequence[float], variables: StartVariables, masks: Any,
+          finetune: Finetune, checkpoint_dir: str, *, seeds: Sequence[int] = (0,),
           fresh_params: Any = None, policy: masks_lib.Policy = None) -> list[dict[str, Any]]:
   """Transfer accuracy of a ticket against the size of one perturbation.
 
@@ -246,7 +247,7 @@ def sweep(kind: str, sizes: Sequence[float], variables: imp.StartVariables, mask
     kind: one of PERTURBATIONS.
     sizes: perturbation sizes (include 0 for the unperturbed ticket).
     variables: {'params': dense θ_p, 'batch_stats': ...}, or seed -> those (the
-      per-seed θ_p of `lth_jax.imp.per_seed`).
+      per-seed θ_p of `lth_jax.per_seed`).
     masks: the ticket's full mask tree.
     finetune: fine-tunes (variables, masks, seed=, checkpoint_dir=) -> FitResult.
     checkpoint_dir: root of the fine-tuning runs.
@@ -255,12 +256,12 @@ def sweep(kind: str, sizes: Sequence[float], variables: imp.StartVariables, mask
     policy: which leaves are prunable.
 
   Returns:
-    One row per size: kind, size, test_accuracy and test_accuracy_std (over seeds),
-    runs (per-seed test accuracies).
+    One row per size: kind, size, metric (the fine-tuning's headline metric, e.g.
+    'accuracy'), test_<metric> and test_<metric>_std over seeds, runs (per seed).
   """
   if not seeds:
     raise ValueError('seeds must name at least one seed.')
-  variables_for = imp.per_seed(variables)
+  variables_for = per_seed(variables)
   rows = []
   for size in sizes:
     runs = []
@@ -269,10 +270,11 @@ def sweep(kind: str, sizes: Sequence[float], variables: imp.StartVariables, mask
                      fresh_params=fresh_params, policy=policy)
       fit = finetune(v, m, seed=seed, checkpoint_dir=os.path.join(
           checkpoint_dir, kind, f'size_{size:g}', f'seed_{seed}'))
-      runs.append(fit.test_accuracy)
+      runs.append(fit.test)
+      metric = fit.metric
     mean, std = results.mean_std(runs)
-    rows.append({'kind': kind, 'size': float(size), 'test_accuracy': mean,
-                 'test_accuracy_std': std, 'runs': runs})
+    rows.append({'kind': kind, 'size': float(size), 'metric': metric,
+                 f'test_{metric}': mean, f'test_{metric}_std': std, 'runs': runs})
   return rows
 
 
@@ -308,8 +310,8 @@ def error_barrier(errors: Sequence[float]) -> float:
   return float(errors.max() - (errors[0] + errors[-1]) / 2)
 
 
-def linear_mode_connectivity(variables: imp.StartVariables, masks: Any,
-                             finetune: imp.Finetune,
+def linear_mode_connectivity(variables: StartVariables, masks: Any,
+                             finetune: Finetune,
                              evaluate: Callable[[Mapping[str, Any]], float],
                              checkpoint_dir: str, *, seeds: Sequence[int] = (0, 1),
                              num_points: int = 11) -> dict[str, Any]:
@@ -323,24 +325,25 @@ def linear_mode_connectivity(variables: imp.StartVariables, masks: Any,
 
   Args:
     variables: the ticket's starting variables ({'params', 'batch_stats'}), or seed ->
-      those (see `lth_jax.imp.per_seed`).
+      those (see `lth_jax.per_seed`).
     masks: the ticket's full mask tree (both copies share it, so every point on the
       path is as sparse as the ticket).
     finetune: fine-tunes (variables, masks, seed=, checkpoint_dir=) -> FitResult.
-    evaluate: variables -> accuracy in [0, 1] (e.g. test accuracy).
+    evaluate: variables -> the headline metric in [0, 1] (e.g. test accuracy); the
+      path's error is 1 minus it.
     checkpoint_dir: the two runs go to checkpoint_dir/seed_<s>.
     seeds: the two fine-tuning seeds (data orders).
     num_points: points on the path, endpoints included.
 
   Returns:
     {'seeds', 'alpha' (list), 'error' (1 - accuracy at each alpha), 'barrier',
-    'test_accuracy' (each copy's FitResult.test_accuracy)}.
+    'metric' (the fine-tuning's headline metric), 'test_<metric>' (each copy's)}.
   """
   if len(seeds) != 2 or seeds[0] == seeds[1]:
     raise ValueError(f'seeds must be two different seeds, got {seeds!r}.')
   if num_points < 2:
     raise ValueError(f'num_points must be >= 2 (both endpoints), got {num_points}.')
-  variables_for = imp.per_seed(variables)
+  variables_for = per_seed(variables)
   fits = [finetune(variables_for(s), masks, seed=s,
                    checkpoint_dir=os.path.join(checkpoint_dir, f'seed_{s}'))
           for s in seeds]
@@ -349,4 +352,4 @@ def linear_mode_connectivity(variables: imp.StartVariables, masks: Any,
   errors = [1.0 - float(evaluate(interpolate(a, b, alpha))) for alpha in alphas]
   return {'seeds': list(seeds), 'alpha': alphas, 'error': errors,
           'barrier': error_barrier(errors),
-          'test_accuracy': [f.test_accuracy for f in fits]}
+          'metric': fits[0].metric, f'test_{fits[0].metric}': [f.test for f in fits]}

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lth_jax import results
+from lth_jax.runtime import files
 from lth_jax.analysis.structure import short_name
 
 
@@ -23,7 +23,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str) -> str:
-  results.save_figure(fig, path, dpi=110)
+  files.save_figure(fig, path, dpi=110)
   _pyplot().close(fig)
   return path
 
@@ -237,8 +237,9 @@ def sweep(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]], xlabel: 
   fig, ax = plt.subplots(figsize=(6.4, 4.2), layout='constrained')
   for name, rows in curves.items():
     rows = sorted(rows, key=lambda r: r['size'])
-    ax.errorbar([r['size'] for r in rows], [100 * r['test_accuracy'] for r in rows],
-                yerr=[100 * r['test_accuracy_std'] for r in rows], marker='o', ms=4,
+    key = f'test_{rows[0]["metric"]}'
+    ax.errorbar([r['size'] for r in rows], [100 * r[key] for r in rows],
+                yerr=[100 * r[f'{key}_std'] for r in rows], marker='o', ms=4,
                 capsize=2, label=name)
   ax.set_xlabel(xlabel)
   ax.set_ylabel('test accuracy (%)')

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from lth_jax import results
 from lth_jax import masks as masks_lib
+from lth_jax.runtime import files
 from lth_jax.analysis import plots, structure
 
 REPORT_FILE = 'report.md'
@@ -56,19 +56,29 @@ def image_link(path: str, alt: str) -> str:
   return f'![{alt}]({os.path.basename(path)})'
 
 
-def _tickets_section(tickets: Mapping[str, Any], accuracy: Mapping[str, float] | None,
+def _metric_of(rows: Mapping[str, Mapping[str, Any]]) -> str:
+  return next(iter(rows.values()))['metric']
+
+
+def _test(row: Mapping[str, Any]) -> str:
+  """The field of a sweep or connectivity row holding its test metric."""
+  return f'test_{row["metric"]}'
+
+
+def _tickets_section(tickets: Mapping[str, Any], metric: Mapping[str, float] | None,
+                     metric_name: str,
                      policy: masks_lib.Policy) -> list[str]:
   stages = {name: masks_lib.stage_sparsity(m, policy) for name, m in tickets.items()}
   columns = list(dict.fromkeys(c for s in stages.values() for c in s))
   header = ['ticket', 'sparsity %', *(c.removeprefix('sparsity_') + ' %' for c in columns)]
-  if accuracy:
-    header.append('test accuracy %')
+  if metric:
+    header.append(f'test {metric_name} %')
   rows = []
   for name, m in tickets.items():
     row = [name, percent(masks_lib.sparsity(m, policy)),
            *(percent(stages[name].get(c)) for c in columns)]
-    if accuracy:
-      row.append(percent(accuracy.get(name)))
+    if metric:
+      row.append(percent(metric.get(name)))
     rows.append(row)
   return ['## Tickets', 'Sparsity among the prunable weights, in total and per stage.',
           markdown_table(header, rows)]
@@ -86,7 +96,7 @@ def _similarity_section(out_dir: str, tickets: Mapping[str, Any],
   if curve:
     path = plots.overlap_vs_sparsity(os.path.join(out_dir, 'overlap_vs_sparsity.png'),
                                      curve, 'IoU between runs at equal sparsity')
-    results.write_table(os.path.join(out_dir, 'overlap_vs_sparsity'), curve)
+    files.write_table(os.path.join(out_dir, 'overlap_vs_sparsity'), curve)
     lines += ['### Across sparsity levels', image_link(path, 'IoU against sparsity')]
   if len(tickets) < 2:
     return lines + ['Only one ticket: no pairwise comparison.']
@@ -98,7 +108,7 @@ def _similarity_section(out_dir: str, tickets: Mapping[str, Any],
   layers_png = plots.layer_overlap(os.path.join(out_dir, 'overlap_layers.png'),
                                    {f'{a} vs {b}': r for (a, b), r in pairs.items()},
                                    'Per-layer IoU (dashed: random masks)')
-  results.write_table(os.path.join(out_dir, 'overlap_layers'), [
+  files.write_table(os.path.join(out_dir, 'overlap_layers'), [
       {'a': a, 'b': b, 'layer': layer, **row}
       for (a, b), rows in pairs.items() for layer, row in rows.items()])
   table = [[a, b, f'{r["total"]["iou"]:.4f}', f'{r["total"]["expected_iou"]:.4f}',
@@ -114,7 +124,7 @@ def _profile_section(out_dir: str, tickets: Mapping[str, Any],
   profile = structure.layer_sparsity(tickets, policy)
   path = plots.layer_sparsity(os.path.join(out_dir, 'layer_sparsity.png'), profile,
                               list(tickets), 'Layer-wise sparsity')
-  results.write_table(os.path.join(out_dir, 'layer_sparsity'), [
+  files.write_table(os.path.join(out_dir, 'layer_sparsity'), [
       {'layer': layer, **row, 'shape': 'x'.join(map(str, row['shape'] or ()))}
       for layer, row in profile.items()])
   rows = [[structure.short_name(layer), 'x'.join(map(str, row['shape'] or ())),
@@ -139,7 +149,7 @@ def _kernel_section(out_dir: str, tickets: Mapping[str, Any], heatmap_layer: str
   structures = {name: structure.kernel_structure(m, policy) for name, m in tickets.items()}
   path = plots.kernel_structure(os.path.join(out_dir, 'kernel_structure.png'), structures,
                                 'kxk kernels pruned whole')
-  results.write_table(os.path.join(out_dir, 'kernel_structure'), [
+  files.write_table(os.path.join(out_dir, 'kernel_structure'), [
       {'ticket': t, 'layer': layer, **row}
       for t, rows in structures.items() for layer, row in rows.items()])
   first = next(iter(structures.values()))
@@ -166,18 +176,19 @@ def _perturbation_section(out_dir: str,
                           perturbation: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]
                           ) -> list[str]:
   lines = ['## Perturbation sensitivity',
-           'Test accuracy after fine-tuning the perturbed ticket (mean ± std over seeds). '
+           'The test metric after fine-tuning the perturbed ticket (mean ± std over seeds). '
            'Size 0 is the ticket itself.']
   for kind, curves in perturbation.items():
     path = plots.sweep(os.path.join(out_dir, f'perturbation_{kind}.png'), curves,
                        SIZE_LABELS.get(kind, 'size'), kind)
-    results.write_json(os.path.join(out_dir, f'perturbation_{kind}.json'), curves)
+    files.write_json(os.path.join(out_dir, f'perturbation_{kind}.json'), curves)
     sizes = sorted({r['size'] for rows in curves.values() for r in rows})
-    table = [[t, *(next((f'{percent(r["test_accuracy"])} ± {percent(r["test_accuracy_std"])}'
+    table = [[t, *(next((f'{percent(r[_test(r)])} ± {percent(r[_test(r) + "_std"])}'
                          for r in rows if r['size'] == s), '-') for s in sizes)]
              for t, rows in curves.items()]
     lines += [f'### {kind}', image_link(path, kind),
-              f'Test accuracy % by size ({SIZE_LABELS.get(kind, "size")}):',
+              f'Test {next(iter(curves.values()))[0]["metric"]} % by size '
+              f'({SIZE_LABELS.get(kind, "size")}):',
               markdown_table(['ticket', *(f'{s:g}' for s in sizes)], table)]
   return lines
 
@@ -186,9 +197,9 @@ def _connectivity_section(out_dir: str, connectivity: Mapping[str, Mapping[str, 
                           ) -> list[str]:
   path = plots.connectivity(os.path.join(out_dir, 'connectivity.png'), connectivity,
                             'Linear mode connectivity')
-  results.write_json(os.path.join(out_dir, 'connectivity.json'), connectivity)
+  files.write_json(os.path.join(out_dir, 'connectivity.json'), connectivity)
   table = [[t, ', '.join(map(str, r['seeds'])),
-            ', '.join(percent(a) for a in r['test_accuracy']), percent(r['barrier'])]
+            ', '.join(percent(a) for a in r[_test(r)]), percent(r['barrier'])]
            for t, r in connectivity.items()]
   return ['## Linear mode connectivity',
           'Two copies of each ticket fine-tuned with different data orders; test error '
@@ -196,11 +207,13 @@ def _connectivity_section(out_dir: str, connectivity: Mapping[str, Mapping[str, 
           'minus the mean error of the endpoints (near 0: linearly connected, the copies '
           'found the same basin). BatchNorm statistics are interpolated with the weights.',
           image_link(path, 'linear mode connectivity'),
-          markdown_table(['ticket', 'seeds', 'test accuracy %', 'barrier %'], table)]
+          markdown_table(['ticket', 'seeds', f'test {_metric_of(connectivity)} %', 'barrier %'],
+                         table)]
 
 
 def write_report(out_dir: str, tickets: Mapping[str, Any], *, title: str = 'Ticket analysis',
-                 intro: Sequence[str] = (), accuracy: Mapping[str, float] | None = None,
+                 intro: Sequence[str] = (), metric: Mapping[str, float] | None = None,
+                 metric_name: str = 'accuracy',
                  similarity: Sequence[Mapping[str, Any]] | None = None,
                  perturbation: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]
                  | None = None,
@@ -214,7 +227,8 @@ def write_report(out_dir: str, tickets: Mapping[str, Any], *, title: str = 'Tick
       at equal sparsity.
     title: the report's title.
     intro: markdown blocks placed after the title.
-    accuracy: {ticket: test accuracy} for the tickets table.
+    metric: {ticket: test value of the headline metric} for the tickets table.
+    metric_name: that metric's name ('accuracy', 'miou', ...).
     similarity: rows with 'pair', 'sparsity', 'iou', 'expected_iou' over several
       sparsity levels (see `lth_jax.analysis.workdirs`).
     perturbation: {kind: {ticket: rows of `perturbation.sweep`}}.
@@ -230,7 +244,7 @@ def write_report(out_dir: str, tickets: Mapping[str, Any], *, title: str = 'Tick
     raise ValueError('write_report needs at least one ticket.')
   os.makedirs(out_dir, exist_ok=True)
   blocks = [f'# {title}', *intro]
-  blocks += _tickets_section(tickets, accuracy, policy)
+  blocks += _tickets_section(tickets, metric, metric_name, policy)
   blocks += _similarity_section(out_dir, tickets, similarity, policy)
   blocks += _profile_section(out_dir, tickets, policy)
   blocks += _kernel_section(out_dir, tickets, heatmap_layer, policy)
@@ -238,5 +252,5 @@ def write_report(out_dir: str, tickets: Mapping[str, Any], *, title: str = 'Tick
     blocks += _perturbation_section(out_dir, perturbation)
   if connectivity:
     blocks += _connectivity_section(out_dir, connectivity)
-  return results.atomic_write(os.path.join(out_dir, REPORT_FILE),
+  return files.atomic_write(os.path.join(out_dir, REPORT_FILE),
                               lambda f: f.write('\n\n'.join(blocks) + '\n'))

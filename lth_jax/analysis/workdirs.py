@@ -1,8 +1,8 @@
 """Analysis of the IMP runs found in experiment workdirs (what `lth_jax.analyze` runs).
 
-A run is any folder holding `round_XX/mask` (see `lth_jax.imp`), found at any depth:
+A run is any folder holding `round_XX/mask` (see `lth_jax.lottery.imp`), found at any depth:
 e.g. DIR/imp/round_03/mask and DIR/random/round_03/mask are the runs 'imp' and
-'random' of DIR. Each round's `round.json` gives its sparsity and accuracy; a round
+'random' of DIR. Each round's `round.json` gives its sparsity and test metric; a round
 without one (the next mask of a finished run, not trained yet) is still a ticket.
 
 Runs are compared at equal sparsity (levels grouped within a tolerance): the IoU of
@@ -23,7 +23,7 @@ from typing import Any
 from absl import logging
 
 from lth_jax import masks as masks_lib
-from lth_jax import results
+from lth_jax.lottery import results
 from lth_jax.analysis import report, structure
 
 ANALYSIS_DIR = 'analysis'
@@ -69,7 +69,7 @@ def discover_runs(workdirs: Sequence[str]) -> dict[str, dict[int, str]]:
 
 
 def round_record(round_dir: str) -> dict[str, Any] | None:
-  """The round's `round.json` (written by `lth_jax.imp` when the round finished)."""
+  """The round's `round.json` (written by `lth_jax.lottery.imp` when the round finished)."""
   path = os.path.join(round_dir, 'round.json')
   if not os.path.exists(path):
     return None
@@ -86,25 +86,31 @@ def _load(round_dir: str) -> Any:
   return masks_lib.load(os.path.join(round_dir, 'mask'))
 
 
+def metric_of(record: Mapping[str, Any]) -> str:
+  """The headline metric a round record is named by ('accuracy' for test_accuracy)."""
+  return next(k[5:] for k in record if k.startswith('test_') and not k.endswith('_std'))
+
+
 def _runs_section(out_dir: str, runs: dict[str, dict[int, str]],
                   sparsity: dict[tuple[str, int], float],
-                  records: dict[tuple[str, int], dict[str, Any] | None]) -> list[str]:
+                  records: dict[tuple[str, int], dict[str, Any] | None],
+                  metric: results.Metric) -> list[str]:
   rows = []
   for (run, k), value in sparsity.items():
     record = records[(run, k)] or {}
-    rows.append([run, k, report.percent(value), report.percent(record.get('test_accuracy')),
-                 report.percent(record.get('test_accuracy_std'))])
-  lines = ['## Runs', 'Every round found (test accuracy from round.json; "-" for a mask '
-           'not trained yet).',
-           report.markdown_table(['run', 'round', 'sparsity %', 'test accuracy %', 'std %'],
-                                 rows)]
+    rows.append([run, k, report.percent(value), report.percent(record.get(metric.test)),
+                 report.percent(record.get(f'{metric.test}_std'))])
+  lines = ['## Runs', f'Every round found (test {metric.label} from round.json; "-" for a '
+           'mask not trained yet).',
+           report.markdown_table(['run', 'round', 'sparsity %', f'test {metric.label} %',
+                                  'std %'], rows)]
   curves = {run: [r for k in rounds if (r := records[(run, k)]) is not None]
             for run, rounds in runs.items()}
   curves = {run: rows for run, rows in curves.items() if rows}
   if curves:
-    path = results.plot_accuracy_vs_sparsity(os.path.join(out_dir, 'accuracy.png'), curves,
-                                             title='Test accuracy of every round')
-    lines.append(report.image_link(path, 'accuracy against sparsity'))
+    path = results.plot_vs_sparsity(os.path.join(out_dir, f'{metric.file}.png'), curves,
+                                    title=f'Test {metric.label} of every round', metric=metric)
+    lines.append(report.image_link(path, f'{metric.label} against sparsity'))
   return lines
 
 
@@ -124,7 +130,7 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
     heatmap_layer: the layer drawn kernel by kernel (see `report.write_report`).
     policy: which leaves are prunable.
     tolerance: sparsities closer than this are one level.
-    perturbation: sweeps to report (see `lth_jax.sensitivity.run`).
+    perturbation: sweeps to report (see `lth_jax.experiments.sensitivity.run`).
     connectivity: linear mode connectivity results to report.
 
   Returns:
@@ -137,6 +143,9 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
   values = {(run, k): record['sparsity'] if record else masks_lib.sparsity(
       _load(runs[run][k]), policy) for (run, k), record in records.items()}
   levels = structure.group_by_sparsity(values, tolerance)
+  trained = [r for r in records.values() if r is not None]
+  name = metric_of(trained[0]) if trained else 'accuracy'
+  metric = results.Metric(name, name, name)
   curve = []
   for level, keys in levels:
     if level == 0 or len(keys) < 2:
@@ -163,11 +172,11 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
   title = f'Ticket analysis: the tickets at {100 * level:.2f}% sparsity ({why})'
   intro = [f'The detailed sections compare one ticket per run at that level (choose another '
            f'with --sparsity). Runs from {", ".join(workdirs)}.',
-           *_runs_section(out_dir, runs, values, records)]
+           *_runs_section(out_dir, runs, values, records, metric)]
   tickets = {_ticket_name(run, k, keys): _load(runs[run][k]) for run, k in keys}
-  accuracy = {_ticket_name(run, k, keys): records[(run, k)]['test_accuracy']
-              for run, k in keys if records[(run, k)] is not None}
+  values_at = {_ticket_name(run, k, keys): records[(run, k)][metric.test]
+               for run, k in keys if records[(run, k)] is not None}
   return report.write_report(out_dir, tickets, title=title, intro=intro,
-                             accuracy=accuracy, similarity=curve,
+                             metric=values_at, metric_name=metric.label, similarity=curve,
                              perturbation=perturbation, connectivity=connectivity,
                              heatmap_layer=heatmap_layer, policy=policy)

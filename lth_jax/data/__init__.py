@@ -32,6 +32,12 @@ tfds sets are read from `data_dir` and never downloaded (a missing one raises
 FileNotFoundError saying how to prepare it); offline sets ship in lth_jax/data/offline
 (origin, licences and split rules in offline/ORIGIN.md). Importing this package imports
 tensorflow and hides GPUs from it.
+
+Modules: `registry` (what each dataset is), `pipeline` (tf.data training and exact
+evaluation), `transforms` (per-example tf.data transforms with stateless seeds),
+`offline` (the shipped arrays and the sets derived from them), `canvases` (digit
+canvases for offline segmentation and detection). Imports only tensorflow,
+tensorflow-datasets, numpy and `lth_jax.errors`.
 """
 
 from lth_jax.data.pipeline import check_available, eval_batches, steps_per_epoch, train_batches

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lth_jax.data import augment as aug
+from lth_jax.data import transforms
 from lth_jax.errors import DatasetNotFoundError
 from lth_jax.data import offline
 from lth_jax.data.registry import SPLITS, DatasetInfo, get_info
@@ -270,16 +270,16 @@ def _preprocess(example: dict[str, tf.Tensor], *, info: DatasetInfo, train: bool
   """One example -> {'image': float32 [S, S, C], 'label': int32}."""
   size = image_size or info.image_shape[0]
   if info.augmentation == 'inception':
-    image = (aug.inception_crop(example['image'], seed, size) if train
-             else aug.resize_center_crop(example['image'], size))
+    image = (transforms.inception_crop(example['image'], seed, size) if train
+             else transforms.resize_center_crop(example['image'], size))
   else:
     image = tf.cast(example['image'], tf.float32) / info.pixel_max
     if train and info.augmentation != 'none':
-      image = aug.random_crop_flip(image, seed, info.crop_padding,
+      image = transforms.random_crop_flip(image, seed, info.crop_padding,
                                    flip=info.augmentation == 'crop_flip')
     if size != info.image_shape[0]:
-      image = aug.resize(image, size)
+      image = transforms.resize(image, size)
   if normalize:
-    image = aug.normalize(image, info.mean, info.std)
+    image = transforms.normalize(image, info.mean, info.std)
   image = tf.ensure_shape(image, (size, size, info.image_shape[-1]))
   return {'image': image, 'label': tf.cast(example['label'], tf.int32)}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-# Augmentations (see `lth_jax.data.augment`):
+# Augmentations (see `lth_jax.data.transforms`):
 #   'crop_flip'  zero-pad by `crop_padding`, random crop back to size, random h-flip
 #   'crop'       the same without the flip (digits are not mirror-symmetric)
 #   'none'       the reference trains SVHN and Fashion-MNIST without augmentation
@@ -57,6 +57,7 @@ class DatasetInfo:
       that would not fit in memory).
     val_is_test: 'val' reads the same examples as 'test' (ImageNet's official
       validation set) unless `get_info(..., val_from_train=N)` holds N out of train.
+    task: the registered task (`lth_jax.tasks`) its labels are for.
     derived_from: an offline set whose splits this one takes its classes from.
     classes: the `derived_from` labels kept, in order (relabelled 0, 1, ...).
     train_per_class: keep only the first this many train images of each class (0: all),
@@ -75,6 +76,7 @@ class DatasetInfo:
   tfds_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
   shuffle_buffer: int = 0
   val_is_test: bool = False
+  task: str = 'classification'
   derived_from: str = ''
   classes: tuple[int, ...] = ()
   train_per_class: int = 0

@@ -8,6 +8,8 @@ Segmentation (`segmentation.py`, the reference's StreamSegMetrics):
 Detection (`detection.py`, py-faster-rcnn's voc_eval):
     voc_map(dets, gts, 20)            # {'map', 'ap'} at IoU 0.5, VOC07 11-point AP
     voc_map_range(dets, gts, 20)      # averaged over IoU 0.50:0.05:0.95
+
+Imports only numpy and jax; the tasks' evaluators call it.
 """
 
 from lth_jax.metrics.detection import COCO_THRESHOLDS, voc_map, voc_map_range

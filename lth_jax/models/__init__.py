@@ -1,8 +1,15 @@
-"""Flax ResNets with torchvision names, and DeepLabV3+ on them."""
+"""Flax models with torchvision's names: ResNets, DeepLabV3+ and a YOLO detector on them.
 
-from lth_jax.models.deeplab import (DeepLabV3Plus, aspp_rates_for, create_deeplab,
-                                    load_pytorch_deeplab, to_pytorch_deeplab)
-from lth_jax.models.resnet import ARCHS, ResNet, create_model, init_variables
+Backbones are `ResNet`s whose variables sit at the root of every model's tree (so masks,
+the PyTorch key map and checkpoints treat a classifier, a DeepLab and a detector alike);
+heads live under names outside the pruning policy. Imports only flax, jax and numpy.
+"""
 
-__all__ = ['ARCHS', 'DeepLabV3Plus', 'ResNet', 'aspp_rates_for', 'create_deeplab',
-           'create_model', 'init_variables', 'load_pytorch_deeplab', 'to_pytorch_deeplab']
+from lth_jax.models.deeplab import DeepLabV3Plus, aspp_rates_for, create_deeplab
+from lth_jax.models.resnet import (ARCHS, ResNet, create_model, init_variables, is_backbone,
+                                   is_head)
+from lth_jax.models.yolo import YoloDetector, create_detector
+
+__all__ = ['ARCHS', 'DeepLabV3Plus', 'ResNet', 'YoloDetector', 'aspp_rates_for',
+           'create_deeplab', 'create_detector', 'create_model', 'init_variables', 'is_backbone',
+           'is_head']

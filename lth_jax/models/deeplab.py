@@ -1,7 +1,7 @@
 """DeepLabV3+ on the torchvision-named ResNets, equal to the reference's (VainF) PyTorch model.
 
 `DeepLabV3Plus` subclasses `ResNet`, so the backbone's parameters sit at the root of the
-tree with torchvision's names (`conv1`, `layer3_0/conv2`, ...) and `lth_jax.convert`,
+tree with torchvision's names (`conv1`, `layer3_0/conv2`, ...) and `lth_jax.interop.checkpoints`,
 `lth_jax.masks` and tickets treat them exactly as a classifier's. The head lives under
 `classifier`; its module names are the reference's state-dict keys with each
 `Sequential`/`ModuleList` index joined to the name before it by '_':
@@ -16,15 +16,15 @@ tree with torchvision's names (`conv1`, `layer3_0/conv2`, ...) and `lth_jax.conv
     classifier/classifier_3                 1x1 conv (with bias) to the classes
 
 No head leaf matches `lth_jax.masks.DEFAULT_POLICY`, so a DeepLab has exactly the prunable
-convolutions of its backbone. `load_pytorch_deeplab` / `to_pytorch_deeplab` convert the
-reference's whole state dict (`backbone.*`, `classifier.*`).
+convolutions of its backbone. `lth_jax.interop.checkpoints.load_pytorch` reads the
+reference's whole state dict (`backbone.*`, `classifier.*`) and `to_pytorch(variables,
+backbone_prefix='backbone.')` writes it.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lth_jax import torch_names
 from lth_jax.models.resnet import ResNet, create_model
 
+# The head's root module (the reference's `classifier.*` keys).
+HEAD = 'classifier'
 # Output stride -> (replace_stride_with_dilation, ASPP rates), as the reference's
 # `network/modeling.py` sets them for an ImageNet-stem ResNet.
 OUTPUT_STRIDES: dict[int, tuple[tuple[bool, bool, bool], tuple[int, int, int]]] = {
@@ -204,7 +205,7 @@ class DeepLabV3Plus(ResNet):
     maps = self.features(x, train)
     logits = DeepLabHeadV3Plus(
         self.num_classes, tuple(self.aspp_rates), self.head_channels, self.low_level_channels,
-        self.head_bn_momentum, self.dtype, name=torch_names.HEAD)(
+        self.head_bn_momentum, self.dtype, name=HEAD)(
             maps['layer1'], maps['layer4'], train)
     return resize_bilinear(logits.astype(jnp.float32), x.shape[1:3])
 
@@ -254,50 +255,3 @@ def create_deeplab(arch: str, *, num_classes: int, output_stride: int = 16,
       replace_stride_with_dilation=dilation, bn_momentum=bn_momentum, aspp_rates=rates,
       head_channels=head_channels, low_level_channels=low_level_channels,
       head_bn_momentum=head_bn_momentum)
-
-
-def load_pytorch_deeplab(source: str | os.PathLike | Mapping[str, Any], model: DeepLabV3Plus,
-                         *, rng: jax.Array | None = None) -> dict[str, Any]:
-  """Converts the reference's DeepLabV3+ state dict into Flax variables for `model`.
-
-  Keys are the reference's `backbone.*` (torchvision names) and `classifier.*`,
-  optionally behind DataParallel's `module.`; a {'model_state': ...} checkpoint (what the
-  reference's `save_ckpt` writes) is unwrapped when passed as a mapping. Everything
-  else is `lth_jax.convert.load_pytorch`: the same file formats, pruned weights
-  (`weight_orig` * `weight_mask`), shape checks and error messages.
-
-  Args:
-    source: a `.pth` / `.safetensors` / `.npz` file or an in-memory state dict.
-    model: the Flax model (`create_deeplab`) the variables are for.
-    rng: PRNG key for variables the checkpoint may lack (a CIFAR-stem conv1).
-
-  Returns:
-    {'params': ..., 'batch_stats': ...} as nested dicts of float32 numpy arrays.
-
-  Raises:
-    lth_jax.convert.CheckpointError: unreadable, or a variable is missing or misfits.
-  """
-  # Imported here: lth_jax.convert imports lth_jax.models.
-  from lth_jax import convert
-
-  if isinstance(source, Mapping) and isinstance(source.get('model_state'), Mapping):
-    source = source['model_state']
-  state_dict = {torch_names.from_reference_deeplab_key(k): v
-                for k, v in convert.read_state_dict(source).items()}
-  return convert.load_pytorch(state_dict, model, source='torchvision', rng=rng)
-
-
-def to_pytorch_deeplab(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """The inverse of `load_pytorch_deeplab`: a state dict with the reference's keys.
-
-  Args:
-    variables: {'params': ..., 'batch_stats': ...} of a `DeepLabV3Plus`.
-
-  Returns:
-    `backbone.*` / `classifier.*` key -> numpy array in PyTorch layout, loadable
-    strictly into the reference's model (`num_batches_tracked` is left out).
-  """
-  from lth_jax import convert  # see load_pytorch_deeplab
-
-  return {torch_names.to_reference_deeplab_key(k): v
-          for k, v in convert.to_pytorch(variables).items()}

@@ -1,7 +1,7 @@
 """Flax (Linen) ResNets that are architecturally identical to torchvision's.
 
 Module names mirror torchvision's state-dict keys so that the PyTorch key map is
-mechanical (see `lth_jax.torch_names`):
+mechanical (see `lth_jax.interop.torch_names`):
 
     conv1, bn1, layer{1..4}_{i}/{conv1,bn1,conv2,bn2,conv3,bn3,downsample_conv,downsample_bn}, fc
 
@@ -18,7 +18,7 @@ backbone's parameters at the root of their tree, named exactly as here (see
 
 from __future__ import annotations
 
-import functools
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +38,36 @@ HEADS = ('linear', 'mlp', 'none', 'features')
 STAGES = ('layer1', 'layer2', 'layer3', 'layer4')
 NO_DILATION = (False, False, False)
 _EXPANSION = {'basic': 1, 'bottleneck': 4}
+
+# The root modules of a backbone: the stem and the residual blocks. Everything else at the
+# root of a model's tree (fc, a DeepLab's classifier, a detector's neck and heads) is
+# its task's head.
+_BACKBONE_MODULE = re.compile(r'conv1|bn1|layer\d+_\d+')
+
+
+def is_backbone(name: str) -> bool:
+  """Whether a root module of a model (`conv1`, `layer2_0`, ...) is part of the backbone.
+
+  Args:
+    name: a top-level key of a model's params.
+
+  Returns:
+    True for the stem and the residual blocks.
+  """
+  return _BACKBONE_MODULE.fullmatch(name) is not None
+
+
+def is_head(name: str) -> bool:
+  """Whether a root module of a model belongs to its task's head (not `is_backbone`).
+
+  Args:
+    name: a top-level key of a model's params.
+
+  Returns:
+    True for `fc`, `fc_0`, `classifier`, a detector's `neck` and `head`, ...
+  """
+  return not is_backbone(name)
+
 
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out', relu).
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -69,55 +99,56 @@ def _check_dilation(replace_stride_with_dilation: Sequence[bool]) -> tuple[bool,
   return flags
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+  """What both residual blocks are built from (torchvision's block arguments)."""
+  planes: int
+  stride: int = 1
+  downsample: bool = False
+  dtype: Any = jnp.float32
+  dilation: int = 1
+  bn_momentum: float = 0.9
+
+  def bn(self, train: bool, name: str) -> nn.BatchNorm:
+    """A BatchNorm of this block."""
+    return _bn(train, name, self.dtype, self.bn_momentum)
+
+  def shortcut(self, x: jax.Array, features: int, train: bool) -> jax.Array:
+    """The identity, or the strided 1x1 conv + BN when shapes change."""
+    if not self.downsample:
+      return x
+    x = _conv(features, 1, self.stride, 'downsample_conv', self.dtype)(x)
+    return self.bn(train, 'downsample_bn')(x)
+
+
+class BasicBlock(_Block):
   """torchvision's BasicBlock (two 3x3 convolutions).
 
   torchvision refuses dilation in a BasicBlock; here it follows mmsegmentation's
   BasicBlock: `conv1` (which carries the stride) is dilated with padding = dilation,
   `conv2` stays a plain 3x3 convolution.
   """
-  planes: int
-  stride: int = 1
-  downsample: bool = False
-  dtype: Any = jnp.float32
-  dilation: int = 1
-  bn_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = functools.partial(_bn, train, dtype=self.dtype, momentum=self.bn_momentum)
     out = _conv(self.planes, 3, self.stride, 'conv1', self.dtype, self.dilation)(x)
-    out = nn.relu(bn('bn1')(out))
+    out = nn.relu(self.bn(train, 'bn1')(out))
     out = _conv(self.planes, 3, 1, 'conv2', self.dtype)(out)
-    out = bn('bn2')(out)
-    if self.downsample:
-      x = _conv(self.planes, 1, self.stride, 'downsample_conv', self.dtype)(x)
-      x = bn('downsample_bn')(x)
-    return nn.relu(out + x)
+    out = self.bn(train, 'bn2')(out)
+    return nn.relu(out + self.shortcut(x, self.planes, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """torchvision's Bottleneck (1x1, 3x3 with the stride and dilation, 1x1 expanding by 4)."""
-  planes: int
-  stride: int = 1
-  downsample: bool = False
-  dtype: Any = jnp.float32
-  dilation: int = 1
-  bn_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    bn = functools.partial(_bn, train, dtype=self.dtype, momentum=self.bn_momentum)
     out = _conv(self.planes, 1, 1, 'conv1', self.dtype)(x)
-    out = nn.relu(bn('bn1')(out))
+    out = nn.relu(self.bn(train, 'bn1')(out))
     out = _conv(self.planes, 3, self.stride, 'conv2', self.dtype, self.dilation)(out)
-    out = nn.relu(bn('bn2')(out))
+    out = nn.relu(self.bn(train, 'bn2')(out))
     out = _conv(self.planes * 4, 1, 1, 'conv3', self.dtype)(out)
-    out = bn('bn3')(out)
-    if self.downsample:
-      x = _conv(self.planes * 4, 1, self.stride, 'downsample_conv', self.dtype)(x)
-      x = bn('downsample_bn')(x)
-    return nn.relu(out + x)
+    out = self.bn(train, 'bn3')(out)
+    return nn.relu(out + self.shortcut(x, self.planes * 4, train))
 
 
 class ResNet(nn.Module):

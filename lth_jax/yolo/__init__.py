@@ -1,4 +1,10 @@
-"""YOLOv4 detection pieces: box geometry and NMS, target assignment, the loss."""
+"""YOLOv4 detection pieces: box geometry and NMS, target assignment, the loss.
+
+Modules: `boxes` (IoU, GIoU, CIoU, the reference's NMS and its post-processing),
+`targets` (static-shape label grids of `__creat_label`), `loss` (CIoU + focal objectness
++ BCE classes). Pure jnp/numpy functions; may import `lth_jax.models.yolo` (anchors,
+strides, decoding).
+"""
 
 from lth_jax.yolo.boxes import (ciou, giou, iou, nms, postprocess, xywh_to_xyxy,
                                 xyxy_to_xywh)

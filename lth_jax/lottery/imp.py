@@ -6,6 +6,7 @@ survivors) and records its metrics. Each round lives in `run_dir/round_XX/`:
 
     mask/          m_k (orbax; `lth_jax.masks.load`)
     mask_torch.npz m_k in the reference's PyTorch format ('<name>.weight_mask', OIHW)
+    mask_torch.pth the same, saved by torch.save (when torch is installed)
     seed_S/        the fine-tuning checkpoints of seed S (resumable mid-round)
     round.json     the round's metrics, written last: a round with it is never rerun
 
@@ -13,7 +14,10 @@ m_{k+1} is written into round k+1's folder before round.json of round k, so a cr
 at any point resumes without redoing finished work, and a finished run can be
 extended with more rounds. The optimizer state is fresh every round.
 
-IMP does not know about data or models: fine-tuning is a callable (see `Finetune`).
+IMP does not know about data, models or tasks: fine-tuning is a callable (see
+`lth_jax.lottery.protocol.Finetune`), pruning a registered criterion (see
+`lth_jax.pruning.criteria`), and records are named by the metric the fine-tuning
+reports (`test_accuracy` for classification).
 """
 
 from __future__ import annotations
@@ -23,25 +27,20 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 from absl import logging
 
 from lth_jax import masks as masks_lib
-from lth_jax import pruning, results, sharding, train, tree_io
+from lth_jax import pruning
 from lth_jax.errors import DivergenceError
+from lth_jax.interop import mask_files
+from lth_jax.lottery import results
+from lth_jax.lottery.protocol import Finetune, StartVariables, per_seed
+from lth_jax.runtime import files, sharding, tree_io
 
-PRUNING_METHODS = ('magnitude', 'layerwise_magnitude', 'random', 'random_layerwise')
 REWIND_POINTS = ('start', 'step')
-
-
-class Finetune(Protocol):
-  """Fine-tunes masked variables; `lth_jax.train.fit` with the data bound."""
-
-  def __call__(self, variables: Mapping[str, Any], masks: Any, *, seed: int,
-               checkpoint_dir: str, rewind_step: int | None = None) -> train.FitResult:
-    ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +51,9 @@ class ImpSpec:
     num_rounds: rounds to train, round 0 included (round k has sparsity 1 - 0.8^k
       with the default fraction, or 1 - 0.8^(k+1) with `prune_first`).
     fraction: share of the surviving prunable weights pruned after each round.
-    pruning: 'magnitude' (global, the paper's), 'layerwise_magnitude', or the random
-      baselines 'random' (global count) and 'random_layerwise'.
+    pruning: a criterion of `lth_jax.pruning.CRITERIA`: 'magnitude' (global, the
+      paper's), 'layerwise_magnitude', the random baselines 'random' (global count)
+      and 'random_layerwise', 'snip' (needs `run_imp(gradient=...)`), ...
     rewind: 'start' rewinds to the variables round 0 started from (the pre-trained
       weights for the paper's tickets, a random init for classic LTH); 'step' to the
       weights of round 0 after `rewind_step` optimizer steps (late rewinding).
@@ -86,8 +86,7 @@ class ImpSpec:
     if not 0.0 < self.fraction < 1.0:
       raise ValueError(f'fraction must be in (0, 1), got {self.fraction}: it is the share '
                        'of surviving weights pruned each round (the paper uses 0.2).')
-    if self.pruning not in PRUNING_METHODS:
-      raise ValueError(f'Unknown pruning {self.pruning!r}; choose one of {PRUNING_METHODS}.')
+    pruning.get(self.pruning)  # an unknown name lists the registered ones
     if self.rewind not in REWIND_POINTS:
       raise ValueError(f'Unknown rewind {self.rewind!r}; choose one of {REWIND_POINTS}.')
     if self.rewind == 'step' and self.rewind_step < 1:
@@ -102,25 +101,25 @@ class ImpSpec:
                        'are pruned in every round.')
 
 
-def prune(spec: ImpSpec, params: Any, masks: Any, round_index: int) -> Any:
-  """The next mask of an IMP run.
+def prune(spec: ImpSpec, masks: Any, round_index: int, *, trained: Any, rewind: Any,
+          gradient: Callable[[Any], Any] | None = None) -> Any:
+  """The next mask of an IMP run, by the spec's criterion.
 
   Args:
-    spec: the run's spec (method, fraction, policy, pruning seed).
-    params: trained weights (ignored by the random baselines).
+    spec: the run's spec (criterion, fraction, policy, pruning seed).
     masks: the current mask.
-    round_index: the round whose mask is being made (seeds the random baselines).
+    round_index: the round whose mask is being made (seeds the random criteria).
+    trained: the first seed's trained weights (magnitude criteria).
+    rewind: the weights the round rewound to (saliency criteria).
+    gradient: params -> the training loss's gradient on a few batches (saliency).
 
   Returns:
     The mask with `spec.fraction` of its surviving prunable weights removed.
   """
-  if spec.pruning == 'magnitude':
-    return pruning.global_magnitude(params, masks, spec.fraction, spec.policy)
-  if spec.pruning == 'layerwise_magnitude':
-    return pruning.layerwise_magnitude(params, masks, spec.fraction, spec.policy)
   key = jax.random.fold_in(jax.random.key(spec.pruning_seed), round_index)
-  return pruning.random(key, masks, spec.fraction, layerwise=spec.pruning == 'random_layerwise',
-                        policy=spec.policy)
+  return pruning.prune(spec.pruning, pruning.ScoreInputs(
+      masks=masks, trained=trained, rewind=rewind, key=key, gradient=gradient),
+      spec.fraction, spec.policy)
 
 
 def _round_dir(run_dir: str, k: int) -> str:
@@ -131,44 +130,43 @@ def save_round_mask(round_dir: str, masks: Any, policy: str | None = None) -> No
   """Writes a round's mask in this project's format and the reference's.
 
   Every process calls it: orbax writes one copy of `mask/`, and the chief process the
-  reference's `mask_torch.npz` ('<name>.weight_mask', OIHW).
+  reference's files: `mask_torch.npz` ('<name>.weight_mask', OIHW) and, when torch is
+  installed, the same as `mask_torch.pth` (what the reference's scripts load).
 
   Args:
     round_dir: the round's folder.
     masks: the mask tree.
-    policy: which leaves are prunable (only those go into the PyTorch file).
+    policy: which leaves are prunable (only those go into the PyTorch files).
   """
   if sharding.is_chief():
-    results.write_npz(os.path.join(round_dir, 'mask_torch.npz'),
-                      masks_lib.to_pytorch(masks, policy))
+    files.write_npz(os.path.join(round_dir, 'mask_torch.npz'),
+                    mask_files.to_pytorch(masks, policy))
+    mask_files.save_torch_file(os.path.join(round_dir, 'mask_torch.pth'), masks, policy)
   masks_lib.save(os.path.join(round_dir, 'mask'), masks, overwrite=True)
+
+
+def previous_round_dir(checkpoint_dir: str) -> str | None:
+  """The same seed's checkpoint folder of the previous IMP round, if it exists.
+
+  Args:
+    checkpoint_dir: e.g. RUN/round_03/seed_0 (the layout of `run_imp`).
+
+  Returns:
+    RUN/round_02/seed_0, or None for round 0, outside an IMP run, or when absent.
+  """
+  seed_dir = os.path.basename(os.path.normpath(checkpoint_dir))
+  round_dir = os.path.dirname(os.path.normpath(checkpoint_dir))
+  name = os.path.basename(round_dir)
+  if not name.startswith('round_') or not name[6:].isdigit() or int(name[6:]) == 0:
+    return None
+  previous = os.path.join(os.path.dirname(round_dir), f'round_{int(name[6:]) - 1:02d}',
+                          seed_dir)
+  return previous if os.path.isdir(previous) else None
 
 
 def load_round_mask(run_dir: str, k: int) -> Any:
   """The mask of round k of a run (see `save_round_mask`)."""
   return masks_lib.load(os.path.join(_round_dir(run_dir, k), 'mask'))
-
-
-StartVariables = Mapping[str, Any] | Callable[[int], Mapping[str, Any]]
-
-
-def per_seed(variables: StartVariables) -> Callable[[int], dict[str, Any]]:
-  """Variables as a function of the fine-tuning seed.
-
-  Runs start from θ_p, whose pre-trained parts are the same for every seed while the
-  parts a checkpoint does not provide (a task's head, a CIFAR stem) are drawn per seed,
-  so that seeds are independent runs rather than data orders of one init.
-
-  Args:
-    variables: {'params', 'batch_stats'} shared by every seed, or seed -> variables.
-
-  Returns:
-    seed -> {'params', 'batch_stats'} as numpy trees.
-  """
-  if callable(variables):
-    return lambda seed: jax.device_get(dict(variables(seed)))
-  shared = jax.device_get(dict(variables))
-  return lambda seed: shared
 
 
 def load_rewind_point(run_dir: str, start: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,14 +200,27 @@ def rewind_point(run_dir: str, start: StartVariables, seed: int) -> StartVariabl
   return load_rewind_point(run_dir, per_seed(start)(seed))
 
 
-def _round_record(k: int, masks: Any, runs: Sequence[Mapping[str, Any]],
+def run_entry(seed: int, fit: Any) -> dict[str, Any]:
+  """One seed's run as records keep it: its test and best validation metric, best epoch.
+
+  Args:
+    seed: the run's seed.
+    fit: its `lth_jax.training.FitResult`.
+
+  Returns:
+    {'seed', 'test_<metric>', 'val_<metric>', 'best_epoch'} plus the other test metrics
+    of the best epoch as 'test_<name>' (e.g. test_map for detection).
+  """
+  extra = {f'test_{k}': v for k, v in fit.test_metrics.items() if k not in (fit.metric, 'loss')}
+  return {'seed': seed, f'test_{fit.metric}': fit.test, f'val_{fit.metric}': fit.best_val,
+          'best_epoch': fit.best_epoch, **extra}
+
+
+def _round_record(k: int, masks: Any, runs: Sequence[Mapping[str, Any]], metric: str,
                   policy: str | None, seconds: float) -> dict[str, Any]:
-  test_mean, test_std = results.mean_std([r['test_accuracy'] for r in runs])
-  val_mean, val_std = results.mean_std([r['val_accuracy'] for r in runs])
   return {
       'round': k, 'sparsity': masks_lib.sparsity(masks, policy),
-      'test_accuracy': test_mean, 'test_accuracy_std': test_std,
-      'val_accuracy': val_mean, 'val_accuracy_std': val_std,
+      **results.summarize(runs, metric),
       'best_epoch': runs[0]['best_epoch'], 'num_seeds': len(runs),
       **masks_lib.stage_sparsity(masks, policy), 'runs': list(runs), 'seconds': seconds,
   }
@@ -223,8 +234,8 @@ def _read_record(path: str) -> dict[str, Any] | None:
 
 
 def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
-            finetune: Finetune,
-            on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+            finetune: Finetune, on_round: Callable[[dict[str, Any]], None] | None = None,
+            gradient: Callable[[Any], Any] | None = None) -> list[dict[str, Any]]:
   """Runs (or resumes) IMP rounds; finished rounds are read back, never recomputed.
 
   A finished round that lacks some of the spec's seeds (a run resumed with more seeds)
@@ -239,10 +250,13 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
       (see `per_seed`); with rewind='start' every round rewinds each seed to its own.
     finetune: trains masked variables for one seed (see `Finetune`).
     on_round: called with each round's record as it finishes (or is read back).
+    gradient: params -> the training loss's gradient on a few batches, for criteria
+      that need it (`lth_jax.pruning.get(spec.pruning).needs_gradient`).
 
   Returns:
-    One record per round: round, sparsity, test/val accuracy (mean and std over
-    seeds), best epoch, sparsity per stage, per-seed runs.
+    One record per round: round, sparsity, test/val value of the fine-tuning's metric
+    (mean and std over seeds, e.g. test_accuracy), best epoch, sparsity per stage,
+    per-seed runs.
 
   Raises:
     DivergenceError: a fine-tuning run diverged; it names the run, round and seed, and
@@ -256,7 +270,8 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
   if not os.path.exists(os.path.join(first_dir, 'mask')):
     m0 = masks_lib.init(start['params'], spec.policy)
     if spec.prune_first or first == 1:
-      m0 = prune(spec, start['params'], m0, first)
+      m0 = prune(spec, m0, first, trained=start['params'], rewind=start['params'],
+                 gradient=gradient)
     save_round_mask(first_dir, m0, spec.policy)
   rewind = None
   if spec.rewind == 'step' and os.path.exists(os.path.join(run_dir, 'rewind_point')):
@@ -289,18 +304,18 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
           tree_io.save(os.path.join(run_dir, 'rewind_point'), fit.rewind_variables)
           rewind = load_rewind_point(run_dir, start)
         if seed == spec.seeds[0] and record is None:
-          next_masks = prune(spec, jax.device_get(fit.variables['params']), masks, k + 1)
+          next_masks = prune(spec, masks, k + 1, trained=jax.device_get(fit.variables['params']),
+                             rewind=init['params'], gradient=gradient)
           save_round_mask(_round_dir(run_dir, k + 1), next_masks, spec.policy)
-        have[seed] = {'seed': seed, 'test_accuracy': fit.test_accuracy,
-                      'val_accuracy': fit.best_val_accuracy, 'best_epoch': fit.best_epoch}
+        have[seed] = run_entry(seed, fit)
       runs = [have[s] for s in seeds] + [r for s, r in have.items() if s not in seeds]
-      record = _round_record(k, masks, runs, spec.policy,
+      record = _round_record(k, masks, runs, fit.metric, spec.policy,
                              time.time() - tic + (record or {}).get('seconds', 0.0))
       if sharding.is_chief():
-        results.write_json(done, record)
+        files.write_json(done, record)
       sharding.sync(f'imp round {k} of {run_dir}')
-      logging.info('IMP round %d: sparsity %.4f, test accuracy %.4f', k, record['sparsity'],
-                   record['test_accuracy'])
+      logging.info('IMP round %d: sparsity %.4f, test %s %.4f', k, record['sparsity'],
+                   fit.metric, record[f'test_{fit.metric}'])
     records.append(record)
     if on_round is not None:
       on_round(record)

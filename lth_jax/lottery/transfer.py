@@ -13,15 +13,19 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lth_jax import imp, masks as masks_lib, results, sharding
+from lth_jax import masks as masks_lib
 from lth_jax.errors import DivergenceError
+from lth_jax.lottery import results
+from lth_jax.lottery.imp import run_entry
+from lth_jax.lottery.protocol import Finetune, StartVariables, per_seed
+from lth_jax.runtime import files, sharding
 
 DENSE = 'dense'
 
 
-def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: imp.StartVariables,
-                 finetune: imp.Finetune, seeds: Sequence[int],
-                 init_variables: Mapping[str, imp.StartVariables] | None = None,
+def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: StartVariables,
+                 finetune: Finetune, seeds: Sequence[int], *, metric: str = 'accuracy',
+                 init_variables: Mapping[str, StartVariables] | None = None,
                  policy: str | None = None,
                  on_result: Callable[[dict[str, Any]], None] | None = None
                  ) -> list[dict[str, Any]]:
@@ -32,25 +36,26 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: imp.
     tickets: name -> mask tree (any model sharing the prunable convolutions; see
       `lth_jax.masks.conform`).
     start_variables: {'params', 'batch_stats'} of this task's model (θ_p with the
-      task's head), or seed -> those variables (see `lth_jax.imp.per_seed`); the dense
-      run and every ticket start from them.
-    finetune: trains masked variables for one seed (see `lth_jax.imp.Finetune`).
+      task's head), or seed -> those variables (see `lth_jax.lottery.per_seed`); the
+      dense run and every ticket start from them.
+    finetune: trains masked variables for one seed (see `lth_jax.lottery.Finetune`).
     seeds: fine-tuning seeds.
+    metric: the task's headline metric (what `finetune` reports; names the fields).
     init_variables: optional name -> variables (or seed -> variables) to use instead
       of `start_variables` for that ticket (random re-initialisation baselines).
     policy: which leaves are prunable.
     on_result: called with each finished row.
 
   Returns:
-    One row per ticket, dense first: ticket, sparsity, test accuracy mean/std,
-    val accuracy mean/std, per-seed accuracies, sparsity per stage.
+    One row per ticket, dense first: ticket, sparsity, test and val metric mean/std
+    (e.g. test_accuracy), per-seed runs, sparsity per stage.
 
   Raises:
     DivergenceError: a run diverged (it names the ticket and seed); nothing is recorded
       for it.
   """
-  start_for = imp.per_seed(start_variables)
-  init_for = {name: imp.per_seed(v) for name, v in (init_variables or {}).items()}
+  start_for = per_seed(start_variables)
+  init_for = {name: per_seed(v) for name, v in (init_variables or {}).items()}
   params = start_for(seeds[0])['params']
   named = {DENSE: masks_lib.init(params, policy), **tickets}
   rows = []
@@ -68,36 +73,33 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: imp.
           fit = finetune(variables, masks, seed=seed, checkpoint_dir=os.path.join(unit, 'train'))
         except DivergenceError as e:
           raise e.within(f'ticket {name}, seed {seed}') from None
-        record = {'seed': seed, 'test_accuracy': fit.test_accuracy,
-                  'val_accuracy': fit.best_val_accuracy, 'best_epoch': fit.best_epoch}
         if sharding.is_chief():
-          results.write_json(done, record)
+          files.write_json(done, run_entry(seed, fit))
         sharding.sync(f'transfer {unit}')
       with open(done) as f:
         runs.append(json.load(f))
-    test_mean, test_std = results.mean_std([r['test_accuracy'] for r in runs])
-    val_mean, val_std = results.mean_std([r['val_accuracy'] for r in runs])
     row = {'ticket': name, 'sparsity': masks_lib.sparsity(masks, policy),
-           'test_accuracy': test_mean, 'test_accuracy_std': test_std,
-           'val_accuracy': val_mean, 'val_accuracy_std': val_std,
-           **masks_lib.stage_sparsity(masks, policy), 'runs': runs}
+           **results.summarize(runs, metric), **masks_lib.stage_sparsity(masks, policy),
+           'runs': runs}
     rows.append(row)
     if on_result is not None:
       on_result(row)
   return rows
 
 
-def add_matching(rows: Sequence[dict[str, Any]]) -> float | None:
+def add_matching(rows: Sequence[dict[str, Any]], metric: str = 'accuracy') -> float | None:
   """Marks each row `matching` against the dense row's seeds; returns the extreme sparsity.
 
   Args:
     rows: output of `run_transfer` (its 'dense' row holds the dense seeds).
+    metric: the headline metric's key.
 
   Returns:
     The highest matching sparsity, or None.
   """
+  key = f'test_{metric}'
   dense = next(r for r in rows if r['ticket'] == DENSE)
-  dense_acc = [r['test_accuracy'] for r in dense['runs']]
+  dense_values = [r[key] for r in dense['runs']]
   for row in rows:
-    row['matching'] = results.is_matching(row['test_accuracy'], dense_acc)
-  return results.extreme_sparsity(rows, dense_acc)
+    row['matching'] = results.is_matching(row[key], dense_values)
+  return results.extreme_sparsity(rows, dense_values, key)

@@ -1,4 +1,4 @@
-"""Pre-training objectives: supervised cross-entropy, SimCLR's NT-Xent, MoCo v2's InfoNCE.
+"""Contrastive pre-training objectives: SimCLR's NT-Xent and MoCo v2's InfoNCE.
 
 The losses are pure functions of embeddings; MoCo's state (a queue of keys and a
 momentum key encoder) is a pytree updated by pure functions:
@@ -13,11 +13,10 @@ arrays, so the similarity matrices span the global batch and the keys that enter
 queue are those of every device (XLA inserts the all-gathers); the queue itself is
 replicated.
 
-`SimCLR` and `MoCo` wrap them as stateful objectives for `lth_jax.train` (see
-`train.StatefulObjective`): they draw two views of each raw [0, 1] image on the
-device (`lth_jax.augment`), normalise them, and carry their state in
-`TrainState.extra` (a PRNG key; MoCo also its key encoder and queue). Supervised
-cross-entropy is `lth_jax.train.cross_entropy_objective`.
+`SimCLR` and `MoCo` wrap them as stateful objectives for `lth_jax.training` (see
+`training.StatefulObjective`): they draw two views of each raw [0, 1] image on the
+device (`lth_jax.objectives.views`), normalise them, and carry their state in
+`TrainState.extra` (a PRNG key; MoCo also its key encoder and queue).
 """
 
 from __future__ import annotations
@@ -31,17 +30,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lth_jax import augment
 from lth_jax import masks as masks_lib
+from lth_jax.objectives import views as view_lib
+from lth_jax.training.evaluators import l2_normalize
 
 Extra = dict[str, Any]
 Output = tuple[jax.Array, tuple[Any, Extra, dict[str, jax.Array]]]
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """x / max(||x||, eps) along the last axis (torch's F.normalize)."""
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return x / jnp.maximum(norm, eps)
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -163,7 +157,7 @@ def momentum_update(target: Any, online: Any, momentum: float) -> Any:
 
 
 # ----------------------------------------------------------------------------------
-# Stateful objectives for lth_jax.train.
+# Stateful objectives for lth_jax.training.
 # ----------------------------------------------------------------------------------
 
 def _next_keys(extra: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
@@ -174,7 +168,7 @@ def _next_keys(extra: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
 
 def _prepare(images: jax.Array, mean: tuple[float, ...] | None,
              std: tuple[float, ...] | None) -> jax.Array:
-  return images if mean is None else augment.normalize(images, mean, std)
+  return images if mean is None else view_lib.normalize(images, mean, std)
 
 
 def _forward(model: nn.Module, params: Any, batch_stats: Any,
@@ -200,13 +194,13 @@ class SimCLR:
 
   Attributes:
     temperature: NT-Xent temperature (the reference: 0.5).
-    views: the augmentation (`augment.SIMCLR`).
+    views: the augmentation (`views.SIMCLR`).
     mean: per-channel mean subtracted from the views; None keeps [0, 1] inputs (the
       converted SimCLR checkpoints expect them).
     std: per-channel std the views are divided by (None with mean=None).
   """
   temperature: float = 0.5
-  views: augment.ViewConfig = augment.SIMCLR
+  views: view_lib.ViewConfig = view_lib.SIMCLR
   mean: tuple[float, ...] | None = None
   std: tuple[float, ...] | None = None
 
@@ -236,7 +230,7 @@ class SimCLR:
                batch: Mapping[str, jax.Array], extra: Extra) -> Output:
     """NT-Xent of one batch of raw [0, 1] images {'image'}; see `train.StatefulObjective`."""
     key, following = _next_keys(extra)
-    first, second = augment.two_views(key, batch['image'], self.views)
+    first, second = view_lib.two_views(key, batch['image'], self.views)
     z, batch_stats = _forward(model, params, batch_stats,
                               _prepare(jnp.concatenate([first, second]), self.mean, self.std))
     loss, accuracy = nt_xent(*jnp.split(z, 2), self.temperature)
@@ -265,14 +259,14 @@ class MoCo:
     temperature: InfoNCE temperature (MoCo v2: 0.2).
     momentum: m of the key encoder (0.999).
     queue_size: K, the number of negative keys (65,536); >= the global batch.
-    views: the augmentation (`augment.MOCO_V2`).
+    views: the augmentation (`views.MOCO_V2`).
     mean: per-channel mean subtracted from the views; None keeps [0, 1].
     std: per-channel std the views are divided by.
   """
   temperature: float = 0.2
   momentum: float = 0.999
   queue_size: int = 65536
-  views: augment.ViewConfig = augment.MOCO_V2
+  views: view_lib.ViewConfig = view_lib.MOCO_V2
   mean: tuple[float, ...] | None = None
   std: tuple[float, ...] | None = None
 
@@ -320,7 +314,7 @@ class MoCo:
                batch: Mapping[str, jax.Array], extra: Extra) -> Output:
     """InfoNCE of one batch of raw [0, 1] images {'image'}; see `train.StatefulObjective`."""
     key, following = _next_keys(extra)
-    query_views, key_views = augment.two_views(key, batch['image'], self.views)
+    query_views, key_views = view_lib.two_views(key, batch['image'], self.views)
     q, batch_stats = _forward(model, params, batch_stats,
                               _prepare(query_views, self.mean, self.std))
     k, key_batch_stats = _forward(model, extra['key_params'], extra['key_batch_stats'],

@@ -1,16 +1,16 @@
-"""The paper in miniature (config.mode='paper'): its main figure on the offline data.
+"""Mode 'paper': the paper's main figure in miniature, on the offline data.
 
-    run_paper_experiment(config, workdir, mesh)   # via lth_jax.experiments.run
+    python -m lth_jax.main --config=configs/paper_offline.py --workdir=/tmp/lth_paper
 
 1. For each pre-training in `config.paper.pretrainings` (supervised, SimCLR, MoCo v2):
    θ_p is pre-trained on `config.pretrain.dataset` with that objective and upstream IMP
-   finds its tickets there (`lth_jax.upstream`, the `:demo` recipes of
+   finds its tickets there (mode 'upstream', the `:demo` recipes of
    configs/{supervised,simclr,moco}_imp.py, with this config's model, rounds and
    epochs).
 2. Every `config.paper.transfer_every`-th ticket of each pre-training, and its dense
    θ_p, is fine-tuned on each task of `config.paper.tasks` with `config.num_seeds`
-   seeds (`lth_jax.transfer`, recipe `config.optim`); a ticket is matching when its
-   mean accuracy reaches the dense mean minus one std of the same pre-training.
+   seeds (`lth_jax.lottery.transfer`, recipe `config.optim`); a ticket is matching when
+   its mean metric reaches the dense mean minus one std of the same pre-training.
 3. The same networks trained from scratch (a random init per seed, 'scratch'): a task
    where θ_p does not beat scratch by more than the dense std cannot show whether
    tickets keep what pre-training gives, and the table says so ('pretraining_gain',
@@ -22,13 +22,13 @@
    ticket's advantage is its layer-wise sparsity alone.
 
 Workdir layout (besides lth_jax.experiments'):
-    upstream/<pretraining>/              the upstream experiment (see lth_jax.upstream)
-    transfer/<task>/<pretraining>/       the transfer runs (see lth_jax.transfer)
+    upstream/<pretraining>/              the upstream experiment (see lth_jax.experiments.upstream)
+    transfer/<task>/<pretraining>/       the transfer runs (see lth_jax.lottery.transfer)
     transfer/<task>/scratch/             dense runs from a random init
     random_masks/<method>_round_XX/      the random baselines' masks
     results.csv/.json                    one row per (task, pretraining or random, ticket)
     extreme_sparsity.csv/.json           extreme matching sparsity per pretraining and task
-    accuracy_vs_sparsity_<task>.png      one curve per pre-training, plus the random baselines
+    <metric>_vs_sparsity_<task>.png      one curve per pre-training, plus the random baselines
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from lth_jax import console, data, defaults, finetune as finetune_lib, imp, masks as masks_lib
-from lth_jax import pretrained, pruning
-from lth_jax import results, sharding, transfer, upstream
+from lth_jax import masks as masks_lib, pruning
+from lth_jax.experiments import config as config_lib
+from lth_jax.experiments import imp as imp_mode
+from lth_jax.experiments import modes, upstream, wiring
+from lth_jax.lottery import DENSE, add_matching, imp, results, run_transfer
 from lth_jax.models import init_variables
+from lth_jax.runtime import console, files, sharding
 
 # The random baselines: method -> whether each layer keeps the ticket's count.
 RANDOM_BASELINES = {'random_global': False, 'random_layerwise': True}
@@ -52,8 +55,17 @@ RANDOM_BASELINES = {'random_global': False, 'random_layerwise': True}
 RANDOM_MASKS_DIR = 'random_masks'
 # Dense training from a random init: what pre-training must beat to matter on a task.
 SCRATCH = 'scratch'
-COLUMNS = ('task', 'method', 'ticket', 'sparsity', 'test_accuracy', 'test_accuracy_std',
-           'matching')
+COLUMNS = ('task', 'method', 'ticket', 'sparsity', 'test_{}', 'test_{}_std', 'matching')
+
+
+def section() -> ml_collections.ConfigDict:
+  """The defaults of `config.paper`."""
+  c = ml_collections.ConfigDict()
+  c.pretrainings = 'supervised,simclr,moco'  # objectives, pre-trained on pretrain.dataset
+  c.tasks = 'mnist5k,digits'   # transfer tasks (comma-separated)
+  c.upstream_epochs = 1        # epochs of each upstream IMP round
+  c.transfer_every = 2         # transfer every N-th upstream ticket
+  return c
 
 
 def upstream_config(config: ml_collections.ConfigDict,
@@ -62,13 +74,13 @@ def upstream_config(config: ml_collections.ConfigDict,
 
   Args:
     config: the paper config.
-    objective: one of `defaults.UPSTREAM_OBJECTIVES`.
+    objective: an objective with a recipe in configs/<objective>_imp.py.
 
   Returns:
     The objective's `:demo` upstream config with this config's dataset, model, seed,
     rounds and epochs.
   """
-  sub = defaults.upstream_config(objective, 'demo')
+  sub = config_lib.load_config(f'{objective}_imp:demo')
   sub.seed = config.seed
   sub.model = config.model
   sub.pretrain.dataset = sub.data.dataset = config.pretrain.dataset
@@ -90,12 +102,11 @@ def _upstream_tickets(config: ml_collections.ConfigDict, workdir: str,
     (pretraining -> {ticket name -> mask}, pretraining -> θ_p variables).
   """
   tickets, thetas = {}, {}
-  for objective in defaults.split_names(config.paper.pretrainings):
+  for objective in config_lib.split_names(config.paper.pretrainings):
     sub = upstream_config(config, objective)
-    defaults.validate(sub, tuple(data.DATASETS))
     subdir = os.path.join(workdir, 'upstream', objective)
     console.say(f'== Pre-training {objective}: θ_p and upstream IMP in {subdir}')
-    out = upstream.run_upstream_experiment(sub, subdir, mesh)
+    out = upstream.run(sub, subdir, mesh)
     chosen = [r['round'] for r in out['records']][config.paper.transfer_every - 1::
                                                    config.paper.transfer_every]
     tickets[objective] = {f'round_{k:02d}': imp.load_round_mask(out['run_dir'], k)
@@ -109,7 +120,7 @@ def _curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
   curves: dict[str, list[dict[str, Any]]] = {}
   for row in rows:
     curves.setdefault(row['method'], []).append(row)
-  dense = {r['pretraining']: r for r in rows if r['ticket'] == transfer.DENSE}
+  dense = {r['pretraining']: r for r in rows if r['ticket'] == DENSE}
   for method in RANDOM_BASELINES:
     if method in curves:
       curves[method].insert(0, dense[curves[method][0]['pretraining']])
@@ -135,9 +146,10 @@ def random_baselines(key: jax.Array, tickets: dict[str, Any],
           for i, (name, mask) in enumerate(tickets.items())}
 
 
-def _stages_at_extreme(curve: list[dict[str, Any]], dense: list[float]) -> dict[str, float]:
+def _stages_at_extreme(curve: list[dict[str, Any]], dense: list[float],
+                       key: str) -> dict[str, float]:
   """The per-stage sparsity of the extreme matching ticket of a curve ({} if none)."""
-  value = results.extreme_sparsity(curve, dense)
+  value = results.extreme_sparsity(curve, dense, key)
   row = next((r for r in curve if r['sparsity'] == value), {}) if value is not None else {}
   return {f'extreme_{k}': v for k, v in row.items() if k.startswith('sparsity_layer')}
 
@@ -146,8 +158,7 @@ def _method(ticket: str, objective: str) -> str:
   return next((m for m in RANDOM_BASELINES if ticket.startswith(f'{m}_')), objective)
 
 
-def run_paper_experiment(config: ml_collections.ConfigDict, workdir: str,
-                         mesh: Mesh) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
   """Upstream tickets of several pre-trainings and their transfer (see the module).
 
   Args:
@@ -166,65 +177,100 @@ def run_paper_experiment(config: ml_collections.ConfigDict, workdir: str,
     path = os.path.join(workdir, RANDOM_MASKS_DIR, name)
     if not os.path.exists(path):
       masks_lib.save(path, mask)
-  seeds = tuple(range(config.seed, config.seed + config.num_seeds))
+  seeds = imp_mode.seeds(config)
   rows, extreme = [], []
-  for task in defaults.split_names(config.paper.tasks):
-    model = pretrained.build_model(config, task)
-    finetune = finetune_lib.make_finetune(config, model, task, mesh)
-    size = data.get_info(task).image_shape[0]
-    console.say(f'== Dense training from scratch on {task} ({len(seeds)} seeds)')
-    scratch = transfer.run_transfer(
-        os.path.join(workdir, 'transfer', task, SCRATCH), {},
+  for task_name in config_lib.split_names(config.paper.tasks):
+    task, info = wiring.task_and_data(config, task_name)
+    metric = task.metric
+    model = wiring.build_model(config, task, info)
+    finetune = wiring.make_finetune(config, model, task, info, mesh)
+    size = task.image_size(info)
+    console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
+    scratch = run_transfer(
+        os.path.join(workdir, 'transfer', task_name, SCRATCH), {},
         lambda seed: init_variables(model, jax.random.key(seed), size), finetune, seeds,
-        policy=config.imp.policy)[0]
-    scratch_accuracy = [r['test_accuracy'] for r in scratch['runs']]
-    task_rows = [{'task': task, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
+        metric=metric.key, policy=config.imp.policy)[0]
+    scratch_values = [r[metric.test] for r in scratch['runs']]
+    task_rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
                   'ticket': SCRATCH}]
     for objective, chosen in tickets.items():
-      console.say(f'== Transfer of the {objective} tickets to {task} ({len(seeds)} seeds)')
+      console.say(f'== Transfer of the {objective} tickets to {task_name} ({len(seeds)} seeds)')
       start = functools.lru_cache(maxsize=None)(
-          lambda seed, theta=thetas[objective]: pretrained.transplant(
+          lambda seed, theta=thetas[objective]: wiring.transplant(
               theta, model, jax.random.key(seed)))
       named = {**chosen, **(random_masks if objective == first else {})}
-      found = transfer.run_transfer(
-          os.path.join(workdir, 'transfer', task, objective), named, start, finetune, seeds,
-          policy=config.imp.policy,
-          on_result=lambda r: console.say(
-              f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test '
-              f'{100 * r["test_accuracy"]:.2f}% ± {100 * r["test_accuracy_std"]:.2f}'))
-      transfer.add_matching(found)
-      dense = [r['test_accuracy'] for r in found[0]['runs']]
+      found = run_transfer(
+          os.path.join(workdir, 'transfer', task_name, objective), named, start, finetune,
+          seeds, metric=metric.key, policy=config.imp.policy,
+          on_result=lambda r, m=metric: console.say(
+              f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
+              f'{100 * r[m.test]:.2f}% ± {100 * r[m.test + "_std"]:.2f}'))
+      add_matching(found, metric.key)
+      dense = [r[metric.test] for r in found[0]['runs']]
       for row in found:
-        task_rows.append({'task': task, 'pretraining': objective,
+        task_rows.append({'task': task_name, 'pretraining': objective,
                           'method': _method(row['ticket'], objective), **row})
-      gain = results.mean_std(dense)[0] - results.mean_std(scratch_accuracy)[0]
+      gain = results.mean_std(dense)[0] - results.mean_std(scratch_values)[0]
       # With one seed there is no spread to compare the gain with: unknown.
-      noise = max(results.mean_std(dense)[1], results.mean_std(scratch_accuracy)[1])
+      noise = max(results.mean_std(dense)[1], results.mean_std(scratch_values)[1])
       can_test = gain > noise if len(seeds) > 1 else None
       if can_test is False:
-        console.say(f'  θ_p ({objective}) beats training from scratch on {task} by '
+        console.say(f'  θ_p ({objective}) beats training from scratch on {task_name} by '
                     f'{100 * gain:+.2f} points, not more than the dense std: this task cannot '
                     'show whether its tickets keep what pre-training gives.')
       for method in [objective] + (list(RANDOM_BASELINES) if objective == first else []):
         curve = [r for r in task_rows if r['method'] == method and r['pretraining'] == objective]
-        extreme.append({'task': task, 'method': method, 'pretraining': objective,
-                        'dense_accuracy': results.mean_std(dense)[0],
+        extreme.append({'task': task_name, 'method': method, 'pretraining': objective,
+                        'metric': metric.key, 'dense': results.mean_std(dense)[0],
                         'dense_std': results.mean_std(dense)[1],
-                        'scratch_accuracy': results.mean_std(scratch_accuracy)[0],
+                        'scratch': results.mean_std(scratch_values)[0],
                         'pretraining_gain': gain, 'can_test_claim': can_test,
-                        'extreme_sparsity': results.extreme_sparsity(curve, dense),
-                        **_stages_at_extreme(curve, dense)})
+                        'extreme_sparsity': results.extreme_sparsity(curve, dense, metric.test),
+                        **_stages_at_extreme(curve, dense, metric.test)})
     rows += task_rows
     if sharding.is_chief():
       console.say(results.report(
           workdir, task_rows, _curves(task_rows), [],
-          f'Upstream tickets transferred to {task}', COLUMNS, suffix=f'_{task}'))
+          f'Upstream tickets transferred to {task_name}',
+          [c.format(metric.key) for c in COLUMNS], suffix=f'_{task_name}', metric=metric))
   if sharding.is_chief():
-    results.write_table(os.path.join(workdir, 'results'), rows)
-    results.write_table(os.path.join(workdir, 'extreme_sparsity'), extreme)
+    files.write_table(os.path.join(workdir, 'results'), rows)
+    files.write_table(os.path.join(workdir, 'extreme_sparsity'), extreme)
     console.say('\nExtreme matching sparsity (highest sparsity within one std of the same '
                 'pre-training\'s dense transfer), against training from scratch:\n'
-                + results.format_table(extreme, ['task', 'method', 'pretraining',
-                                                 'dense_accuracy', 'scratch_accuracy',
-                                                 'can_test_claim', 'extreme_sparsity']))
+                + console.format_table(extreme, ['task', 'method', 'pretraining', 'metric',
+                                                 'dense', 'scratch', 'can_test_claim',
+                                                 'extreme_sparsity']))
   return {'rows': rows, 'extreme': extreme}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The checks of mode 'paper' (its upstream experiments' configs included)."""
+  p = config.paper
+  names = config_lib.split_names(p.pretrainings)
+  known = [n for n in names if os.path.exists(config_lib.CONFIG_DIR / f'{n}_imp.py')]
+  if not names or known != names:
+    config_lib.fail('paper.pretrainings', p.pretrainings,
+                    'a comma-separated list of objectives with a recipe in '
+                    'configs/<objective>_imp.py (supervised, simclr, moco).')
+  tasks = config_lib.split_names(p.tasks)
+  if not tasks:
+    config_lib.fail('paper.tasks', p.tasks, 'name at least one transfer task.')
+  for name in tasks:
+    config_lib.check_dataset('paper.tasks', name)
+  config_lib.check_dataset('pretrain.dataset', config.pretrain.dataset)
+  if p.upstream_epochs < 1 or p.transfer_every < 1:
+    config_lib.fail('paper.upstream_epochs', p.upstream_epochs,
+                    'upstream_epochs and transfer_every must be >= 1.')
+  if p.transfer_every > config.imp.num_rounds:
+    config_lib.fail('paper.transfer_every', p.transfer_every,
+                    f'must be <= imp.num_rounds ({config.imp.num_rounds}), or no ticket is '
+                    'transferred.')
+  for objective in names:
+    config_lib.validate(upstream_config(config, objective))
+
+
+modes.register(modes.Mode(
+    'paper', run=run, validate=validate, section=section,
+    datasets=lambda c: [c.pretrain.dataset, *config_lib.split_names(c.paper.tasks)],
+    trained=('transfer/**/seed_*',)))

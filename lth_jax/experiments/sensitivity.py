@@ -17,7 +17,6 @@ the command line.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,10 +24,14 @@ from typing import Any
 import jax
 import ml_collections
 
-from lth_jax import analysis, console, data, finetune as finetune_lib, imp, pretrained
-from lth_jax import sharding, train, workdir as workdir_lib
+from lth_jax import analysis
 from lth_jax.analysis import workdirs
+from lth_jax.experiments import config as config_lib
+from lth_jax.experiments import wiring
+from lth_jax.lottery import imp
 from lth_jax.models import init_variables
+from lth_jax.runtime import console
+from lth_jax.runtime import workdir as workdir_lib
 
 # The sizes of each kind when none are given (0 is the ticket itself).
 DEFAULT_SIZES = {'mask_swap': (0.0, 0.1, 0.25, 0.5, 1.0), 'mask_shuffle': (0.0, 1.0),
@@ -43,14 +46,14 @@ def experiment_config(workdir: str) -> ml_collections.ConfigDict:
     workdir: a folder written by `python -m lth_jax.main`.
 
   Returns:
-    The config of its `experiment.json`.
+    The config of its `experiment.json` (fields it does not record take their default).
   """
   path = os.path.join(workdir, workdir_lib.EXPERIMENT_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a folder written by '
                             '`python -m lth_jax.main`.')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = config_lib.from_record(json.load(f))
   if config.mode != 'imp':
     raise ValueError(f'{workdir} holds a {config.mode!r} experiment; perturbation runs '
                      'need the ticket and recipe of an IMP experiment (mode imp).')
@@ -119,19 +122,19 @@ def run(workdir: str, *, level: int | None = None,
   ticket = imp.load_round_mask(run_dir, level)
   name = f'{config.imp.pruning} round {level}'
 
-  dataset = config.data.dataset
-  model = pretrained.build_model(config, dataset)
+  task, info = wiring.task_and_data(config, config.data.dataset)
+  model = wiring.build_model(config, task, info)
   # The run's own devices, or as many as divide its batch sizes (they were chosen for
   # the devices the run had).
-  mesh = sharding.make_mesh(jax.devices()[:config.num_devices or math.gcd(
-      jax.device_count(), config.data.batch_size, config.data.eval_batch_size)])
+  mesh = wiring.mesh_for(config, fit_batch_sizes=True)
   # What the run rewound to: each seed's θ_p, or the late-rewinding point of
   # imp.rewind='step'.
-  theta = imp.rewind_point(run_dir, pretrained.per_seed(config, model, dataset, workdir, mesh),
-                           config.seed)
-  finetune = finetune_lib.make_finetune(config, model, dataset, mesh)
+  theta = imp.rewind_point(
+      run_dir, wiring.theta_p(config, model, task.image_size(info), workdir, mesh),
+      config.seed)
+  finetune = wiring.make_finetune(config, model, task, info, mesh)
   fresh = init_variables(model, jax.random.key(config.seed + 1),
-                         data.get_info(dataset).image_shape[0])['params']
+                         task.image_size(info))['params']
   root = os.path.join(workdir, RUNS_DIR, f'round_{level:02d}')
   perturbation = {}
   for kind, kind_sizes in sizes.items():
@@ -144,12 +147,13 @@ def run(workdir: str, *, level: int | None = None,
   if lmc_seeds:
     console.say(f'Linear mode connectivity of {name}: seeds {list(lmc_seeds)}.')
 
-    def accuracy(variables: Mapping[str, Any]) -> float:
-      batches = data.eval_batches(dataset, 'test', batch_size=config.data.eval_batch_size,
-                                  data_dir=config.data.data_dir)
-      return train.evaluate(model, variables, batches, mesh)['accuracy']
+    evaluate = task.evaluator(model, info, batch_size=config.data.eval_batch_size,
+                              data_dir=config.data.data_dir, mesh=mesh)
+
+    def metric(variables: Mapping[str, Any]) -> float:
+      return evaluate(variables, 'test')[task.metric.key]
 
     connectivity[name] = analysis.linear_mode_connectivity(
-        theta, ticket, finetune, accuracy, os.path.join(root, 'lmc'), seeds=tuple(lmc_seeds),
+        theta, ticket, finetune, metric, os.path.join(root, 'lmc'), seeds=tuple(lmc_seeds),
         num_points=num_points)
   return perturbation, connectivity

@@ -32,8 +32,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from flax import traverse_util
 
-from lth_jax import results, sharding
+from lth_jax.runtime import files, sharding
 from lth_jax.errors import DivergenceError, WorkdirError
 
 EXPERIMENT_FILE = 'experiment.json'
@@ -50,14 +51,8 @@ RESUMABLE_FIELDS = ('imp.num_rounds',)
 RECIPE_PREFIXES = ('optim.', 'pretrain.optim.', 'model.half_precision')
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  return traverse_util.flatten_dict(dict(tree), sep='.')
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -152,7 +147,8 @@ def _recipe_change_refusal(workdir: str, fields: Sequence[str],
 def claim(workdir: str, config: ml_collections.ConfigDict, *,
           defaults: ml_collections.ConfigDict | None = None,
           inputs: Mapping[str, str] | None = None,
-          recipe_work: Mapping[str, Sequence[str]] | None = None) -> bool:
+          recipe_work: Mapping[str, Sequence[str]] | None = None,
+          sections: Sequence[str] | None = None) -> bool:
   """Makes `workdir` belong to the experiment described by `config`.
 
   Call it once every input has been found and loaded: a refused or failed start must
@@ -169,6 +165,8 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
     recipe_work: recipe field prefix (see RECIPE_PREFIXES) -> glob patterns, relative
       to the workdir, of the training folders that used it; a recipe change after a
       divergence is refused while any of them exists.
+    sections: the top-level config fields the experiment reads; only these are
+      recorded and compared (None: all).
 
   Returns:
     True when the workdir already held this experiment (a resume), False when new.
@@ -179,12 +177,16 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
   inputs = dict(inputs or {})
   path = os.path.join(workdir, EXPERIMENT_FILE)
   current = config_to_dict(config)
+  if sections is not None:
+    current = {k: v for k, v in current.items() if k in sections}
   resumed = os.path.exists(path)
   if resumed:
     recorded = _read(path, {})
     recorded_inputs = _read(os.path.join(workdir, INPUTS_FILE), {})
     old = {**_flatten(config_to_dict(defaults)), **_flatten(recorded)} if defaults else (
         _flatten(recorded))
+    if sections is not None:
+      old = {k: v for k, v in old.items() if k.split('.')[0] in sections}
     new = _flatten(current)
     same_inputs = {f for f, fingerprint in inputs.items()
                    if recorded_inputs.get(f) == fingerprint}
@@ -208,8 +210,8 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
           f'in {path} to resume it.')
   if sharding.is_chief():
     os.makedirs(workdir, exist_ok=True)
-    results.write_json(os.path.join(workdir, INPUTS_FILE), inputs)
-    results.atomic_write(path, lambda f: json.dump(current, f, indent=1, sort_keys=True))
+    files.write_json(os.path.join(workdir, INPUTS_FILE), inputs)
+    files.atomic_write(path, lambda f: json.dump(current, f, indent=1, sort_keys=True))
   sharding.sync(f'claim {workdir}')
   return resumed
 
@@ -241,5 +243,5 @@ def record_divergence(workdir: str, error: DivergenceError) -> str:
     entries.append({'error': str(error), 'moved_to': os.path.relpath(target, workdir),
                     'epoch': error.epoch, 'step': error.step,
                     'learning_rate': error.learning_rate})
-    results.write_json(log, entries)
+    files.write_json(log, entries)
   return target

@@ -1,7 +1,7 @@
 """SimCLR and MoCo v2 views, computed on the accelerator inside the train step.
 
-    config = augment.SIMCLR                          # or augment.MOCO_V2
-    v1, v2 = augment.two_views(key, images, config)  # images: [B, H, W, C] in [0, 1]
+    config = views.SIMCLR                          # or views.MOCO_V2
+    v1, v2 = views.two_views(key, images, config)  # images: [B, H, W, C] in [0, 1]
 
 Each image gets its own key (`jax.random.split(key, B)`) and the per-image transform is
 vmapped over the batch, so there is no Python loop per image and a view depends only on

@@ -8,7 +8,7 @@ files with the first two):
   load_pytorch         torchvision keys -> {'params', 'batch_stats'} checked against a model
 
 `to_pytorch` is the inverse of `load_pytorch`. The key map and the layout transposes
-live in `lth_jax.torch_names`. torch is imported only to read `.pth`/`.pth.tar` files;
+live in `lth_jax.interop.torch_names`. torch is imported only to read `.pth`/`.pth.tar` files;
 `.safetensors` and `.npz` state dicts load without it.
 """
 
@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lth_jax import torch_names
+from lth_jax.interop import torch_names
 from lth_jax.errors import CheckpointError
-from lth_jax.models.resnet import ARCHS, ResNet
+from lth_jax.models.resnet import ARCHS, ResNet, is_backbone
 
 StateDict = dict[str, np.ndarray]
 Path = torch_names.Path
@@ -37,11 +37,16 @@ _LOG = logging.getLogger(__name__)
 
 SOURCES = ('auto', 'torchvision', 'moco', 'simclr')
 
-# Prefixes that wrap a torchvision backbone in the checkpoints we read, longest first.
-_BACKBONE_PREFIXES = ('module.encoder_q.', 'encoder_q.', 'module.')
+# Prefixes that wrap a torchvision backbone in the checkpoints we read, longest first
+# (MoCo's query encoder; the reference's segmentation models' `backbone.`).
+_BACKBONE_PREFIXES = ('module.encoder_q.', 'encoder_q.', 'module.backbone.', 'backbone.',
+                      'module.')
 _QUERY_PREFIXES = ('module.encoder_q.', 'encoder_q.')
 # What jax_disable_most_optimizations sets, for one small compile only.
 _FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+# Top-level keys that wrap a state dict: SimCLR / MoCo files, the reference's
+# segmentation checkpoints (`save_ckpt` writes 'model_state').
+_WRAPPERS = ('state_dict', 'model_state')
 _ZIP_MAGIC = b'PK\x03\x04'
 # Every pickle of protocol >= 2 (torch's legacy format) starts with the PROTO opcode.
 _PICKLE_MAGIC = b'\x80'
@@ -123,7 +128,8 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
   Args:
     source: a `.pth`/`.pth.tar` file, a `.safetensors` or `.npz` file with PyTorch key
       names, or an in-memory mapping of name -> tensor/array. A top-level
-      {'state_dict': ...} wrapper is unwrapped.
+      {'state_dict': ...} or {'model_state': ...} wrapper is unwrapped, and nested dicts
+      read as dotted keys.
 
   Returns:
     A flat dict of PyTorch key -> numpy array (non-array entries such as an epoch
@@ -137,9 +143,13 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
   if not isinstance(raw, Mapping):
     raise CheckpointError(
         f'Expected a state dict (a mapping of names to tensors), got {type(raw).__name__}.')
-  if 'state_dict' in raw and isinstance(raw['state_dict'], Mapping):
-    raw = raw['state_dict']
-  out = {k: _to_numpy(v) for k, v in raw.items() if hasattr(v, 'shape')}
+  for wrapper in _WRAPPERS:
+    if isinstance(raw.get(wrapper), Mapping):
+      raw = raw[wrapper]
+      break
+  # Nested dicts ({'backbone': {'layer1.0.conv1.weight': ...}}) read as dotted keys.
+  flat = traverse_util.flatten_dict(dict(raw), sep='.')
+  out = {k: _to_numpy(v) for k, v in flat.items() if hasattr(v, 'shape')}
   if not out:
     raise CheckpointError(
         f'The checkpoint holds no tensors (its entries: {sorted(map(str, raw))[:10]}).')
@@ -259,12 +269,13 @@ def _may_be_fresh(path: Path, model: ResNet, shape: tuple[int, ...],
                   value: np.ndarray | None) -> bool:
   """Whether a variable may be initialised anew when the checkpoint lacks it or misfits.
 
-  That is the head (task-specific by nature) and the stem conv of a CIFAR-stem model
-  when the checkpoint's conv1 has another kernel size (the reference's downstream
-  models drop the ImageNet 7x7 conv1).
+  That is everything outside the backbone (a head: task-specific by nature; a DeepLab
+  `classifier`, a detector's neck) and the stem conv of a CIFAR-stem model when the
+  checkpoint's conv1 has another kernel size (the reference's downstream models drop
+  the ImageNet 7x7 conv1).
   """
   module = path[1]
-  if torch_names.is_dense(module) and len(path) == 3:
+  if not is_backbone(module):
     return True
   return (module == 'conv1' and len(path) == 3 and model.stem == 'cifar'
           and (value is None or value.shape[:2] != shape[:2]))
@@ -379,7 +390,7 @@ def load_pytorch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], mode
   return traverse_util.unflatten_dict(variables)
 
 
-def to_pytorch(variables: Mapping[str, Any]) -> StateDict:
+def to_pytorch(variables: Mapping[str, Any], *, backbone_prefix: str = '') -> StateDict:
   """Converts Flax ResNet variables into a torchvision-keyed state dict.
 
   The inverse of `load_pytorch`: `load_pytorch(to_pytorch(v), model)` gives back `v`.
@@ -387,8 +398,10 @@ def to_pytorch(variables: Mapping[str, Any]) -> StateDict:
   plain dict, so `module.load_state_dict({k: torch.from_numpy(v) ...})` works strictly.
 
   Args:
-    variables: {'params': ..., 'batch_stats': ...} of a model from `create_model`
-      (numpy or jax arrays).
+    variables: {'params': ..., 'batch_stats': ...} of a model from `create_model` or
+      `create_deeplab` (numpy or jax arrays).
+    backbone_prefix: put before the backbone's keys; 'backbone.' gives the reference's
+      segmentation state dicts (`classifier.*` keys stay as they are).
 
   Returns:
     torchvision key -> numpy array in PyTorch layout (OIHW convolutions, [out, in]
@@ -399,6 +412,9 @@ def to_pytorch(variables: Mapping[str, Any]) -> StateDict:
     raise ValueError(
         "to_pytorch expects {'params': ..., 'batch_stats': ...}, got collections "
         f'{sorted(variables)}.')
-  return {torch_names.flax_to_torch_key(path):
-          np.ascontiguousarray(torch_names.to_torch_value(path, np.asarray(value)))
-          for path, value in traverse_util.flatten_dict(dict(variables)).items()}
+  out = {}
+  for path, value in traverse_util.flatten_dict(dict(variables)).items():
+    prefix = backbone_prefix if is_backbone(path[1]) else ''
+    out[prefix + torch_names.flax_to_torch_key(path)] = np.ascontiguousarray(
+        torch_names.to_torch_value(path, np.asarray(value)))
+  return out

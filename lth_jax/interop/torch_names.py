@@ -12,7 +12,7 @@ above and its head under `classifier`, named like the reference's keys with each
 joined to the module before it by '_':
     ('params', 'classifier', 'aspp', 'convs_4_1', 'kernel') <-> 'classifier.aspp.convs.4.1.weight'
 The reference's whole DeepLab state dict adds `backbone.` before the backbone's keys
-(`from_reference_deeplab_key`, `to_reference_deeplab_key`).
+(`lth_jax.interop.checkpoints` strips it when reading and adds it back on request).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
+from lth_jax.models.deeplab import HEAD
 
 Path = tuple[str, ...]
 
@@ -31,12 +33,9 @@ _BN_FROM_TORCH = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
 # Keys PyTorch keeps that carry no information for inference or training here.
 IGNORED_TORCH_LEAVES = ('num_batches_tracked',)
 
-# The DeepLabV3+ head's root module, and its BatchNorms (by Flax module name).
-HEAD = 'classifier'
+# The DeepLabV3+ head's BatchNorms (by Flax module name).
 _HEAD_BN = re.compile(r'project_1|convs_[0-3]_1|convs_4_2|classifier_1')
 _HEAD_LEAVES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', **_BN_STATS}
-_REFERENCE_BACKBONE = 'backbone.'
-_DATA_PARALLEL = 'module.'
 
 
 def is_bn(module: str) -> bool:
@@ -135,31 +134,6 @@ def _head_torch_to_flax_key(key: str, parts: list[str], leaf: str) -> Path:
   if leaf not in ('weight', 'bias'):
     raise KeyError(f'Unexpected convolution entry {key!r}.')
   return ('params', *modules, 'kernel' if leaf == 'weight' else leaf)
-
-
-def from_reference_deeplab_key(key: str) -> str:
-  """A key of the reference's DeepLab state dict as `torch_to_flax_key` reads it.
-
-  Args:
-    key: e.g. 'module.backbone.layer1.0.conv1.weight' or 'classifier.aspp.convs.0.0.weight'.
-
-  Returns:
-    `module.` and `backbone.` stripped: 'layer1.0.conv1.weight'; head keys unchanged.
-  """
-  key = key.removeprefix(_DATA_PARALLEL)
-  return key.removeprefix(_REFERENCE_BACKBONE)
-
-
-def to_reference_deeplab_key(key: str) -> str:
-  """The inverse of `from_reference_deeplab_key` (without `module.`).
-
-  Args:
-    key: a key of `flax_to_torch_key`, e.g. 'layer1.0.conv1.weight'.
-
-  Returns:
-    'backbone.layer1.0.conv1.weight'; head keys ('classifier.*') unchanged.
-  """
-  return key if key.startswith(HEAD + '.') else _REFERENCE_BACKBONE + key
 
 
 def to_flax_value(path: Path, value: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ def _import_torch() -> tuple[Any, Any]:
     from torch import nn
   except ImportError as e:
     raise ImportError(
-        'lth_jax.torch_reference needs PyTorch: install a CPU build, e.g. '
+        'lth_jax.testing.torch_reference needs PyTorch: install a CPU build, e.g. '
         '`pip install torch==2.13.0`, then `pip install lth_jax[torch]`.') from e
   return torch, nn
 

@@ -1,7 +1,8 @@
-"""Pruning of masked parameter trees: global and layer-wise magnitude, random, one-shot.
+"""Exact selection: prune the lowest-scoring survivors, globally or layer by layer.
 
-Every function takes (params, masks) trees and returns a new mask tree; only prunable
-leaves (see `lth_jax.masks`) change and a pruned weight never comes back.
+Every criterion (`lth_jax.pruning.criteria`) ends here: scores per prunable leaf in,
+a new mask tree out; only prunable leaves (see `lth_jax.masks`) change and a pruned
+weight never comes back.
 
 Definition (the reference's `torch.nn.utils.prune.global_unstructured` with
 `L1Unstructured`): prune exactly `round(fraction * n)` of the n surviving prunable
@@ -24,7 +25,6 @@ only affects speed, never the result.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import Any
@@ -110,7 +110,7 @@ def _select(scores: list[np.ndarray], inside: list[np.ndarray], leaves: list[int
   return int(threshold), restore
 
 
-def _prune_lowest(names: list[str], scores: list[Any], masks: list[Any], alive: list[int],
+def prune_lowest(names: list[str], scores: list[Any], masks: list[Any], alive: list[int],
                   groups: list[list[int]], ks: list[int]) -> list[jax.Array]:
   """In each group of leaves, prunes the ks[g] survivors with the lowest scores.
 
@@ -177,7 +177,7 @@ def _prune_lowest(names: list[str], scores: list[Any], masks: list[Any], alive: 
   return new
 
 
-def _check_fraction(value: Any, name: str) -> float:
+def check_fraction(value: Any, name: str) -> float:
   if (isinstance(value, bool) or not isinstance(value, numbers.Real)
       or not 0 <= value < 1):
     raise ValueError(f'{name} must be a number in [0, 1), got {value!r}; e.g. 0.2 '
@@ -185,7 +185,7 @@ def _check_fraction(value: Any, name: str) -> float:
   return float(value)
 
 
-def _aligned(params: Any, masks: Any, policy: masks_lib.Policy
+def aligned(params: Any, masks: Any, policy: masks_lib.Policy
              ) -> tuple[list[str], list[Any], list[Any]]:
   """Names, weights and masks of the prunable leaves, checked to correspond."""
   weights = masks_lib.prunable_leaves(params, policy)
@@ -201,149 +201,18 @@ def _aligned(params: Any, masks: Any, policy: masks_lib.Policy
   return list(weights), list(weights.values()), list(current.values())
 
 
-def _alive(current: list[Any]) -> list[int]:
+def alive_counts(current: list[Any]) -> list[int]:
   return [int(np.count_nonzero(np.asarray(m))) for m in current]
 
 
-def _prune_fraction(masks: Any, names: list[str], scores: list[Any], current: list[Any],
+def prune_fraction(masks: Any, names: list[str], scores: list[Any], current: list[Any],
                     fraction: float, layerwise: bool) -> Any:
   """Prunes round(fraction * survivors) per leaf (layerwise) or over all leaves."""
-  alive = _alive(current)
+  alive = alive_counts(current)
   if layerwise:
     groups = [[i] for i in range(len(names))]
     ks = [round(fraction * n) for n in alive]
   else:
     groups, ks = [list(range(len(names)))], [round(fraction * sum(alive))]
-  new = _prune_lowest(names, scores, current, alive, groups, ks)
-  return masks_lib.replace_leaves(masks, dict(zip(names, new)))
-
-
-def global_magnitude(params: Any, masks: Any, fraction: float,
-                     policy: masks_lib.Policy = None) -> Any:
-  """Prunes the smallest-magnitude survivors across all prunable leaves at once.
-
-  Args:
-    params: the weights whose magnitudes rank the survivors.
-    masks: the current mask tree (full, or only the prunable leaves).
-    fraction: in [0, 1): prune round(fraction * surviving prunable weights).
-    policy: see `lth_jax.masks.prunable_leaves`.
-
-  Returns:
-    The new mask tree (same structure as `masks`).
-  """
-  fraction = _check_fraction(fraction, 'fraction')
-  names, weights, current = _aligned(params, masks, policy)
-  return _prune_fraction(masks, names, weights, current, fraction, layerwise=False)
-
-
-def layerwise_magnitude(params: Any, masks: Any, fraction: float,
-                        policy: masks_lib.Policy = None) -> Any:
-  """Prunes round(fraction * survivors) of the smallest |w| in each leaf separately.
-
-  Args:
-    params: the weights whose magnitudes rank the survivors.
-    masks: the current mask tree.
-    fraction: in [0, 1).
-    policy: see `lth_jax.masks.prunable_leaves`.
-
-  Returns:
-    The new mask tree.
-  """
-  fraction = _check_fraction(fraction, 'fraction')
-  names, weights, current = _aligned(params, masks, policy)
-  return _prune_fraction(masks, names, weights, current, fraction, layerwise=True)
-
-
-@functools.partial(jax.jit, static_argnames='shapes')
-def _random_scores(key: jax.Array, shapes: tuple[tuple[int, ...], ...]
-                   ) -> list[jax.Array]:
-  keys = jax.random.split(key, len(shapes))
-  return [(jax.random.bits(k, shape, jnp.uint32) >> 1).astype(jnp.int32)
-          for k, shape in zip(keys, shapes)]
-
-
-def random(key: jax.Array, masks: Any, fraction: float, layerwise: bool = False,
-           policy: masks_lib.Policy = None) -> Any:
-  """Prunes as many survivors as the magnitude versions, at random positions.
-
-  Each weight gets a random 31-bit score and the lowest-scoring survivors are pruned
-  (ties, rare, by position), so the pruned set is uniform among the survivors.
-
-  Args:
-    key: a PRNG key.
-    masks: the current mask tree.
-    fraction: in [0, 1).
-    layerwise: the count per leaf as in `layerwise_magnitude`; otherwise the total of
-      `global_magnitude`, spread at random over all prunable leaves.
-    policy: see `lth_jax.masks.prunable_leaves`.
-
-  Returns:
-    The new mask tree.
-  """
-  fraction = _check_fraction(fraction, 'fraction')
-  current = masks_lib.prunable_leaves(masks, policy)
-  scores = _random_scores(key, tuple(tuple(m.shape) for m in current.values()))
-  return _prune_fraction(masks, list(current), scores, list(current.values()), fraction,
-                         layerwise)
-
-
-def random_like(key: jax.Array, ticket: Any, *, layerwise: bool,
-                policy: masks_lib.Policy = None) -> Any:
-  """A random mask with a ticket's sparsity: the random-pruning baselines of a ticket.
-
-  Positions are drawn uniformly among all prunable weights (pruned ones included), so
-  the result shares no structure with the ticket beyond its counts. The two baselines
-  differ in what they keep of the ticket, so the choice has no default:
-  `layerwise=False` is random global pruning at the ticket's total sparsity (the
-  reference's `RandomUnstructured` over all prunable convolutions, the paper's "random
-  pruning"); `layerwise=True` keeps the ticket's layer profile (each layer's mask
-  shuffled).
-
-  Args:
-    key: a PRNG key.
-    ticket: the mask tree whose counts to match.
-    layerwise: match every leaf's kept count; otherwise only the total kept count.
-    policy: see `lth_jax.masks.prunable_leaves`.
-
-  Returns:
-    A new mask tree (same structure as `ticket`).
-  """
-  current = masks_lib.prunable_leaves(ticket, policy)
-  names = list(current)
-  full = [jnp.ones(m.shape, jnp.bool_) for m in current.values()]
-  sizes = [int(np.size(m)) for m in full]
-  kept = _alive(list(current.values()))
-  if layerwise:
-    groups = [[i] for i in range(len(names))]
-    ks = [n - k for n, k in zip(sizes, kept)]
-  else:
-    groups, ks = [list(range(len(names)))], [sum(sizes) - sum(kept)]
-  scores = _random_scores(key, tuple(tuple(m.shape) for m in full))
-  new = _prune_lowest(names, scores, full, sizes, groups, ks)
-  return masks_lib.replace_leaves(ticket, dict(zip(names, new)))
-
-
-def to_sparsity(params: Any, masks: Any, target: float,
-                policy: masks_lib.Policy = None) -> Any:
-  """One-shot magnitude pruning (OMP) to a total sparsity among prunable weights.
-
-  Args:
-    params: the weights whose magnitudes rank the survivors.
-    masks: the current mask tree (usually `masks.init(params)`).
-    target: in [0, 1); afterwards exactly round(target * prunable weights) are pruned.
-    policy: see `lth_jax.masks.prunable_leaves`.
-
-  Returns:
-    The new mask tree.
-  """
-  target = _check_fraction(target, 'target')
-  names, weights, current = _aligned(params, masks, policy)
-  alive = _alive(current)
-  total = sum(int(np.size(m)) for m in current)
-  pruned = total - sum(alive)
-  k = round(target * total) - pruned
-  if k < 0:
-    raise ValueError(f'The masks are already at sparsity {pruned / total:.6f}, above the '
-                     f'target {target}; pruned weights never come back.')
-  new = _prune_lowest(names, weights, current, alive, [list(range(len(names)))], [k])
+  new = prune_lowest(names, scores, current, alive, groups, ks)
   return masks_lib.replace_leaves(masks, dict(zip(names, new)))

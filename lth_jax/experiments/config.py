@@ -1,0 +1,238 @@
+"""The experiment config: the fields every mode shares, loading config files, checks.
+
+Config files in configs/ override fields of `base_config()`; each mode adds its own
+section (see `lth_jax.experiments.modes`), and `validate` runs before any compute so
+that a bad value stops the run with a message naming the field and the fix. The
+library below never reads a config: `recipe` and `lth_jax.experiments.wiring` turn one
+into what it takes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+
+import ml_collections
+from flax import traverse_util
+
+from lth_jax import data, errors, pruning
+from lth_jax.lottery import imp
+from lth_jax.models import resnet
+from lth_jax.training import optim
+
+PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
+# The config files of a source checkout (what `--config=configs/<name>.py` names).
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / 'configs'
+# The fields every mode reads (experiment.json records these and the mode's sections).
+COMMON_FIELDS = ('mode', 'seed', 'pretrained', 'pretrain', 'model', 'data', 'optim', 'imp',
+                 'num_seeds', 'dense_seeds', 'checkpoint_every_steps', 'num_devices')
+
+
+def split_names(value: str) -> list[str]:
+  """The items of a comma-separated config field, e.g. 'cifar10, svhn_cropped'.
+
+  Args:
+    value: the field's value.
+
+  Returns:
+    The stripped, non-empty items in order.
+  """
+  return [v.strip() for v in value.split(',') if v.strip()]
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads a config file as `--config=` does, for notebooks and tests.
+
+  Args:
+    spec: 'name' or 'name:arg' of a file in configs/ (e.g. 'demo:tiny',
+      'downstream_imp:moco'), or a path to a config file, optionally with ':arg'.
+
+  Returns:
+    The file's `get_config(arg)` (or `get_config()` without an argument).
+  """
+  name, _, arg = spec.partition(':')
+  path = pathlib.Path(name if name.endswith('.py') else CONFIG_DIR / f'{name}.py')
+  if not path.is_file():
+    raise FileNotFoundError(
+        f'No config file {path}: configs/ ships with the source repository; install lth_jax '
+        'from a checkout (pip install -e DIR) or pass the path of a config file.')
+  module_spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def optim_config() -> ml_collections.ConfigDict:
+  """The fields of an optimizer recipe, with the reference's downstream values.
+
+  Returns:
+    A ConfigDict mirroring `lth_jax.training.Recipe` (see its attributes).
+  """
+  c = ml_collections.ConfigDict()
+  for field in optim.Recipe.__dataclass_fields__.values():
+    c[field.name] = field.default
+  return c
+
+
+def recipe(section: ml_collections.ConfigDict) -> optim.Recipe:
+  """The `Recipe` of an optimizer section (`config.optim`, `config.pretrain.optim`).
+
+  Args:
+    section: fields of `optim_config`; a field missing from it keeps the default.
+
+  Returns:
+    The recipe.
+  """
+  return optim.Recipe(**{k: v for k, v in section.items()
+                         if k in optim.Recipe.__dataclass_fields__})
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field an experiment reads, with the reference's downstream defaults.
+
+  Returns:
+    A ConfigDict: the shared fields and every mode's section; configs/*.py change what
+    differs.
+  """
+  from lth_jax.experiments import modes
+
+  c = ml_collections.ConfigDict()
+  c.mode = 'imp'
+  c.seed = 0
+
+  # θ_p: where the pre-trained weights come from.
+  c.pretrained = ml_collections.ConfigDict()
+  c.pretrained.source = 'torchvision'   # see PRETRAINED_SOURCES
+  c.pretrained.path = ''                # .pth / .pth.tar / .safetensors / .npz
+
+  # source='pretrain': θ_p is trained (supervised) inside the workdir and cached there.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.dataset = 'animal_mnist'
+  c.pretrain.optim = optim_config()
+
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = 'resnet50'
+  c.model.stem = 'cifar'                # the reference's downstream model
+  c.model.width_multiplier = 1.0
+  c.model.half_precision = False        # bf16 compute on TPU/GPU
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = 'cifar10'
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
+  c.data.batch_size = 128               # global, over all devices and hosts
+  c.data.eval_batch_size = 500
+  # ImageNet has no labelled test split besides its validation set (the 'test' split):
+  # hold this many train images out as 'val', so that choosing the best epoch never
+  # looks at the test set (0: 'val' is the test set, as in the reference).
+  c.data.val_from_train = 10_000
+
+  c.optim = optim_config()
+
+  # The ticket search, read by every mode that prunes (imp, transfer's OMP, upstream,
+  # paper).
+  c.imp = ml_collections.ConfigDict()
+  c.imp.num_rounds = 16                 # round k has sparsity 1 - 0.8^k
+  c.imp.fraction = 0.2
+  c.imp.pruning = 'magnitude'           # a criterion of lth_jax.pruning.CRITERIA
+  c.imp.score_batches = 4               # batches of a gradient-based criterion (snip)
+  c.imp.rewind = 'start'                # 'start' (θ_p; θ_0 if pretrained.source=random), 'step'
+  c.imp.rewind_step = 0
+  c.imp.prune_first = False
+  c.imp.random_baseline = False         # also run the random-pruning baseline branch
+  c.imp.policy = ml_collections.config_dict.placeholder(str)  # None: all convs but the stem
+
+  for mode in modes.MODES.values():
+    if mode.section is not None:
+      c[mode.name] = mode.section()
+
+  c.num_seeds = 1                       # fine-tuning seeds per ticket (the paper: 3)
+  c.dense_seeds = 0                     # seeds of IMP's dense round 0 (0: num_seeds)
+  c.checkpoint_every_steps = 0          # extra mid-epoch checkpoints (0: each epoch only)
+  c.num_devices = 0                     # 0: all devices
+  return c
+
+
+def fail(field: str, value, hint: str) -> None:
+  """Raises the ConfigError of a bad field: 'config.<field>=<value>: <hint>'."""
+  raise errors.ConfigError(f'config.{field}={value!r}: {hint}')
+
+
+def check_dataset(field: str, name: str) -> None:
+  """Fails unless `name` is a known dataset."""
+  if name not in data.DATASETS:
+    fail(field, name, f'unknown dataset; choose from {sorted(data.DATASETS)}.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks a config before any compute: the shared fields, then the mode's.
+
+  Args:
+    config: the experiment config.
+
+  Raises:
+    ConfigError: naming the field, its value and what to change.
+  """
+  from lth_jax.experiments import modes
+
+  if config.mode not in modes.MODES:
+    fail('mode', config.mode, f'choose one of {tuple(modes.MODES)}.')
+  if config.model.arch not in resnet.ARCHS:
+    fail('model.arch', config.model.arch, f'choose one of {sorted(resnet.ARCHS)}.')
+  if config.model.stem not in resnet.STEMS:
+    fail('model.stem', config.model.stem, f'choose one of {resnet.STEMS}.')
+  if config.model.width_multiplier <= 0:
+    fail('model.width_multiplier', config.model.width_multiplier, 'must be > 0.')
+  if config.data.batch_size < 1 or config.data.eval_batch_size < 1:
+    fail('data.batch_size', config.data.batch_size, 'batch sizes must be >= 1.')
+  if not 0.0 < config.imp.fraction < 1.0:
+    fail('imp.fraction', config.imp.fraction,
+         'must be in (0, 1): the share of surviving weights pruned per round (paper: 0.2).')
+  if config.imp.num_rounds < 1:
+    fail('imp.num_rounds', config.imp.num_rounds, 'must be >= 1.')
+  if config.imp.pruning not in pruning.CRITERIA:
+    fail('imp.pruning', config.imp.pruning, f'choose one of {sorted(pruning.CRITERIA)}.')
+  if config.imp.score_batches < 1:
+    fail('imp.score_batches', config.imp.score_batches, 'must be >= 1.')
+  if config.imp.rewind not in imp.REWIND_POINTS:
+    fail('imp.rewind', config.imp.rewind, f'choose one of {imp.REWIND_POINTS}.')
+  if config.num_seeds < 1:
+    fail('num_seeds', config.num_seeds, 'must be >= 1.')
+  if config.dense_seeds and config.dense_seeds < config.num_seeds:
+    fail('dense_seeds', config.dense_seeds, f'must be 0 or >= num_seeds ({config.num_seeds}).')
+  for name, section in (('optim', config.optim), ('pretrain.optim', config.pretrain.optim)):
+    try:
+      recipe(section)
+    except ValueError as e:
+      fail(name, dict(section), str(e))
+  source = config.pretrained.source
+  if source not in PRETRAINED_SOURCES:
+    fail('pretrained.source', source, f'choose one of {PRETRAINED_SOURCES}.')
+  if source == 'pretrain':
+    check_dataset('pretrain.dataset', config.pretrain.dataset)
+  if source not in ('random', 'pretrain'):
+    path = config.pretrained.path
+    if not path:
+      fail('pretrained.path', path, f'set it to the {source} checkpoint file '
+           '(--config.pretrained.path=/path/to/file.pth), or use '
+           '--config.pretrained.source=random for a randomly initialised network.')
+    if not os.path.isfile(path):
+      fail('pretrained.path', path, 'no such file; check the path (weights cannot be '
+           'downloaded at run time).')
+  modes.get(config.mode).validate(config)
+
+
+def from_record(recorded: dict) -> ml_collections.ConfigDict:
+  """The config of an experiment.json, a field missing from it taking its default.
+
+  Args:
+    recorded: the JSON of `experiment.json` (the sections its mode reads).
+
+  Returns:
+    A full config.
+  """
+  config = base_config()
+  flat = traverse_util.flatten_dict(recorded, sep='.')
+  config.update_from_flattened_dict(
+      {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()})
+  return config

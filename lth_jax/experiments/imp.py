@@ -1,0 +1,141 @@
+"""Mode 'imp': IMP with rewinding on a downstream task, plus the random-pruning baseline.
+
+    python -m lth_jax.main --config=configs/demo.py --workdir=/tmp/lth_demo
+
+θ_p comes from `config.pretrained` (a checkpoint, a random init, or pre-training in the
+workdir); each round fine-tunes the rewound ticket on `config.data.dataset` with
+`config.optim`, prunes by `config.imp.pruning` and rewinds. Workdir layout:
+
+    pretrain/                    source 'pretrain': training checkpoints and θ_p
+    <pruning>/round_XX/, random/round_XX/   the IMP runs (see lth_jax.lottery.imp)
+    results.csv, results.json    one row per round and method
+    <metric>_vs_sparsity.png     the plot (accuracy_vs_sparsity.png for classification)
+    analysis/report.md           the tickets' structure (lth_jax.analysis)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import ml_collections
+from jax.sharding import Mesh
+
+from lth_jax import analysis, pruning
+from lth_jax.experiments import config as config_lib
+from lth_jax.experiments import modes, wiring
+from lth_jax.lottery import ImpSpec, imp, results
+from lth_jax.runtime import console, sharding
+
+COLUMNS = ('method', 'round', 'ticket', 'sparsity', 'test_{}', 'test_{}_std', 'matching')
+
+
+def seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The fine-tuning seeds of every round: seed, seed + 1, ... (num_seeds of them)."""
+  return tuple(range(config.seed, config.seed + config.num_seeds))
+
+
+def spec(config: ml_collections.ConfigDict) -> ImpSpec:
+  """The IMP run `config.imp` describes."""
+  c = config.imp
+  return ImpSpec(num_rounds=c.num_rounds, fraction=c.fraction, pruning=c.pruning,
+                 rewind=c.rewind, rewind_step=c.rewind_step, prune_first=c.prune_first,
+                 seeds=seeds(config), policy=c.policy, pruning_seed=config.seed,
+                 dense_seeds=tuple(range(config.seed, config.seed + config.dense_seeds))
+                 or None)
+
+
+def labels(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """Legend texts of the IMP curve, in the paper's words."""
+  point = {'random': 'θ_0', 'pretrain': 'θ_p'}.get(config.pretrained.source, 'θ_p')
+  if config.imp.rewind == 'step':
+    point = f'θ_{config.imp.rewind_step} (step {config.imp.rewind_step})'
+  return {config.imp.pruning: f'IMP ({config.imp.pruning}), rewind to {point}'}
+
+
+def report(workdir: str, config: ml_collections.ConfigDict, metric: results.Metric,
+           rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
+           dense: list[float], title: str, suffix: str = '') -> None:
+  """Writes the results table and plot (chief process) and prints the table."""
+  if sharding.is_chief():
+    columns = [c.format(metric.key) for c in COLUMNS]
+    console.say(results.report(workdir, rows, curves, dense, title, columns, suffix,
+                               metric=metric, labels=labels(config)))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
+  """IMP with rewinding on `config.data.dataset` (plus the random-pruning baseline).
+
+  Args:
+    config: the experiment config.
+    workdir: the experiment's workdir.
+    mesh: the device mesh.
+
+  Returns:
+    {'curves': {method: round records}, 'extreme_sparsity': {method: value or None}}.
+  """
+  task, info = wiring.task_and_data(config, config.data.dataset)
+  metric = task.metric
+  model = wiring.build_model(config, task, info)
+  start = wiring.theta_p(config, model, task.image_size(info), workdir, mesh)
+  finetune = wiring.make_finetune(config, model, task, info, mesh)
+  gradient = None
+  if pruning.get(config.imp.pruning).needs_gradient:
+    gradient = wiring.loss_gradient(config, model, task, info, mesh,
+                                    start(config.seed)['batch_stats'])
+  main = spec(config)
+  specs = {main.pruning: main}
+  if config.imp.random_baseline:
+    # The baseline shares the IMP run's dense round and rewinds where it does: to each
+    # seed's θ_p, or (late rewinding) to the IMP run's θ_k, which it reads as its start.
+    specs['random'] = dataclasses.replace(main, pruning='random', include_dense=False,
+                                          prune_first=False, rewind='start')
+  curves = {}
+  for method, s in specs.items():
+    console.say(f'IMP ({method}) on {info.name}: {s.num_rounds} rounds x {len(s.seeds)} '
+                f'seed(s) x {config.optim.num_epochs} epochs.')
+    branch_start = start if method == main.pruning else imp.rewind_point(
+        os.path.join(workdir, main.pruning), start, config.seed)
+    curves[method] = imp.run_imp(
+        os.path.join(workdir, method), s, branch_start, finetune, gradient=gradient,
+        on_round=lambda r, m=method: console.say(
+            f'[{m}] round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test '
+            f'{metric.label} {100 * r[metric.test]:.2f}% (best val epoch {r["best_epoch"]})'))
+  dense_round = curves[main.pruning][0]
+  dense = ([run[metric.test] for run in dense_round['runs']]
+           if dense_round['sparsity'] == 0 else [])
+  if dense:
+    for method, recs in curves.items():
+      if method != main.pruning:
+        recs.insert(0, dense_round)
+  rows, extreme = [], {}
+  for method, recs in curves.items():
+    for r in recs:
+      rows.append({'method': method, **r,
+                   'matching': results.is_matching(r[metric.test], dense) if dense else None})
+    extreme[method] = results.extreme_sparsity(recs, dense, metric.test) if dense else None
+  report(workdir, config, metric, rows, curves, dense, f'{config.model.arch} on {info.name}')
+  for method, value in extreme.items():
+    shown = 'none' if value is None else f'{100 * value:.2f}%'
+    console.say(f'Extreme matching sparsity ({method}): {shown}')
+  if sharding.is_chief():
+    path = analysis.analyze_workdirs([workdir], policy=config.imp.policy)
+    console.say(f'Ticket analysis (overlap, layer and kernel structure): {path}')
+  return {'curves': curves, 'extreme_sparsity': extreme}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The checks of mode 'imp'."""
+  config_lib.check_dataset('data.dataset', config.data.dataset)
+  if config.imp.random_baseline and config.imp.pruning.startswith('random'):
+    config_lib.fail(
+        'imp.random_baseline', config.imp.random_baseline,
+        f'imp.pruning={config.imp.pruning!r} already prunes at random, so the baseline '
+        'branch would be the run itself; set --config.imp.random_baseline=False, or '
+        '--config.imp.pruning=magnitude to compare IMP with random pruning.')
+
+
+modes.register(modes.Mode(
+    'imp', run=run, validate=validate,
+    datasets=lambda c: [c.data.dataset]))

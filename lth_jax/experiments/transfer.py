@@ -1,0 +1,213 @@
+"""Mode 'transfer': given tickets (or baselines made from them) fine-tuned on tasks with seeds.
+
+    python -m lth_jax.main --config=configs/transfer.py:moco --workdir=/tmp/lth_transfer ...
+
+Tickets are this project's mask folders or the reference's PyTorch mask files
+(`config.transfer.masks`), or every round of an IMP workdir (`transfer.imp_workdir`);
+`transfer.variant` replaces them by a baseline (random global or layer-wise masks with
+their counts, random re-initialisation, one-shot magnitude pruning). The dense network
+is always fine-tuned too; each ticket is marked matching against its seeds. Workdir:
+
+    transfer/<dataset>/<ticket>/seed_S/      one resumable run (see lth_jax.lottery.transfer)
+    results_<dataset>.csv/.json, <metric>_vs_sparsity_<dataset>.png
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from lth_jax import errors, masks as masks_lib, pruning
+from lth_jax.experiments import config as config_lib
+from lth_jax.experiments import imp as imp_mode
+from lth_jax.experiments import modes, wiring
+from lth_jax.interop import mask_files
+from lth_jax.lottery import DENSE, add_matching, run_transfer
+from lth_jax.models import init_variables
+from lth_jax.runtime import console
+
+VARIANTS = ('ticket', 'random_global', 'random_layerwise', 'reinit', 'omp')
+
+
+def section() -> ml_collections.ConfigDict:
+  """The defaults of `config.transfer`."""
+  c = ml_collections.ConfigDict()
+  c.masks = ''                 # comma-separated mask paths (orbax dirs or .pth/.npz)
+  c.imp_workdir = ''           # or: every round mask of an IMP workdir
+  c.datasets = 'cifar10'       # comma-separated
+  c.variant = 'ticket'         # see VARIANTS
+  c.omp_rounds = 8             # 'omp': one-shot masks at 1 - 0.8^k, k = 1..omp_rounds
+  return c
+
+
+def ticket_names(paths: Sequence[str]) -> list[str]:
+  """Unique names for mask paths: the shortest distinguishing end of each path.
+
+  A path's name is built from its last components, the file's extension dropped and an
+  orbax folder's generic `mask` replaced by its parent: `.../round_02/mask` is
+  'round_02', `.../round_02/mask_torch.npz` is 'mask_torch', or 'round_02/mask_torch'
+  when another listed file is also called mask_torch. Names never collide; a path listed
+  twice is an error.
+
+  Args:
+    paths: mask files or orbax mask folders.
+
+  Returns:
+    One name per path, in order.
+
+  Raises:
+    ConfigError: the same file or folder is listed twice.
+  """
+  seen: dict[str, str] = {}
+  parts = []
+  for path in paths:
+    real = os.path.realpath(path)
+    if real in seen:
+      raise errors.ConfigError(
+          f'config.transfer.masks lists {seen[real]!r} and {path!r}, which are the same '
+          'ticket; list each ticket once.')
+    seen[real] = path
+    pieces = os.path.normpath(os.path.abspath(path)).split(os.sep)
+    if os.path.isdir(path) and pieces[-1] == 'mask':
+      pieces.pop()
+    elif not os.path.isdir(path):
+      pieces[-1] = pieces[-1].split('.')[0]
+    parts.append(pieces)
+  names = []
+  for pieces in parts:
+    for n in range(1, len(pieces) + 1):
+      name = '/'.join(pieces[-n:])
+      if sum(other[-n:] == pieces[-n:] for other in parts) == 1:
+        break
+    names.append(name)
+  return names
+
+
+def load_tickets(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The tickets named by `config.transfer.masks` and `config.transfer.imp_workdir`.
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    name -> mask tree (orbax mask folders of this project, or the reference's
+    PyTorch mask files: `.pth`, `.pth.tar`, `.npz`, `.safetensors`). Names are unique
+    (see `ticket_names`); every round of an IMP workdir is named by its path there.
+
+  Raises:
+    ConfigError: two tickets would share a name, or none is given.
+  """
+  paths = config_lib.split_names(config.transfer.masks)
+  sources = dict(zip(ticket_names(paths), paths))
+  if config.transfer.imp_workdir:
+    root = config.transfer.imp_workdir
+    for path in sorted(glob.glob(os.path.join(root, '**', 'round_*', 'mask'), recursive=True)):
+      name = os.path.relpath(os.path.dirname(path), root).replace(os.sep, '/')
+      if name in sources:
+        raise errors.ConfigError(
+            f'The ticket {sources[name]!r} (config.transfer.masks) and the IMP round {path!r} '
+            f'(config.transfer.imp_workdir) would both be named {name!r}; move or rename one.')
+      sources[name] = path
+  if DENSE in sources:
+    raise errors.ConfigError(f'The ticket {sources[DENSE]!r} would be named '
+                             f'{DENSE!r}, the name of the dense run; rename it.')
+  if not sources and config.transfer.variant != 'omp':
+    raise errors.ConfigError(
+        'No tickets found: set --config.transfer.masks or --config.transfer.imp_workdir '
+        '(a workdir with round_XX/mask folders).')
+  return {name: masks_lib.load(path) if os.path.isdir(path) else mask_files.from_pytorch(path)
+          for name, path in sources.items()}
+
+
+def _baseline_tickets(config: ml_collections.ConfigDict, tickets: dict[str, Any],
+                      start: Mapping[str, Any]) -> dict[str, Any]:
+  variant = config.transfer.variant
+  if variant == 'omp':
+    dense = masks_lib.init(start['params'], config.imp.policy)
+    return {f'omp_{k:02d}': pruning.to_sparsity(start['params'], dense,
+                                                1 - (1 - config.imp.fraction) ** k,
+                                                config.imp.policy)
+            for k in range(1, config.transfer.omp_rounds + 1)}
+  if variant in ('random_global', 'random_layerwise'):
+    key = jax.random.key(config.seed)
+    return {name: pruning.random_like(jax.random.fold_in(key, i), t,
+                                      layerwise=variant == 'random_layerwise',
+                                      policy=config.imp.policy)
+            for i, (name, t) in enumerate(tickets.items())}
+  return tickets
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
+  """Fine-tunes tickets (or a baseline made from them) on each dataset with N seeds.
+
+  Args:
+    config: the experiment config (`transfer` fields).
+    workdir: the experiment's workdir.
+    mesh: the device mesh.
+
+  Returns:
+    {dataset: {'rows': rows, 'extreme_sparsity': value or None}}.
+  """
+  tickets = load_tickets(config)
+  variant = config.transfer.variant
+  out = {}
+  for dataset in config_lib.split_names(config.transfer.datasets):
+    task, info = wiring.task_and_data(config, dataset)
+    metric = task.metric
+    model = wiring.build_model(config, task, info)
+    start = wiring.theta_p(config, model, task.image_size(info), workdir, mesh)
+    chosen = _baseline_tickets(config, tickets, start(config.seed))
+    reinit = {}
+    if variant == 'reinit':
+      # Each seed's re-initialisation is an independent draw.
+      fresh = lambda seed: init_variables(model, jax.random.fold_in(jax.random.key(seed), 1),
+                                          task.image_size(info))
+      reinit = {name: fresh for name in chosen}
+    console.say(f'Transfer ({variant}) to {dataset}: {len(chosen)} ticket(s) + dense x '
+                f'{config.num_seeds} seed(s).')
+    rows = run_transfer(
+        os.path.join(workdir, 'transfer', dataset), chosen, start,
+        wiring.make_finetune(config, model, task, info, mesh), imp_mode.seeds(config),
+        metric=metric.key, init_variables=reinit, policy=config.imp.policy,
+        on_result=lambda r, m=metric: console.say(
+            f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
+            f'{100 * r[m.test]:.2f}% ± {100 * r[m.test + "_std"]:.2f}'))
+    extreme = add_matching(rows, metric.key)
+    dense = [r[metric.test] for r in rows[0]['runs']]
+    for row in rows:
+      row['method'] = variant if row['ticket'] != DENSE else DENSE
+    imp_mode.report(workdir, config, metric, rows, {variant: rows}, dense,
+                    f'{variant} tickets on {dataset}', suffix=f'_{dataset}')
+    console.say(f'Extreme matching sparsity on {dataset}: '
+                f'{"none" if extreme is None else f"{100 * extreme:.2f}%"}')
+    out[dataset] = {'rows': rows, 'extreme_sparsity': extreme}
+  return out
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The checks of mode 'transfer'."""
+  t = config.transfer
+  for name in config_lib.split_names(t.datasets):
+    config_lib.check_dataset('transfer.datasets', name)
+  if t.variant not in VARIANTS:
+    config_lib.fail('transfer.variant', t.variant, f'choose one of {VARIANTS}.')
+  if t.variant != 'omp' and not (t.masks or t.imp_workdir):
+    config_lib.fail('transfer.masks', t.masks,
+                    'name the tickets: comma-separated mask paths, or transfer.imp_workdir.')
+  for path in config_lib.split_names(t.masks):
+    if not os.path.exists(path):
+      config_lib.fail('transfer.masks', path, 'no such mask file or directory.')
+  if t.imp_workdir and not os.path.isdir(t.imp_workdir):
+    config_lib.fail('transfer.imp_workdir', t.imp_workdir, 'no such directory.')
+
+
+modes.register(modes.Mode(
+    'transfer', run=run, validate=validate, section=section,
+    datasets=lambda c: config_lib.split_names(c.transfer.datasets),
+    load_inputs=load_tickets, trained=('transfer/**/seed_*',)))

@@ -1,0 +1,312 @@
+"""The one place a config becomes a task, a model, θ_p, data and a fine-tuning callable.
+
+    task, info = wiring.task_and_data(config, 'mnist5k')
+    model = wiring.build_model(config, task, info)
+    theta_p = wiring.theta_p(config, model, task, info, workdir, mesh)   # seed -> variables
+    finetune = wiring.make_finetune(config, model, task, info, mesh)
+
+Every mode builds what it runs through these functions; the library below them
+(`lth_jax.lottery`, `lth_jax.training`, `lth_jax.tasks`) never reads a config.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from lth_jax import data, errors, tasks
+from lth_jax.experiments import config as config_lib
+from lth_jax.interop import checkpoints
+from lth_jax.lottery import Finetune
+from lth_jax.lottery.imp import previous_round_dir
+from lth_jax.models import init_variables
+from lth_jax.runtime import console, sharding, tree_io
+from lth_jax.training import Evaluator, Objective, StatefulObjective, compute_dtype, fit
+from lth_jax.training.optim import Recipe
+
+TrainBatches = Callable[[int, int, int], Iterator[Any]]  # (epoch, seed, start_step)
+
+
+def mesh_for(config: ml_collections.ConfigDict, *, fit_batch_sizes: bool = False) -> Mesh:
+  """The device mesh of an experiment.
+
+  Args:
+    config: the config (`num_devices`, the batch sizes).
+    fit_batch_sizes: with `num_devices` 0, take as many devices as divide both batch
+      sizes (a later job on another machine, e.g. the analysis of a workdir) instead
+      of refusing batch sizes that do not divide over all devices.
+
+  Returns:
+    A one-axis ('data') mesh.
+
+  Raises:
+    ConfigError: more devices asked for than exist, or a batch size that does not
+      divide over the devices.
+  """
+  devices = jax.devices()
+  count = config.num_devices or (math.gcd(len(devices), config.data.batch_size,
+                                          config.data.eval_batch_size)
+                                 if fit_batch_sizes else len(devices))
+  if count > len(devices):
+    raise errors.ConfigError(f'config.num_devices={config.num_devices}, but only '
+                             f'{len(devices)} devices exist.')
+  mesh = sharding.make_mesh(devices[:count])
+  for field in ('batch_size', 'eval_batch_size'):
+    if config.data[field] % mesh.size:
+      raise errors.ConfigError(
+          f'config.data.{field}={config.data[field]} must be a multiple of the {mesh.size} '
+          'devices; change it or set config.num_devices.')
+  return mesh
+
+
+def dataset_info(config: ml_collections.ConfigDict, name: str) -> data.DatasetInfo:
+  """A dataset with its validation split as the config asks (`data.val_from_train`)."""
+  return data.get_info(name, val_from_train=config.data.val_from_train)
+
+
+def task_and_data(config: ml_collections.ConfigDict,
+                  dataset: str) -> tuple[tasks.Task, data.DatasetInfo]:
+  """The registered task a dataset's labels are for, and the dataset.
+
+  Args:
+    config: the experiment config.
+    dataset: a dataset name.
+
+  Returns:
+    (task, DatasetInfo).
+  """
+  info = dataset_info(config, dataset)
+  return tasks.get(info.task), info
+
+
+def model_spec(config: ml_collections.ConfigDict) -> tasks.ModelSpec:
+  """The backbone of `config.model` (tasks add their heads)."""
+  m = config.model
+  options = tuple(sorted((k, v) for k, v in m.items()
+                         if k not in ('arch', 'stem', 'width_multiplier', 'half_precision')))
+  return tasks.ModelSpec(arch=m.arch, stem=m.stem, width_multiplier=m.width_multiplier,
+                         dtype=compute_dtype(m.half_precision), options=options)
+
+
+def build_model(config: ml_collections.ConfigDict, task: tasks.Task,
+                dataset: data.DatasetInfo) -> Any:
+  """The task's model on the configured backbone, sized for the dataset."""
+  return task.build_model(model_spec(config), dataset)
+
+
+def transplant(backbone: Mapping[str, Any], model: Any, rng: jax.Array) -> dict[str, Any]:
+  """θ_p on a task's model: the backbone's weights and a fresh head (as the reference).
+
+  Args:
+    backbone: {'params', 'batch_stats'} of a model of the same backbone (any head:
+      its head is dropped).
+    model: the task's model.
+    rng: PRNG key of the fresh head.
+
+  Returns:
+    {'params', 'batch_stats'} as numpy trees.
+  """
+  state_dict = {k: v for k, v in checkpoints.to_pytorch(backbone).items()
+                if not k.startswith('fc')}
+  return checkpoints.load_pytorch(state_dict, model, rng=rng)
+
+
+def pretrain_once(workdir: str, like: Mapping[str, Any], finetune: Finetune, *, seed: int,
+                  description: str) -> dict[str, Any]:
+  """θ_p trained densely by `finetune` inside the workdir, or its cached copy.
+
+  The training itself checkpoints every epoch, so a killed pre-training resumes.
+
+  Args:
+    workdir: the experiment's workdir (θ_p lives in pretrain/variables).
+    like: variables of the right structure (the random init training starts from).
+    finetune: the dense pre-training run.
+    seed: its seed.
+    description: what is trained on what, for the progress line.
+
+  Returns:
+    {'params', 'batch_stats'} as numpy trees.
+  """
+  path = os.path.join(workdir, 'pretrain', 'variables')
+  like = jax.device_get(dict(like))
+  if not os.path.exists(path):
+    console.say(f'Pre-training θ_p: {description} (cached in {path}).')
+    try:
+      result = finetune(like, None, seed=seed,
+                        checkpoint_dir=os.path.join(workdir, 'pretrain', 'train'))
+    except errors.DivergenceError as e:
+      raise e.within(f'pre-training θ_p ({description})') from None
+    console.say(f'Pre-training done: test {result.metric} {result.test:.4f}.')
+    tree_io.save(path, result.variables)
+  return tree_io.load(path, like)
+
+
+def _pretrained_backbone(config: ml_collections.ConfigDict, workdir: str,
+                         mesh: Mesh) -> dict[str, Any]:
+  """Supervised pre-training on `config.pretrain.dataset`, cached in the workdir."""
+  task, info = task_and_data(config, config.pretrain.dataset)
+  model = build_model(config, task, info)
+  like = init_variables(model, jax.random.key(config.seed), task.image_size(info))
+  return pretrain_once(
+      workdir, like, make_finetune(config, model, task, info, mesh,
+                                   recipe=config_lib.recipe(config.pretrain.optim)),
+      seed=config.seed, description=f'{config.model.arch} on {info.name} for '
+      f'{config.pretrain.optim.num_epochs} epochs')
+
+
+@functools.lru_cache(maxsize=2)
+def read_checkpoint(path: str) -> dict[str, Any]:
+  """The state dict of a checkpoint file, read once per process (every seed's θ_p)."""
+  return checkpoints.read_state_dict(path)
+
+
+def theta_p(config: ml_collections.ConfigDict, model: Any, image_size: int, workdir: str,
+            mesh: Mesh, *, pretrained: Callable[[], Mapping[str, Any]] | None = None,
+            keep_head: bool = False) -> Callable[[int], dict[str, Any]]:
+  """θ_p on a model as a function of the fine-tuning seed (each seed's made once).
+
+  The pre-trained parts are the same for every seed; the parts the source does not
+  provide (the task's head; the stem conv of a CIFAR-stem model loading an ImageNet
+  checkpoint) are drawn from the seed, so that runs with different seeds are
+  independent runs from θ_p. A random init (source 'random', the classic LTH θ_0) is
+  itself the rewind point and does not depend on the seed.
+
+  Args:
+    config: the experiment config (`pretrained`, `pretrain`, `seed`).
+    model: the model θ_p is for.
+    image_size: the side of its inputs (for a random init).
+    workdir: the experiment's workdir (the 'pretrain' source's cache).
+    mesh: the device mesh.
+    pretrained: for source 'pretrain', () -> the pre-trained variables (default:
+      supervised pre-training on `config.pretrain.dataset`); they are transplanted
+      onto `model` with a fresh head per seed.
+    keep_head: `pretrained` gives variables of `model` itself, head included (upstream
+      IMP continues the pre-training objective), used as they are for every seed.
+
+  Returns:
+    seed -> {'params', 'batch_stats'} as numpy trees.
+  """
+  source = config.pretrained.source
+  if source == 'random':
+    fixed = jax.device_get(init_variables(model, jax.random.key(config.seed), image_size))
+    return lambda seed: fixed
+  if source == 'pretrain':
+    backbone = functools.cache(pretrained or (lambda: _pretrained_backbone(config, workdir,
+                                                                           mesh)))
+    if keep_head:
+      return lambda seed: backbone()
+    make = lambda seed: transplant(backbone(), model, jax.random.key(seed))
+  else:
+    make = lambda seed: checkpoints.load_pytorch(read_checkpoint(config.pretrained.path),
+                                                 model, source=source,
+                                                 rng=jax.random.key(seed))
+  return functools.lru_cache(maxsize=None)(make)
+
+
+def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Task,
+                  dataset: data.DatasetInfo, mesh: Mesh, *, recipe: Recipe | None = None,
+                  objective: Objective | StatefulObjective | None = None,
+                  evaluator: Evaluator | None = None, metric: str | None = None,
+                  train_batches: TrainBatches | None = None,
+                  carry_state: bool = False) -> Finetune:
+  """`lth_jax.training.fit` bound to a task's data, loss and evaluator (a `Finetune`).
+
+  Args:
+    config: the experiment config (`data`, `checkpoint_every_steps`, `optim`).
+    model: the task's model.
+    task: the task (its loss, evaluator, data pipeline and headline metric).
+    dataset: the dataset to train and evaluate on.
+    mesh: the device mesh.
+    recipe: the optimizer recipe (default `config.optim`).
+    objective: replaces the task's loss (pre-training objectives).
+    evaluator: replaces the task's evaluator (e.g. kNN of features).
+    metric: the evaluator's headline metric (default the task's).
+    train_batches: (epoch, seed, start_step) -> batches, replacing the task's pipeline
+      (raw images for objectives that draw their views on the device).
+    carry_state: start each IMP round from the previous round's final optimizer (and
+      objective) state instead of a fresh one, as the reference does upstream.
+
+  Returns:
+    finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None) -> FitResult.
+  """
+  from clu import metric_writers
+
+  recipe = recipe or config_lib.recipe(config.optim)
+  batch_size = config.data.batch_size
+  data_dir = config.data.data_dir
+  evaluator = evaluator or task.evaluator(model, dataset, batch_size=config.data.eval_batch_size,
+                                          data_dir=data_dir, mesh=mesh)
+  objective = objective or task.objective(model)
+  if train_batches is None:
+    train_batches = lambda epoch, seed, start: task.train_batches(
+        dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
+        start_step=start)
+  steps = task.steps_per_epoch(dataset, batch_size)
+
+  def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None):
+    writer = metric_writers.create_default_writer(
+        checkpoint_dir.rstrip('/') + '_tensorboard', just_logging=not sharding.is_chief(),
+        asynchronous=False)
+    try:
+      return fit(
+          model, variables, masks, recipe,
+          train_batches=lambda epoch, start: train_batches(epoch, seed, start),
+          steps_per_epoch=steps, checkpoint_dir=checkpoint_dir, evaluator=evaluator,
+          metric=metric or task.metric.key, objective=objective, mesh=mesh,
+          is_head=task.is_head, writer=writer,
+          checkpoint_every_steps=config.checkpoint_every_steps or None,
+          rewind_step=rewind_step, rng=jax.random.key(seed),
+          carry_from=previous_round_dir(checkpoint_dir) if carry_state else None)
+    finally:
+      writer.close()
+
+  return finetune
+
+
+def loss_gradient(config: ml_collections.ConfigDict, model: Any, task: tasks.Task,
+                  dataset: data.DatasetInfo, mesh: Mesh,
+                  batch_stats: Any) -> Callable[[Any], Any]:
+  """params -> the task loss's gradient summed over `config.imp.score_batches` batches.
+
+  What gradient-based pruning criteria (SNIP) score by: the first training batches of
+  seed `config.seed`'s epoch 0, in train mode (BatchNorm normalises by the batch).
+
+  Args:
+    config: the experiment config.
+    model: the task's model.
+    task: the task.
+    dataset: its dataset.
+    mesh: the device mesh.
+    batch_stats: BatchNorm statistics of the model (their structure; train mode does
+      not read their values).
+
+  Returns:
+    The gradient function (params tree in, host params tree out).
+  """
+  objective = task.objective(model)
+  replicated, batched = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
+
+  @functools.partial(jax.jit, in_shardings=(replicated, replicated, batched),
+                     out_shardings=replicated)
+  def grad(params, batch_stats, batch):
+    return jax.grad(lambda p: objective(model, p, batch_stats, batch)[0])(params)
+
+  def gradient(params: Any) -> Any:
+    batches = task.train_batches(dataset, batch_size=config.data.batch_size, epoch=0,
+                                 seed=config.seed, data_dir=config.data.data_dir,
+                                 start_step=0)
+    total = None
+    for _, batch in zip(range(config.imp.score_batches), batches):
+      g = grad(sharding.replicate(params, mesh), sharding.replicate(batch_stats, mesh),
+               sharding.shard_batch(batch, mesh))
+      total = g if total is None else jax.tree.map(lambda a, b: a + b, total, g)
+    return jax.device_get(total)
+
+  return gradient

@@ -1,0 +1,191 @@
+"""Results of a ticket search: per-seed summaries, matching, extreme sparsity, tables, plots.
+
+Numbers are named by the task's headline metric: `test_accuracy` for classification,
+`test_miou` for segmentation, `test_map50` for detection (see `Metric`). The paper's
+criterion (REFERENCE.md): a sparse network *matches* when its mean metric is at least
+the dense model's mean minus one standard deviation of the dense runs; the *extreme
+sparsity* is the highest sparsity on the grid that still matches. Standard deviations
+are sample standard deviations (ddof=1) over independent runs, zero for a single run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lth_jax.runtime import console, files
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """A task's headline metric, as results name it.
+
+  Attributes:
+    key: the evaluator's key and the suffix of result fields ('accuracy' ->
+      'test_accuracy', 'val_accuracy', 'test_accuracy_std').
+    label: how tables and plots call it ('accuracy', 'mIoU', 'mAP@0.5').
+    file: the plot's file name stem ('accuracy' -> accuracy_vs_sparsity.png).
+  """
+  key: str
+  label: str
+  file: str
+
+  @property
+  def test(self) -> str:
+    """The result field of the test value, e.g. 'test_accuracy'."""
+    return f'test_{self.key}'
+
+
+ACCURACY = Metric('accuracy', 'accuracy', 'accuracy')
+
+# What each method's curve is, in words, where its name alone could mislead.
+METHOD_LABELS = {
+    'random': 'random pruning (global, as an IMP branch)',
+    'random_global': 'random pruning (global)',
+    'random_layerwise': "random, ticket's layer profile",
+    'scratch': 'dense from scratch (no pre-training)',
+}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for fewer than two values).
+
+  Args:
+    values: the metric of repeated runs.
+
+  Returns:
+    (mean, std).
+  """
+  arr = np.asarray(values, np.float64)
+  if arr.size == 0:
+    raise ValueError('mean_std needs at least one value.')
+  return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def summarize(runs: Sequence[Mapping[str, Any]], metric: str) -> dict[str, float]:
+  """Mean and std over seeds of a set of runs' test and validation values.
+
+  Args:
+    runs: one dict per seed with f'test_{metric}' and f'val_{metric}'.
+    metric: the headline metric's key.
+
+  Returns:
+    {'test_<metric>', 'test_<metric>_std', 'val_<metric>', 'val_<metric>_std'}.
+  """
+  out = {}
+  for split in ('test', 'val'):
+    key = f'{split}_{metric}'
+    out[key], out[f'{key}_std'] = mean_std([r[key] for r in runs])
+  return out
+
+
+def is_matching(value: float, dense: Sequence[float]) -> bool:
+  """Whether a sparse network's value matches the dense runs (>= mean - one std).
+
+  Args:
+    value: the sparse network's (mean) metric.
+    dense: the metric of the dense runs.
+
+  Returns:
+    True when the sparse network matches.
+  """
+  mean, std = mean_std(dense)
+  # A tiny tolerance keeps a sparse run that equals the band's edge from failing on
+  # float rounding of metrics computed as fractions.
+  return value >= mean - std - 1e-9
+
+
+def extreme_sparsity(rows: Sequence[Mapping[str, Any]], dense: Sequence[float],
+                     key: str = ACCURACY.test) -> float | None:
+  """The highest sparsity among `rows` whose value matches the dense runs.
+
+  Args:
+    rows: dicts with 'sparsity' and `key`.
+    dense: the metric of the dense runs.
+    key: the field to judge (e.g. 'test_accuracy').
+
+  Returns:
+    The extreme matching sparsity, or None when nothing sparse matches.
+  """
+  matching = [r['sparsity'] for r in rows if r['sparsity'] > 0 and is_matching(r[key], dense)]
+  return max(matching) if matching else None
+
+
+def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]],
+                     dense: Sequence[float] | None = None, title: str = '',
+                     metric: Metric = ACCURACY, labels: Mapping[str, str] | None = None) -> str:
+  """Plots a metric against sparsity, one curve per method, with the dense band.
+
+  Args:
+    path: PNG path to write.
+    curves: name -> rows with 'sparsity', `metric.test` and optionally its '_std'
+      (drawn as error bars).
+    dense: the dense runs' values; their mean is a dashed line and +-1 std a band.
+    title: the plot title.
+    metric: what is plotted.
+    labels: curve name -> legend text (default `METHOD_LABELS`, else the name).
+
+  Returns:
+    `path`.
+  """
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for name, rows in curves.items():
+    rows = sorted(rows, key=lambda r: r['sparsity'])
+    x = [100 * r['sparsity'] for r in rows]
+    y = [100 * r[metric.test] for r in rows]
+    err = [100 * r.get(f'{metric.test}_std', 0.0) for r in rows]
+    ax.errorbar(x, y, yerr=err if any(err) else None, marker='o', ms=4, capsize=2,
+                label={**METHOD_LABELS, **(labels or {})}.get(name, name))
+  if dense:
+    mean, std = mean_std(dense)
+    ax.axhline(100 * mean, color='k', ls='--', lw=1, label='dense mean')
+    ax.axhspan(100 * (mean - std), 100 * (mean + std), color='k', alpha=0.1,
+               label='dense ±1 std')
+  ax.set_xlabel('sparsity (%)')
+  ax.set_ylabel(f'test {metric.label} (%)')
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  files.save_figure(fig, path)
+  plt.close(fig)
+  return path
+
+
+def report(workdir: str, rows: Sequence[Mapping[str, Any]],
+           curves: Mapping[str, Sequence[Mapping[str, Any]]], dense: Sequence[float],
+           title: str, columns: Sequence[str], suffix: str = '',
+           metric: Metric = ACCURACY, labels: Mapping[str, str] | None = None) -> str:
+  """Writes results{suffix}.csv/.json and <metric>_vs_sparsity{suffix}.png in `workdir`.
+
+  Args:
+    workdir: the experiment's workdir.
+    rows: the table rows.
+    curves: name -> rows, one plotted curve each.
+    dense: the dense runs' values (the plot's band; may be empty).
+    title: the plot title.
+    columns: the console table's columns, in order (absent ones are skipped); the
+      per-stage sparsities follow them.
+    suffix: appended to the file names (one report per task).
+    metric: the headline metric.
+    labels: curve name -> legend text.
+
+  Returns:
+    The console text: the table and where the files are.
+  """
+  stem = os.path.join(workdir, f'results{suffix}')
+  files.write_table(stem, rows)
+  plot = plot_vs_sparsity(os.path.join(workdir, f'{metric.file}_vs_sparsity{suffix}.png'),
+                          curves, dense, title=title, metric=metric, labels=labels)
+  shown = [c for c in columns if any(c in r for r in rows)]
+  stages = sorted({k for r in rows for k in r if k.startswith('sparsity_layer')})
+  return (f'\n{console.format_table(rows, shown + stages)}\nResults: {stem}.csv/.json; '
+          f'plot: {plot}')

@@ -1,0 +1,276 @@
+"""The resumable fine-tuning loop: `fit` trains, validates, tests and checkpoints one run.
+
+`fit` is the fine-tuning of one IMP round (or one transfer run): it evaluates on 'val'
+every epoch and on 'test' whenever the validation value of the task's headline metric
+improves (the reported number is the test metric at the best validation epoch), writes
+an orbax checkpoint every epoch (and every N steps if asked) and, called again on the
+same directory, resumes from the latest checkpoint and ends bit-identical to an
+uninterrupted run. A non-finite loss, parameter or BatchNorm statistic stops it with a
+`DivergenceError` before anything more is saved or evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh
+
+from lth_jax.errors import DivergenceError
+from lth_jax.runtime import sharding
+from lth_jax.training.evaluators import Evaluator, add_sequentially
+from lth_jax.training.optim import Recipe
+from lth_jax.training.steps import (NONFINITE, Batch, Objective, StatefulObjective, TrainState,
+                                    check_masks, make_train_steps)
+
+if TYPE_CHECKING:
+  from clu import metric_writers
+
+
+@dataclasses.dataclass
+class FitResult:
+  """What one fine-tuning run produced.
+
+  Attributes:
+    metric: the task's headline metric ('accuracy', 'miou', 'map50', ...).
+    best_val: its highest validation value.
+    best_epoch: the (1-based) epoch where it was first reached.
+    test: its test value after that epoch (the paper's number).
+    test_metrics: every test metric of that epoch (e.g. mAP@0.5 and mAP@[.5:.95]).
+    history: one dict per epoch: epoch, step, learning_rate, train_<metric>,
+      val_<metric> for every evaluator metric, and test_<metric> where validation
+      improved.
+    variables: final {'params', 'batch_stats'} (replicated jax arrays).
+    rewind_variables: {'params', 'batch_stats'} after `rewind_step` optimizer steps,
+      when asked for.
+  """
+  metric: str
+  best_val: float
+  best_epoch: int
+  test: float
+  test_metrics: dict[str, float]
+  history: list[dict[str, float]]
+  variables: dict[str, Any]
+  rewind_variables: dict[str, Any] | None
+
+
+def _fresh_meta() -> dict[str, Any]:
+  return {'epoch': 0, 'step': 0, 'history': [], 'best_val': None, 'best_epoch': 0,
+          'test_metrics': {}, 'train_sums': {}, 'has_rewind': False}
+
+
+def _upgrade(meta: dict[str, Any], metric: str) -> dict[str, Any]:
+  """The meta of a checkpoint written by lth_jax 0.1 (classification accuracy only)."""
+  if 'best_val_accuracy' in meta:
+    best, test = meta.pop('best_val_accuracy'), meta.pop('test_accuracy')
+    meta['best_val'] = None if best < 0 else best
+    meta['test_metrics'] = {} if test is None else {metric: test}
+  return meta
+
+
+def _save(manager: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any],
+          rewind: Any | None) -> None:
+  # Host copies: the state is replicated, so one copy is the whole checkpoint, and
+  # orbax then need not slice every replicated device array (several times slower).
+  items = {'state': ocp.args.StandardSave(jax.device_get(state)),
+           'meta': ocp.args.JsonSave(meta)}
+  if rewind is not None:
+    items['rewind'] = ocp.args.StandardSave(jax.device_get(rewind))
+  manager.save(meta['step'], args=ocp.args.Composite(**items), force=True)
+
+
+def _restore(manager: ocp.CheckpointManager, state: TrainState, mesh: Mesh,
+             metric: str) -> tuple[TrainState, dict[str, Any], Any | None]:
+  step = manager.latest_step()
+  meta = _upgrade(
+      manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'],
+      metric)
+  host_state = jax.device_get(state)
+  items = {'state': ocp.args.StandardRestore(host_state)}
+  if meta['has_rewind']:
+    items['rewind'] = ocp.args.StandardRestore(host_state.variables)
+  restored = sharding.replicate(dict(manager.restore(step, args=ocp.args.Composite(**items))),
+                                mesh)
+  return restored['state'], meta, restored.get('rewind')
+
+
+def _restore_final_state(checkpoint_dir: str, like: TrainState, mesh: Mesh,
+                         metric: str) -> TrainState:
+  """The last state a finished (or interrupted) `fit` saved in `checkpoint_dir`."""
+  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
+  try:
+    if manager.latest_step() is None:
+      raise ValueError(f'carry_from={checkpoint_dir!r} holds no checkpoint of a previous '
+                       'run; pass the checkpoint_dir of a run that has trained.')
+    return _restore(manager, like, mesh, metric)[0]
+  finally:
+    manager.close()
+
+
+def _copy(tree: Any) -> Any:
+  # A snapshot must not share buffers with a state that the next step donates.
+  return jax.tree.map(jnp.copy, tree)
+
+
+def _end_of_epoch_record(state: TrainState, meta: dict[str, Any], evaluator: Evaluator,
+                         metric: str) -> dict[str, float]:
+  """Validates (and tests, when validation improved), updating the best in `meta`."""
+  val = evaluator(state.variables, 'val')
+  if metric not in val:
+    raise ValueError(f'The evaluator returned {sorted(val)}, not the headline metric '
+                     f'{metric!r}.')
+  record = {f'val_{k}': v for k, v in val.items()}
+  if meta['best_val'] is None or val[metric] > meta['best_val']:
+    test = dict(evaluator(state.variables, 'test'))
+    record.update({f'test_{k}': v for k, v in test.items()})
+    meta.update(best_val=val[metric], best_epoch=meta['epoch'] + 1, test_metrics=test)
+  return record
+
+
+def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recipe: Recipe, *,
+        train_batches: Callable[[int, int], Iterable[Batch]], steps_per_epoch: int,
+        checkpoint_dir: str, evaluator: Evaluator, metric: str,
+        objective: Objective | StatefulObjective, mesh: Mesh | None = None,
+        is_head: Callable[[str], bool] | None = None,
+        writer: metric_writers.MetricWriter | None = None,
+        checkpoint_every_steps: int | None = None, rewind_step: int | None = None,
+        rng: jax.Array | None = None, carry_from: str | None = None) -> FitResult:
+  """Fine-tunes masked `variables` for `recipe.num_epochs` epochs, resumably.
+
+  Args:
+    model: the Flax model.
+    variables: initial {'params', 'batch_stats'} (pruned entries are zeroed here too).
+    masks: bool pytree parallel to params (all-True leaves are not pruned), or None
+      for dense training. Pass all-True masks rather than None for a dense round of
+      an IMP run, so that every round shares one compiled step.
+    recipe: the optimizer recipe, including num_epochs.
+    train_batches: (epoch, start_step) -> this host's training batches of that
+      (0-based) epoch from step `start_step` on; the same arguments must give the
+      same batches for resuming to be exact.
+    steps_per_epoch: batches `train_batches` yields per epoch.
+    checkpoint_dir: where the run's checkpoints live; an existing run there resumes.
+    evaluator: (variables, split) -> named metrics on 'val' or 'test'.
+    metric: the headline metric of `evaluator` that picks the best epoch (higher is
+      better).
+    objective: the training loss (an `Objective` or a `StatefulObjective`).
+    mesh: the device mesh; all devices by default.
+    is_head: top-level parameter name -> whether it is the head's (for
+      `Recipe.head_lr_scale`).
+    writer: optional clu metric writer for per-epoch scalars and steps/s.
+    checkpoint_every_steps: also checkpoint every this many steps within an epoch.
+    rewind_step: also return the variables after this many steps (0 gives the
+      initial, masked variables): the late-rewinding point.
+    rng: PRNG key of the objective's state (on-device augmentation, dropout); key(0)
+      if None.
+    carry_from: checkpoint_dir of an earlier run (the previous IMP round) whose final
+      optimizer state, and what the objective keeps of its state, this run starts
+      from instead of fresh ones (the reference's carry-over between rounds).
+
+  Returns:
+    The `FitResult`.
+
+  Raises:
+    DivergenceError: the loss, params or BatchNorm statistics became non-finite; it is
+      raised before the next checkpoint, so the last one saved is finite, and it names
+      the epoch, the step and its learning rate.
+  """
+  # clu imports tensorflow (seconds); workers that only need the steps skip it.
+  from clu import periodic_actions
+
+  if masks is not None:
+    check_masks(variables['params'], masks)
+  num_epochs = recipe.num_epochs
+  total_steps = num_epochs * steps_per_epoch
+  if rewind_step is not None and not 0 <= rewind_step <= total_steps:
+    raise ValueError(f'rewind_step must be in [0, {total_steps}] (the run\'s steps), '
+                     f'got {rewind_step}.')
+  steps = make_train_steps(model, recipe, steps_per_epoch, mesh, objective=objective,
+                           is_head=is_head)
+  mesh = steps.mesh
+  masks = None if masks is None else sharding.replicate(masks, mesh)
+  start = (sharding.replicate(variables['params'], mesh),
+           sharding.replicate(variables['batch_stats'], mesh), masks, rng)
+  state = steps.init(*start)
+
+  manager = ocp.CheckpointManager(
+      os.path.abspath(checkpoint_dir),
+      # Synchronous: saves are small host copies, and nothing is left in flight when
+      # fit returns or raises.
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False))
+  rewind = None
+  if manager.latest_step() is None:
+    meta = _fresh_meta()
+    if carry_from is not None:
+      state = steps.init(*start, carry=_restore_final_state(carry_from, state, mesh, metric))
+  else:
+    state, meta, rewind = _restore(manager, state, mesh, metric)
+    logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
+                 meta['step'])
+    if rewind is None and rewind_step is not None and rewind_step < meta['step']:
+      raise ValueError(f'{checkpoint_dir} holds a run without rewind_step={rewind_step} '
+                       f'that is past that step; use a new checkpoint_dir.')
+  if rewind_step == 0 and rewind is None:
+    rewind = _copy(state.variables)
+
+  step = meta['step']
+  report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                                    writer=writer)
+
+  def absorb(pending: list[dict[str, jax.Array]], epoch: int) -> None:
+    # The metrics of the steps since the last absorb, before anything is saved.
+    metrics = jax.device_get(pending)
+    for i, item in enumerate(metrics):
+      if item.pop(NONFINITE):
+        bad = step - len(metrics) + i + 1
+        raise DivergenceError(checkpoint_dir, epoch=epoch + 1, step=bad,
+                              learning_rate=float(steps.schedule(bad - 1)))
+    add_sequentially(meta['train_sums'], metrics)
+    pending.clear()
+
+  for epoch in range(meta['epoch'], num_epochs):
+    start = step - epoch * steps_per_epoch
+    batches = iter(train_batches(epoch, start))
+    pending = []
+    for i in range(start, steps_per_epoch):
+      batch = next(batches, None)
+      if batch is None:
+        raise ValueError(f'train_batches({epoch}, {start}) yielded {i - start} batches; '
+                         f'steps_per_epoch={steps_per_epoch} needs {steps_per_epoch - start}.')
+      state, metrics = steps.train(state, masks, sharding.shard_batch(batch, mesh))
+      pending.append(metrics)
+      step += 1
+      if step == rewind_step:
+        rewind = _copy(state.variables)
+      report_progress(step)
+      if checkpoint_every_steps and step % checkpoint_every_steps == 0 and (
+          i + 1 < steps_per_epoch):
+        absorb(pending, epoch)
+        meta.update(step=step, has_rewind=rewind is not None)
+        _save(manager, state, meta, rewind)
+    absorb(pending, epoch)
+
+    record = {'epoch': epoch + 1, 'step': step,
+              'learning_rate': float(steps.schedule(step - 1)),
+              **{f'train_{k}': v / steps_per_epoch for k, v in meta['train_sums'].items()}}
+    with report_progress.timed('eval'):
+      record.update(_end_of_epoch_record(state, meta, evaluator, metric))
+    meta['history'].append(record)
+    meta.update(epoch=epoch + 1, step=step, train_sums={}, has_rewind=rewind is not None)
+    _save(manager, state, meta, rewind)
+    logging.info('Epoch %d/%d: %s', epoch + 1, num_epochs, record)
+    if writer is not None:
+      writer.write_scalars(step, {k: v for k, v in record.items() if k not in ('epoch', 'step')})
+      writer.flush()
+  manager.wait_until_finished()
+  manager.close()
+  return FitResult(metric=metric, best_val=meta['best_val'], best_epoch=meta['best_epoch'],
+                   test=meta['test_metrics'][metric], test_metrics=meta['test_metrics'],
+                   history=meta['history'], variables=state.variables,
+                   rewind_variables=rewind)

@@ -1,0 +1,187 @@
+"""The registered parts: a pruning criterion (SNIP), an objective (a BYOL double), a task.
+
+Each addition is one function or module plus one registry call; these tests add them
+the way a contributor would and run them through the experiment layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lth_jax import data, experiments, masks, objectives, pruning, tasks, training
+from lth_jax.data import registry
+from lth_jax.experiments import config as config_lib
+from lth_jax.experiments import upstream, wiring
+from lth_jax.lottery import imp, results
+from lth_jax.objectives import contrastive
+from lth_jax.runtime import workdir as workdir_lib
+from lth_jax.tasks.classification import Classification, evaluate
+
+
+def tiny(**overrides):
+  c = config_lib.load_config('demo:tiny')
+  c.num_devices = 1
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+@pytest.fixture
+def registered():
+  """register(registry, name, part): a part that is unregistered when the test ends."""
+  added = []
+
+  def register(registry, name, part):
+    added.append((registry, name))
+    return registry.register(name, part)
+
+  yield register
+  for registry, name in added:
+    registry.unregister(name)
+
+
+class RecordingFinetunes:
+  """Stands in for `wiring.make_finetune`: records its arguments, trains nothing."""
+
+  def __init__(self):
+    self.made = []
+
+  def __call__(self, config, model, *args, **kwargs):
+    self.made.append({'model': model, **kwargs})
+
+    def finetune(variables, m, *, seed, checkpoint_dir, rewind_step=None):
+      del m, checkpoint_dir, rewind_step
+      value = 0.5 + 0.01 * seed
+      return training.FitResult(metric='accuracy', best_val=value, best_epoch=1, test=value,
+                                test_metrics={'accuracy': value}, history=[],
+                                variables=jax.device_get(dict(variables)),
+                                rewind_variables=None)
+    return finetune
+
+
+# ----------------------------------------------------------------------------- criterion
+
+def test_snip_scores_weight_times_gradient_at_the_rewind_point():
+  rng = np.random.default_rng(0)
+  params = {'layer1_0': {'conv1': {'kernel': rng.normal(size=(3, 3, 4, 4)).astype(np.float32)},
+                         'conv2': {'kernel': rng.normal(size=(3, 3, 4, 4)).astype(np.float32)}}}
+  grads = jax.tree.map(lambda w: rng.normal(size=w.shape).astype(np.float32), params)
+  m = masks.init(params)
+  inputs = pruning.ScoreInputs(masks=m, rewind=params, gradient=lambda p: grads)
+  got = pruning.prune('snip', inputs, 0.3)
+  saliency = np.concatenate([np.abs(w * g).ravel() for w, g in zip(
+      jax.tree.leaves(params), jax.tree.leaves(grads))])
+  pruned = np.argsort(saliency, kind='stable')[:round(0.3 * saliency.size)]
+  want = np.ones(saliency.size, bool)
+  want[pruned] = False
+  np.testing.assert_array_equal(
+      np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(got)]), want)
+  with pytest.raises(ValueError, match='needs the training loss'):
+    pruning.prune('snip', pruning.ScoreInputs(masks=m, rewind=params), 0.3)
+
+
+def test_snip_runs_from_the_command_line_config(monkeypatch, tmp_path):
+  recorder = RecordingFinetunes()
+  monkeypatch.setattr(wiring, 'make_finetune', recorder)
+  config = tiny(**{'imp.pruning': 'snip', 'imp.random_baseline': False, 'imp.num_rounds': 2})
+  experiments.run(config, str(tmp_path))
+  # Round 1's mask is SNIP of θ_p (seed 0) under round 0's mask, on the task's loss.
+  task, info = wiring.task_and_data(config, 'digits')
+  model = wiring.build_model(config, task, info)
+  theta = wiring.theta_p(config, model, 8, str(tmp_path), wiring.mesh_for(config))(0)
+  gradient = wiring.loss_gradient(config, model, task, info, wiring.mesh_for(config),
+                                  theta['batch_stats'])
+  want = pruning.prune('snip', pruning.ScoreInputs(
+      masks=masks.init(theta['params']), rewind=theta['params'], gradient=gradient), 0.2)
+  got = imp.load_round_mask(str(tmp_path / 'snip'), 1)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+  magnitude = pruning.global_magnitude(theta['params'], masks.init(theta['params']), 0.2)
+  assert masks.overlap(got, magnitude)['total']['iou'] < 0.95
+
+
+# ----------------------------------------------------------------------------- objective
+
+@dataclasses.dataclass(frozen=True)
+class ByolDouble(contrastive.SimCLR):
+  """A stand-in for BYOL's loss (an online/target pair would be its state)."""
+
+
+def test_an_objective_is_one_spec(monkeypatch, registered, tmp_path):
+  byol = objectives.ObjectiveSpec(
+      'byol', head='mlp', checkpoint_source='torchvision', evaluator='knn', views='simclr',
+      build=lambda s: ByolDouble(temperature=s.temperature, views=s.views, mean=s.mean,
+                                 std=s.std))
+  registered(objectives.OBJECTIVES, 'byol', byol)
+  recorder = RecordingFinetunes()
+  monkeypatch.setattr(wiring, 'make_finetune', recorder)
+  config = config_lib.load_config('simclr_imp:demo')
+  config.update_from_flattened_dict({
+      'upstream.objective': 'byol', 'data.dataset': 'digits', 'pretrain.dataset': 'digits',
+      'model.width_multiplier': 0.125, 'imp.num_rounds': 1, 'num_devices': 1,
+      'data.batch_size': 64, 'data.eval_batch_size': 64})
+  out = experiments.run(config, str(tmp_path))
+  assert [r['round'] for r in out['records']] == [0]
+  made = recorder.made[-1]
+  assert isinstance(made['objective'], ByolDouble) and made['train_batches'] is not None
+  assert set(made['model'].init(jax.random.key(0), np.zeros((1, 8, 8, 1)))['params']) >= {
+      'fc_0', 'fc_2'}
+  assert os.path.isdir(tmp_path / 'byol' / 'round_01' / 'mask')
+
+
+# ---------------------------------------------------------------------------------- task
+
+class BalancedClassification(Classification):
+  """A toy task: classification judged by balanced accuracy (the mean per-class recall)."""
+  name = 'balanced'
+  metric = results.Metric('balanced_accuracy', 'balanced accuracy', 'balanced_accuracy')
+
+  def evaluator(self, model, dataset, *, batch_size, data_dir, mesh):
+    def evaluate_balanced(variables, split):
+      batches = list(data.eval_batches(dataset, split, batch_size=batch_size))
+      recalls = []
+      for c in range(dataset.num_classes):
+        only = [dict(b, mask=b['mask'] * (b['label'] == c)) for b in batches]
+        recalls.append(evaluate(model, variables, only, mesh)['accuracy'])
+      return {'balanced_accuracy': float(np.mean(recalls))}
+    return evaluate_balanced
+
+
+def test_a_task_with_another_headline_metric_runs_imp_end_to_end(monkeypatch, registered,
+                                                                 tmp_path):
+  registered(tasks.TASKS, 'balanced', BalancedClassification())
+  monkeypatch.setitem(registry.DATASETS, 'digits_balanced', dataclasses.replace(
+      data.get_info('digits'), name='digits_balanced', task='balanced',
+      derived_from='digits', classes=tuple(range(10))))
+  config = tiny(**{'data.dataset': 'digits_balanced', 'imp.num_rounds': 2, 'dense_seeds': 2})
+  out = experiments.run(config, str(tmp_path))
+  curves = out['curves']
+  assert set(curves) == {'magnitude', 'random'}
+  for record in curves['magnitude']:
+    assert 0 < record['test_balanced_accuracy'] <= 1 and 'test_accuracy' not in record
+  header = open(tmp_path / 'results.csv').readline().strip().split(',')
+  assert {'test_balanced_accuracy', 'test_balanced_accuracy_std', 'matching'} <= set(header)
+  assert os.path.getsize(tmp_path / 'balanced_accuracy_vs_sparsity.png') > 10_000
+  dense = [r['test_balanced_accuracy'] for r in curves['magnitude'][0]['runs']]
+  want = results.extreme_sparsity(curves['magnitude'], dense, 'test_balanced_accuracy')
+  assert out['extreme_sparsity']['magnitude'] == want
+  report = open(tmp_path / 'analysis' / 'report.md').read()
+  assert 'test balanced_accuracy %' in report
+
+
+# ------------------------------------------------------------------ experiment records
+
+def test_experiment_json_records_only_what_the_mode_reads(monkeypatch, tmp_path):
+  monkeypatch.setattr(wiring, 'make_finetune', RecordingFinetunes())
+  experiments.run(tiny(**{'imp.num_rounds': 1, 'imp.random_baseline': False}),
+                  str(tmp_path / 'imp'))
+  recorded = json.load(open(tmp_path / 'imp' / workdir_lib.EXPERIMENT_FILE))
+  assert set(recorded) == set(config_lib.COMMON_FIELDS)
+  assert not {'transfer', 'upstream', 'paper'} & set(recorded)
+  # A config that differs only in another mode's section is the same experiment.
+  assert experiments.run(tiny(**{'imp.num_rounds': 1, 'imp.random_baseline': False,
+                                 'transfer.datasets': 'mnist5k'}), str(tmp_path / 'imp'))
