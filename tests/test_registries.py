@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from lth_jax import data, experiments, masks, objectives, pruning, tasks, training
-from lth_jax.data import registry
+from lth_jax.data import registry as dataset_registry
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import upstream, wiring
+from lth_jax.experiments import wiring
 from lth_jax.lottery import imp, results
 from lth_jax.objectives import contrastive
 from lth_jax.runtime import workdir as workdir_lib
@@ -36,13 +36,13 @@ def registered():
   """register(registry, name, part): a part that is unregistered when the test ends."""
   added = []
 
-  def register(registry, name, part):
-    added.append((registry, name))
-    return registry.register(name, part)
+  def register(parts, name, part):
+    added.append((parts, name))
+    return parts.register(name, part)
 
   yield register
-  for registry, name in added:
-    registry.unregister(name)
+  for parts, name in added:
+    parts.unregister(name)
 
 
 class RecordingFinetunes:
@@ -154,7 +154,7 @@ class BalancedClassification(Classification):
 def test_a_task_with_another_headline_metric_runs_imp_end_to_end(monkeypatch, registered,
                                                                  tmp_path):
   registered(tasks.TASKS, 'balanced', BalancedClassification())
-  monkeypatch.setitem(registry.DATASETS, 'digits_balanced', dataclasses.replace(
+  monkeypatch.setitem(dataset_registry.DATASETS, 'digits_balanced', dataclasses.replace(
       data.get_info('digits'), name='digits_balanced', task='balanced',
       derived_from='digits', classes=tuple(range(10))))
   config = tiny(**{'data.dataset': 'digits_balanced', 'imp.num_rounds': 2, 'dense_seeds': 2})
