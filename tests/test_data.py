@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import pathlib
@@ -180,21 +181,25 @@ def test_image_size_resizes_for_train_and_eval():
 
 def test_hosts_get_disjoint_slices_and_the_same_number_of_batches():
   info = data.get_info('digits')
-  val = [list(pipeline._eval_dataset(info, 'val', batch_size=48, data_dir=None,
-                                     normalize=False, image_size=None,
-                                     host=(i, 3)).as_numpy_iterator()) for i in range(3)]
+  plain = functools.partial(pipeline._preprocess, info=info, train=False, normalize=False,
+                            image_size=None)
+  val = [list(pipeline.split_batches(info, 'val', pipeline._examples, plain, batch_size=48,
+                                     data_dir=None, host=(i, 3))) for i in range(3)]
   assert [len(v) for v in val] == [4, 4, 4]  # 176 = 59 + 59 + 58 -> ceil(59 / 16)
   assert [_stack(v, 'mask').sum() for v in val] == [59, 59, 58]
   real = np.concatenate([_stack(v)[_stack(v, 'mask') == 1] for v in val])
   images = offline.split_arrays('digits', 'val')[0]
   assert sorted(_rows(np.round(real * 16).astype(np.uint8))) == sorted(_rows(images))
-  train = [list(pipeline._train_dataset(
-      info, batch_size=64, epoch=0, seed=0, data_dir=None, augment=False,
-      normalize=False, image_size=None, start_step=0, host=(i, 2)).as_numpy_iterator())
-           for i in range(2)]
-  assert [len(t) for t in train] == [19, 19] and train[0][0]['image'].shape[0] == 32
-  seen = [set(_rows(np.round(_stack(t) * 16).astype(np.uint8))) for t in train]
+  train = {count: [list(pipeline.epoch_batches(
+      info, pipeline._examples, plain, batch_size=64, epoch=0, seed=0, data_dir=None,
+      host=(i, count))) for i in range(count)] for count in (1, 2)}
+  assert [len(t) for t in train[2]] == [19, 19] and train[2][0][0]['image'].shape[0] == 32
+  seen = [set(_rows(np.round(_stack(t) * 16).astype(np.uint8))) for t in train[2]]
   assert not seen[0] & seen[1]
+  # The global batches are the same on one host or two (process 0 holds the first half).
+  for one, first, second in zip(train[1][0], *train[2]):
+    np.testing.assert_array_equal(one['image'], np.concatenate([first['image'],
+                                                                second['image']]))
 
 
 def test_bad_arguments_name_the_problem():

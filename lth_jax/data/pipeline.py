@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -96,11 +96,11 @@ def train_batches(name: str | DatasetInfo, *, batch_size: int, epoch: int, seed:
     `steps_per_epoch(name, batch_size) - start_step` batches (fewer only if the data on
     disk has fewer examples than the registry states, as under tfds mock data).
   """
-  ds = _train_dataset(
-      get_info(name), batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
-      augment=augment, normalize=normalize, image_size=image_size,
-      start_step=start_step, host=(jax.process_index(), jax.process_count()))
-  return ds.as_numpy_iterator()
+  info = get_info(name)
+  preprocess = functools.partial(
+      _preprocess, info=info, train=augment, normalize=normalize, image_size=image_size)
+  return epoch_batches(info, _examples, preprocess, batch_size=batch_size, epoch=epoch,
+                       seed=seed, data_dir=data_dir, start_step=start_step)
 
 
 def eval_batches(name: str | DatasetInfo, split: str, *, batch_size: int, data_dir: str | None = None,
@@ -122,11 +122,11 @@ def eval_batches(name: str | DatasetInfo, split: str, *, batch_size: int, data_d
     'mask': float32 [B/P]} (mask 1.0 for real examples, 0.0 for padding); every host
     yields the same number of batches.
   """
-  ds = _eval_dataset(
-      get_info(name), split, batch_size=batch_size, data_dir=data_dir,
-      normalize=normalize, image_size=image_size,
-      host=(jax.process_index(), jax.process_count()))
-  return ds.as_numpy_iterator()
+  info = get_info(name)
+  preprocess = functools.partial(
+      _preprocess, info=info, train=False, normalize=normalize, image_size=image_size)
+  return split_batches(info, split, _examples, preprocess, batch_size=batch_size,
+                       data_dir=data_dir)
 
 
 def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> None:
@@ -144,10 +144,38 @@ def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> Non
     _examples(info, split, data_dir, (0, 1))
 
 
-def _train_dataset(info: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
-                   data_dir: str | None, augment: bool, normalize: bool,
-                   image_size: int | None, start_step: int, host: Host
-                   ) -> tf.data.Dataset:
+# examples(info, split, data_dir, host, file_seed=None) -> this host's examples of a split
+# (all of it for host (0, 1)), in stored order; a file_seed shuffles the files.
+Examples = Callable[..., tf.data.Dataset]
+# preprocess(example, seed) -> the batch element (seed None: evaluation, no augmentation).
+Preprocess = Callable[..., dict[str, tf.Tensor]]
+
+
+def epoch_batches(info: DatasetInfo, examples: Examples, preprocess: Preprocess, *,
+                  batch_size: int, epoch: int, seed: int, data_dir: str | None,
+                  start_step: int = 0, host: Host | None = None) -> Iterator[Batch]:
+  """One epoch of this host's training batches of any task's examples.
+
+  The shuffle, the resume point, the hosts' parts of each global batch and the
+  per-example stateless seeds are the same for every task (see the module docstring);
+  `examples` and `preprocess` are what a task reads and how it augments.
+
+  Args:
+    info: the dataset.
+    examples: its source (see `Examples`).
+    preprocess: (example, seed) -> the element of a batch.
+    batch_size: global batch size; must be divisible by jax.process_count().
+    epoch: epoch number; with `seed` it fixes order and augmentation.
+    seed: non-negative run seed.
+    data_dir: where the data is.
+    start_step: number of batches of this epoch to skip (resuming a killed run).
+    host: (process index, process count); this process by default.
+
+  Returns:
+    Iterator over batches of `preprocess`'s elements, `steps_per_epoch - start_step` of
+    them.
+  """
+  host = host or (jax.process_index(), jax.process_count())
   per_host = _per_host_batch(batch_size, host)
   steps = steps_per_epoch(info, batch_size)
   if not 0 <= start_step <= steps:
@@ -162,10 +190,8 @@ def _train_dataset(info: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
   file_seed, shuffle_seed, augment_seed = (
       int(s) for s in np.random.SeedSequence([seed, epoch, 0 if whole else index])
       .generate_state(3))
-  preprocess = functools.partial(
-      _preprocess, info=info, train=augment, normalize=normalize, image_size=image_size)
   if whole:
-    ds = _examples(info, 'train', data_dir, (0, 1), file_seed=file_seed)
+    ds = examples(info, 'train', data_dir, (0, 1), file_seed=file_seed)
     ds = ds.shuffle(info.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
     ds = ds.take(steps * batch_size).enumerate().skip(start_step * batch_size)
     if count > 1:
@@ -173,35 +199,48 @@ def _train_dataset(info: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
   else:
     # Every host holds at least steps * per_host examples (steps * B <= N), so all
     # hosts yield the same number of batches.
-    ds = _examples(info, 'train', data_dir, host, file_seed=file_seed)
+    ds = examples(info, 'train', data_dir, host, file_seed=file_seed)
     ds = ds.shuffle(info.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
     ds = ds.take(steps * per_host).enumerate().skip(start_step * per_host)
   ds = ds.map(
       lambda i, ex: preprocess(ex, seed=tf.stack([tf.constant(augment_seed, tf.int64), i])),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(per_host, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.batch(per_host, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def _eval_dataset(info: DatasetInfo, split: str, *, batch_size: int,
-                  data_dir: str | None, normalize: bool, image_size: int | None,
-                  host: Host) -> tf.data.Dataset:
+def split_batches(info: DatasetInfo, split: str, examples: Examples, preprocess: Preprocess,
+                  *, batch_size: int, data_dir: str | None,
+                  host: Host | None = None) -> Iterator[Batch]:
+  """Every example of a split exactly once, in padded batches, for this host.
+
+  Args:
+    info: the dataset.
+    split: 'train', 'val' or 'test'.
+    examples: its source (see `Examples`).
+    preprocess: (example, seed=None) -> the element of a batch.
+    batch_size: global batch size; must be divisible by jax.process_count().
+    data_dir: where the data is.
+    host: (process index, process count); this process by default.
+
+  Returns:
+    Iterator over batches of `preprocess`'s elements plus 'mask' (1.0 real, 0.0 the
+    padding of the last batches); every host yields the same number of batches.
+  """
   if split not in SPLITS:
     raise ValueError(f'split={split!r}: choose one of {SPLITS}.')
+  host = host or (jax.process_index(), jax.process_count())
   per_host = _per_host_batch(batch_size, host)
-  ds = _examples(info, split, data_dir, host)
+  ds = examples(info, split, data_dir, host)
   local = _cardinality(ds)
   # Host slices differ by at most one example; all hosts pad to the largest one.
-  largest_slice = -(-_cardinality(_examples(info, split, data_dir, (0, 1))) // host[1])
+  largest_slice = -(-_cardinality(examples(info, split, data_dir, (0, 1))) // host[1])
   num_batches = -(-largest_slice // per_host)
-  preprocess = functools.partial(
-      _preprocess, info=info, train=False, normalize=normalize, image_size=image_size,
-      seed=None)
-  ds = ds.map(lambda ex: {**preprocess(ex), 'mask': tf.constant(1.0)},
+  ds = ds.map(lambda ex: {**preprocess(ex, seed=None), 'mask': tf.constant(1.0)},
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   padding = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
   ds = ds.concatenate(
       tf.data.Dataset.from_tensors(padding).repeat(num_batches * per_host - local))
-  return ds.batch(per_host).prefetch(tf.data.AUTOTUNE)
+  return ds.batch(per_host).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def _per_host_batch(batch_size: int, host: Host) -> int:
