@@ -101,7 +101,11 @@ def test_bad_paper_config_is_refused(tmp_path, field, value, message):
 def test_paper_config_matches_its_docstring():
   config = defaults.load_config('paper_offline')
   assert config.paper.pretrainings.split(',') == ['supervised', 'simclr', 'moco']
-  assert config.paper.tasks.split(',') == ['mnist5k', 'digits']
+  assert config.paper.tasks.split(',') == ['animal_mnist_b_few']
+  assert config.pretrain.dataset == 'animal_mnist_a'
+  assert data.get_info('animal_mnist_b_few').split_sizes['train'] == 5 * 20
+  # The upstream recipe keeps its own batch size; transfer uses the config's.
+  assert paper.upstream_config(config, 'moco').data.batch_size == 128 != config.data.batch_size
   assert config.num_seeds == 3 and config.imp.num_rounds == 8
   assert 1 - 0.8 ** config.imp.num_rounds == pytest.approx(0.832, abs=1e-3)
 

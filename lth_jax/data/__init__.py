@@ -27,6 +27,13 @@ Datasets (splits: train / val / test):
                      284 exact duplicates); pad-2 random crop + h-flip
   mnist5k            offline, 3,500 / 500 / 1,000, 28x28x1; pad-2 random crop
   digits             offline, 1,266 / 176 / 355, 8x8x1 (scikit-learn); pad-1 random crop
+  animal_mnist_a, animal_mnist_b_few  offline, Animal-MNIST's classes 0-4 / few images
+                     of classes 5-9 (the paper in miniature's upstream and downstream)
+Segmentation (`segmentation.train_batches` / `eval_batches`, labels per pixel, 255 ignored):
+  digit_canvas_seg   generated from MNIST-5k, 2,000 / 300 / 500 canvases of 56x56x1, 11
+                     classes (background, digits); random scale 0.75-1.25, pad, crop
+  voc2012_seg        a VOCdevkit folder (data_dir), 1,318 / 146 / 1,449 (VOC val is
+                     'test'), 21 classes; random scale 0.5-2, 513 crop, h-flip
 
 tfds sets are read from `data_dir` and never downloaded (a missing one raises
 FileNotFoundError saying how to prepare it); offline sets ship in lth_jax/data/offline
@@ -36,12 +43,30 @@ tensorflow and hides GPUs from it.
 Modules: `registry` (what each dataset is), `pipeline` (tf.data training and exact
 evaluation), `transforms` (per-example tf.data transforms with stateless seeds),
 `offline` (the shipped arrays and the sets derived from them), `canvases` (digit
-canvases for offline segmentation and detection). Imports only tensorflow,
+canvases for offline segmentation and detection), `voc` (Pascal VOC files),
+`segmentation` (joint image + label pipelines). Imports only tensorflow,
 tensorflow-datasets, numpy and `lth_jax.errors`.
 """
 
-from lth_jax.data.pipeline import check_available, eval_batches, steps_per_epoch, train_batches
+from lth_jax.data import pipeline, segmentation
+from lth_jax.data.pipeline import eval_batches, steps_per_epoch, train_batches
 from lth_jax.data.registry import DATASETS, SPLITS, DatasetInfo, get_info
+
+
+def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> None:
+  """Raises unless every split of a dataset can be read (nothing is read yet).
+
+  Args:
+    name: dataset name, or its `DatasetInfo`.
+    data_dir: where the data is (tfds data_dir; the folder holding VOCdevkit).
+
+  Raises:
+    DatasetNotFoundError: the dataset is not there; the message says how to get it.
+  """
+  info = get_info(name)
+  reader = {'segmentation': segmentation}.get(info.task, pipeline)
+  reader.check_available(info, data_dir)
+
 
 __all__ = [
     'DATASETS', 'SPLITS', 'DatasetInfo', 'check_available', 'eval_batches', 'get_info',

@@ -30,8 +30,15 @@ from collections.abc import Mapping
 #   'none'       the reference trains SVHN and Fashion-MNIST without augmentation
 #   'inception'  random-resized crop (area 8-100%, aspect 3/4-4/3) + h-flip; eval resizes
 #                the short side to 256/224 of the output size and centre-crops
-AUGMENTATIONS = ('crop_flip', 'crop', 'none', 'inception')
-SOURCES = ('tfds', 'offline')
+#   'scale_crop_flip'  segmentation (image and labels jointly, `lth_jax.data.segmentation`):
+#                random scale in `scale_range`, pad to the crop (labels 255), random
+#                crop of `image_shape`, random h-flip
+#   'scale_crop'  the same without the flip (digit canvases)
+AUGMENTATIONS = ('crop_flip', 'crop', 'none', 'inception', 'scale_crop_flip', 'scale_crop')
+# 'tfds': tensorflow-datasets; 'offline': arrays shipped in lth_jax/data/offline;
+# 'canvases': digit canvases generated from the shipped MNIST-5k (`lth_jax.data.canvases`);
+# 'voc': a VOCdevkit folder on disk (`lth_jax.data.voc`).
+SOURCES = ('tfds', 'offline', 'canvases', 'voc')
 SPLITS = ('train', 'val', 'test')
 
 
@@ -62,6 +69,8 @@ class DatasetInfo:
     classes: the `derived_from` labels kept, in order (relabelled 0, 1, ...).
     train_per_class: keep only the first this many train images of each class (0: all),
       a small downstream training set.
+    scale_range: (low, high) of the random rescaling of segmentation training images.
+    ignore_label: the label of pixels no loss or metric counts (segmentation).
   """
   name: str
   source: str
@@ -80,6 +89,8 @@ class DatasetInfo:
   derived_from: str = ''
   classes: tuple[int, ...] = ()
   train_per_class: int = 0
+  scale_range: tuple[float, float] = (1.0, 1.0)
+  ignore_label: int = 255
 
   def __post_init__(self):
     assert self.source in SOURCES and self.augmentation in AUGMENTATIONS
@@ -133,9 +144,9 @@ _DATASETS = (
         derived_from='animal_mnist', classes=(0, 1, 2, 3, 4)),
     DatasetInfo(
         name='animal_mnist_b_few', source='offline', num_classes=5, image_shape=(28, 28, 1),
-        split_sizes={'train': 200, 'val': 497, 'test': 996},
-        mean=(0.2652,), std=(0.3909,), augmentation='crop_flip', crop_padding=2,
-        derived_from='animal_mnist', classes=(5, 6, 7, 8, 9), train_per_class=40),
+        split_sizes={'train': 100, 'val': 497, 'test': 996},
+        mean=(0.2667,), std=(0.3924,), augmentation='crop_flip', crop_padding=2,
+        derived_from='animal_mnist', classes=(5, 6, 7, 8, 9), train_per_class=20),
     DatasetInfo(
         name='mnist5k', source='offline', num_classes=10, image_shape=(28, 28, 1),
         split_sizes={'train': 3500, 'val': 500, 'test': 1000},
@@ -145,6 +156,20 @@ _DATASETS = (
         split_sizes={'train': 1266, 'val': 176, 'test': 355},
         mean=(0.3055,), std=(0.3760,), augmentation='crop', crop_padding=1,
         pixel_max=16),
+    # Segmentation. Digit canvases: 1-3 MNIST-5k digits of 9-30 px on 56 x 56, labels
+    # background 0 / digit + 1 / 255 on the anti-aliased edges (`lth_jax.data.canvases`).
+    DatasetInfo(
+        name='digit_canvas_seg', source='canvases', task='segmentation', num_classes=11,
+        image_shape=(56, 56, 1), split_sizes={'train': 2000, 'val': 300, 'test': 500},
+        mean=(0.0593,), std=(0.2032,), augmentation='scale_crop', scale_range=(0.75, 1.25)),
+    # Pascal VOC 2012 segmentation (the reference's recipe): VOC's 1,464 train images less
+    # the last 146 held out as 'val'; 'test' is VOC's val (1,449). 513 crops (training)
+    # and 513 x 513 padding (evaluation: VOC images are at most 500 px).
+    DatasetInfo(
+        name='voc2012_seg', source='voc', task='segmentation', num_classes=21,
+        image_shape=(513, 513, 3), split_sizes={'train': 1318, 'val': 146, 'test': 1449},
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        augmentation='scale_crop_flip', scale_range=(0.5, 2.0)),
 )
 DATASETS: Mapping[str, DatasetInfo] = {info.name: info for info in _DATASETS}
 

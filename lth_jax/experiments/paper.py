@@ -77,15 +77,16 @@ def upstream_config(config: ml_collections.ConfigDict,
     objective: an objective with a recipe in configs/<objective>_imp.py.
 
   Returns:
-    The objective's `:demo` upstream config with this config's dataset, model, seed,
-    rounds and epochs.
+    The objective's `:demo` upstream config (its batch size) with this config's dataset,
+    model, seed, rounds and epochs.
   """
   sub = config_lib.load_config(f'{objective}_imp:demo')
   sub.seed = config.seed
   sub.model = config.model
   sub.pretrain.dataset = sub.data.dataset = config.pretrain.dataset
-  sub.data.update(data_dir=config.data.data_dir, batch_size=config.data.batch_size,
-                  eval_batch_size=config.data.eval_batch_size)
+  # The upstream batch size is the recipe's: a small downstream task's batch would
+  # starve the contrastive objectives of negatives.
+  sub.data.update(data_dir=config.data.data_dir, eval_batch_size=config.data.eval_batch_size)
   sub.pretrain.optim.num_epochs = config.pretrain.optim.num_epochs
   sub.optim.num_epochs = config.paper.upstream_epochs
   sub.imp.update(num_rounds=config.imp.num_rounds, fraction=config.imp.fraction,

@@ -33,6 +33,7 @@ import optax
 from lth_jax import masks as masks_lib
 from lth_jax.objectives import views as view_lib
 from lth_jax.training.evaluators import l2_normalize
+from lth_jax.training.steps import next_keys
 
 Extra = dict[str, Any]
 Output = tuple[jax.Array, tuple[Any, Extra, dict[str, jax.Array]]]
@@ -160,12 +161,6 @@ def momentum_update(target: Any, online: Any, momentum: float) -> Any:
 # Stateful objectives for lth_jax.training.
 # ----------------------------------------------------------------------------------
 
-def _next_keys(extra: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
-  """This step's key and the state's next key (a chain, so resuming is exact)."""
-  key, following = jax.random.split(jax.random.wrap_key_data(extra['rng']))
-  return key, jax.random.key_data(following)
-
-
 def _prepare(images: jax.Array, mean: tuple[float, ...] | None,
              std: tuple[float, ...] | None) -> jax.Array:
   return images if mean is None else view_lib.normalize(images, mean, std)
@@ -229,7 +224,7 @@ class SimCLR:
   def __call__(self, model: nn.Module, params: Any, batch_stats: Any,
                batch: Mapping[str, jax.Array], extra: Extra) -> Output:
     """NT-Xent of one batch of raw [0, 1] images {'image'}; see `train.StatefulObjective`."""
-    key, following = _next_keys(extra)
+    key, following = next_keys(extra)
     first, second = view_lib.two_views(key, batch['image'], self.views)
     z, batch_stats = _forward(model, params, batch_stats,
                               _prepare(jnp.concatenate([first, second]), self.mean, self.std))
@@ -313,7 +308,7 @@ class MoCo:
   def __call__(self, model: nn.Module, params: Any, batch_stats: Any,
                batch: Mapping[str, jax.Array], extra: Extra) -> Output:
     """InfoNCE of one batch of raw [0, 1] images {'image'}; see `train.StatefulObjective`."""
-    key, following = _next_keys(extra)
+    key, following = next_keys(extra)
     query_views, key_views = view_lib.two_views(key, batch['image'], self.views)
     q, batch_stats = _forward(model, params, batch_stats,
                               _prepare(query_views, self.mean, self.std))

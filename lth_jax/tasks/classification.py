@@ -94,6 +94,3 @@ class Classification(Task):
                     seed: int, data_dir: str | None, start_step: int) -> Iterator[Batch]:
     return data.train_batches(dataset, batch_size=batch_size, epoch=epoch, seed=seed,
                               data_dir=data_dir, start_step=start_step)
-
-  def steps_per_epoch(self, dataset: data.DatasetInfo, batch_size: int) -> int:
-    return data.steps_per_epoch(dataset, batch_size)

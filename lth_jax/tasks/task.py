@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from lth_jax import data
 from lth_jax.data import DatasetInfo
 from lth_jax.lottery.results import Metric
 from lth_jax.models import is_head
@@ -81,9 +82,9 @@ class Task(abc.ABC):
                     data_dir: str | None, start_step: int) -> Iterator[Batch]:
     """One epoch of this host's augmented training batches (see `lth_jax.data`)."""
 
-  @abc.abstractmethod
   def steps_per_epoch(self, dataset: DatasetInfo, batch_size: int) -> int:
-    """Batches per training epoch at a global batch size."""
+    """Batches per training epoch at a global batch size (full batches of train)."""
+    return data.steps_per_epoch(dataset, batch_size)
 
   def image_size(self, dataset: DatasetInfo) -> int:
     """The side of the images the model sees (for initialising its variables)."""

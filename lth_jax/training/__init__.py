@@ -15,7 +15,8 @@ comes in as batch iterators, losses as objectives and metrics as evaluators. May
 from lth_jax.training.evaluators import Evaluator
 from lth_jax.training.loop import FitResult, fit
 from lth_jax.training.optim import Recipe, compute_dtype
-from lth_jax.training.steps import Objective, StatefulObjective, TrainState, make_train_steps
+from lth_jax.training.steps import (Objective, StatefulObjective, TrainState, make_train_steps,
+                                    next_keys)
 
 __all__ = ['Evaluator', 'FitResult', 'Objective', 'Recipe', 'StatefulObjective', 'TrainState',
-           'compute_dtype', 'fit', 'make_train_steps']
+           'compute_dtype', 'fit', 'make_train_steps', 'next_keys']

@@ -119,6 +119,22 @@ def _as_stateful(objective: Objective | StatefulObjective) -> StatefulObjective:
   return objective if hasattr(objective, 'init_extra') else _Stateless(objective)
 
 
+def next_keys(extra: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+  """A stateful objective's key for this step and the next state key.
+
+  The state keeps raw key data under 'rng' and every step splits it, a chain, so a
+  resumed run draws exactly the keys the uninterrupted run would.
+
+  Args:
+    extra: the objective's state, {'rng': raw key data, ...}.
+
+  Returns:
+    (this step's key, the raw key data of the next state).
+  """
+  key, following = jax.random.split(jax.random.wrap_key_data(extra['rng']))
+  return key, jax.random.key_data(following)
+
+
 def _all_finite(*trees: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
 

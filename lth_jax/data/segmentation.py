@@ -1,0 +1,179 @@
+"""Segmentation data: images with per-pixel labels, transformed jointly.
+
+    for batch in segmentation.train_batches(info, batch_size=4, epoch=0, seed=0, data_dir=d):
+      ...   # {'image': f32 [B/P, S, S, C], 'label': int32 [B/P, S, S]} (255: ignore)
+    for batch in segmentation.eval_batches(info, 'test', batch_size=4, data_dir=d):
+      ...   # the same plus 'mask' (1 real image, 0 padding)
+
+Training follows the reference's (VainF's) transforms, with a stateless seed an example
+as the classification pipelines do: a random scale in `info.scale_range` (the image
+bilinear, the labels nearest), padding to the crop (image 0, labels 255), a random crop
+of `info.image_shape`, a random horizontal flip (augmentation 'scale_crop_flip'), then the mean/std normalisation; labels
+always move with their pixels. Evaluation sees whole images, padded at the bottom and
+right to `info.image_shape` (labels 255 there, so the padding is never scored).
+
+Sources: 'canvases' (the digit canvases of `lth_jax.data.canvases`, generated from the
+shipped MNIST-5k) and 'voc' (Pascal VOC 2012 from a VOCdevkit folder, `lth_jax.data.voc`;
+'val' is held out of the end of VOC's train list, 'test' is VOC's val).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from lth_jax.data import canvases, pipeline, voc
+from lth_jax.data import transforms
+from lth_jax.data.registry import DatasetInfo
+
+Host = tuple[int, int]
+
+
+@functools.lru_cache(maxsize=8)
+def _canvas_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+  arrays = canvases.split_canvases(split)
+  return arrays['image'], arrays['segmentation']
+
+
+def _voc_pairs(info: DatasetInfo, split: str, data_dir: str | None) -> list[tuple[str, str]]:
+  if split == 'test':
+    return voc.segmentation_examples(data_dir or '', 'val')
+  pairs = voc.segmentation_examples(data_dir or '', 'train')
+  kept = info.split_sizes['train']
+  return pairs[:kept] if split == 'train' else pairs[kept:]
+
+
+def _read_label(path: tf.Tensor) -> tf.Tensor:
+  label = tf.numpy_function(lambda p: voc.read_label(p.decode()), [path], tf.uint8)
+  return tf.ensure_shape(label, (None, None))
+
+
+def examples(info: DatasetInfo, split: str, data_dir: str | None, host: Host,
+             file_seed: int | None = None) -> tf.data.Dataset:
+  """This host's slice of a split: {'image': uint8 [H, W, C], 'label': uint8 [H, W]}.
+
+  Args:
+    info: a segmentation dataset.
+    split: 'train', 'val' or 'test'.
+    data_dir: the folder holding VOCdevkit ('voc').
+    host: (process index, process count).
+    file_seed: unused (the sources are lists, shuffled by the pipeline).
+
+  Returns:
+    The examples in stored order.
+  """
+  del file_seed
+  index, count = host
+  if info.source == 'canvases':
+    images, labels = _canvas_arrays(split)
+    part = np.array_split(np.arange(len(labels)), count)[index]
+    return tf.data.Dataset.from_tensor_slices({'image': images[part], 'label': labels[part]})
+  pairs = _voc_pairs(info, split, data_dir)
+  part = np.array_split(np.arange(len(pairs)), count)[index]
+  images = [pairs[i][0] for i in part]
+  labels = [pairs[i][1] for i in part]
+  ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})
+  return ds.map(lambda ex: {'image': tf.io.decode_jpeg(tf.io.read_file(ex['image']),
+                                                       channels=info.image_shape[-1]),
+                            'label': _read_label(ex['label'])},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _pad_to(image: tf.Tensor, label: tf.Tensor, size: int,
+            ignore_label: int) -> tuple[tf.Tensor, tf.Tensor]:
+  height, width = tf.shape(label)[0], tf.shape(label)[1]
+  pad_h, pad_w = tf.maximum(size - height, 0), tf.maximum(size - width, 0)
+  image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+  label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
+  return image, label
+
+
+def preprocess(example: dict[str, tf.Tensor], *, info: DatasetInfo,
+               seed: tf.Tensor | None) -> dict[str, tf.Tensor]:
+  """One example -> {'image': float32 [S, S, C] normalised, 'label': int32 [S, S]}.
+
+  Args:
+    example: {'image': uint8 [H, W, C], 'label': uint8 [H, W]}.
+    info: the dataset (crop size, scale range, mean/std).
+    seed: [2] stateless seed of the training transforms; None for evaluation.
+
+  Returns:
+    The transformed pair.
+  """
+  size = info.image_shape[0]
+  image = tf.cast(example['image'], tf.float32) / info.pixel_max
+  label = example['label']
+  if seed is not None:
+    scale_seed, crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 3))
+    low, high = info.scale_range
+    scale = tf.random.stateless_uniform([], scale_seed, low, high)
+    shape = tf.cast(tf.shape(label), tf.float32)
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new, method='bilinear')
+    label = tf.image.resize(label[..., None], new, method='nearest')[..., 0]
+    image, label = _pad_to(image, label, size, info.ignore_label)
+    # One crop window for both: the label rides along as an extra channel.
+    stacked = tf.concat([image, tf.cast(label[..., None], tf.float32)], axis=-1)
+    stacked = tf.image.stateless_random_crop(
+        stacked, [size, size, info.image_shape[-1] + 1], seed=crop_seed)
+    if info.augmentation == 'scale_crop_flip':
+      stacked = tf.image.stateless_random_flip_left_right(stacked, seed=flip_seed)
+    image, label = stacked[..., :-1], tf.cast(stacked[..., -1], tf.uint8)
+  else:
+    # Whole images: one larger than the model's input would lose pixels.
+    tf.debugging.assert_less_equal(
+        tf.reduce_max(tf.shape(label)), size,
+        message=f'an evaluation image of {info.name!r} is larger than its image_shape '
+        f'{info.image_shape[:2]}; every pixel is scored, so none may be cropped.')
+    image, label = _pad_to(image, label, size, info.ignore_label)
+  image = transforms.normalize(image, info.mean, info.std)
+  image = tf.ensure_shape(image, (size, size, info.image_shape[-1]))
+  return {'image': image, 'label': tf.ensure_shape(tf.cast(label, tf.int32), (size, size))}
+
+
+def train_batches(info: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
+                  data_dir: str | None, start_step: int = 0) -> Iterator[dict[str, Any]]:
+  """One epoch of this host's jointly augmented training batches (see the module).
+
+  Args:
+    info: a segmentation dataset.
+    batch_size: global batch size.
+    epoch: epoch number.
+    seed: run seed.
+    data_dir: the folder holding VOCdevkit ('voc').
+    start_step: batches of this epoch to skip (resuming).
+
+  Returns:
+    Iterator over {'image', 'label'} batches.
+  """
+  return pipeline.epoch_batches(info, examples, functools.partial(preprocess, info=info),
+                                batch_size=batch_size, epoch=epoch, seed=seed,
+                                data_dir=data_dir, start_step=start_step)
+
+
+def eval_batches(info: DatasetInfo, split: str, *, batch_size: int,
+                 data_dir: str | None) -> Iterator[dict[str, Any]]:
+  """Every image of a split once, padded to the model's input, in padded batches.
+
+  Args:
+    info: a segmentation dataset.
+    split: 'train', 'val' or 'test'.
+    batch_size: global batch size.
+    data_dir: the folder holding VOCdevkit ('voc').
+
+  Returns:
+    Iterator over {'image', 'label', 'mask'} batches.
+  """
+  return pipeline.split_batches(info, split, examples, functools.partial(preprocess, info=info),
+                                batch_size=batch_size, data_dir=data_dir)
+
+
+def check_available(info: DatasetInfo, data_dir: str | None) -> None:
+  """Raises `DatasetNotFoundError` unless every split's files are there."""
+  if info.source == 'voc':
+    for split in ('train', 'test'):
+      _voc_pairs(info, split, data_dir)
