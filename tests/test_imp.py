@@ -163,3 +163,31 @@ def test_dense_round_takes_the_dense_seeds(tmp_path, start):
   assert [r['num_seeds'] for r in records] == [3, 1]
   with pytest.raises(ValueError, match='dense_seeds must start'):
     imp.ImpSpec(num_rounds=2, dense_seeds=(1, 2))
+
+
+def test_prunable_rewind_scope_continues_the_rest_from_the_previous_round(tmp_path, start):
+  """The reference's detection IMP: only the prunable weights go back to θ_p."""
+  fake = FakeFinetune()
+  spec = imp.ImpSpec(num_rounds=3, seeds=(0, 1), rewind_scope='prunable')
+  imp.run_imp(str(tmp_path), spec, start, fake)
+  by_round = [fake.calls[i:i + 2] for i in range(0, 6, 2)]
+  prunable = set(masks.prunable_leaves(start['params']))
+  for k in (1, 2):
+    for call, before in zip(by_round[k], by_round[k - 1]):
+      assert call['seed'] == before['seed']
+      got = masks.prunable_leaves(call['variables']['params'])
+      rewound = masks.prunable_leaves(masks.apply(start['params'], call['masks']))
+      assert all(np.array_equal(got[n], rewound[n]) for n in prunable)
+      # Everything else (stem conv, BatchNorm scales, the fc head) is the same seed's
+      # trained value from the round before, not the start's.
+      flat = masks.prunable_leaves(call['variables']['params'], policy=lambda n: True)
+      trained = masks.prunable_leaves(before['trained'], policy=lambda n: True)
+      others = [n for n in flat if n not in prunable]
+      assert others and all(np.array_equal(flat[n], trained[n]) for n in others)
+  # A resumed run reads the saved final variables: round 2 redone gives the same start.
+  redo = FakeFinetune()
+  (tmp_path / 'round_02' / 'round.json').unlink()
+  imp.run_imp(str(tmp_path), spec, start, redo)
+  assert _equal(redo.calls[0]['variables'], by_round[2][0]['variables'])
+  with pytest.raises(ValueError, match='rewind_scope'):
+    imp.ImpSpec(num_rounds=2, rewind_scope='head')

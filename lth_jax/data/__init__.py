@@ -34,6 +34,11 @@ Segmentation (`segmentation.train_batches` / `eval_batches`, labels per pixel, 2
                      classes (background, digits); random scale 0.75-1.25, pad, crop
   voc2012_seg        a VOCdevkit folder (data_dir), 1,318 / 146 / 1,449 (VOC val is
                      'test'), 21 classes; random scale 0.5-2, 513 crop, h-flip
+Detection (`detection.train_batches` / `eval_batches`, boxes padded to max_boxes):
+  digit_canvas_det   the same canvases' digit boxes, 10 classes; crop and shift keeping
+                     the boxes, letterbox 56
+  voc0712_det        VOCdevkit (data_dir): VOC07+12 trainval 16,051 / 500, VOC07 test
+                     4,952; 20 classes; flip, crop, shift, letterbox 416
 
 tfds sets are read from `data_dir` and never downloaded (a missing one raises
 FileNotFoundError saying how to prepare it); offline sets ship in lth_jax/data/offline
@@ -44,11 +49,11 @@ Modules: `registry` (what each dataset is), `pipeline` (tf.data training and exa
 evaluation), `transforms` (per-example tf.data transforms with stateless seeds),
 `offline` (the shipped arrays and the sets derived from them), `canvases` (digit
 canvases for offline segmentation and detection), `voc` (Pascal VOC files),
-`segmentation` (joint image + label pipelines). Imports only tensorflow,
+`segmentation` and `detection` (joint image + label / box pipelines). Imports only tensorflow,
 tensorflow-datasets, numpy and `lth_jax.errors`.
 """
 
-from lth_jax.data import pipeline, segmentation
+from lth_jax.data import detection, pipeline, segmentation
 from lth_jax.data.pipeline import eval_batches, steps_per_epoch, train_batches
 from lth_jax.data.registry import DATASETS, SPLITS, DatasetInfo, get_info
 
@@ -64,7 +69,7 @@ def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> Non
     DatasetNotFoundError: the dataset is not there; the message says how to get it.
   """
   info = get_info(name)
-  reader = {'segmentation': segmentation}.get(info.task, pipeline)
+  reader = {'segmentation': segmentation, 'detection': detection}.get(info.task, pipeline)
   reader.check_available(info, data_dir)
 
 

@@ -34,7 +34,11 @@ from collections.abc import Mapping
 #                random scale in `scale_range`, pad to the crop (labels 255), random
 #                crop of `image_shape`, random h-flip
 #   'scale_crop'  the same without the flip (digit canvases)
-AUGMENTATIONS = ('crop_flip', 'crop', 'none', 'inception', 'scale_crop_flip', 'scale_crop')
+#   'box_crop_flip'  detection (image and boxes jointly, `lth_jax.data.detection`): h-flip,
+#                crop and translation keeping every box, letterbox to `image_shape`
+#   'box_crop'   the same without the flip (digit canvases)
+AUGMENTATIONS = ('crop_flip', 'crop', 'none', 'inception', 'scale_crop_flip', 'scale_crop',
+                 'box_crop_flip', 'box_crop')
 # 'tfds': tensorflow-datasets; 'offline': arrays shipped in lth_jax/data/offline;
 # 'canvases': digit canvases generated from the shipped MNIST-5k (`lth_jax.data.canvases`);
 # 'voc': a VOCdevkit folder on disk (`lth_jax.data.voc`).
@@ -71,6 +75,7 @@ class DatasetInfo:
       a small downstream training set.
     scale_range: (low, high) of the random rescaling of segmentation training images.
     ignore_label: the label of pixels no loss or metric counts (segmentation).
+    max_boxes: the boxes of every image are padded to this many (detection).
   """
   name: str
   source: str
@@ -91,6 +96,7 @@ class DatasetInfo:
   train_per_class: int = 0
   scale_range: tuple[float, float] = (1.0, 1.0)
   ignore_label: int = 255
+  max_boxes: int = 0
 
   def __post_init__(self):
     assert self.source in SOURCES and self.augmentation in AUGMENTATIONS
@@ -162,6 +168,30 @@ _DATASETS = (
         name='digit_canvas_seg', source='canvases', task='segmentation', num_classes=11,
         image_shape=(56, 56, 1), split_sizes={'train': 2000, 'val': 300, 'test': 500},
         mean=(0.0593,), std=(0.2032,), augmentation='scale_crop', scale_range=(0.75, 1.25)),
+    # The first canvases of each split (the canvases do not depend on how many are made):
+    # smoke tests and quick looks.
+    DatasetInfo(
+        name='digit_canvas_seg_small', source='canvases', task='segmentation', num_classes=11,
+        image_shape=(56, 56, 1), split_sizes={'train': 256, 'val': 64, 'test': 128},
+        mean=(0.0593,), std=(0.2032,), augmentation='scale_crop', scale_range=(0.75, 1.25)),
+    # Detection: the same canvases, their digits' tight boxes (10 classes; boxes under
+    # 12 px high are 'difficult'); the letterbox keeps 56 x 56.
+    DatasetInfo(
+        name='digit_canvas_det', source='canvases', task='detection', num_classes=10,
+        image_shape=(56, 56, 1), split_sizes={'train': 2000, 'val': 300, 'test': 500},
+        mean=(0.0593,), std=(0.2032,), augmentation='box_crop', max_boxes=3),
+    DatasetInfo(
+        name='digit_canvas_det_small', source='canvases', task='detection', num_classes=10,
+        image_shape=(56, 56, 1), split_sizes={'train': 256, 'val': 64, 'test': 128},
+        mean=(0.0593,), std=(0.2032,), augmentation='box_crop', max_boxes=3),
+    # Pascal VOC detection (the reference's recipe): VOC07 + VOC12 trainval (16,551
+    # images) less the last 500 held out as 'val'; 'test' is VOC07 test. 416 letterbox,
+    # [0, 1] pixels without mean/std (as the reference).
+    DatasetInfo(
+        name='voc0712_det', source='voc', task='detection', num_classes=20,
+        image_shape=(416, 416, 3), split_sizes={'train': 16_051, 'val': 500, 'test': 4952},
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augmentation='box_crop_flip',
+        max_boxes=64),
     # Pascal VOC 2012 segmentation (the reference's recipe): VOC's 1,464 train images less
     # the last 146 held out as 'val'; 'test' is VOC's val (1,449). 513 crops (training)
     # and 513 x 513 padding (evaluation: VOC images are at most 500 px).

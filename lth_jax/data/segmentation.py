@@ -29,13 +29,13 @@ import tensorflow as tf
 from lth_jax.data import canvases, pipeline, voc
 from lth_jax.data import transforms
 from lth_jax.data.registry import DatasetInfo
+from lth_jax.errors import DatasetNotFoundError
 
 Host = tuple[int, int]
 
 
-@functools.lru_cache(maxsize=8)
-def _canvas_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-  arrays = canvases.split_canvases(split)
+def _canvas_arrays(split: str, num: int) -> tuple[np.ndarray, np.ndarray]:
+  arrays = canvases.split_canvases(split, num=num)  # cached there
   return arrays['image'], arrays['segmentation']
 
 
@@ -69,7 +69,7 @@ def examples(info: DatasetInfo, split: str, data_dir: str | None, host: Host,
   del file_seed
   index, count = host
   if info.source == 'canvases':
-    images, labels = _canvas_arrays(split)
+    images, labels = _canvas_arrays(split, info.split_sizes[split])
     part = np.array_split(np.arange(len(labels)), count)[index]
     return tf.data.Dataset.from_tensor_slices({'image': images[part], 'label': labels[part]})
   pairs = _voc_pairs(info, split, data_dir)
@@ -173,7 +173,23 @@ def eval_batches(info: DatasetInfo, split: str, *, batch_size: int,
 
 
 def check_available(info: DatasetInfo, data_dir: str | None) -> None:
-  """Raises `DatasetNotFoundError` unless every split's files are there."""
-  if info.source == 'voc':
-    for split in ('train', 'test'):
-      _voc_pairs(info, split, data_dir)
+  """Raises unless every split's files are there, as many as `info` says.
+
+  Args:
+    info: a segmentation dataset.
+    data_dir: the folder holding VOCdevkit ('voc').
+
+  Raises:
+    DatasetNotFoundError: a folder, list or file is missing, or VOC's lists hold another
+      number of images than the splits need (a different VOC release or an edited list).
+  """
+  if info.source != 'voc':
+    return
+  sizes = info.split_sizes
+  for voc_split, needed, splits in (('train', sizes['train'] + sizes['val'], "'train' + 'val'"),
+                                    ('val', sizes['test'], "'test'")):
+    found = len(voc.segmentation_examples(data_dir or '', voc_split))
+    if found != needed:
+      raise DatasetNotFoundError(
+          f'VOC2012 ImageSets/Segmentation/{voc_split}.txt in {data_dir} lists {found:,} '
+          f'images; {info.name!r} needs {needed:,} ({splits}, VOC2012 as released).')

@@ -25,6 +25,9 @@ PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretra
 # The config files of a source checkout (what `--config=configs/<name>.py` names).
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / 'configs'
 # The fields every mode reads (experiment.json records these and the mode's sections).
+# The backbone fields of `config.model`; any other field is a task's model setting
+# (`lth_jax.tasks.Task.options`, e.g. a DeepLab's output_stride).
+MODEL_FIELDS = ('arch', 'stem', 'width_multiplier', 'half_precision')
 COMMON_FIELDS = ('mode', 'seed', 'pretrained', 'pretrain', 'model', 'data', 'optim', 'imp',
                  'num_seeds', 'dense_seeds', 'checkpoint_every_steps', 'num_devices')
 
@@ -138,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.imp.score_batches = 4               # batches of a gradient-based criterion (snip)
   c.imp.rewind = 'start'                # 'start' (θ_p; θ_0 if pretrained.source=random), 'step'
   c.imp.rewind_step = 0
+  c.imp.rewind_scope = 'all'            # 'prunable': only pruned weights go back (see imp)
   c.imp.prune_first = False
   c.imp.random_baseline = False         # also run the random-pruning baseline branch
   c.imp.policy = ml_collections.config_dict.placeholder(str)  # None: all convs but the stem
@@ -196,6 +200,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail('imp.score_batches', config.imp.score_batches, 'must be >= 1.')
   if config.imp.rewind not in imp.REWIND_POINTS:
     fail('imp.rewind', config.imp.rewind, f'choose one of {imp.REWIND_POINTS}.')
+  if config.imp.rewind_scope not in imp.REWIND_SCOPES:
+    fail('imp.rewind_scope', config.imp.rewind_scope,
+         f'choose one of {imp.REWIND_SCOPES} (\'prunable\': the reference\'s detection IMP).')
   if config.num_seeds < 1:
     fail('num_seeds', config.num_seeds, 'must be >= 1.')
   if config.dense_seeds and config.dense_seeds < config.num_seeds:
@@ -220,6 +227,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail('pretrained.path', path, 'no such file; check the path (weights cannot be '
            'downloaded at run time).')
   modes.get(config.mode).validate(config)
+  _check_models(config, modes.get(config.mode).datasets(config))
+
+
+def _check_models(config: ml_collections.ConfigDict, datasets: list[str]) -> None:
+  """Fails unless every task's model builds from `config.model` and its extra fields."""
+  from lth_jax.experiments import wiring
+
+  built = [wiring.task_and_data(config, name) for name in datasets if name in data.DATASETS]
+  readers = {name for task, _ in built for name in task.options}
+  for field in config.model:
+    if field not in MODEL_FIELDS and field not in readers:
+      fail(f'model.{field}', config.model[field],
+           f'no task of this experiment reads it (their settings: {sorted(readers)}).')
+  for task, info in built:
+    try:
+      wiring.build_model(config, task, info)
+    except ValueError as e:
+      fail('model', config.model.to_dict(), f'the {task.name} model of {info.name}: {e}')
 
 
 def from_record(recorded: dict) -> ml_collections.ConfigDict:

@@ -42,6 +42,7 @@ def spec(config: ml_collections.ConfigDict) -> ImpSpec:
   return ImpSpec(num_rounds=c.num_rounds, fraction=c.fraction, pruning=c.pruning,
                  rewind=c.rewind, rewind_step=c.rewind_step, prune_first=c.prune_first,
                  seeds=seeds(config), policy=c.policy, pruning_seed=config.seed,
+                 rewind_scope=c.rewind_scope,
                  dense_seeds=tuple(range(config.seed, config.seed + config.dense_seeds))
                  or None)
 

@@ -20,19 +20,32 @@
    pruning", method 'random_global'), and random masks with the ticket's layer profile
    (each layer's mask shuffled, method 'random_layerwise'), which tells how much of a
    ticket's advantage is its layer-wise sparsity alone.
+5. With `config.paper.task_imp_rounds` > 0, task-specific tickets (method
+   'task_specific'): IMP on each task itself from the first pre-training's θ_p, the
+   backbone rewound to θ_p and the task's head to its initial weights every round
+   (`config.imp` fraction, pruning and policy). Its dense round 0 is that pre-training's
+   dense transfer (same θ_p, seeds and recipe), trained once.
+
+The verdict (printed, and written to verdict.txt): per task, the extreme matching
+sparsity of each pre-training's upstream tickets, of the task-specific tickets and of
+random global pruning.
 
 Workdir layout (besides lth_jax.experiments'):
     upstream/<pretraining>/              the upstream experiment (see lth_jax.experiments.upstream)
     transfer/<task>/<pretraining>/       the transfer runs (see lth_jax.lottery.transfer)
     transfer/<task>/scratch/             dense runs from a random init
+    transfer/<task>/task_specific/       task-specific IMP (see lth_jax.lottery.imp)
     random_masks/<method>_round_XX/      the random baselines' masks
     results.csv/.json                    one row per (task, pretraining or random, ticket)
     extreme_sparsity.csv/.json           extreme matching sparsity per pretraining and task
-    <metric>_vs_sparsity_<task>.png      one curve per pre-training, plus the random baselines
+    results_<task>.csv/.json             the rows of one task
+    <metric>_vs_sparsity_<task>.png      one curve per pre-training, plus the baselines
+    verdict.txt                          the verdict line of each task
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -55,6 +68,8 @@ RANDOM_BASELINES = {'random_global': False, 'random_layerwise': True}
 RANDOM_MASKS_DIR = 'random_masks'
 # Dense training from a random init: what pre-training must beat to matter on a task.
 SCRATCH = 'scratch'
+# IMP on the downstream task itself, from the first pre-training's θ_p.
+TASK_SPECIFIC = 'task_specific'
 COLUMNS = ('task', 'method', 'ticket', 'sparsity', 'test_{}', 'test_{}_std', 'matching')
 
 
@@ -65,6 +80,8 @@ def section() -> ml_collections.ConfigDict:
   c.tasks = 'mnist5k,digits'   # transfer tasks (comma-separated)
   c.upstream_epochs = 1        # epochs of each upstream IMP round
   c.transfer_every = 2         # transfer every N-th upstream ticket
+  c.task_imp_rounds = 0        # > 0: also IMP on each task (rounds, the dense one included)
+  c.random_baselines = 'random_global,random_layerwise'  # of RANDOM_BASELINES
   return c
 
 
@@ -82,7 +99,8 @@ def upstream_config(config: ml_collections.ConfigDict,
   """
   sub = config_lib.load_config(f'{objective}_imp:demo')
   sub.seed = config.seed
-  sub.model = config.model
+  # The backbone only: a downstream task's model settings (a DeepLab's) are not upstream's.
+  sub.model.update({k: config.model[k] for k in config_lib.MODEL_FIELDS})
   sub.pretrain.dataset = sub.data.dataset = config.pretrain.dataset
   # The upstream batch size is the recipe's: a small downstream task's batch would
   # starve the contrastive objectives of negatives.
@@ -122,28 +140,30 @@ def _curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
   for row in rows:
     curves.setdefault(row['method'], []).append(row)
   dense = {r['pretraining']: r for r in rows if r['ticket'] == DENSE}
-  for method in RANDOM_BASELINES:
+  for method in (*RANDOM_BASELINES, TASK_SPECIFIC):
     if method in curves:
       curves[method].insert(0, dense[curves[method][0]['pretraining']])
   return curves
 
 
-def random_baselines(key: jax.Array, tickets: dict[str, Any],
-                     policy: str | None) -> dict[str, Any]:
+def random_baselines(key: jax.Array, tickets: dict[str, Any], policy: str | None,
+                     methods: tuple[str, ...] = tuple(RANDOM_BASELINES)) -> dict[str, Any]:
   """The random baselines of some tickets, named '<method>_<ticket>'.
 
   Args:
     key: a PRNG key.
     tickets: ticket name -> mask.
     policy: which leaves are prunable.
+    methods: the baselines to make (of `RANDOM_BASELINES`).
 
   Returns:
-    name -> mask, for every method of `RANDOM_BASELINES` and every ticket.
+    name -> mask, for every method and every ticket (each method draws the same masks
+    whichever others are made).
   """
   return {f'{method}_{name}': pruning.random_like(
               jax.random.fold_in(jax.random.fold_in(key, m), i), mask, layerwise=layerwise,
               policy=policy)
-          for m, (method, layerwise) in enumerate(RANDOM_BASELINES.items())
+          for m, (method, layerwise) in enumerate(RANDOM_BASELINES.items()) if method in methods
           for i, (name, mask) in enumerate(tickets.items())}
 
 
@@ -153,6 +173,51 @@ def _stages_at_extreme(curve: list[dict[str, Any]], dense: list[float],
   value = results.extreme_sparsity(curve, dense, key)
   row = next((r for r in curve if r['sparsity'] == value), {}) if value is not None else {}
   return {f'extreme_{k}': v for k, v in row.items() if k.startswith('sparsity_layer')}
+
+
+def _task_specific(config: ml_collections.ConfigDict, run_dir: str, start: Any,
+                   finetune: Any, metric: results.Metric) -> list[dict[str, Any]]:
+  """IMP on the task from the first pre-training's θ_p: every round's record."""
+  spec = dataclasses.replace(imp_mode.spec(config), num_rounds=config.paper.task_imp_rounds,
+                             dense_seeds=None)
+  console.say(f'== Task-specific IMP ({spec.num_rounds} rounds incl. the dense one) in '
+              f'{run_dir}')
+  records = imp.run_imp(
+      run_dir, spec, start, finetune,
+      on_round=lambda r: console.say(
+          f'  round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
+          f'{100 * r[metric.test]:.2f}% ± {100 * r[metric.test + "_std"]:.2f}'))
+  return records
+
+
+def verdict(task: str, metric: results.Metric, extreme: list[dict[str, Any]]) -> str:
+  """One line: how far each kind of ticket matches its dense network on a task.
+
+  Args:
+    task: the task's name.
+    metric: its headline metric.
+    extreme: the task's rows of the extreme-sparsity table.
+
+  Returns:
+    'digit_canvas_seg (mIoU): upstream tickets match to 59% (supervised), ...'.
+  """
+  def shown(row):
+    value = row['extreme_sparsity']
+    return 'none' if value is None else f'{100 * value:.0f}%'
+
+  upstream = [r for r in extreme if r['method'] == r['pretraining']]
+  others = {r['method']: r for r in extreme if r['method'] != r['pretraining']}
+  parts = ['upstream tickets match to ' + ', '.join(
+      f'{shown(r)} ({r["pretraining"]})' for r in upstream)]
+  for method, words in ((TASK_SPECIFIC, 'task-specific'), ('random_global', 'random global'),
+                        ('random_layerwise', "random with the tickets' layer profile")):
+    if method in others:
+      parts.append(f'{words} to {shown(others[method])}')
+  weak = [r['pretraining'] for r in upstream if r['can_test_claim'] is False]
+  if weak:
+    parts.append(f'θ_p of {", ".join(weak)} does not beat training from scratch by more than '
+                 'the dense std, so its tickets cannot show the claim here')
+  return f'{task} ({metric.label}): ' + '; '.join(parts) + '.'
 
 
 def _method(ticket: str, objective: str) -> str:
@@ -168,18 +233,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     mesh: the device mesh.
 
   Returns:
-    {'rows': every transfer row, 'extreme': rows of extreme matching sparsity}.
+    {'rows': every transfer row, 'extreme': rows of extreme matching sparsity,
+    'verdicts': one line per task}.
   """
   tickets, thetas = _upstream_tickets(config, workdir, mesh)
   first = next(iter(tickets))
   key = jax.random.key(config.seed)
-  random_masks = random_baselines(key, tickets[first], config.imp.policy)
+  baselines = tuple(config_lib.split_names(config.paper.random_baselines))
+  random_masks = random_baselines(key, tickets[first], config.imp.policy, baselines)
   for name, mask in random_masks.items():
     path = os.path.join(workdir, RANDOM_MASKS_DIR, name)
     if not os.path.exists(path):
       masks_lib.save(path, mask)
   seeds = imp_mode.seeds(config)
-  rows, extreme = [], []
+  rows, extreme, verdicts = [], [], []
   for task_name in config_lib.split_names(config.paper.tasks):
     task, info = wiring.task_and_data(config, task_name)
     metric = task.metric
@@ -200,9 +267,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
           lambda seed, theta=thetas[objective]: wiring.transplant(
               theta, model, jax.random.key(seed)))
       named = {**chosen, **(random_masks if objective == first else {})}
+      specific, dense_runs = [], None
+      if objective == first and config.paper.task_imp_rounds:
+        records = _task_specific(config, os.path.join(workdir, 'transfer', task_name,
+                                                      TASK_SPECIFIC), start, finetune, metric)
+        # Round 0 is this pre-training's dense transfer: same θ_p, seeds and recipe.
+        dense_runs = records[0]['runs']
+        specific = [{**r, 'ticket': f'{TASK_SPECIFIC}_round_{r["round"]:02d}'}
+                    for r in records[1:]]
       found = run_transfer(
           os.path.join(workdir, 'transfer', task_name, objective), named, start, finetune,
-          seeds, metric=metric.key, policy=config.imp.policy,
+          seeds, metric=metric.key, policy=config.imp.policy, dense_runs=dense_runs,
           on_result=lambda r, m=metric: console.say(
               f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
               f'{100 * r[m.test]:.2f}% ± {100 * r[m.test + "_std"]:.2f}'))
@@ -211,6 +286,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
       for row in found:
         task_rows.append({'task': task_name, 'pretraining': objective,
                           'method': _method(row['ticket'], objective), **row})
+      for row in specific:
+        task_rows.append({'task': task_name, 'pretraining': objective, 'method': TASK_SPECIFIC,
+                          **row, 'matching': results.is_matching(row[metric.test], dense)})
       gain = results.mean_std(dense)[0] - results.mean_std(scratch_values)[0]
       # With one seed there is no spread to compare the gain with: unknown.
       noise = max(results.mean_std(dense)[1], results.mean_std(scratch_values)[1])
@@ -219,7 +297,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
         console.say(f'  θ_p ({objective}) beats training from scratch on {task_name} by '
                     f'{100 * gain:+.2f} points, not more than the dense std: this task cannot '
                     'show whether its tickets keep what pre-training gives.')
-      for method in [objective] + (list(RANDOM_BASELINES) if objective == first else []):
+      derived = [*baselines, *([TASK_SPECIFIC] if config.paper.task_imp_rounds else [])]
+      for method in [objective] + (derived if objective == first else []):
         curve = [r for r in task_rows if r['method'] == method and r['pretraining'] == objective]
         extreme.append({'task': task_name, 'method': method, 'pretraining': objective,
                         'metric': metric.key, 'dense': results.mean_std(dense)[0],
@@ -229,6 +308,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
                         'extreme_sparsity': results.extreme_sparsity(curve, dense, metric.test),
                         **_stages_at_extreme(curve, dense, metric.test)})
     rows += task_rows
+    verdicts.append(verdict(task_name, metric, [r for r in extreme if r['task'] == task_name]))
+    console.say(f'Verdict: {verdicts[-1]}')
     if sharding.is_chief():
       console.say(results.report(
           workdir, task_rows, _curves(task_rows), [],
@@ -237,12 +318,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
   if sharding.is_chief():
     files.write_table(os.path.join(workdir, 'results'), rows)
     files.write_table(os.path.join(workdir, 'extreme_sparsity'), extreme)
+    files.atomic_write(os.path.join(workdir, 'verdict.txt'),
+                       lambda f: f.write('\n'.join(verdicts) + '\n'))
     console.say('\nExtreme matching sparsity (highest sparsity within one std of the same '
                 'pre-training\'s dense transfer), against training from scratch:\n'
                 + console.format_table(extreme, ['task', 'method', 'pretraining', 'metric',
                                                  'dense', 'scratch', 'can_test_claim',
                                                  'extreme_sparsity']))
-  return {'rows': rows, 'extreme': extreme}
+  return {'rows': rows, 'extreme': extreme, 'verdicts': verdicts}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -260,6 +343,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in tasks:
     config_lib.check_dataset('paper.tasks', name)
   config_lib.check_dataset('pretrain.dataset', config.pretrain.dataset)
+  if p.task_imp_rounds < 0 or p.task_imp_rounds == 1:
+    config_lib.fail('paper.task_imp_rounds', p.task_imp_rounds,
+                    '0 (no task-specific IMP) or >= 2 (the dense round and at least one '
+                    'pruned one).')
+  chosen = config_lib.split_names(p.random_baselines)
+  if not set(chosen) <= set(RANDOM_BASELINES):
+    config_lib.fail('paper.random_baselines', p.random_baselines,
+                    f'a comma-separated subset of {tuple(RANDOM_BASELINES)} (may be empty).')
   if p.upstream_epochs < 1 or p.transfer_every < 1:
     config_lib.fail('paper.upstream_epochs', p.upstream_epochs,
                     'upstream_epochs and transfer_every must be >= 1.')

@@ -89,8 +89,8 @@ def task_and_data(config: ml_collections.ConfigDict,
 def model_spec(config: ml_collections.ConfigDict) -> tasks.ModelSpec:
   """The backbone of `config.model` (tasks add their heads)."""
   m = config.model
-  options = tuple(sorted((k, v) for k, v in m.items()
-                         if k not in ('arch', 'stem', 'width_multiplier', 'half_precision')))
+  options = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in m.items()
+                         if k not in config_lib.MODEL_FIELDS))
   return tasks.ModelSpec(arch=m.arch, stem=m.stem, width_multiplier=m.width_multiplier,
                          dtype=compute_dtype(m.half_precision), options=options)
 
@@ -243,7 +243,7 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
   data_dir = config.data.data_dir
   evaluator = evaluator or task.evaluator(model, dataset, batch_size=config.data.eval_batch_size,
                                           data_dir=data_dir, mesh=mesh)
-  objective = objective or task.objective(model)
+  objective = objective or task.objective(model, dataset)
   if train_batches is None:
     train_batches = lambda epoch, seed, start: task.train_batches(
         dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
@@ -290,7 +290,7 @@ def loss_gradient(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
   Returns:
     The gradient function (params tree in, host params tree out).
   """
-  objective = task.objective(model)
+  objective = task.objective(model, dataset)
   replicated, batched = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
 
   @functools.partial(jax.jit, in_shardings=(replicated, replicated, batched),

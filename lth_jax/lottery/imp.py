@@ -41,6 +41,12 @@ from lth_jax.lottery.protocol import Finetune, StartVariables, per_seed
 from lth_jax.runtime import files, sharding, tree_io
 
 REWIND_POINTS = ('start', 'step')
+# What a round rewinds: 'all' variables (the paper's protocol), or only the 'prunable'
+# weights, the rest (stem, BatchNorm, a task's head) continuing from the round before
+# (the reference's detection IMP).
+REWIND_SCOPES = ('all', 'prunable')
+# A round's final variables, kept when the next round continues from them.
+FINAL_VARIABLES = 'final_variables'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +73,9 @@ class ImpSpec:
       (more dense runs give the matching band at little cost); None: `seeds`.
     policy: which leaves are prunable (None: every conv kernel but the stem).
     pruning_seed: seed of the random baselines' masks.
+    rewind_scope: 'all' rewinds every variable to the rewind point; 'prunable' rewinds
+      only the prunable weights, each seed's other variables (stem, BatchNorm, a task's
+      head) continuing from its previous round's final ones.
   """
   num_rounds: int
   fraction: float = 0.2
@@ -79,6 +88,7 @@ class ImpSpec:
   dense_seeds: tuple[int, ...] | None = None
   policy: str | None = None
   pruning_seed: int = 0
+  rewind_scope: str = 'all'
 
   def __post_init__(self):
     if self.num_rounds < 1:
@@ -89,6 +99,9 @@ class ImpSpec:
     pruning.get(self.pruning)  # an unknown name lists the registered ones
     if self.rewind not in REWIND_POINTS:
       raise ValueError(f'Unknown rewind {self.rewind!r}; choose one of {REWIND_POINTS}.')
+    if self.rewind_scope not in REWIND_SCOPES:
+      raise ValueError(f'Unknown rewind_scope {self.rewind_scope!r}; choose one of '
+                       f'{REWIND_SCOPES}.')
     if self.rewind == 'step' and self.rewind_step < 1:
       raise ValueError('rewind="step" needs rewind_step >= 1 (optimizer steps of round 0).')
     if self.rewind == 'step' and (self.prune_first or not self.include_dense):
@@ -99,6 +112,21 @@ class ImpSpec:
     if self.dense_seeds and self.dense_seeds[0] != self.seeds[0]:
       raise ValueError('dense_seeds must start with seeds[0]: the first seed\'s weights '
                        'are pruned in every round.')
+
+
+def _continued(run_dir: str, round_index: int, seed: int, rewind: Mapping[str, Any],
+               policy: str | None) -> dict[str, Any]:
+  """A round's start with rewind_scope='prunable': the previous round's final
+  variables of this seed, its prunable weights rewound."""
+  path = os.path.join(_round_dir(run_dir, round_index - 1), f'seed_{seed}', FINAL_VARIABLES)
+  if not os.path.exists(path):
+    raise ValueError(f'{path} is missing: with rewind_scope="prunable" round {round_index} of '
+                     f'seed {seed} continues from round {round_index - 1} of the same seed, '
+                     'which has not run (a seed added later must start a new run).')
+  previous = tree_io.load(path, dict(rewind))
+  params = masks_lib.replace_leaves(previous['params'],
+                                    masks_lib.prunable_leaves(rewind['params'], policy))
+  return {'params': params, 'batch_stats': previous['batch_stats']}
 
 
 def prune(spec: ImpSpec, masks: Any, round_index: int, *, trained: Any, rewind: Any,
@@ -290,6 +318,8 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
       masks = load_round_mask(run_dir, k)
       for seed in missing:
         init = rewind if spec.rewind == 'step' and k > 0 else start_for(seed)
+        if spec.rewind_scope == 'prunable' and k > first:
+          init = _continued(run_dir, k, seed, init, spec.policy)
         take_rewind = spec.rewind == 'step' and k == 0 and seed == seeds[0] and rewind is None
         variables = {'params': masks_lib.apply(init['params'], masks),
                      'batch_stats': init['batch_stats']}
@@ -300,6 +330,9 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
         except DivergenceError as e:
           raise e.within(f'{os.path.basename(os.path.normpath(run_dir))} round {k}, '
                          f'seed {seed}') from None
+        if spec.rewind_scope == 'prunable':
+          tree_io.save(os.path.join(round_dir, f'seed_{seed}', FINAL_VARIABLES),
+                       jax.device_get(fit.variables), overwrite=True)
         if take_rewind:
           tree_io.save(os.path.join(run_dir, 'rewind_point'), fit.rewind_variables)
           rewind = load_rewind_point(run_dir, start)

@@ -48,6 +48,7 @@ METHOD_LABELS = {
     'random_global': 'random pruning (global)',
     'random_layerwise': "random, ticket's layer profile",
     'scratch': 'dense from scratch (no pre-training)',
+    'task_specific': 'task-specific IMP (on the task, from θ_p)',
 }
 
 
@@ -74,11 +75,14 @@ def summarize(runs: Sequence[Mapping[str, Any]], metric: str) -> dict[str, float
     metric: the headline metric's key.
 
   Returns:
-    {'test_<metric>', 'test_<metric>_std', 'val_<metric>', 'val_<metric>_std'}.
+    {'test_<metric>', 'test_<metric>_std', 'val_<metric>', 'val_<metric>_std'}, and the
+    same mean and std of every other test metric all runs have (e.g. detection's
+    test_map, mAP@[.5:.95]).
   """
   out = {}
-  for split in ('test', 'val'):
-    key = f'{split}_{metric}'
+  others = [k for k in runs[0] if k.startswith('test_') and k != f'test_{metric}'
+            and all(k in r for r in runs)]
+  for key in (f'test_{metric}', f'val_{metric}', *others):
     out[key], out[f'{key}_std'] = mean_std([r[key] for r in runs])
   return out
 

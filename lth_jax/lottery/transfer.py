@@ -27,7 +27,8 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
                  finetune: Finetune, seeds: Sequence[int], *, metric: str = 'accuracy',
                  init_variables: Mapping[str, StartVariables] | None = None,
                  policy: str | None = None,
-                 on_result: Callable[[dict[str, Any]], None] | None = None
+                 on_result: Callable[[dict[str, Any]], None] | None = None,
+                 dense_runs: Sequence[Mapping[str, Any]] | None = None
                  ) -> list[dict[str, Any]]:
   """Fine-tunes every ticket (and the dense network) with every seed.
 
@@ -45,6 +46,9 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
       of `start_variables` for that ticket (random re-initialisation baselines).
     policy: which leaves are prunable.
     on_result: called with each finished row.
+    dense_runs: the dense network's runs when they exist already (e.g. round 0 of an
+      IMP run from the same start variables with the same finetune and seeds), one per
+      seed; they are used instead of training it again.
 
   Returns:
     One row per ticket, dense first: ticket, sparsity, test and val metric mean/std
@@ -53,7 +57,11 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
   Raises:
     DivergenceError: a run diverged (it names the ticket and seed); nothing is recorded
       for it.
+    ValueError: `dense_runs` lacks one of the seeds.
   """
+  given = {r['seed']: r for r in dense_runs or ()}
+  if dense_runs is not None and not set(seeds) <= set(given):
+    raise ValueError(f'dense_runs has seeds {sorted(given)}, not all of {list(seeds)}.')
   start_for = per_seed(start_variables)
   init_for = {name: per_seed(v) for name, v in (init_variables or {}).items()}
   params = start_for(seeds[0])['params']
@@ -63,6 +71,9 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     masks = masks_lib.conform(ticket, params, policy)
     runs = []
     for seed in seeds:
+      if name == DENSE and given:
+        runs.append(dict(given[seed]))
+        continue
       unit = os.path.join(run_dir, name, f'seed_{seed}')
       done = os.path.join(unit, 'result.json')
       if not os.path.exists(done):

@@ -4,7 +4,8 @@
     model = task.build_model(tasks.ModelSpec('resnet18', stem='cifar'), data.get_info('digits'))
 
 A `Task` gives its model head, training loss, evaluator with a named headline metric
-and data transforms (`task`); `classification` and `segmentation` are registered here. A new task is one module with a
+and data transforms (`task`); `classification`, `segmentation` and `detection` are
+registered here. A new task is one module with a
 `Task` subclass and one `register` call. May import `lth_jax.data`, `lth_jax.models`,
 `lth_jax.metrics`, `lth_jax.training` and `lth_jax.lottery.results` (the `Metric`).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from lth_jax.registry import Registry
 from lth_jax.tasks.classification import Classification
+from lth_jax.tasks.detection import Detection
 from lth_jax.tasks.segmentation import Segmentation
 from lth_jax.tasks.task import ModelSpec, Task
 
@@ -28,5 +30,6 @@ get = TASKS.get
 
 register(Classification())
 register(Segmentation())
+register(Detection())
 
-__all__ = ['TASKS', 'Classification', 'ModelSpec', 'Segmentation', 'Task', 'get', 'register']
+__all__ = ['TASKS', 'Classification', 'Detection', 'ModelSpec', 'Segmentation', 'Task', 'get', 'register']

@@ -80,8 +80,8 @@ class Classification(Task):
                         in_channels=dataset.image_shape[-1],
                         width_multiplier=spec.width_multiplier, dtype=spec.dtype)
 
-  def objective(self, model: nn.Module) -> Any:
-    del model
+  def objective(self, model: nn.Module, dataset: data.DatasetInfo) -> Any:
+    del model, dataset
     return cross_entropy
 
   def evaluator(self, model: nn.Module, dataset: data.DatasetInfo, *, batch_size: int,

@@ -151,6 +151,8 @@ class Segmentation(Task):
   """Semantic segmentation with DeepLabV3+ (see the module docstring)."""
   name = 'segmentation'
   metric = MIOU
+  options = ('output_stride', 'aspp_rates', 'head_channels', 'low_level_channels',
+             'bn_momentum')
 
   def build_model(self, spec: ModelSpec, dataset: DatasetInfo) -> nn.Module:
     output_stride = spec.option('output_stride', 16)
@@ -165,9 +167,9 @@ class Segmentation(Task):
         low_level_channels=spec.option('low_level_channels', 48), aspp_rates=rates,
         bn_momentum=spec.option('bn_momentum', BACKBONE_BN_MOMENTUM), dtype=spec.dtype)
 
-  def objective(self, model: nn.Module) -> PixelCrossEntropy:
+  def objective(self, model: nn.Module, dataset: DatasetInfo) -> PixelCrossEntropy:
     del model
-    return PixelCrossEntropy()
+    return PixelCrossEntropy(dataset.ignore_label)
 
   def evaluator(self, model: nn.Module, dataset: DatasetInfo, *, batch_size: int,
                 data_dir: str | None, mesh: Mesh) -> Evaluator:

@@ -59,9 +59,11 @@ class Task(abc.ABC):
     metric: the headline metric (picks the best epoch, judges matching, names results).
     is_head: top-level parameter name -> whether it is the head's (for per-group
       learning rates); a module-level function.
+    options: the `ModelSpec.options` its model reads (experiments refuse others).
   """
   name: str
   metric: Metric
+  options: tuple[str, ...] = ()
   is_head: Callable[[str], bool] = staticmethod(is_head)
 
   @abc.abstractmethod
@@ -69,8 +71,8 @@ class Task(abc.ABC):
     """The task's model on the backbone `spec`, sized for `dataset`."""
 
   @abc.abstractmethod
-  def objective(self, model: nn.Module) -> Objective | StatefulObjective:
-    """The training loss (hashable: equal objectives share a compiled step)."""
+  def objective(self, model: nn.Module, dataset: DatasetInfo) -> Objective | StatefulObjective:
+    """The training loss on `dataset` (hashable: equal objectives share a compiled step)."""
 
   @abc.abstractmethod
   def evaluator(self, model: nn.Module, dataset: DatasetInfo, *, batch_size: int,

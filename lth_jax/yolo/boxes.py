@@ -184,7 +184,7 @@ def postprocess(predictions: np.ndarray, *, input_size: int, original_hw: tuple[
                 score_threshold: float = SCORE_THRESHOLD,
                 iou_threshold: float = NMS_IOU_THRESHOLD,
                 valid_scale: tuple[float, float] = (0.0, math.inf),
-                max_det: int | None = None) -> np.ndarray:
+                max_det: int | None = None, max_candidates: int | None = None) -> np.ndarray:
   """Detections on the original image from one image's decoded predictions.
 
   The reference's `Evaluator.__convert_pred` then `nms`: undo the letterbox resize
@@ -201,6 +201,8 @@ def postprocess(predictions: np.ndarray, *, input_size: int, original_hw: tuple[
     iou_threshold: NMS GIoU threshold.
     valid_scale: (min, max) exclusive bounds on sqrt(box area).
     max_det: see `nms`.
+    max_candidates: NMS sees only this many best-scoring boxes (None: all, as the
+      reference; an untrained detector scores thousands of boxes an image above 0.005).
 
   Returns:
     [K, 6] float64 rows (x1, y1, x2, y2, score, class) in original pixels.
@@ -223,6 +225,9 @@ def postprocess(predictions: np.ndarray, *, input_size: int, original_hw: tuple[
   scores = predictions[:, 4] * predictions[np.arange(len(predictions)), 5 + classes]
   keep = (valid_scale[0] < scale) & (scale < valid_scale[1]) & (scores > score_threshold)
   corners, scores, classes = corners[keep], scores[keep], classes[keep]
+  if max_candidates is not None and len(scores) > max_candidates:
+    best = np.sort(np.argsort(-scores, kind='stable')[:max_candidates])
+    corners, scores, classes = corners[best], scores[best], classes[best]
   kept = nms(corners, scores, classes, iou_threshold=iou_threshold,
              score_threshold=score_threshold, max_det=max_det)
   return np.concatenate([corners[kept], scores[kept, None], classes[kept, None]], axis=-1)
