@@ -21,8 +21,8 @@ within 15 minutes on a 2-core CPU, the same study as configs/segmentation_offlin
    matching on mAP@0.5), map_vs_sparsity_digit_canvas_det.png, extreme_sparsity.csv and
    verdict.txt.
 
-`:tiny` is the smoke run of the tests: supervised and MoCo, one ticket each, two rounds
-of task-specific IMP, one seed, θ_p from the scikit-learn digits and 256 training
+`:tiny` is the smoke run of the tests: supervised pre-training only, one ticket, two
+rounds of task-specific IMP, one seed, θ_p from the scikit-learn digits and 256 training
 canvases (`digit_canvas_det_small`).
 """
 
@@ -51,7 +51,7 @@ def get_config(variant: str = ''):
   c.paper.random_baselines = 'random_global'
   c.num_seeds = 2
   if variant == 'tiny':
-    c.paper.pretrainings = 'supervised,moco'
+    c.paper.pretrainings = 'supervised'
     c.pretrain.dataset = 'digits'
     c.data.dataset = c.paper.tasks = 'digit_canvas_det_small'
     c.pretrain.optim.num_epochs = 1

@@ -236,12 +236,11 @@ def test_detection_offline_tiny_end_to_end(tmp_path):
   rows = out['rows']
   assert {(r['method'], r['ticket']) for r in rows} == {
       ('scratch', 'scratch'), ('supervised', 'dense'), ('supervised', 'round_01'),
-      ('random_global', 'random_global_round_01'), ('moco', 'dense'), ('moco', 'round_01'),
-      ('task_specific', 'task_specific_round_01')}
+      ('random_global', 'random_global_round_01'), ('task_specific', 'task_specific_round_01')}
   dense = next(r for r in rows if (r['method'], r['ticket']) == ('supervised', 'dense'))
-  # A detector that predicts nothing has mAP 0.
-  assert dense['test_map50'] > 0.01 and 0 <= dense['runs'][0]['test_metrics']['map'] <= (
-      dense['test_map50'])
+  # A detector that predicts nothing has mAP 0 (an untrained one about 1e-5).
+  assert dense['test_map50'] > 0.005
+  assert 0 < dense['test_map'] <= dense['test_map50'] and 'test_map_std' in dense
   specific = next(r for r in rows if r['method'] == 'task_specific')
   assert specific['sparsity'] == pytest.approx(0.2, abs=1e-4)
   imp_round = tmp_path / 'transfer/digit_canvas_det_small/task_specific/round_00/round.json'

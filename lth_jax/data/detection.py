@@ -31,7 +31,6 @@ gives them, as the reference's).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,6 @@ import tensorflow as tf
 from lth_jax.data import canvases, pipeline, voc
 from lth_jax.data import transforms
 from lth_jax.data.registry import DatasetInfo
-from lth_jax.errors import DatasetNotFoundError
 
 Host = tuple[int, int]
 # The reference's training and test sets (Detection/utils/voc.py).
@@ -230,41 +228,11 @@ def preprocess(example: dict[str, tf.Tensor], *, info: DatasetInfo,
           'valid': valid, **out}
 
 
-def train_batches(info: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
-                  data_dir: str | None, start_step: int = 0) -> Iterator[dict[str, Any]]:
-  """One epoch of this host's augmented training batches (see the module).
-
-  Args:
-    info: a detection dataset.
-    batch_size: global batch size.
-    epoch: epoch number.
-    seed: run seed.
-    data_dir: the folder holding VOCdevkit ('voc').
-    start_step: batches of this epoch to skip (resuming).
-
-  Returns:
-    Iterator over {'image', 'boxes', 'classes', 'valid'} batches.
-  """
-  return pipeline.epoch_batches(info, examples, functools.partial(preprocess, info=info),
-                                batch_size=batch_size, epoch=epoch, seed=seed,
-                                data_dir=data_dir, start_step=start_step)
-
-
-def eval_batches(info: DatasetInfo, split: str, *, batch_size: int,
-                 data_dir: str | None) -> Iterator[dict[str, Any]]:
-  """Every image of a split once, letterboxed, with its annotations, in padded batches.
-
-  Args:
-    info: a detection dataset.
-    split: 'train', 'val' or 'test'.
-    batch_size: global batch size.
-    data_dir: the folder holding VOCdevkit ('voc').
-
-  Returns:
-    Iterator over batches with 'mask' (1 real image, 0 padding).
-  """
-  return pipeline.split_batches(info, split, examples, functools.partial(preprocess, info=info),
-                                batch_size=batch_size, data_dir=data_dir)
+_PIPELINE = pipeline.JointPipeline(examples, preprocess)
+# train_batches(info, *, batch_size, epoch, seed, data_dir, start_step=0) and
+# eval_batches(info, split, *, batch_size, data_dir): see `pipeline.JointPipeline`.
+train_batches = _PIPELINE.train_batches
+eval_batches = _PIPELINE.eval_batches
 
 
 def check_available(info: DatasetInfo, data_dir: str | None) -> None:
@@ -281,11 +249,8 @@ def check_available(info: DatasetInfo, data_dir: str | None) -> None:
   if info.source != 'voc':
     return
   sizes = info.split_sizes
-  for splits, needed, names in ((VOC_TRAIN, sizes['train'] + sizes['val'], "'train' + 'val'"),
-                                (VOC_TEST, sizes['test'], "'test'")):
-    found = len(_voc_annotations(data_dir or '', splits))
-    if found != needed:
-      listed = ' + '.join(f'VOC{year} {split}' for year, split in splits)
-      raise DatasetNotFoundError(
-          f'{listed} in {data_dir} lists {found:,} images; {info.name!r} needs {needed:,} '
-          f'({names}, VOC as released).')
+  voc.require_counts(info.name, data_dir, [
+      (' + '.join(f'VOC{year} {split}' for year, split in splits),
+       len(_voc_annotations(data_dir or '', splits)), needed, names)
+      for splits, needed, names in ((VOC_TRAIN, sizes['train'] + sizes['val'],
+                                     "'train' + 'val'"), (VOC_TEST, sizes['test'], "'test'"))])

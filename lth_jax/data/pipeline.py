@@ -243,6 +243,38 @@ def split_batches(info: DatasetInfo, split: str, examples: Examples, preprocess:
   return ds.batch(per_host).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
+class JointPipeline:
+  """A task's training and evaluation batches from its examples and joint transforms.
+
+  Segmentation and detection read their own examples (labels per pixel, padded boxes)
+  and transform images and labels together; shuffling, resuming, hosts, seeds and exact
+  padded evaluation are `epoch_batches` and `split_batches`.
+
+  Args:
+    examples: the task's source (see `Examples`).
+    preprocess: (example, *, info, seed) -> the element of a batch (seed None:
+      evaluation).
+  """
+
+  def __init__(self, examples: Examples, preprocess: Callable[..., dict[str, tf.Tensor]]):
+    self.examples = examples
+    self.preprocess = preprocess
+
+  def train_batches(self, info: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
+                    data_dir: str | None, start_step: int = 0) -> Iterator[Batch]:
+    """One epoch of this host's augmented training batches (see `epoch_batches`)."""
+    return epoch_batches(info, self.examples, functools.partial(self.preprocess, info=info),
+                         batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
+                         start_step=start_step)
+
+  def eval_batches(self, info: DatasetInfo, split: str, *, batch_size: int,
+                   data_dir: str | None) -> Iterator[Batch]:
+    """Every example of a split once, in padded batches with 'mask' (see `split_batches`)."""
+    return split_batches(info, split, self.examples,
+                         functools.partial(self.preprocess, info=info), batch_size=batch_size,
+                         data_dir=data_dir)
+
+
 def _per_host_batch(batch_size: int, host: Host) -> int:
   count = host[1]
   if batch_size <= 0 or batch_size % count:

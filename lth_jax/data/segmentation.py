@@ -19,9 +19,6 @@ shipped MNIST-5k) and 'voc' (Pascal VOC 2012 from a VOCdevkit folder, `lth_jax.d
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +26,6 @@ import tensorflow as tf
 from lth_jax.data import canvases, pipeline, voc
 from lth_jax.data import transforms
 from lth_jax.data.registry import DatasetInfo
-from lth_jax.errors import DatasetNotFoundError
 
 Host = tuple[int, int]
 
@@ -135,41 +131,11 @@ def preprocess(example: dict[str, tf.Tensor], *, info: DatasetInfo,
   return {'image': image, 'label': tf.ensure_shape(tf.cast(label, tf.int32), (size, size))}
 
 
-def train_batches(info: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
-                  data_dir: str | None, start_step: int = 0) -> Iterator[dict[str, Any]]:
-  """One epoch of this host's jointly augmented training batches (see the module).
-
-  Args:
-    info: a segmentation dataset.
-    batch_size: global batch size.
-    epoch: epoch number.
-    seed: run seed.
-    data_dir: the folder holding VOCdevkit ('voc').
-    start_step: batches of this epoch to skip (resuming).
-
-  Returns:
-    Iterator over {'image', 'label'} batches.
-  """
-  return pipeline.epoch_batches(info, examples, functools.partial(preprocess, info=info),
-                                batch_size=batch_size, epoch=epoch, seed=seed,
-                                data_dir=data_dir, start_step=start_step)
-
-
-def eval_batches(info: DatasetInfo, split: str, *, batch_size: int,
-                 data_dir: str | None) -> Iterator[dict[str, Any]]:
-  """Every image of a split once, padded to the model's input, in padded batches.
-
-  Args:
-    info: a segmentation dataset.
-    split: 'train', 'val' or 'test'.
-    batch_size: global batch size.
-    data_dir: the folder holding VOCdevkit ('voc').
-
-  Returns:
-    Iterator over {'image', 'label', 'mask'} batches.
-  """
-  return pipeline.split_batches(info, split, examples, functools.partial(preprocess, info=info),
-                                batch_size=batch_size, data_dir=data_dir)
+_PIPELINE = pipeline.JointPipeline(examples, preprocess)
+# train_batches(info, *, batch_size, epoch, seed, data_dir, start_step=0) and
+# eval_batches(info, split, *, batch_size, data_dir): see `pipeline.JointPipeline`.
+train_batches = _PIPELINE.train_batches
+eval_batches = _PIPELINE.eval_batches
 
 
 def check_available(info: DatasetInfo, data_dir: str | None) -> None:
@@ -186,10 +152,8 @@ def check_available(info: DatasetInfo, data_dir: str | None) -> None:
   if info.source != 'voc':
     return
   sizes = info.split_sizes
-  for voc_split, needed, splits in (('train', sizes['train'] + sizes['val'], "'train' + 'val'"),
-                                    ('val', sizes['test'], "'test'")):
-    found = len(voc.segmentation_examples(data_dir or '', voc_split))
-    if found != needed:
-      raise DatasetNotFoundError(
-          f'VOC2012 ImageSets/Segmentation/{voc_split}.txt in {data_dir} lists {found:,} '
-          f'images; {info.name!r} needs {needed:,} ({splits}, VOC2012 as released).')
+  voc.require_counts(info.name, data_dir, [
+      (f'VOC2012 ImageSets/Segmentation/{voc_split}.txt',
+       len(voc.segmentation_examples(data_dir or '', voc_split)), needed, splits)
+      for voc_split, needed, splits in (('train', sizes['train'] + sizes['val'],
+                                         "'train' + 'val'"), ('val', sizes['test'], "'test'"))])

@@ -71,6 +71,26 @@ def _require(paths: Sequence[str]) -> None:
                                f'the VOCdevkit folder is incomplete. {_HOW}')
 
 
+def require_counts(name: str, data_dir: str | None,
+                   lists: Sequence[tuple[str, int, int, str]]) -> None:
+  """Raises unless VOC's lists hold as many images as a dataset's splits need.
+
+  Args:
+    name: the dataset (`lth_jax.data` name).
+    data_dir: the folder holding VOCdevkit.
+    lists: (what was listed, images found, images needed, the splits they make).
+
+  Raises:
+    DatasetNotFoundError: the first list whose count differs (a different VOC release or
+      an edited list).
+  """
+  for listed, found, needed, splits in lists:
+    if found != needed:
+      raise DatasetNotFoundError(
+          f'{listed} in {data_dir} lists {found:,} images; {name!r} needs {needed:,} '
+          f'({splits}, VOC as released).')
+
+
 def segmentation_examples(root: str, split: str, year: str = '2012') -> list[tuple[str, str]]:
   """The (JPEG, label PNG) paths of a VOC segmentation split.
 

@@ -4,7 +4,8 @@
     ticket = mask_files.from_pytorch('mask_level_4.pth', like=variables['params'])
 
 Modules: `torch_names` (the one key map between torchvision/reference state-dict keys
-and Flax paths), `checkpoints` (torchvision, MoCo v2, SimCLR and the reference's
+and Flax paths), `state_dicts` (reading .pth/.safetensors/.npz files and mappings,
+unwrapping, the backbone's keys), `checkpoints` (torchvision, MoCo v2, SimCLR and the reference's
 segmentation checkpoints <-> Flax variables), `mask_files` (the reference's
 '<layer>.weight_mask' files <-> mask trees). torch is imported only to read or write
 `.pth` files. May import `lth_jax.models`, `lth_jax.masks` and `lth_jax.runtime`.
