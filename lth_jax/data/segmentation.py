@@ -8,9 +8,10 @@
 Training follows the reference's (VainF's) transforms, with a stateless seed an example
 as the classification pipelines do: a random scale in `info.scale_range` (the image
 bilinear, the labels nearest), padding to the crop (image 0, labels 255), a random crop
-of `info.image_shape`, a random horizontal flip (augmentation 'scale_crop_flip'), then the mean/std normalisation; labels
-always move with their pixels. Evaluation sees whole images, padded at the bottom and
-right to `info.image_shape` (labels 255 there, so the padding is never scored).
+of `info.image_shape`, a random horizontal flip (augmentation 'scale_crop_flip'), then
+the mean/std normalisation; labels always move with their pixels. Evaluation sees whole
+images, padded at the bottom and right to `info.image_shape` (labels 255 there, so the
+padding is never scored).
 
 Sources: 'canvases' (the digit canvases of `lth_jax.data.canvases`, generated from the
 shipped MNIST-5k) and 'voc' (Pascal VOC 2012 from a VOCdevkit folder, `lth_jax.data.voc`;

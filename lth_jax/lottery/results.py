@@ -119,16 +119,36 @@ def extreme_sparsity(rows: Sequence[Mapping[str, Any]], dense: Sequence[float],
   return max(matching) if matching else None
 
 
+def remaining_ticks(smallest: float, fraction: float = 0.2) -> list[float]:
+  """The paper's x ticks: 100 * (1 - fraction)^k percent of weights remaining.
+
+  Args:
+    smallest: the smallest percentage plotted.
+    fraction: the share pruned per IMP round.
+
+  Returns:
+    100, 80, 64, ... down to the first tick at or below `smallest`.
+  """
+  ticks = [100.0]
+  while ticks[-1] > smallest * (1 + 1e-9) and len(ticks) < 60:
+    ticks.append(ticks[-1] * (1 - fraction))
+  return ticks
+
+
 def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]],
                      dense: Sequence[float] | None = None, title: str = '',
                      metric: Metric = ACCURACY, labels: Mapping[str, str] | None = None) -> str:
-  """Plots a metric against sparsity, one curve per method, with the dense band.
+  """Plots a metric against the weights remaining, as the paper's figures do.
+
+  The x axis is the percentage of prunable weights remaining on a log scale, ticks at
+  100 * 0.8^k (one IMP round each), sparser to the right; every curve has its ±1 std
+  band over seeds; the dense mean and its band are drawn once; each curve's extreme
+  matching sparsity (against `dense`) is a star. A PDF is written beside the PNG.
 
   Args:
-    path: PNG path to write.
-    curves: name -> rows with 'sparsity', `metric.test` and optionally its '_std'
-      (drawn as error bars).
-    dense: the dense runs' values; their mean is a dashed line and +-1 std a band.
+    path: PNG path to write (the PDF takes the same name).
+    curves: name -> rows with 'sparsity', `metric.test` and optionally its '_std'.
+    dense: the dense runs' values (the reference line, band and matching).
     title: the plot title.
     metric: what is plotted.
     labels: curve name -> legend text (default `METHOD_LABELS`, else the name).
@@ -139,27 +159,45 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  smallest = 100.0
   for name, rows in curves.items():
     rows = sorted(rows, key=lambda r: r['sparsity'])
-    x = [100 * r['sparsity'] for r in rows]
-    y = [100 * r[metric.test] for r in rows]
-    err = [100 * r.get(f'{metric.test}_std', 0.0) for r in rows]
-    ax.errorbar(x, y, yerr=err if any(err) else None, marker='o', ms=4, capsize=2,
-                label={**METHOD_LABELS, **(labels or {})}.get(name, name))
+    x = np.array([100 * (1 - r['sparsity']) for r in rows])
+    y = np.array([100 * r[metric.test] for r in rows])
+    err = np.array([100 * r.get(f'{metric.test}_std', 0.0) for r in rows])
+    smallest = min(smallest, x.min())
+    line, = ax.plot(x, y, marker='o', ms=4,
+                    label={**METHOD_LABELS, **(labels or {})}.get(name, name))
+    if err.any():
+      ax.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.15, lw=0)
+    extreme = extreme_sparsity(rows, dense, metric.test) if dense else None
+    if extreme is not None:
+      at = next(r for r in rows if r['sparsity'] == extreme)
+      ax.plot(100 * (1 - extreme), 100 * at[metric.test], marker='*', ms=13,
+              color=line.get_color(), mec='k', mew=0.6, ls='none')
   if dense:
     mean, std = mean_std(dense)
-    ax.axhline(100 * mean, color='k', ls='--', lw=1, label='dense mean')
-    ax.axhspan(100 * (mean - std), 100 * (mean + std), color='k', alpha=0.1,
-               label='dense ±1 std')
-  ax.set_xlabel('sparsity (%)')
+    ax.axhline(100 * mean, color='k', ls='--', lw=1, label='dense')
+    ax.axhspan(100 * (mean - std), 100 * (mean + std), color='k', alpha=0.08, lw=0)
+  ax.set_xscale('log')
+  ticks = remaining_ticks(smallest)
+  ax.set_xticks(ticks)
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:.3g}'))
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  if len(ticks) > 9:
+    ax.tick_params(axis='x', labelsize=7, labelrotation=45)
+  ax.set_xlim(ticks[0] * 1.04, ticks[-1] / 1.04)  # sparser to the right
+  ax.set_xlabel('weights remaining (%)')
   ax.set_ylabel(f'test {metric.label} (%)')
-  ax.set_title(title)
+  ax.set_title(title + ('\n(★ extreme matching sparsity)' if dense else ''), fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
   files.save_figure(fig, path)
+  files.save_figure(fig, os.path.splitext(path)[0] + '.pdf')
   plt.close(fig)
   return path
 

@@ -32,4 +32,5 @@ register(Classification())
 register(Segmentation())
 register(Detection())
 
-__all__ = ['TASKS', 'Classification', 'Detection', 'ModelSpec', 'Segmentation', 'Task', 'get', 'register']
+__all__ = ['TASKS', 'Classification', 'Detection', 'ModelSpec', 'Segmentation', 'Task', 'get',
+           'register']

@@ -1,13 +1,14 @@
 """Object detection: YOLOv4's neck and heads on the ResNet, the YOLO loss, VOC mAP.
 
-The reference's `Detection/` recipe (a fork of argusswift/YOLOv4-pytorch): the backbone's
-weights at the root of the tree (tickets, masks and PyTorch names are a classifier's),
-SPP + PANet under `neck` and the three prediction heads under `head` (never pruned),
-targets assigned on the device from padded boxes (`lth_jax.yolo.build_targets`), the
-CIoU + focal objectness + BCE class loss, and evaluation as its `Evaluator`: decode every
-scale, undo the letterbox, score = objectness x best class probability > 0.005,
-per-class NMS at 0.45 (of the 300 best boxes, keeping 100 an image), then VOC07 11-point AP per class over every image of the split
-(`lth_jax.metrics.voc_map`) at IoU 0.5 (the headline mAP@0.5) and averaged over
+The reference's `Detection/` recipe (a fork of argusswift/YOLOv4-pytorch): the
+backbone's weights at the root of the tree (tickets, masks and PyTorch names are a
+classifier's), SPP + PANet under `neck` and the three prediction heads under `head`
+(never pruned), targets assigned on the device from padded boxes
+(`lth_jax.yolo.build_targets`), the CIoU + focal objectness + BCE class loss, and
+evaluation as its `Evaluator`: decode every scale, undo the letterbox, score =
+objectness x best class probability > 0.005, per-class NMS at 0.45 (of the 300 best
+boxes, keeping 100 an image), then VOC07 11-point AP per class over every image of the
+split (`lth_jax.metrics.voc_map`) at IoU 0.5 (the headline mAP@0.5) and averaged over
 0.50:0.05:0.95. Difficult boxes are left out of training, as the reference's annotation
 files leave them out, and are neither true nor false positives in evaluation.
 

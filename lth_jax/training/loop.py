@@ -141,7 +141,8 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
         is_head: Callable[[str], bool] | None = None,
         writer: metric_writers.MetricWriter | None = None,
         checkpoint_every_steps: int | None = None, rewind_step: int | None = None,
-        rng: jax.Array | None = None, carry_from: str | None = None) -> FitResult:
+        rng: jax.Array | None = None, carry_from: str | None = None,
+        async_checkpoints: bool | None = None) -> FitResult:
   """Fine-tunes masked `variables` for `recipe.num_epochs` epochs, resumably.
 
   Args:
@@ -172,6 +173,10 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
     carry_from: checkpoint_dir of an earlier run (the previous IMP round) whose final
       optimizer state, and what the objective keeps of its state, this run starts
       from instead of fresh ones (the reference's carry-over between rounds).
+    async_checkpoints: write checkpoints in the background while training goes on
+      (None: on accelerators, where the host is otherwise idle; on CPU the writes would
+      compete with the steps for the same cores). Every write has finished when `fit`
+      returns or raises.
 
   Returns:
     The `FitResult`.
@@ -199,78 +204,83 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
            sharding.replicate(variables['batch_stats'], mesh), masks, rng)
   state = steps.init(*start)
 
+  if async_checkpoints is None:
+    async_checkpoints = jax.default_backend() != 'cpu'
   manager = ocp.CheckpointManager(
       os.path.abspath(checkpoint_dir),
-      # Synchronous: saves are small host copies, and nothing is left in flight when
-      # fit returns or raises.
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False))
-  rewind = None
-  if manager.latest_step() is None:
-    meta = _fresh_meta()
-    if carry_from is not None:
-      state = steps.init(*start, carry=_restore_final_state(carry_from, state, mesh, metric))
-  else:
-    state, meta, rewind = _restore(manager, state, mesh, metric)
-    logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
-                 meta['step'])
-    if rewind is None and rewind_step is not None and rewind_step < meta['step']:
-      raise ValueError(f'{checkpoint_dir} holds a run without rewind_step={rewind_step} '
-                       f'that is past that step; use a new checkpoint_dir.')
-  if rewind_step == 0 and rewind is None:
-    rewind = _copy(state.variables)
+      options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                           enable_async_checkpointing=async_checkpoints))
+  try:
+    rewind = None
+    if manager.latest_step() is None:
+      meta = _fresh_meta()
+      if carry_from is not None:
+        state = steps.init(*start, carry=_restore_final_state(carry_from, state, mesh, metric))
+    else:
+      state, meta, rewind = _restore(manager, state, mesh, metric)
+      logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
+                   meta['step'])
+      if rewind is None and rewind_step is not None and rewind_step < meta['step']:
+        raise ValueError(f'{checkpoint_dir} holds a run without rewind_step={rewind_step} '
+                         f'that is past that step; use a new checkpoint_dir.')
+    if rewind_step == 0 and rewind is None:
+      rewind = _copy(state.variables)
 
-  step = meta['step']
-  report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                                    writer=writer)
+    step = meta['step']
+    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                                      writer=writer)
 
-  def absorb(pending: list[dict[str, jax.Array]], epoch: int) -> None:
-    # The metrics of the steps since the last absorb, before anything is saved.
-    metrics = jax.device_get(pending)
-    for i, item in enumerate(metrics):
-      if item.pop(NONFINITE):
-        bad = step - len(metrics) + i + 1
-        raise DivergenceError(checkpoint_dir, epoch=epoch + 1, step=bad,
-                              learning_rate=float(steps.schedule(bad - 1)))
-    add_sequentially(meta['train_sums'], metrics)
-    pending.clear()
+    def absorb(pending: list[dict[str, jax.Array]], epoch: int) -> None:
+      # The metrics of the steps since the last absorb, before anything is saved.
+      metrics = jax.device_get(pending)
+      for i, item in enumerate(metrics):
+        if item.pop(NONFINITE):
+          bad = step - len(metrics) + i + 1
+          raise DivergenceError(checkpoint_dir, epoch=epoch + 1, step=bad,
+                                learning_rate=float(steps.schedule(bad - 1)))
+      add_sequentially(meta['train_sums'], metrics)
+      pending.clear()
 
-  for epoch in range(meta['epoch'], num_epochs):
-    start = step - epoch * steps_per_epoch
-    batches = iter(train_batches(epoch, start))
-    pending = []
-    for i in range(start, steps_per_epoch):
-      batch = next(batches, None)
-      if batch is None:
-        raise ValueError(f'train_batches({epoch}, {start}) yielded {i - start} batches; '
-                         f'steps_per_epoch={steps_per_epoch} needs {steps_per_epoch - start}.')
-      state, metrics = steps.train(state, masks, sharding.shard_batch(batch, mesh))
-      pending.append(metrics)
-      step += 1
-      if step == rewind_step:
-        rewind = _copy(state.variables)
-      report_progress(step)
-      if checkpoint_every_steps and step % checkpoint_every_steps == 0 and (
-          i + 1 < steps_per_epoch):
-        absorb(pending, epoch)
-        meta.update(step=step, has_rewind=rewind is not None)
-        _save(manager, state, meta, rewind)
-    absorb(pending, epoch)
+    for epoch in range(meta['epoch'], num_epochs):
+      start = step - epoch * steps_per_epoch
+      batches = iter(train_batches(epoch, start))
+      pending = []
+      for i in range(start, steps_per_epoch):
+        batch = next(batches, None)
+        if batch is None:
+          raise ValueError(f'train_batches({epoch}, {start}) yielded {i - start} batches; '
+                           f'steps_per_epoch={steps_per_epoch} needs {steps_per_epoch - start}.')
+        state, metrics = steps.train(state, masks, sharding.shard_batch(batch, mesh))
+        pending.append(metrics)
+        step += 1
+        if step == rewind_step:
+          rewind = _copy(state.variables)
+        report_progress(step)
+        if checkpoint_every_steps and step % checkpoint_every_steps == 0 and (
+            i + 1 < steps_per_epoch):
+          absorb(pending, epoch)
+          meta.update(step=step, has_rewind=rewind is not None)
+          _save(manager, state, meta, rewind)
+      absorb(pending, epoch)
 
-    record = {'epoch': epoch + 1, 'step': step,
-              'learning_rate': float(steps.schedule(step - 1)),
-              **{f'train_{k}': v / steps_per_epoch for k, v in meta['train_sums'].items()}}
-    with report_progress.timed('eval'):
-      record.update(_end_of_epoch_record(state, meta, evaluator, metric))
-    meta['history'].append(record)
-    meta.update(epoch=epoch + 1, step=step, train_sums={}, has_rewind=rewind is not None)
-    _save(manager, state, meta, rewind)
-    logging.info('Epoch %d/%d: %s', epoch + 1, num_epochs, record)
-    if writer is not None:
-      writer.write_scalars(step, {k: v for k, v in record.items() if k not in ('epoch', 'step')})
-      writer.flush()
-  manager.wait_until_finished()
-  manager.close()
-  return FitResult(metric=metric, best_val=meta['best_val'], best_epoch=meta['best_epoch'],
-                   test=meta['test_metrics'][metric], test_metrics=meta['test_metrics'],
-                   history=meta['history'], variables=state.variables,
-                   rewind_variables=rewind)
+      record = {'epoch': epoch + 1, 'step': step,
+                'learning_rate': float(steps.schedule(step - 1)),
+                **{f'train_{k}': v / steps_per_epoch for k, v in meta['train_sums'].items()}}
+      with report_progress.timed('eval'):
+        record.update(_end_of_epoch_record(state, meta, evaluator, metric))
+      meta['history'].append(record)
+      meta.update(epoch=epoch + 1, step=step, train_sums={}, has_rewind=rewind is not None)
+      _save(manager, state, meta, rewind)
+      logging.info('Epoch %d/%d: %s', epoch + 1, num_epochs, record)
+      if writer is not None:
+        writer.write_scalars(step, {k: v for k, v in record.items() if k not in ('epoch', 'step')})
+        writer.flush()
+    return FitResult(metric=metric, best_val=meta['best_val'], best_epoch=meta['best_epoch'],
+                     test=meta['test_metrics'][metric], test_metrics=meta['test_metrics'],
+                     history=meta['history'], variables=state.variables,
+                     rewind_variables=rewind)
+  finally:
+    # Nothing is left in flight when fit returns or raises: a DivergenceError keeps the
+    # last finite checkpoint whole, and a finished run's files are all written.
+    manager.wait_until_finished()
+    manager.close()
