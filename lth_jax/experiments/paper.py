@@ -314,7 +314,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
       console.say(results.report(
           workdir, task_rows, _curves(task_rows), [],
           f'Upstream tickets transferred to {task_name}',
-          [c.format(metric.key) for c in COLUMNS], suffix=f'_{task_name}', metric=metric))
+          [c.format(metric.key) for c in COLUMNS], suffix=f'_{task_name}', metric=metric,
+          labels={o: f'IMP on {o} pre-training, rewind to θ_p'
+                  for o in config_lib.split_names(config.paper.pretrainings)}))
   if sharding.is_chief():
     files.write_table(os.path.join(workdir, 'results'), rows)
     files.write_table(os.path.join(workdir, 'extreme_sparsity'), extreme)

@@ -143,12 +143,15 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
   The x axis is the percentage of prunable weights remaining on a log scale, ticks at
   100 * 0.8^k (one IMP round each), sparser to the right; every curve has its ±1 std
   band over seeds; the dense mean and its band are drawn once; each curve's extreme
-  matching sparsity (against `dense`) is a star. A PDF is written beside the PNG.
+  matching sparsity is a star, judged against `dense` or, without it, against the runs of
+  the curve's own dense point (so curves from several pre-trainings are each judged
+  against their own θ_p); a curve of one dense point (e.g. training from scratch) is a
+  dotted reference line. A PDF is written beside the PNG.
 
   Args:
     path: PNG path to write (the PDF takes the same name).
     curves: name -> rows with 'sparsity', `metric.test` and optionally its '_std'.
-    dense: the dense runs' values (the reference line, band and matching).
+    dense: the dense runs' values (the reference line, band and matching), or None.
     title: the plot title.
     metric: what is plotted.
     labels: curve name -> legend text (default `METHOD_LABELS`, else the name).
@@ -167,13 +170,21 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
     rows = sorted(rows, key=lambda r: r['sparsity'])
     x = np.array([100 * (1 - r['sparsity']) for r in rows])
     y = np.array([100 * r[metric.test] for r in rows])
-    err = np.array([100 * r.get(f'{metric.test}_std', 0.0) for r in rows])
+    # With `dense` given, its band is drawn once, not again at each curve's first point.
+    err = np.array([0.0 if dense and r['sparsity'] == 0 else 100 * r.get(f'{metric.test}_std', 0.0)
+                    for r in rows])
+    label = {**METHOD_LABELS, **(labels or {})}.get(name, name)
+    if len(rows) == 1 and rows[0]['sparsity'] == 0:
+      line = ax.axhline(y[0], ls=':', lw=1.2, color='0.35', label=label)
+      ax.axhspan(y[0] - err[0], y[0] + err[0], color='0.35', alpha=0.08, lw=0)
+      continue
     smallest = min(smallest, x.min())
-    line, = ax.plot(x, y, marker='o', ms=4,
-                    label={**METHOD_LABELS, **(labels or {})}.get(name, name))
+    line, = ax.plot(x, y, marker='o', ms=4, label=label)
     if err.any():
       ax.fill_between(x, y - err, y + err, color=line.get_color(), alpha=0.15, lw=0)
-    extreme = extreme_sparsity(rows, dense, metric.test) if dense else None
+    own = [run[metric.test] for r in rows if r['sparsity'] == 0 for run in r.get('runs', [])]
+    judge = dense or own
+    extreme = extreme_sparsity(rows, judge, metric.test) if judge else None
     if extreme is not None:
       at = next(r for r in rows if r['sparsity'] == extreme)
       ax.plot(100 * (1 - extreme), 100 * at[metric.test], marker='*', ms=13,
@@ -192,7 +203,7 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
   ax.set_xlim(ticks[0] * 1.04, ticks[-1] / 1.04)  # sparser to the right
   ax.set_xlabel('weights remaining (%)')
   ax.set_ylabel(f'test {metric.label} (%)')
-  ax.set_title(title + ('\n(★ extreme matching sparsity)' if dense else ''), fontsize=10)
+  ax.set_title(title + '\n(★ extreme matching sparsity)', fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
