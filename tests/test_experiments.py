@@ -412,3 +412,34 @@ def test_two_processes_from_the_command_line_match_one_process_on_two_devices(tm
       assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(ma), jax.tree.leaves(mb)))
   # Only the chief wrote the shared files: the same files as one process, none left over.
   assert _files(two) == _files(one)
+
+
+def test_an_input_error_stops_before_theta_p_is_pretrained(tmp_path):
+  # θ_p pre-trained in the workdir: a missing ticket file must stop the run before that work
+  # is spent and before the workdir is claimed, so the fixed rerun is accepted.
+  run = tmp_path / 'w'
+  missing = str(tmp_path / 'round_02.npz')
+  config = tiny(**{'mode': 'transfer', 'transfer.masks': missing,
+                   'pretrained.source': 'pretrain', 'pretrain.dataset': 'digits'})
+  with pytest.raises((errors.ConfigError, FileNotFoundError), match='round_02.npz'):
+    experiments.run(config, str(run))
+  assert not run.exists()
+
+
+@pytest.mark.parametrize('env, joins', [
+    ({}, False),
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}, False),   # one task: nothing to join
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4'}, True),
+    ({'OMPI_MCA_orte_hnp_uri': 'x'}, True),
+    ({'TPU_WORKER_HOSTNAMES': 'localhost'}, False),        # a single-host TPU VM
+    ({'TPU_WORKER_HOSTNAMES': 't1,t2,t3,t4'}, True),       # a pod slice
+    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, True),
+])
+def test_a_detected_cluster_is_joined_without_flags(monkeypatch, env, joins):
+  from lth_jax.runtime import sharding
+  for name in ('SLURM_JOB_ID', 'SLURM_NTASKS', 'OMPI_MCA_orte_hnp_uri', 'TPU_WORKER_HOSTNAMES',
+               'TPU_PROCESS_ADDRESSES', 'JAX_COORDINATOR_ADDRESS'):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert sharding.cluster_detected() is joins

@@ -13,6 +13,8 @@ def test_ticks_are_one_imp_round_apart():
   assert ticks == pytest.approx([100 * 0.8 ** k for k in range(9)])
   assert ticks[-2] > 16.8 >= ticks[-1]
   assert results.remaining_ticks(50, fraction=0.5) == [100.0, 50.0]
+  # 36% sparsity as an exact count (63.99998% remaining) ends at the 64 tick, not 51.2.
+  assert results.remaining_ticks(100 * (1 - 0.36000022944)) == pytest.approx([100, 80, 64])
 
 
 def test_figure_is_written_as_png_and_pdf(tmp_path):
