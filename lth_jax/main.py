@@ -34,6 +34,9 @@ flags.DEFINE_string('coordinator_address', None, 'Several processes: HOST:PORT o
                     '(same on every process).')
 flags.DEFINE_integer('num_processes', None, 'Several processes: how many.')
 flags.DEFINE_integer('process_id', None, 'Several processes: this one\'s index, 0 .. N-1.')
+flags.DEFINE_string('compilation_cache', os.path.join('~', '.cache', 'lth_jax', 'xla'),
+                    'Directory of compiled XLA programs reused by later runs and processes '
+                    '(the fine-tunes of an experiment compile the same steps); empty: off.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -62,6 +65,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   verbose = FLAGS.verbosity >= 1
   _join_processes()
+  if FLAGS.compilation_cache:
+    import jax
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
   # Imported late so that --help stays fast.
   from lth_jax import errors, experiments
   from lth_jax.runtime import sharding

@@ -140,7 +140,8 @@ def test_missing_checkpoint_file_and_foreign_workdir(imp_run, tmp_path):
 
 def _cli(workdir: str, *extra: str) -> list[str]:
   return [sys.executable, '-m', 'lth_jax.main', f'--config={ROOT / "configs" / "demo.py"}:tiny',
-          f'--workdir={workdir}', *TINY, '--config.imp.random_baseline=False', *extra]
+          f'--workdir={workdir}', f'--compilation_cache={workdir}_xla', *TINY,
+          '--config.imp.random_baseline=False', *extra]
 
 
 def _kill_at_first_checkpoint(proc: subprocess.Popen, run: pathlib.Path,
@@ -170,7 +171,8 @@ def test_cli_killed_twice_mid_round_resumes_to_the_same_result(tmp_path):
   b = json.load(open(clean / 'results.json'))
   for row in a + b:
     row.pop('seconds')
-  assert a == b
+  assert a == b  # with compiled programs reused from the cache by the reruns
+  assert len(list((tmp_path / 'crashed_xla').iterdir())) > 0
   for k in range(4):
     ma = imp.load_round_mask(str(crashed / 'magnitude'), k)
     mb = imp.load_round_mask(str(clean / 'magnitude'), k)

@@ -129,6 +129,23 @@ def eval_batches(name: str | DatasetInfo, split: str, *, batch_size: int, data_d
                        data_dir=data_dir)
 
 
+def read_split(name: str | DatasetInfo, split: str, data_dir: str | None = None
+               ) -> dict[str, np.ndarray]:
+  """A whole split in stored order as numpy arrays (for datasets that fit in memory).
+
+  Args:
+    name: dataset name or its `DatasetInfo`.
+    split: 'train', 'val' or 'test'.
+    data_dir: tfds data directory.
+
+  Returns:
+    {'image': uint8 [N, H, W, C], 'label': [N]}.
+  """
+  info = get_info(name)
+  ds = _examples(info, split, data_dir, (0, 1)).batch(info.split_sizes[split] + 1)
+  return next(ds.as_numpy_iterator())
+
+
 def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> None:
   """Raises unless every split of a dataset can be read (nothing is read yet).
 

@@ -76,9 +76,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   config_lib.validate(config)
   mode = modes.get(config.mode)
   mesh = wiring.mesh_for(config)
+  wiring.resolve_pipeline(config, mesh)
+  wiring.scheduler(config, mesh)  # a bad devices_per_run stops before the workdir is claimed
   inputs = _load_inputs(config, mode)
   sections = mode.sections(config_lib.COMMON_FIELDS)
-  resumed = workdir_lib.claim(workdir, config, defaults=config_lib.base_config(),
+  defaults = config_lib.base_config()
+  defaults.data.pipeline = 'host'  # what workdirs recorded before the field existed ran
+  resumed = workdir_lib.claim(workdir, config, defaults=defaults,
                               inputs=inputs, recipe_work=mode.recipe_work(),
                               sections=sections)
   console.say(f'{"Resuming" if resumed else "Starting"} {config.mode} in {workdir} on '

@@ -29,7 +29,8 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / 'configs'
 # (`lth_jax.tasks.Task.options`, e.g. a DeepLab's output_stride).
 MODEL_FIELDS = ('arch', 'stem', 'width_multiplier', 'half_precision')
 COMMON_FIELDS = ('mode', 'seed', 'pretrained', 'pretrain', 'model', 'data', 'optim', 'imp',
-                 'num_seeds', 'dense_seeds', 'checkpoint_every_steps', 'num_devices')
+                 'num_seeds', 'dense_seeds', 'checkpoint_every_steps', 'num_devices',
+                 'devices_per_run')
 
 
 def split_names(value: str) -> list[str]:
@@ -129,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
   # hold this many train images out as 'val', so that choosing the best epoch never
   # looks at the test set (0: 'val' is the test set, as in the reference).
   c.data.val_from_train = 10_000
+  # 'device': training sets that fit (CIFAR, SVHN, Fashion-MNIST, the offline sets) live
+  # on the devices as uint8 and are cropped, flipped and normalised by jit; 'host': the
+  # tf.data pipeline; 'auto': 'device' on GPU/TPU, 'host' on CPU (recorded as chosen).
+  c.data.pipeline = 'auto'
 
   c.optim = optim_config()
 
@@ -154,6 +159,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dense_seeds = 0                     # seeds of IMP's dense round 0 (0: num_seeds)
   c.checkpoint_every_steps = 0          # extra mid-epoch checkpoints (0: each epoch only)
   c.num_devices = 0                     # 0: all devices
+  # Independent runs (the seeds of a round, transfer runs) side by side, each on this
+  # many devices (0: every run on all devices, one at a time); one process only.
+  c.devices_per_run = 0
   return c
 
 

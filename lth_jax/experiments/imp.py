@@ -92,6 +92,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     # seed's θ_p, or (late rewinding) to the IMP run's θ_k, which it reads as its start.
     specs['random'] = dataclasses.replace(main, pruning='random', include_dense=False,
                                           prune_first=False, rewind='start')
+  runs = wiring.scheduler(config, mesh, total_runs=sum(
+      s.num_rounds * len(s.seeds) for s in specs.values()))
   curves = {}
   for method, s in specs.items():
     console.say(f'IMP ({method}) on {info.name}: {s.num_rounds} rounds x {len(s.seeds)} '
@@ -100,7 +102,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
         os.path.join(workdir, main.pruning), start, config.seed)
     curves[method] = imp.run_imp(
         os.path.join(workdir, method), s, branch_start, finetune, gradient=gradient,
-        on_round=lambda r, m=method: console.say(
+        scheduler=runs, on_round=lambda r, m=method: console.say(
             f'[{m}] round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test '
             f'{metric.label} {100 * r[metric.test]:.2f}% (best val epoch {r["best_epoch"]})'))
   dense_round = curves[main.pruning][0]

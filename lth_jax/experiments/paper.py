@@ -58,6 +58,7 @@ from lth_jax import masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import imp as imp_mode
 from lth_jax.experiments import modes, upstream, wiring
+from lth_jax.runtime.scheduler import Scheduler
 from lth_jax.lottery import DENSE, add_matching, imp, results, run_transfer
 from lth_jax.models import init_variables
 from lth_jax.runtime import console, files, sharding
@@ -176,14 +177,15 @@ def _stages_at_extreme(curve: list[dict[str, Any]], dense: list[float],
 
 
 def _task_specific(config: ml_collections.ConfigDict, run_dir: str, start: Any,
-                   finetune: Any, metric: results.Metric) -> list[dict[str, Any]]:
+                   finetune: Any, metric: results.Metric,
+                   scheduler: Scheduler | None) -> list[dict[str, Any]]:
   """IMP on the task from the first pre-training's θ_p: every round's record."""
   spec = dataclasses.replace(imp_mode.spec(config), num_rounds=config.paper.task_imp_rounds,
                              dense_seeds=None)
   console.say(f'== Task-specific IMP ({spec.num_rounds} rounds incl. the dense one) in '
               f'{run_dir}')
   records = imp.run_imp(
-      run_dir, spec, start, finetune,
+      run_dir, spec, start, finetune, scheduler=scheduler,
       on_round=lambda r: console.say(
           f'  round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
           f'{100 * r[metric.test]:.2f}% ± {100 * r[metric.test + "_std"]:.2f}'))
@@ -252,12 +254,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     metric = task.metric
     model = wiring.build_model(config, task, info)
     finetune = wiring.make_finetune(config, model, task, info, mesh)
+    runs = wiring.scheduler(config, mesh)
     size = task.image_size(info)
     console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
     scratch = run_transfer(
         os.path.join(workdir, 'transfer', task_name, SCRATCH), {},
         lambda seed: init_variables(model, jax.random.key(seed), size), finetune, seeds,
-        metric=metric.key, policy=config.imp.policy)[0]
+        metric=metric.key, policy=config.imp.policy, scheduler=runs)[0]
     scratch_values = [r[metric.test] for r in scratch['runs']]
     task_rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
                   'ticket': SCRATCH}]
@@ -270,7 +273,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
       specific, dense_runs = [], None
       if objective == first and config.paper.task_imp_rounds:
         records = _task_specific(config, os.path.join(workdir, 'transfer', task_name,
-                                                      TASK_SPECIFIC), start, finetune, metric)
+                                                      TASK_SPECIFIC), start, finetune, metric,
+                                 runs)
         # Round 0 is this pre-training's dense transfer: same θ_p, seeds and recipe.
         dense_runs = records[0]['runs']
         specific = [{**r, 'ticket': f'{TASK_SPECIFIC}_round_{r["round"]:02d}'}
@@ -278,7 +282,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
       found = run_transfer(
           os.path.join(workdir, 'transfer', task_name, objective), named, start, finetune,
           seeds, metric=metric.key, policy=config.imp.policy, dense_runs=dense_runs,
-          on_result=lambda r, m=metric: console.say(
+          scheduler=runs, on_result=lambda r, m=metric: console.say(
               f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
               f'{100 * r[m.test]:.2f}% ± {100 * r[m.test + "_std"]:.2f}'))
       add_matching(found, metric.key)

@@ -175,6 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
         os.path.join(workdir, 'transfer', dataset), chosen, start,
         wiring.make_finetune(config, model, task, info, mesh), imp_mode.seeds(config),
         metric=metric.key, init_variables=reinit, policy=config.imp.policy,
+        scheduler=wiring.scheduler(config, mesh, total_runs=(len(chosen) + 1) * config.num_seeds),
         on_result=lambda r, m=metric: console.say(
             f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
             f'{100 * r[m.test]:.2f}% ± {100 * r[m.test + "_std"]:.2f}'))

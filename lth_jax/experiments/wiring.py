@@ -22,12 +22,14 @@ import ml_collections
 from jax.sharding import Mesh
 
 from lth_jax import data, errors, tasks
+from lth_jax.data import on_device
 from lth_jax.experiments import config as config_lib
 from lth_jax.interop import checkpoints
 from lth_jax.lottery import Finetune
 from lth_jax.lottery.imp import previous_round_dir
 from lth_jax.models import init_variables
 from lth_jax.runtime import console, sharding, tree_io
+from lth_jax.runtime.scheduler import Scheduler
 from lth_jax.training import Evaluator, Objective, StatefulObjective, compute_dtype, fit
 from lth_jax.training.optim import Recipe
 
@@ -64,6 +66,54 @@ def mesh_for(config: ml_collections.ConfigDict, *, fit_batch_sizes: bool = False
           f'config.data.{field}={config.data[field]} must be a multiple of the {mesh.size} '
           'devices; change it or set config.num_devices.')
   return mesh
+
+
+def resolve_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """Makes `config.data.pipeline`'s 'auto' the choice it stands for, so it is recorded.
+
+  'auto' is 'device' on accelerators (training sets that fit are kept on the devices,
+  `lth_jax.data.on_device`) and 'host' on CPU (the tf.data pipeline, whose batches the
+  numbers of the README were measured with). Recording the choice makes a workdir
+  refuse to resume with the other pipeline, whose random stream differs.
+
+  Args:
+    config: the config; `data.pipeline` is set in place.
+    mesh: the experiment's mesh (its platform decides 'auto').
+
+  Raises:
+    ConfigError: an unknown value.
+  """
+  choice = config.data.pipeline
+  if choice not in ('auto', 'device', 'host'):
+    config_lib.fail('data.pipeline', choice, "one of 'auto', 'device', 'host'")
+  if choice == 'auto':
+    platform = mesh.devices.flat[0].platform
+    config.data.pipeline = 'host' if platform == 'cpu' else 'device'
+
+
+def scheduler(config: ml_collections.ConfigDict, mesh: Mesh,
+              total_runs: int | None = None) -> Scheduler | None:
+  """The scheduler of independent runs (`config.devices_per_run`), or None for one at a time.
+
+  Args:
+    config: the config.
+    mesh: the experiment's mesh, split into groups of `devices_per_run` devices.
+    total_runs: the experiment's runs, for its ETA.
+
+  Raises:
+    ConfigError: `devices_per_run` does not divide the devices or the batch sizes.
+  """
+  per_run = config.devices_per_run
+  if not per_run or per_run == mesh.size:
+    return None
+  for field in ('batch_size', 'eval_batch_size'):
+    if config.data[field] % per_run:
+      config_lib.fail('devices_per_run', per_run,
+                      f'must divide config.data.{field}={config.data[field]}.')
+  try:
+    return Scheduler(list(mesh.devices.flat), per_run, total_runs=total_runs)
+  except ValueError as e:
+    raise errors.ConfigError(f'config.devices_per_run={per_run}: {e}') from None
 
 
 def dataset_info(config: ml_collections.ConfigDict, name: str) -> data.DatasetInfo:
@@ -234,31 +284,47 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
       objective) state instead of a fresh one, as the reference does upstream.
 
   Returns:
-    finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None) -> FitResult.
+    finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None, mesh=mesh)
+    -> FitResult; a `scheduler` passes each run's own device group as `mesh`.
   """
   from clu import metric_writers
 
   recipe = recipe or config_lib.recipe(config.optim)
   batch_size = config.data.batch_size
   data_dir = config.data.data_dir
-  evaluator = evaluator or task.evaluator(model, dataset, batch_size=config.data.eval_batch_size,
-                                          data_dir=data_dir, mesh=mesh)
   objective = objective or task.objective(model, dataset)
-  if train_batches is None:
-    train_batches = lambda epoch, seed, start: task.train_batches(
-        dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
-        start_step=start)
   steps = task.steps_per_epoch(dataset, batch_size)
 
-  def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None):
+  # What is bound to devices is made once per mesh a run is given (a scheduler's groups).
+  @functools.cache
+  def evaluator_on(run_mesh: Mesh) -> Evaluator:
+    if evaluator is not None:
+      if run_mesh is not mesh:
+        raise ValueError('A fine-tune with its own evaluator runs on its own mesh only.')
+      return evaluator
+    return task.evaluator(model, dataset, batch_size=config.data.eval_batch_size,
+                          data_dir=data_dir, mesh=run_mesh)
+
+  @functools.cache
+  def batches_on(run_mesh: Mesh) -> TrainBatches:
+    if train_batches is not None:
+      return train_batches
+    if config.data.pipeline == 'device' and on_device.fits(dataset):
+      return on_device.DeviceData(dataset, run_mesh, batch_size=batch_size, data_dir=data_dir)
+    return lambda epoch, seed, start: task.train_batches(
+        dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
+        start_step=start)
+
+  def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None, mesh=mesh):
     writer = metric_writers.create_default_writer(
         checkpoint_dir.rstrip('/') + '_tensorboard', just_logging=not sharding.is_chief(),
         asynchronous=False)
+    batches = batches_on(mesh)
     try:
       return fit(
           model, variables, masks, recipe,
-          train_batches=lambda epoch, start: train_batches(epoch, seed, start),
-          steps_per_epoch=steps, checkpoint_dir=checkpoint_dir, evaluator=evaluator,
+          train_batches=lambda epoch, start: batches(epoch, seed, start),
+          steps_per_epoch=steps, checkpoint_dir=checkpoint_dir, evaluator=evaluator_on(mesh),
           metric=metric or task.metric.key, objective=objective, mesh=mesh,
           is_head=task.is_head, writer=writer,
           checkpoint_every_steps=config.checkpoint_every_steps or None,

@@ -37,8 +37,9 @@ from lth_jax import pruning
 from lth_jax.errors import DivergenceError
 from lth_jax.interop import mask_files
 from lth_jax.lottery import results
-from lth_jax.lottery.protocol import Finetune, StartVariables, per_seed
+from lth_jax.lottery.protocol import Finetune, StartVariables, on_mesh, per_seed
 from lth_jax.runtime import files, sharding, tree_io
+from lth_jax.runtime.scheduler import Scheduler
 
 REWIND_POINTS = ('start', 'step')
 # What a round rewinds: 'all' variables (the paper's protocol), or only the 'prunable'
@@ -263,7 +264,8 @@ def _read_record(path: str) -> dict[str, Any] | None:
 
 def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
             finetune: Finetune, on_round: Callable[[dict[str, Any]], None] | None = None,
-            gradient: Callable[[Any], Any] | None = None) -> list[dict[str, Any]]:
+            gradient: Callable[[Any], Any] | None = None,
+            scheduler: Scheduler | None = None) -> list[dict[str, Any]]:
   """Runs (or resumes) IMP rounds; finished rounds are read back, never recomputed.
 
   A finished round that lacks some of the spec's seeds (a run resumed with more seeds)
@@ -280,6 +282,9 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
     on_round: called with each round's record as it finishes (or is read back).
     gradient: params -> the training loss's gradient on a few batches, for criteria
       that need it (`lth_jax.pruning.get(spec.pruning).needs_gradient`).
+    scheduler: runs the seeds of a round side by side, each on its own devices (their
+      results are those of running them one after another); None: one after another
+      on `finetune`'s own mesh.
 
   Returns:
     One record per round: round, sparsity, test/val value of the fine-tuning's metric
@@ -316,20 +321,33 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
     if missing:
       tic = time.time()
       masks = load_round_mask(run_dir, k)
-      for seed in missing:
+
+      def init_of(seed):
         init = rewind if spec.rewind == 'step' and k > 0 else start_for(seed)
         if spec.rewind_scope == 'prunable' and k > first:
           init = _continued(run_dir, k, seed, init, spec.policy)
-        take_rewind = spec.rewind == 'step' and k == 0 and seed == seeds[0] and rewind is None
+        return init
+
+      def takes_rewind(seed):
+        return spec.rewind == 'step' and k == 0 and seed == seeds[0] and rewind is None
+
+      def train(seed, mesh):
+        init = init_of(seed)
         variables = {'params': masks_lib.apply(init['params'], masks),
                      'batch_stats': init['batch_stats']}
         try:
-          fit = finetune(variables, masks, seed=seed,
-                         checkpoint_dir=os.path.join(round_dir, f'seed_{seed}'),
-                         rewind_step=spec.rewind_step if take_rewind else None)
+          return on_mesh(finetune, mesh)(
+              variables, masks, seed=seed, checkpoint_dir=os.path.join(round_dir, f'seed_{seed}'),
+              rewind_step=spec.rewind_step if takes_rewind(seed) else None)
         except DivergenceError as e:
           raise e.within(f'{os.path.basename(os.path.normpath(run_dir))} round {k}, '
                          f'seed {seed}') from None
+
+      name = os.path.basename(os.path.normpath(run_dir))
+      fits = (scheduler.map(train, missing, [f'{name} round {k} seed {s}' for s in missing])
+              if scheduler else [train(seed, None) for seed in missing])
+      for seed, fit in zip(missing, fits):
+        init, take_rewind = init_of(seed), takes_rewind(seed)
         if spec.rewind_scope == 'prunable':
           tree_io.save(os.path.join(round_dir, f'seed_{seed}', FINAL_VARIABLES),
                        jax.device_get(fit.variables), overwrite=True)

@@ -7,20 +7,31 @@ loss and evaluator) and read the start variables of each seed through `per_seed`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import jax
+from jax.sharding import Mesh
 
 from lth_jax.training import FitResult
 
 
 class Finetune(Protocol):
-  """Fine-tunes masked variables for one seed; resumable in `checkpoint_dir`."""
+  """Fine-tunes masked variables for one seed; resumable in `checkpoint_dir`.
+
+  A `Scheduler` running several at once also passes `mesh=`, the devices of the run;
+  a fine-tune that is never scheduled may leave it out of its signature.
+  """
 
   def __call__(self, variables: Mapping[str, Any], masks: Any, *, seed: int,
                checkpoint_dir: str, rewind_step: int | None = None) -> FitResult:
     ...
+
+
+def on_mesh(finetune: Finetune, mesh: Mesh | None) -> Finetune:
+  """`finetune` bound to run on `mesh` (None: on its own mesh)."""
+  return finetune if mesh is None else functools.partial(finetune, mesh=mesh)
 
 
 StartVariables = Mapping[str, Any] | Callable[[int], Mapping[str, Any]]

@@ -13,12 +13,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jax.sharding import Mesh
+
 from lth_jax import masks as masks_lib
 from lth_jax.errors import DivergenceError
 from lth_jax.lottery import results
 from lth_jax.lottery.imp import run_entry
-from lth_jax.lottery.protocol import Finetune, StartVariables, per_seed
+from lth_jax.lottery.protocol import Finetune, StartVariables, on_mesh, per_seed
 from lth_jax.runtime import files, sharding
+from lth_jax.runtime.scheduler import Scheduler
 
 DENSE = 'dense'
 
@@ -28,8 +31,8 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
                  init_variables: Mapping[str, StartVariables] | None = None,
                  policy: str | None = None,
                  on_result: Callable[[dict[str, Any]], None] | None = None,
-                 dense_runs: Sequence[Mapping[str, Any]] | None = None
-                 ) -> list[dict[str, Any]]:
+                 dense_runs: Sequence[Mapping[str, Any]] | None = None,
+                 scheduler: Scheduler | None = None) -> list[dict[str, Any]]:
   """Fine-tunes every ticket (and the dense network) with every seed.
 
   Args:
@@ -49,6 +52,8 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     dense_runs: the dense network's runs when they exist already (e.g. round 0 of an
       IMP run from the same start variables with the same finetune and seeds), one per
       seed; they are used instead of training it again.
+    scheduler: runs the (ticket, seed) runs side by side, each on its own devices;
+      None: one after another on `finetune`'s own mesh.
 
   Returns:
     One row per ticket, dense first: ticket, sparsity, test and val metric mean/std
@@ -66,28 +71,39 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
   init_for = {name: per_seed(v) for name, v in (init_variables or {}).items()}
   params = start_for(seeds[0])['params']
   named = {DENSE: masks_lib.init(params, policy), **tickets}
+  conformed = {name: masks_lib.conform(ticket, params, policy) for name, ticket in named.items()}
+  result = lambda name, seed: os.path.join(run_dir, name, f'seed_{seed}', 'result.json')
+
+  def train(unit: tuple[str, int], mesh: Mesh | None) -> None:
+    name, seed = unit
+    masks = conformed[name]
+    base = init_for.get(name, start_for)(seed)
+    variables = {'params': masks_lib.apply(base['params'], masks),
+                 'batch_stats': base['batch_stats']}
+    done = result(name, seed)
+    try:
+      fit = on_mesh(finetune, mesh)(variables, masks, seed=seed,
+                                    checkpoint_dir=os.path.join(os.path.dirname(done), 'train'))
+    except DivergenceError as e:
+      raise e.within(f'ticket {name}, seed {seed}') from None
+    if sharding.is_chief():
+      files.write_json(done, run_entry(seed, fit))
+    sharding.sync(f'transfer {os.path.dirname(done)}')
+
+  todo = [(name, seed) for name in named for seed in seeds
+          if not (name == DENSE and given) and not os.path.exists(result(name, seed))]
+  if scheduler:
+    scheduler.map(train, todo, [f'{name} seed {seed}' for name, seed in todo])
   rows = []
-  for name, ticket in named.items():
-    masks = masks_lib.conform(ticket, params, policy)
+  for name, masks in conformed.items():
+    for unit in [] if scheduler else [u for u in todo if u[0] == name]:
+      train(unit, None)  # one after another, each ticket's row as soon as it is done
     runs = []
     for seed in seeds:
       if name == DENSE and given:
         runs.append(dict(given[seed]))
         continue
-      unit = os.path.join(run_dir, name, f'seed_{seed}')
-      done = os.path.join(unit, 'result.json')
-      if not os.path.exists(done):
-        base = init_for.get(name, start_for)(seed)
-        variables = {'params': masks_lib.apply(base['params'], masks),
-                     'batch_stats': base['batch_stats']}
-        try:
-          fit = finetune(variables, masks, seed=seed, checkpoint_dir=os.path.join(unit, 'train'))
-        except DivergenceError as e:
-          raise e.within(f'ticket {name}, seed {seed}') from None
-        if sharding.is_chief():
-          files.write_json(done, run_entry(seed, fit))
-        sharding.sync(f'transfer {unit}')
-      with open(done) as f:
+      with open(result(name, seed)) as f:
         runs.append(json.load(f))
     row = {'ticket': name, 'sparsity': masks_lib.sparsity(masks, policy),
            **results.summarize(runs, metric), **masks_lib.stage_sparsity(masks, policy),

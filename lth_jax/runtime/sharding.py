@@ -151,7 +151,8 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
   Args:
     batch: this process's part of the batch, a pytree of numpy arrays with the
-      local batch size as first dimension (e.g. {'image': NHWC, 'label': N}).
+      local batch size as first dimension (e.g. {'image': NHWC, 'label': N}), or the
+      global batch as jax arrays already sharded over 'data' (returned as they are).
     mesh: the mesh.
 
   Returns:
@@ -165,6 +166,8 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   local_devices = len(sharding.addressable_devices)
 
   def put(x):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x  # already the global batch (e.g. made on the devices by data.on_device)
     x = np.asarray(x)
     if x.ndim == 0 or x.shape[0] % local_devices:
       raise ValueError(

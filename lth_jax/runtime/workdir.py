@@ -43,7 +43,7 @@ DIVERGED_FILE = 'diverged.json'
 DIVERGED_DIR = 'diverged'
 
 # Fields whose value never changes a result.
-NEUTRAL_FIELDS = ('data.data_dir', 'data.eval_batch_size', 'num_devices',
+NEUTRAL_FIELDS = ('data.data_dir', 'data.eval_batch_size', 'num_devices', 'devices_per_run',
                   'checkpoint_every_steps')
 # Fields that may change between runs: more rounds extend a run (fewer report fewer).
 RESUMABLE_FIELDS = ('imp.num_rounds',)

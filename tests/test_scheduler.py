@@ -1,0 +1,92 @@
+"""Independent runs side by side (lth_jax.runtime.scheduler) give the sequential results."""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from lth_jax import errors, experiments, masks
+from lth_jax.experiments import config as config_lib
+from lth_jax.lottery import imp
+from lth_jax.runtime.scheduler import Scheduler
+
+
+def test_map_keeps_order_and_gives_each_run_its_own_devices():
+  scheduler = Scheduler(jax.devices()[:8], devices_per_run=2)
+  assert scheduler.concurrent == 4
+  lock, held, most = threading.Lock(), set(), [0]
+
+  def job(item, mesh):
+    devices = {d.id for d in mesh.devices.flat}
+    with lock:
+      assert not devices & held, 'two runs on one device'
+      held.update(devices)
+      most[0] = max(most[0], len(held) // 2)
+    time.sleep(0.05)
+    with lock:
+      held.difference_update(devices)
+    return item * item, len(devices)
+
+  out = scheduler.map(job, list(range(10)))
+  assert out == [(i * i, 2) for i in range(10)]
+  assert most[0] > 1  # several in flight at once
+
+
+def test_a_failed_run_is_raised_after_the_others_and_stops_new_ones():
+  scheduler = Scheduler(jax.devices()[:2], devices_per_run=1)
+  started = []
+
+  def job(item, mesh):
+    started.append(item)
+    if item == 1:
+      raise errors.DivergenceError('run 1', epoch=1, step=3, learning_rate=0.1)
+    time.sleep(0.1)
+    return item
+
+  with pytest.raises(errors.DivergenceError, match='run 1'):
+    scheduler.map(job, list(range(8)))
+  assert len(started) < 8
+
+
+def test_devices_per_run_must_divide_the_devices():
+  with pytest.raises(ValueError, match='must divide the 8 devices'):
+    Scheduler(jax.devices()[:8], devices_per_run=3)
+  assert Scheduler(jax.devices()[:8]).concurrent == 1
+
+
+def _tiny(**overrides):
+  c = config_lib.load_config('demo:tiny')
+  c.update_from_flattened_dict({'imp.num_rounds': 2, 'num_seeds': 2, 'dense_seeds': 3,
+                                'checkpoint_every_steps': 0, **overrides})
+  return c
+
+
+def _rows(workdir):
+  with open(workdir / 'results.csv') as f:
+    return [{k: v for k, v in row.items() if k != 'seconds'} for row in csv.DictReader(f)]
+
+
+def test_scheduled_runs_equal_sequential_runs_on_as_many_devices(tmp_path):
+  sequential, scheduled = tmp_path / 'sequential', tmp_path / 'scheduled'
+  experiments.run(_tiny(num_devices=1), str(sequential))
+  out = experiments.run(_tiny(num_devices=8, devices_per_run=1), str(scheduled))
+  assert _rows(scheduled) == _rows(sequential)
+  for method in ('magnitude', 'random'):
+    for k in range(2 if method == 'magnitude' else 1, 3):
+      a = imp.load_round_mask(str(sequential / method), k)
+      b = imp.load_round_mask(str(scheduled / method), k)
+      assert masks.sparsity(a) > 0 and jax.tree.all(jax.tree.map(np.array_equal, a, b))
+  assert len(out['curves']['magnitude'][0]['runs']) == 3
+  # devices_per_run changes no result: a workdir resumes under another value.
+  experiments.run(_tiny(num_devices=1), str(scheduled))
+
+
+def test_devices_per_run_that_does_not_divide_is_refused(tmp_path):
+  with pytest.raises(errors.ConfigError, match='devices_per_run=3'):
+    experiments.run(_tiny(num_devices=8, devices_per_run=3), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
