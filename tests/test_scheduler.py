@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import threading
 import time
 
@@ -90,3 +91,20 @@ def test_devices_per_run_that_does_not_divide_is_refused(tmp_path):
   with pytest.raises(errors.ConfigError, match='devices_per_run=3'):
     experiments.run(_tiny(num_devices=8, devices_per_run=3), str(tmp_path / 'w'))
   assert not (tmp_path / 'w').exists()
+
+
+def test_progress_names_the_runs_in_flight_and_an_experiment_eta(monkeypatch):
+  said = []
+  monkeypatch.setattr('lth_jax.runtime.console.say', said.append)
+  scheduler = Scheduler(jax.devices()[:2], devices_per_run=1, total_runs=6)
+  scheduler.map(lambda item, mesh: time.sleep(0.05), ['a', 'b'],
+                names=['round 0 seed 0', 'round 0 seed 1'])
+  starts = [line for line in said if line.strip().startswith('start')]
+  assert len(starts) == 2 and any('in flight: round 0 seed 0, round 0 seed 1' in line
+                                  or 'in flight: round 0 seed 1, round 0 seed 0' in line
+                                  for line in starts)
+  assert any('2/6 runs done, experiment ETA 0m00s' in line for line in said)
+  # The count an IMP run feeds it: a dense round of 3 seeds, then 1 seed a round.
+  spec = imp.ImpSpec(num_rounds=3, seeds=(0,), dense_seeds=(0, 1, 2))
+  assert spec.num_runs == 5
+  assert dataclasses.replace(spec, include_dense=False).num_runs == 2

@@ -92,8 +92,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     # seed's θ_p, or (late rewinding) to the IMP run's θ_k, which it reads as its start.
     specs['random'] = dataclasses.replace(main, pruning='random', include_dense=False,
                                           prune_first=False, rewind='start')
-  runs = wiring.scheduler(config, mesh, total_runs=sum(
-      s.num_rounds * len(s.seeds) for s in specs.values()))
+  runs = wiring.scheduler(config, mesh, total_runs=sum(s.num_runs for s in specs.values()))
   curves = {}
   for method, s in specs.items():
     console.say(f'IMP ({method}) on {info.name}: {s.num_rounds} rounds x {len(s.seeds)} '

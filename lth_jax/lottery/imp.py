@@ -114,6 +114,21 @@ class ImpSpec:
       raise ValueError('dense_seeds must start with seeds[0]: the first seed\'s weights '
                        'are pruned in every round.')
 
+  @property
+  def first_round(self) -> int:
+    """The first trained round: 0, or 1 for a branch without its own dense round."""
+    return 0 if self.include_dense or self.prune_first else 1
+
+  def round_seeds(self, k: int) -> tuple[int, ...]:
+    """The seeds trained in round `k` (the dense round may have its own)."""
+    dense = k == 0 and self.dense_seeds and not self.prune_first
+    return self.dense_seeds if dense else self.seeds
+
+  @property
+  def num_runs(self) -> int:
+    """How many fine-tunes the whole run trains."""
+    return sum(len(self.round_seeds(k)) for k in range(self.first_round, self.num_rounds))
+
 
 def _continued(run_dir: str, round_index: int, seed: int, rewind: Mapping[str, Any],
                policy: str | None) -> dict[str, Any]:
@@ -298,7 +313,7 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
   os.makedirs(run_dir, exist_ok=True)
   start_for = per_seed(start_variables)
   start = start_for(spec.seeds[0])
-  first = 0 if spec.include_dense or spec.prune_first else 1
+  first = spec.first_round
   first_dir = _round_dir(run_dir, first)
   if not os.path.exists(os.path.join(first_dir, 'mask')):
     m0 = masks_lib.init(start['params'], spec.policy)
@@ -314,8 +329,7 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
     round_dir = _round_dir(run_dir, k)
     done = os.path.join(round_dir, 'round.json')
     record = _read_record(done)
-    seeds = spec.dense_seeds if k == 0 and spec.dense_seeds and not spec.prune_first else (
-        spec.seeds)
+    seeds = spec.round_seeds(k)
     have = {r['seed']: r for r in (record or {}).get('runs', [])}
     missing = [s for s in seeds if s not in have]
     if missing:
