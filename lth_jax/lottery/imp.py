@@ -342,26 +342,25 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
           init = _continued(run_dir, k, seed, init, spec.policy)
         return init
 
-      def takes_rewind(seed):
-        return spec.rewind == 'step' and k == 0 and seed == seeds[0] and rewind is None
+      takes_rewind = {s: spec.rewind == 'step' and k == 0 and s == seeds[0] and rewind is None
+                      for s in missing}
+      name = os.path.basename(os.path.normpath(run_dir))
 
       def train(seed, mesh):
         init = init_of(seed)
         variables = {'params': masks_lib.apply(init['params'], masks),
                      'batch_stats': init['batch_stats']}
         try:
-          return on_mesh(finetune, mesh)(
+          return init, on_mesh(finetune, mesh)(
               variables, masks, seed=seed, checkpoint_dir=os.path.join(round_dir, f'seed_{seed}'),
-              rewind_step=spec.rewind_step if takes_rewind(seed) else None)
+              rewind_step=spec.rewind_step if takes_rewind[seed] else None)
         except DivergenceError as e:
-          raise e.within(f'{os.path.basename(os.path.normpath(run_dir))} round {k}, '
-                         f'seed {seed}') from None
+          raise e.within(f'{name} round {k}, seed {seed}') from None
 
-      name = os.path.basename(os.path.normpath(run_dir))
-      fits = (scheduler.map(train, missing, [f'{name} round {k} seed {s}' for s in missing])
-              if scheduler else [train(seed, None) for seed in missing])
-      for seed, fit in zip(missing, fits):
-        init, take_rewind = init_of(seed), takes_rewind(seed)
+      trained = (scheduler.map(train, missing, [f'{name} round {k} seed {s}' for s in missing])
+                 if scheduler else [train(seed, None) for seed in missing])
+      for seed, (init, fit) in zip(missing, trained):
+        take_rewind = takes_rewind[seed]
         if spec.rewind_scope == 'prunable':
           tree_io.save(os.path.join(round_dir, f'seed_{seed}', FINAL_VARIABLES),
                        jax.device_get(fit.variables), overwrite=True)

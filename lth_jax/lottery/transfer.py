@@ -96,8 +96,9 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     scheduler.map(train, todo, [f'{name} seed {seed}' for name, seed in todo])
   rows = []
   for name, masks in conformed.items():
-    for unit in [] if scheduler else [u for u in todo if u[0] == name]:
-      train(unit, None)  # one after another, each ticket's row as soon as it is done
+    if not scheduler:  # one after another, each ticket's row as soon as it is done
+      for unit in [u for u in todo if u[0] == name]:
+        train(unit, None)
     runs = []
     for seed in seeds:
       if name == DENSE and given:
