@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import jax
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from lth_jax import masks, pruning, training
 from lth_jax.lottery import imp
 from lth_jax.models import create_model, init_variables
+from lth_jax.runtime.scheduler import Scheduler
 
 
 @pytest.fixture(scope='module')
@@ -191,3 +194,69 @@ def test_prunable_rewind_scope_continues_the_rest_from_the_previous_round(tmp_pa
   assert _equal(redo.calls[0]['variables'], by_round[2][0]['variables'])
   with pytest.raises(ValueError, match='rewind_scope'):
     imp.ImpSpec(num_rounds=2, rewind_scope='head')
+
+
+class SlowFinetune:
+  """Thread-safe: its result depends only on the run, and it notes which runs overlap."""
+
+  def __init__(self):
+    self.lock, self.in_flight, self.overlaps = threading.Lock(), set(), []
+
+  def __call__(self, variables, m, *, seed, checkpoint_dir, rewind_step=None, mesh=None):
+    run = tuple(checkpoint_dir.split(os.sep)[-2:])
+    with self.lock:
+      self.in_flight.add(run)
+      self.overlaps.append(set(self.in_flight))
+    time.sleep(0.05)
+    with self.lock:
+      self.in_flight.discard(run)
+    kept = _kept(m)
+    leaves, treedef = jax.tree.flatten(variables['params'])
+    rng = np.random.default_rng([seed, kept])
+    trained = jax.device_get(masks.apply(jax.tree.unflatten(treedef, [
+        np.asarray(x) + 0.1 * rng.standard_normal(np.shape(x)).astype(np.float32)
+        for x in leaves]), m))
+    acc = 0.5 + kept / 1e6 + 0.001 * seed
+    return training.FitResult(metric='accuracy', best_val=acc, best_epoch=1, test=acc,
+                              test_metrics={'accuracy': acc}, history=[],
+                              variables={'params': trained,
+                                         'batch_stats': variables['batch_stats']},
+                              rewind_variables=None)
+
+
+@pytest.mark.parametrize('criterion', ['random', 'snip'])
+def test_rounds_known_in_advance_train_side_by_side_with_the_sequential_results(
+    tmp_path, start, criterion):
+  gradient = (lambda params: jax.tree.map(lambda w: np.ones_like(w) + np.abs(w), params)
+              if criterion == 'snip' else None)
+  spec = imp.ImpSpec(num_rounds=4, pruning=criterion, seeds=(0, 1),
+                     include_dense=criterion != 'random')
+  assert imp.masks_known_in_advance(spec)
+  sequential, side_by_side = SlowFinetune(), SlowFinetune()
+  reference = imp.run_imp(str(tmp_path / 'seq'), spec, start, sequential, gradient=gradient)
+  finished = []
+  records = imp.run_imp(str(tmp_path / 'par'), spec, start, side_by_side, gradient=gradient,
+                        scheduler=Scheduler(jax.devices()[:4], devices_per_run=1),
+                        on_round=lambda r: finished.append(r['round']))
+  strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]  # noqa: E731
+  assert strip(records) == strip(reference)
+  assert sorted(finished) == [r['round'] for r in records]
+  for k in range(spec.first_round, 5):
+    assert _equal(imp.load_round_mask(str(tmp_path / 'par'), k),
+                  imp.load_round_mask(str(tmp_path / 'seq'), k))
+  # Runs of different rounds were in flight at once; sequentially never.
+  assert max(len({r for r, _ in runs}) for runs in side_by_side.overlaps) > 1
+  assert max(len(runs) for runs in sequential.overlaps) == 1
+
+
+def test_rounds_that_prune_trained_weights_wait_for_the_round_before(tmp_path, start):
+  fake = SlowFinetune()
+  spec = imp.ImpSpec(num_rounds=3, seeds=(0, 1, 2))
+  assert not imp.masks_known_in_advance(spec)
+  assert not imp.masks_known_in_advance(imp.ImpSpec(num_rounds=3, pruning='random',
+                                                    rewind_scope='prunable'))
+  imp.run_imp(str(tmp_path), spec, start, fake,
+              scheduler=Scheduler(jax.devices()[:4], devices_per_run=1))
+  # The seeds of a round overlap; two rounds never do.
+  assert max(len(runs) for runs in fake.overlaps) > 1
+  assert all(len({r for r, _ in runs}) == 1 for runs in fake.overlaps)

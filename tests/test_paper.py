@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 import numpy as np
@@ -69,6 +70,13 @@ def test_paper_offline_tiny_end_to_end(tmp_path):
   for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
                'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
     assert os.path.exists(tmp_path / name), name
+
+  # The experiment ETA counts every transfer fine-tune: one folder each.
+  trained = glob.glob(str(tmp_path / 'transfer' / '**' / 'seed_*'), recursive=True)
+  assert len(trained) == len(rows) == paper._transfer_units(
+      {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0, 'round_01': 0}},
+      dict.fromkeys(range(4)), task_imp_rounds=0)
+  assert paper._transfer_units({'a': {'r': 0}}, {}, task_imp_rounds=3) == 1 + 2 + 2
 
   again = experiments.run(config, str(tmp_path))  # finished: read back, not recomputed
   assert [r['test_accuracy'] for r in again['rows']] == [r['test_accuracy'] for r in rows]

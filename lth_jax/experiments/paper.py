@@ -222,6 +222,15 @@ def verdict(task: str, metric: results.Metric, extreme: list[dict[str, Any]]) ->
   return f'{task} ({metric.label}): ' + '; '.join(parts) + '.'
 
 
+def _transfer_units(tickets: dict[str, dict[str, Any]], random_masks: dict[str, Any],
+                    task_imp_rounds: int) -> int:
+  """Fine-tunes per task and seed: scratch, each pre-training's dense θ_p and tickets,
+  the random baselines, and the task-specific IMP's pruned rounds (its dense round is the
+  first pre-training's dense transfer)."""
+  return (1 + sum(1 + len(chosen) for chosen in tickets.values()) + len(random_masks)
+          + max(task_imp_rounds - 1, 0))
+
+
 def _method(ticket: str, objective: str) -> str:
   return next((m for m in RANDOM_BASELINES if ticket.startswith(f'{m}_')), objective)
 
@@ -248,13 +257,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     if not os.path.exists(path):
       masks_lib.save(path, mask)
   seeds = imp_mode.seeds(config)
+  task_names = config_lib.split_names(config.paper.tasks)
+  runs = wiring.scheduler(config, mesh, total_runs=len(task_names) * len(seeds) * (
+      _transfer_units(tickets, random_masks, config.paper.task_imp_rounds)))
   rows, extreme, verdicts = [], [], []
-  for task_name in config_lib.split_names(config.paper.tasks):
+  for task_name in task_names:
     task, info = wiring.task_and_data(config, task_name)
     metric = task.metric
     model = wiring.build_model(config, task, info)
     finetune = wiring.make_finetune(config, model, task, info, mesh)
-    runs = wiring.scheduler(config, mesh)
     size = task.image_size(info)
     console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
     scratch = run_transfer(

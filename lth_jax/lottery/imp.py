@@ -12,7 +12,10 @@ survivors) and records its metrics. Each round lives in `run_dir/round_XX/`:
 
 m_{k+1} is written into round k+1's folder before round.json of round k, so a crash
 at any point resumes without redoing finished work, and a finished run can be
-extended with more rounds. The optimizer state is fresh every round.
+extended with more rounds. The optimizer state is fresh every round. A criterion that
+never reads the trained weights (random pruning, SNIP) with rewinding to the start
+gives every mask in advance: all of them are written first, and a `Scheduler` trains
+every round's runs side by side.
 
 IMP does not know about data, models or tasks: fine-tuning is a callable (see
 `lth_jax.lottery.protocol.Finetune`), pruning a registered criterion (see
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -166,6 +170,16 @@ def prune(spec: ImpSpec, masks: Any, round_index: int, *, trained: Any, rewind: 
       spec.fraction, spec.policy)
 
 
+def masks_known_in_advance(spec: ImpSpec) -> bool:
+  """Whether every round's mask follows from the start alone, so rounds need not wait.
+
+  True when the criterion never reads the trained weights (the random baselines, SNIP)
+  and every round starts from the same variables (rewind to the start, every variable).
+  """
+  return (not pruning.get(spec.pruning).reads_trained and spec.rewind == 'start'
+          and spec.rewind_scope == 'all')
+
+
 def _round_dir(run_dir: str, k: int) -> str:
   return os.path.join(run_dir, f'round_{k:02d}')
 
@@ -297,14 +311,15 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
     on_round: called with each round's record as it finishes (or is read back).
     gradient: params -> the training loss's gradient on a few batches, for criteria
       that need it (`lth_jax.pruning.get(spec.pruning).needs_gradient`).
-    scheduler: runs the seeds of a round side by side, each on its own devices (their
-      results are those of running them one after another); None: one after another
-      on `finetune`'s own mesh.
+    scheduler: runs the seeds of a round side by side, each on its own devices, and
+      every round's seeds at once when `masks_known_in_advance(spec)` (the results are
+      those of running them one after another); None: one after another on
+      `finetune`'s own mesh.
 
   Returns:
     One record per round: round, sparsity, test/val value of the fine-tuning's metric
     (mean and std over seeds, e.g. test_accuracy), best epoch, sparsity per stage,
-    per-seed runs.
+    per-seed runs, seconds (of fine-tuning, summed over the seeds).
 
   Raises:
     DivergenceError: a fine-tuning run diverged; it names the run, round and seed, and
@@ -324,63 +339,96 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
   rewind = None
   if spec.rewind == 'step' and os.path.exists(os.path.join(run_dir, 'rewind_point')):
     rewind = load_rewind_point(run_dir, start)
-  records = []
-  for k in range(first, spec.num_rounds):
-    round_dir = _round_dir(run_dir, k)
-    done = os.path.join(round_dir, 'round.json')
-    record = _read_record(done)
+  rounds = range(first, spec.num_rounds)
+  in_advance = masks_known_in_advance(spec)
+  if in_advance:
+    # Every mask now (trained=None: the criterion must not read it), so all rounds are
+    # independent and train side by side; the masks are those of the round-by-round run.
+    for k in rounds:
+      if not os.path.exists(os.path.join(_round_dir(run_dir, k + 1), 'mask')):
+        save_round_mask(_round_dir(run_dir, k + 1), prune(
+            spec, load_round_mask(run_dir, k), k + 1, trained=None, rewind=start['params'],
+            gradient=gradient), spec.policy)
+  # Rounds train together when their masks are known in advance and runs go side by side.
+  together = in_advance and scheduler is not None and scheduler.concurrent > 1
+  waves = [list(rounds)] if together else [[k] for k in rounds]
+  name = os.path.basename(os.path.normpath(run_dir))
+  records: dict[int, dict[str, Any]] = {}
+  lock = threading.Lock()
+
+  def takes_rewind(k, seed):
+    return spec.rewind == 'step' and k == 0 and seed == spec.seeds[0] and rewind is None
+
+  def finish(k, record, have, new):
+    """Writes round k's record once its new runs are trained (the lock is held)."""
+    nonlocal rewind
+    masks = load_round_mask(run_dir, k)
+    for seed, (init, fit, _) in new.items():
+      if spec.rewind_scope == 'prunable':
+        tree_io.save(os.path.join(_round_dir(run_dir, k), f'seed_{seed}', FINAL_VARIABLES),
+                     jax.device_get(fit.variables), overwrite=True)
+      if takes_rewind(k, seed):
+        tree_io.save(os.path.join(run_dir, 'rewind_point'), fit.rewind_variables)
+        rewind = load_rewind_point(run_dir, start)
+      if seed == spec.seeds[0] and record is None and not in_advance:
+        save_round_mask(_round_dir(run_dir, k + 1), prune(
+            spec, masks, k + 1, trained=jax.device_get(fit.variables['params']),
+            rewind=init['params'], gradient=gradient), spec.policy)
+      have[seed] = run_entry(seed, fit)
     seeds = spec.round_seeds(k)
-    have = {r['seed']: r for r in (record or {}).get('runs', [])}
-    missing = [s for s in seeds if s not in have]
-    if missing:
-      tic = time.time()
-      masks = load_round_mask(run_dir, k)
+    runs = [have[s] for s in seeds] + [r for s, r in have.items() if s not in seeds]
+    record = _round_record(k, masks, runs, fit.metric, spec.policy,
+                           sum(t for _, _, t in new.values()) + (record or {}).get('seconds', 0.0))
+    if sharding.is_chief():
+      files.write_json(os.path.join(_round_dir(run_dir, k), 'round.json'), record)
+    sharding.sync(f'imp round {k} of {run_dir}')
+    logging.info('IMP round %d: sparsity %.4f, test %s %.4f', k, record['sparsity'],
+                 fit.metric, record[f'test_{fit.metric}'])
+    return record
 
-      def init_of(seed):
-        init = rewind if spec.rewind == 'step' and k > 0 else start_for(seed)
-        if spec.rewind_scope == 'prunable' and k > first:
-          init = _continued(run_dir, k, seed, init, spec.policy)
-        return init
-
-      takes_rewind = {s: spec.rewind == 'step' and k == 0 and s == seeds[0] and rewind is None
-                      for s in missing}
-      name = os.path.basename(os.path.normpath(run_dir))
-
-      def train(seed, mesh):
-        init = init_of(seed)
-        variables = {'params': masks_lib.apply(init['params'], masks),
-                     'batch_stats': init['batch_stats']}
-        try:
-          return init, on_mesh(finetune, mesh)(
-              variables, masks, seed=seed, checkpoint_dir=os.path.join(round_dir, f'seed_{seed}'),
-              rewind_step=spec.rewind_step if takes_rewind[seed] else None)
-        except DivergenceError as e:
-          raise e.within(f'{name} round {k}, seed {seed}') from None
-
-      trained = (scheduler.map(train, missing, [f'{name} round {k} seed {s}' for s in missing])
-                 if scheduler else [train(seed, None) for seed in missing])
-      for seed, (init, fit) in zip(missing, trained):
-        take_rewind = takes_rewind[seed]
-        if spec.rewind_scope == 'prunable':
-          tree_io.save(os.path.join(round_dir, f'seed_{seed}', FINAL_VARIABLES),
-                       jax.device_get(fit.variables), overwrite=True)
-        if take_rewind:
-          tree_io.save(os.path.join(run_dir, 'rewind_point'), fit.rewind_variables)
-          rewind = load_rewind_point(run_dir, start)
-        if seed == spec.seeds[0] and record is None:
-          next_masks = prune(spec, masks, k + 1, trained=jax.device_get(fit.variables['params']),
-                             rewind=init['params'], gradient=gradient)
-          save_round_mask(_round_dir(run_dir, k + 1), next_masks, spec.policy)
-        have[seed] = run_entry(seed, fit)
-      runs = [have[s] for s in seeds] + [r for s, r in have.items() if s not in seeds]
-      record = _round_record(k, masks, runs, fit.metric, spec.policy,
-                             time.time() - tic + (record or {}).get('seconds', 0.0))
-      if sharding.is_chief():
-        files.write_json(done, record)
-      sharding.sync(f'imp round {k} of {run_dir}')
-      logging.info('IMP round %d: sparsity %.4f, test %s %.4f', k, record['sparsity'],
-                   fit.metric, record[f'test_{fit.metric}'])
-    records.append(record)
+  def report(k, record):
+    records[k] = record
     if on_round is not None:
       on_round(record)
-  return records
+
+  for wave in waves:
+    todo = {}
+    for k in wave:
+      record = _read_record(os.path.join(_round_dir(run_dir, k), 'round.json'))
+      have = {r['seed']: r for r in (record or {}).get('runs', [])}
+      missing = [s for s in spec.round_seeds(k) if s not in have]
+      if missing:
+        todo[k] = (record, have, missing, {})
+      else:
+        report(k, record)
+    units = [(k, s) for k, (_, _, missing, _) in todo.items() for s in missing]
+
+    def train(unit, mesh):
+      k, seed = unit
+      masks = load_round_mask(run_dir, k)
+      init = rewind if spec.rewind == 'step' and k > 0 else start_for(seed)
+      if spec.rewind_scope == 'prunable' and k > first:
+        init = _continued(run_dir, k, seed, init, spec.policy)
+      variables = {'params': masks_lib.apply(init['params'], masks),
+                   'batch_stats': init['batch_stats']}
+      tic = time.time()
+      try:
+        fit = on_mesh(finetune, mesh)(
+            variables, masks, seed=seed,
+            checkpoint_dir=os.path.join(_round_dir(run_dir, k), f'seed_{seed}'),
+            rewind_step=spec.rewind_step if takes_rewind(k, seed) else None)
+      except DivergenceError as e:
+        raise e.within(f'{name} round {k}, seed {seed}') from None
+      with lock:
+        record, have, missing, new = todo[k]
+        new[seed] = (init, fit, time.time() - tic)
+        if len(new) == len(missing):  # the round's last run: record it now
+          report(k, finish(k, record, have, {s: new[s] for s in missing}))
+
+    names = [f'{name} round {k} seed {s}' for k, s in units]
+    if scheduler:
+      scheduler.map(train, units, names)
+    else:
+      for unit in units:
+        train(unit, None)
+  return [records[k] for k in rounds]

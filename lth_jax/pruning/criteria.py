@@ -60,10 +60,14 @@ class Criterion:
       magnitude, int32 scores as they are); lowest pruned first.
     layerwise: prune round(fraction * survivors) of each leaf; else of all at once.
     needs_gradient: the score reads `ScoreInputs.gradient`.
+    reads_trained: the score reads `ScoreInputs.trained`; a criterion that does not
+      gives every round's mask before any training, so IMP may train its rounds side
+      by side.
   """
   score: Callable[[ScoreInputs, masks_lib.Policy], dict[str, Any]]
   layerwise: bool = False
   needs_gradient: bool = False
+  reads_trained: bool = True
 
 
 CRITERIA: Registry[Criterion] = Registry('pruning criterion')
@@ -108,8 +112,6 @@ def random_scores(key: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> list[j
           for k, shape in zip(keys, shapes)]
 
 
-
-
 def _random(inputs: ScoreInputs, policy: masks_lib.Policy) -> dict[str, Any]:
   current = masks_lib.prunable_leaves(inputs.masks, policy)
   return dict(zip(current, random_scores(inputs.key,
@@ -126,9 +128,9 @@ def _snip(inputs: ScoreInputs, policy: masks_lib.Policy) -> dict[str, Any]:
 
 register('magnitude', Criterion(_trained))
 register('layerwise_magnitude', Criterion(_trained, layerwise=True))
-register('random', Criterion(_random))
-register('random_layerwise', Criterion(_random, layerwise=True))
-register('snip', Criterion(_snip, needs_gradient=True))
+register('random', Criterion(_random, reads_trained=False))
+register('random_layerwise', Criterion(_random, layerwise=True, reads_trained=False))
+register('snip', Criterion(_snip, needs_gradient=True, reads_trained=False))
 
 
 def global_magnitude(params: Any, masks: Any, fraction: float,
