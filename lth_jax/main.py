@@ -1,5 +1,8 @@
 """Command line: `python -m lth_jax.main --config=configs/<name>.py --workdir=DIR`.
 
+`--config=<name>[:variant]` names a file of configs/ too (e.g. `--config=demo:tiny`): the
+checkout's, or the copy inside the package where lth_jax was installed from a wheel.
+
 Flags only; the work lives in `lth_jax.experiments.run`, which tests and notebooks
 call directly. Override any config field with `--config.<field>=<value>`.
 
@@ -83,5 +86,33 @@ def main(argv: list[str]) -> None:
     sys.exit(2)
 
 
+def config_by_name(argv: list[str]) -> list[str]:
+  """`argv` with a `--config` value that names a config (`demo`, `demo:tiny`) as its path.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    The command line with `--config=<name>[:variant]` replaced by the path of
+    configs/<name>.py (plus `:variant`) where no file of that name exists here.
+  """
+  out = list(argv)
+  for i, arg in enumerate(out):
+    given = arg.partition('=')[2] if arg.startswith('--config=') else (
+        out[i + 1] if arg == '--config' and i + 1 < len(out) else None)
+    if given is None or os.sep in given or os.path.isfile(given.partition(':')[0]):
+      continue
+    from lth_jax.experiments.config import CONFIG_DIR  # only when a name needs finding
+    name, colon, variant = given.partition(':')
+    path = CONFIG_DIR / f'{name.removesuffix(".py")}.py'
+    if path.is_file():
+      value = f'{path}{colon}{variant}'
+      if arg == '--config':
+        out[i + 1] = value
+      else:
+        out[i] = f'--config={value}'
+  return out
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, argv=config_by_name(sys.argv))

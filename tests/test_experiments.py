@@ -179,6 +179,15 @@ def test_cli_killed_twice_mid_round_resumes_to_the_same_result(tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(ma), jax.tree.leaves(mb)))
 
 
+def test_cli_finds_a_config_by_its_name():
+  from lth_jax import main  # defines the command line's flags; nothing else here reads them
+  configs = defaults.CONFIG_DIR
+  assert main.config_by_name(['prog', '--config=demo:tiny', '--config', 'paper_offline']) == [
+      'prog', f'--config={configs / "demo.py"}:tiny', '--config', str(configs / 'paper_offline.py')]
+  as_given = ['prog', '--config=configs/demo.py:tiny', '--config=no_such_config', '--workdir=demo']
+  assert main.config_by_name(as_given) == as_given
+
+
 def test_cli_rejects_a_bad_value_with_a_message(tmp_path):
   proc = subprocess.run(_cli(str(tmp_path / 'w'), '--config.imp.fraction=1.5'), cwd=ROOT,
                         capture_output=True, text=True, env={**os.environ, 'XLA_FLAGS': ''})

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -83,3 +85,70 @@ def test_notebook_runs_headless_on_cpu(path, tmp_path, kernel_specs):
     folders = sorted(p.parent for p in root.glob('*/experiment.json'))
     rounds = sorted(len(list(f.glob('magnitude/round_*/round.json'))) for f in folders)
     assert rounds == [2, 3]
+
+
+def _cells(path: pathlib.Path) -> tuple[str, str]:
+  """The parameters cell and the install cell of a notebook."""
+  sources = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == 'code']
+  return sources[0], next(s for s in sources if 'pip' in s and 'import lth_jax\n' in s)
+
+
+def _run_install_cell(path: pathlib.Path, source: str, prelude: str, cwd: pathlib.Path,
+                      after: str = '') -> subprocess.CompletedProcess:
+  """Runs the parameters and install cells (then `after`) in a fresh interpreter where
+  lth_jax is not importable until `prelude`'s stand-in for pip says so."""
+  parameters, install = _cells(path)
+  blocked = "import sys\nsys.modules['lth_jax'] = None  # not installed\n"
+  return subprocess.run(
+      [sys.executable, '-c', '\n'.join([blocked, prelude, parameters, install, after])],
+      env={**os.environ, 'LTH_JAX_SOURCE': source, 'PYTHONPATH': '', 'JAX_PLATFORMS': 'cpu'},
+      cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize('source', ['not_a_checkout', 'missing.whl'])
+def test_install_cell_refuses_a_source_it_cannot_install_and_says_what_to_set(
+    path, source, tmp_path):
+  (tmp_path / 'not_a_checkout').mkdir()
+  no_pip = 'import subprocess\nsubprocess.run = lambda *a, **k: sys.exit("pip ran")\n'
+  out = _run_install_cell(path, str(tmp_path / source), no_pip, tmp_path)
+  assert out.returncode != 0 and 'pip ran' not in out.stderr
+  message = out.stderr.strip().splitlines()[-1]
+  assert message.startswith('RuntimeError: lth_jax is not installed')
+  assert str(tmp_path / source) in message and 'set LTH_JAX_SOURCE' in message.replace(
+      'Set', 'set')
+
+
+def test_install_cell_installs_a_wheel_that_carries_the_configs(tmp_path):
+  wheels = tmp_path / 'wheels'
+  subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
+                  '--no-build-isolation', '-w', str(wheels), str(ROOT)], check=True,
+                 capture_output=True, timeout=300)
+  wheel, = wheels.glob('lth_jax-*.whl')
+  # pip into a folder of its own (this interpreter keeps its packages); the cell does the rest.
+  target = tmp_path / 'site'
+  pip = ('import subprocess\n_run = subprocess.run\n'
+         'def fake_pip(cmd, **kw):\n'
+         '  if cmd[1:4] != ["-m", "pip", "install"]:\n'
+         '    return _run(cmd, **kw)\n'
+         '  assert cmd[-1].endswith(".whl"), cmd\n'
+         f'  _run([*cmd[:-1], "--no-deps", "--target", {str(target)!r}, cmd[-1]], **kw)\n'
+         f'  sys.path.insert(0, {str(target)!r})\n'
+         '  del sys.modules["lth_jax"]\n'
+         '  subprocess.run = _run\n'
+         'subprocess.run = fake_pip\n')
+  check = ('\nfrom lth_jax.experiments import load_config\n'
+           'print("FILE", lth_jax.__file__)\nprint("MODE", load_config("demo:tiny").mode)\n')
+  out = _run_install_cell(NOTEBOOKS[0], str(wheel), pip, tmp_path, after=check)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'FILE {target}' in out.stdout and 'MODE imp' in out.stdout
+  assert (target / 'lth_jax' / 'configs' / 'demo.py').is_file()
+  assert (target / 'lth_jax' / 'data' / 'offline' / 'mnist5k.npz').is_file()
+  # The command line finds a config by name in the installed package too.
+  cli = subprocess.run(
+      [sys.executable, '-m', 'lth_jax.main', '--config=demo:tiny', '--workdir=w',
+       '--config.imp.num_rounds=0'], env={**os.environ, 'PYTHONPATH': str(target),
+                                           'JAX_PLATFORMS': 'cpu'},
+      cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert cli.returncode == 2 and 'config.imp.num_rounds=0: must be >= 1' in cli.stderr
+  assert not (tmp_path / 'w').exists()

@@ -22,8 +22,11 @@ from lth_jax.models import resnet
 from lth_jax.training import optim
 
 PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
-# The config files of a source checkout (what `--config=configs/<name>.py` names).
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / 'configs'
+# The config files: a checkout's configs/ (what `--config=configs/<name>.py` names), else
+# the copy a wheel installs inside the package.
+CONFIG_DIR = next((d for d in (pathlib.Path(__file__).resolve().parents[i] / 'configs'
+                               for i in (2, 1)) if d.is_dir()),
+                  pathlib.Path(__file__).resolve().parents[2] / 'configs')
 # The fields every mode reads (experiment.json records these and the mode's sections).
 # The backbone fields of `config.model`; any other field is a task's model setting
 # (`lth_jax.tasks.Task.options`, e.g. a DeepLab's output_stride).
@@ -58,9 +61,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   name, _, arg = spec.partition(':')
   path = pathlib.Path(name if name.endswith('.py') else CONFIG_DIR / f'{name}.py')
   if not path.is_file():
+    known = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem != '__init__')
     raise FileNotFoundError(
-        f'No config file {path}: configs/ ships with the source repository; install lth_jax '
-        'from a checkout (pip install -e DIR) or pass the path of a config file.')
+        f'No config file {path}: name one of {known} (with an optional :variant), or pass '
+        'the path of a config file.')
   module_spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
