@@ -83,6 +83,10 @@ def test_scheduled_runs_equal_sequential_runs_on_as_many_devices(tmp_path):
       b = imp.load_round_mask(str(scheduled / method), k)
       assert masks.sparsity(a) > 0 and jax.tree.all(jax.tree.map(np.array_equal, a, b))
   assert len(out['curves']['magnitude'][0]['runs']) == 3
+  # The experiment ETA's count: every fine-tune, one folder each (dense 3, then 2 seeds
+  # in round 1 of the ticket search and of the random branch).
+  trained = [p for p in scheduled.glob('*/round_*/seed_*') if p.name[5:].isdigit()]
+  assert len(trained) == experiments.imp.num_runs(_tiny()) == 3 + 2 + 2
   # devices_per_run changes no result: a workdir resumes under another value.
   experiments.run(_tiny(num_devices=1), str(scheduled))
 

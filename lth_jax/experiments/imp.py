@@ -47,6 +47,28 @@ def spec(config: ml_collections.ConfigDict) -> ImpSpec:
                  or None)
 
 
+def branches(config: ml_collections.ConfigDict) -> dict[str, ImpSpec]:
+  """The IMP runs of the experiment: the ticket search, then the random baseline if asked.
+
+  Returns:
+    method -> its spec (`config.imp.pruning` first, 'random' when
+    `config.imp.random_baseline`).
+  """
+  main = spec(config)
+  out = {main.pruning: main}
+  if config.imp.random_baseline:
+    # The baseline shares the IMP run's dense round and rewinds where it does: to each
+    # seed's θ_p, or (late rewinding) to the IMP run's θ_k, which it reads as its start.
+    out['random'] = dataclasses.replace(main, pruning='random', include_dense=False,
+                                        prune_first=False, rewind='start')
+  return out
+
+
+def num_runs(config: ml_collections.ConfigDict) -> int:
+  """How many fine-tunes the experiment trains, every branch and seed counted."""
+  return sum(s.num_runs for s in branches(config).values())
+
+
 def labels(config: ml_collections.ConfigDict) -> dict[str, str]:
   """Legend texts of the IMP curve, in the paper's words."""
   point = {'random': 'θ_0', 'pretrain': 'θ_p'}.get(config.pretrained.source, 'θ_p')
@@ -86,15 +108,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     gradient = wiring.loss_gradient(config, model, task, info, mesh,
                                     start(config.seed)['batch_stats'])
   main = spec(config)
-  specs = {main.pruning: main}
-  if config.imp.random_baseline:
-    # The baseline shares the IMP run's dense round and rewinds where it does: to each
-    # seed's θ_p, or (late rewinding) to the IMP run's θ_k, which it reads as its start.
-    specs['random'] = dataclasses.replace(main, pruning='random', include_dense=False,
-                                          prune_first=False, rewind='start')
-  runs = wiring.scheduler(config, mesh, total_runs=sum(s.num_runs for s in specs.values()))
+  runs = wiring.scheduler(config, mesh, total_runs=num_runs(config))
   curves = {}
-  for method, s in specs.items():
+  for method, s in branches(config).items():
     console.say(f'IMP ({method}) on {info.name}: {s.num_rounds} rounds x {len(s.seeds)} '
                 f'seed(s) x {config.optim.num_epochs} epochs.')
     branch_start = start if method == main.pruning else imp.rewind_point(
