@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import threading
 import time
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 
 from lth_jax import masks, pruning, training
-from lth_jax.lottery import imp
+from lth_jax.lottery import imp, results
 from lth_jax.models import create_model, init_variables
+from lth_jax.runtime import files
 from lth_jax.runtime.scheduler import Scheduler
 
 
@@ -260,3 +262,21 @@ def test_rounds_that_prune_trained_weights_wait_for_the_round_before(tmp_path, s
   # The seeds of a round overlap; two rounds never do.
   assert max(len(runs) for runs in fake.overlaps) > 1
   assert all(len({r for r, _ in runs}) == 1 for runs in fake.overlaps)
+
+
+def test_a_single_run_has_no_std_only_repeated_runs_do(tmp_path, start):
+  records = imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=2, dense_seeds=(0, 1)), start,
+                        FakeFinetune())
+  dense, ticket = records
+  assert dense['test_accuracy_std'] > 0 and dense['test_accuracy_std'] == pytest.approx(
+      np.std([r['test_accuracy'] for r in dense['runs']], ddof=1))
+  assert ticket['num_seeds'] == 1 and ticket['test_accuracy_std'] is None
+  assert ticket['val_accuracy_std'] is None
+  assert results.shown(ticket, 'test_accuracy') == f'{100 * ticket["test_accuracy"]:.2f}% (one run)'
+  assert results.shown(dense, 'test_accuracy').endswith(
+      f'± {100 * dense["test_accuracy_std"]:.2f}')
+  # The CSV leaves the cell empty rather than writing a std of 0.
+  files.write_table(str(tmp_path / 'rows'), records)
+  with open(tmp_path / 'rows.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert rows[1]['test_accuracy_std'] == '' and float(rows[0]['test_accuracy_std']) > 0

@@ -272,9 +272,9 @@ def sweep(kind: str, sizes: Sequence[float], variables: StartVariables, masks: A
           checkpoint_dir, kind, f'size_{size:g}', f'seed_{seed}'))
       runs.append(fit.test)
       metric = fit.metric
-    mean, std = results.mean_std(runs)
     rows.append({'kind': kind, 'size': float(size), 'metric': metric,
-                 f'test_{metric}': mean, f'test_{metric}_std': std, 'runs': runs})
+                 f'test_{metric}': results.mean_std(runs)[0],
+                 f'test_{metric}_std': results.std_over_runs(runs), 'runs': runs})
   return rows
 
 

@@ -239,7 +239,7 @@ def sweep(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]], xlabel: 
     rows = sorted(rows, key=lambda r: r['size'])
     key = f'test_{rows[0]["metric"]}'
     ax.errorbar([r['size'] for r in rows], [100 * r[key] for r in rows],
-                yerr=[100 * r[f'{key}_std'] for r in rows], marker='o', ms=4,
+                yerr=[100 * (r[f'{key}_std'] or 0.0) for r in rows], marker='o', ms=4,
                 capsize=2, label=name)
   ax.set_xlabel(xlabel)
   ax.set_ylabel('test accuracy (%)')

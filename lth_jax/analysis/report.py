@@ -18,6 +18,7 @@ import numpy as np
 from lth_jax import masks as masks_lib
 from lth_jax.runtime import files
 from lth_jax.analysis import plots, structure
+from lth_jax.lottery import results
 
 REPORT_FILE = 'report.md'
 
@@ -183,8 +184,8 @@ def _perturbation_section(out_dir: str,
                        SIZE_LABELS.get(kind, 'size'), kind)
     files.write_json(os.path.join(out_dir, f'perturbation_{kind}.json'), curves)
     sizes = sorted({r['size'] for rows in curves.values() for r in rows})
-    table = [[t, *(next((f'{percent(r[_test(r)])} ± {percent(r[_test(r) + "_std"])}'
-                         for r in rows if r['size'] == s), '-') for s in sizes)]
+    table = [[t, *(next((results.shown(r, _test(r)) for r in rows if r['size'] == s), '-')
+                   for s in sizes)]
              for t, rows in curves.items()]
     lines += [f'### {kind}', image_link(path, kind),
               f'Test {next(iter(curves.values()))[0]["metric"]} % by size '

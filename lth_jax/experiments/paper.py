@@ -188,7 +188,7 @@ def _task_specific(config: ml_collections.ConfigDict, run_dir: str, start: Any,
       run_dir, spec, start, finetune, scheduler=scheduler,
       on_round=lambda r: console.say(
           f'  round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
-          f'{100 * r[metric.test]:.2f}% ± {100 * r[metric.test + "_std"]:.2f}'))
+          f'{results.shown(r, metric.test)}'))
   return records
 
 
@@ -295,7 +295,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
           seeds, metric=metric.key, policy=config.imp.policy, dense_runs=dense_runs,
           scheduler=runs, on_result=lambda r, m=metric: console.say(
               f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
-              f'{100 * r[m.test]:.2f}% ± {100 * r[m.test + "_std"]:.2f}'))
+              f'{results.shown(r, m.test)}'))
       add_matching(found, metric.key)
       dense = [r[metric.test] for r in found[0]['runs']]
       for row in found:
@@ -317,7 +317,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
         curve = [r for r in task_rows if r['method'] == method and r['pretraining'] == objective]
         extreme.append({'task': task_name, 'method': method, 'pretraining': objective,
                         'metric': metric.key, 'dense': results.mean_std(dense)[0],
-                        'dense_std': results.mean_std(dense)[1],
+                        'dense_std': results.std_over_runs(dense),
                         'scratch': results.mean_std(scratch_values)[0],
                         'pretraining_gain': gain, 'can_test_claim': can_test,
                         'extreme_sparsity': results.extreme_sparsity(curve, dense, metric.test),

@@ -28,7 +28,7 @@ from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import imp as imp_mode
 from lth_jax.experiments import modes, wiring
 from lth_jax.interop import mask_files
-from lth_jax.lottery import DENSE, add_matching, run_transfer
+from lth_jax.lottery import DENSE, add_matching, results, run_transfer
 from lth_jax.models import init_variables
 from lth_jax.runtime import console
 
@@ -178,7 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
         scheduler=wiring.scheduler(config, mesh, total_runs=(len(chosen) + 1) * config.num_seeds),
         on_result=lambda r, m=metric: console.say(
             f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
-            f'{100 * r[m.test]:.2f}% ± {100 * r[m.test + "_std"]:.2f}'))
+            f'{results.shown(r, m.test)}'))
     extreme = add_matching(rows, metric.key)
     dense = [r[metric.test] for r in rows[0]['runs']]
     for row in rows:

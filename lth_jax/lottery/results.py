@@ -77,14 +77,26 @@ def summarize(runs: Sequence[Mapping[str, Any]], metric: str) -> dict[str, float
   Returns:
     {'test_<metric>', 'test_<metric>_std', 'val_<metric>', 'val_<metric>_std'}, and the
     same mean and std of every other test metric all runs have (e.g. detection's
-    test_map, mAP@[.5:.95]).
+    test_map, mAP@[.5:.95]); the stds are None for a single run.
   """
   out = {}
   others = [k for k in runs[0] if k.startswith('test_') and k != f'test_{metric}'
             and all(k in r for r in runs)]
   for key in (f'test_{metric}', f'val_{metric}', *others):
-    out[key], out[f'{key}_std'] = mean_std([r[key] for r in runs])
+    values = [r[key] for r in runs]
+    out[key], out[f'{key}_std'] = mean_std(values)[0], std_over_runs(values)
   return out
+
+
+def std_over_runs(values: Sequence[float]) -> float | None:
+  """The sample std of repeated runs, or None for one run (it has no spread to report)."""
+  return mean_std(values)[1] if len(values) > 1 else None
+
+
+def shown(record: Mapping[str, Any], key: str) -> str:
+  """'93.27% ± 1.05' for a record's mean and std of `key` ('93.27% (one run)' without std)."""
+  std = record.get(f'{key}_std')
+  return f'{100 * record[key]:.2f}% ' + ('(one run)' if std is None else f'± {100 * std:.2f}')
 
 
 def is_matching(value: float, dense: Sequence[float]) -> bool:
@@ -172,7 +184,7 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
     x = np.array([100 * (1 - r['sparsity']) for r in rows])
     y = np.array([100 * r[metric.test] for r in rows])
     # With `dense` given, its band is drawn once, not again at each curve's first point.
-    err = np.array([0.0 if dense and r['sparsity'] == 0 else 100 * r.get(f'{metric.test}_std', 0.0)
+    err = np.array([0.0 if dense and r['sparsity'] == 0 else 100 * (r.get(f'{metric.test}_std') or 0.0)
                     for r in rows])
     label = {**METHOD_LABELS, **(labels or {})}.get(name, name)
     if len(rows) == 1 and rows[0]['sparsity'] == 0:
