@@ -26,39 +26,16 @@ rounds of task-specific IMP, one seed, θ_p from the scikit-learn digits and 256
 canvases (`digit_canvas_det_small`).
 """
 
-from lth_jax.experiments.config import base_config
+from lth_jax.experiments.config import canvas_study
 
 
 def get_config(variant: str = ''):
-  c = base_config()
-  c.mode = 'paper'
-  c.pretrained.source = 'pretrain'
-  c.pretrain.dataset = 'animal_mnist_a'
-  c.data.dataset = c.paper.tasks = 'digit_canvas_det'
-  c.model.arch = 'resnet18'
-  c.model.stem = 'cifar'
-  c.model.width_multiplier = 0.125
+  c = canvas_study('digit_canvas_det', variant)
   c.model.neck_width = 1 / 32           # (16, 32, 64) channels: the backbone's widths
   c.data.batch_size = 8
-  c.data.eval_batch_size = 64
-  c.pretrain.optim.num_epochs = 3
   c.optim.update(optimizer='sgd', learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
                  schedule='cosine', final_learning_rate=1e-4, warmup_epochs=0, num_epochs=1)
-  c.imp.num_rounds = 2                  # upstream rounds: 20% (one-shot from θ_p), 36%
-  c.paper.upstream_epochs = 1
-  c.paper.transfer_every = 2            # the upstream tickets at 36%
-  c.paper.task_imp_rounds = 3           # task-specific tickets at 20% and 36%
-  c.paper.random_baselines = 'random_global'
-  c.num_seeds = 2
   if variant == 'tiny':
     c.paper.pretrainings = 'supervised'
-    c.pretrain.dataset = 'digits'
-    c.data.dataset = c.paper.tasks = 'digit_canvas_det_small'
-    c.pretrain.optim.num_epochs = 1
-    c.paper.task_imp_rounds = 2
     c.optim.num_epochs = 4
-    c.num_seeds = 1
-  elif variant:
-    raise ValueError(f'Unknown variant {variant!r}: use configs/detection_offline.py or '
-                     'configs/detection_offline.py:tiny.')
   return c

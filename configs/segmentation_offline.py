@@ -29,45 +29,22 @@ of task-specific IMP, one seed, θ_p from the scikit-learn digits and 256 traini
 (`digit_canvas_seg_small`).
 """
 
-from lth_jax.experiments.config import base_config
+from lth_jax.experiments.config import canvas_study
 
 
 def get_config(variant: str = ''):
-  c = base_config()
-  c.mode = 'paper'
-  c.pretrained.source = 'pretrain'
-  c.pretrain.dataset = 'animal_mnist_a'
-  c.data.dataset = c.paper.tasks = 'digit_canvas_seg'
-  c.model.arch = 'resnet18'
-  c.model.stem = 'cifar'
-  c.model.width_multiplier = 0.125
+  c = canvas_study('digit_canvas_seg', variant)
   # DeepLabV3+ (lth_jax.tasks.segmentation): a head as narrow as the backbone.
   c.model.output_stride = 16
   c.model.head_channels = 32
   c.model.low_level_channels = 8
   c.data.batch_size = 16
-  c.data.eval_batch_size = 64
-  c.pretrain.optim.num_epochs = 3
   # The reference's segmentation recipe: `learning_rate` is the backbone's.
   c.optim.update(optimizer='sgd', learning_rate=0.01, head_lr_scale=10.0, momentum=0.9,
                  weight_decay=1e-4, schedule='poly', power=0.9, warmup_epochs=0,
                  num_epochs=2)
-  c.imp.num_rounds = 2                  # upstream rounds: 20% (one-shot from θ_p), 36%
-  c.paper.upstream_epochs = 1
-  c.paper.transfer_every = 2            # the upstream tickets at 36%
-  c.paper.task_imp_rounds = 3           # task-specific tickets at 20% and 36%
-  c.paper.random_baselines = 'random_global'
-  c.num_seeds = 2
   if variant == 'tiny':
     c.paper.pretrainings = 'supervised,moco'
-    c.pretrain.dataset = 'digits'
-    c.data.dataset = c.paper.tasks = 'digit_canvas_seg_small'
-    c.pretrain.optim.num_epochs = 1
-    c.paper.task_imp_rounds = 2
     c.data.batch_size = 8
     c.optim.num_epochs = 4
-    c.num_seeds = 1
-  elif variant:
-    raise ValueError(f'Unknown variant {variant!r}: use configs/segmentation_offline.py or '
-                     'configs/segmentation_offline.py:tiny.')
   return c

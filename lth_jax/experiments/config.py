@@ -169,6 +169,53 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
+  """The paper's dense-prediction transfer study in miniature, on digit canvases.
+
+  What configs/segmentation_offline.py and configs/detection_offline.py share: θ_p of a
+  ResNet-18 (width 1/8, CIFAR stem) pre-trained on Animal-MNIST's classes 0-4 by every
+  objective, upstream tickets at 20% (one-shot from θ_p) and 36%, the 36% ones
+  transferred to `task` beside training from scratch, random global pruning and
+  task-specific IMP at 20% and 36%, 2 seeds; `:tiny` is the tests' smoke run on the
+  scikit-learn digits and `<task>_small`, one seed. The files add their head and recipe.
+
+  Args:
+    task: 'digit_canvas_seg' or 'digit_canvas_det'.
+    variant: '' or 'tiny'.
+
+  Returns:
+    The study's config (mode 'paper').
+
+  Raises:
+    ValueError: an unknown variant.
+  """
+  if variant not in ('', 'tiny'):
+    raise ValueError(f'Unknown variant {variant!r}: use the config without one, or :tiny.')
+  c = base_config()
+  c.mode = 'paper'
+  c.pretrained.source = 'pretrain'
+  c.pretrain.dataset = 'animal_mnist_a'
+  c.data.dataset = c.paper.tasks = task
+  c.model.arch = 'resnet18'
+  c.model.stem = 'cifar'
+  c.model.width_multiplier = 0.125
+  c.data.eval_batch_size = 64
+  c.pretrain.optim.num_epochs = 3
+  c.imp.num_rounds = 2                  # upstream rounds: 20% (one-shot from θ_p), 36%
+  c.paper.upstream_epochs = 1
+  c.paper.transfer_every = 2            # the upstream tickets at 36%
+  c.paper.task_imp_rounds = 3           # task-specific tickets at 20% and 36%
+  c.paper.random_baselines = 'random_global'
+  c.num_seeds = 2
+  if variant == 'tiny':
+    c.pretrain.dataset = 'digits'
+    c.data.dataset = c.paper.tasks = f'{task}_small'
+    c.pretrain.optim.num_epochs = 1
+    c.paper.task_imp_rounds = 2
+    c.num_seeds = 1
+  return c
+
+
 def fail(field: str, value, hint: str) -> None:
   """Raises the ConfigError of a bad field: 'config.<field>=<value>: <hint>'."""
   raise errors.ConfigError(f'config.{field}={value!r}: {hint}')
