@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -120,9 +121,17 @@ def test_install_cell_refuses_a_source_it_cannot_install_and_says_what_to_set(
 
 
 def test_install_cell_installs_a_wheel_that_carries_the_configs(tmp_path):
-  wheels = tmp_path / 'wheels'
+  # Built from a copy of the repository's files: a build/ folder in the checkout could hold
+  # stale files, and the checkout stays as it is.
+  source, wheels = tmp_path / 'source', tmp_path / 'wheels'
+  listed = subprocess.run(['git', '-C', str(ROOT), 'ls-files', '-z', '--cached', '--others',
+                           '--exclude-standard'], check=True, capture_output=True).stdout
+  for name in filter(None, listed.decode().split('\0')):
+    if (ROOT / name).is_file():
+      (source / name).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(ROOT / name, source / name)
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
-                  '--no-build-isolation', '-w', str(wheels), str(ROOT)], check=True,
+                  '--no-build-isolation', '-w', str(wheels), str(source)], check=True,
                  capture_output=True, timeout=300)
   wheel, = wheels.glob('lth_jax-*.whl')
   # pip into a folder of its own (this interpreter keeps its packages); the cell does the rest.

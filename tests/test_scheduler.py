@@ -108,6 +108,13 @@ def test_progress_names_the_runs_in_flight_and_an_experiment_eta(monkeypatch):
                                   or 'in flight: round 0 seed 1, round 0 seed 0' in line
                                   for line in starts)
   assert any('2/6 runs done, experiment ETA 0m00s' in line for line in said)
+  # A resumed experiment: runs finished earlier count as done, not in the time per run.
+  resumed = Scheduler(jax.devices()[:2], devices_per_run=1, total_runs=10)
+  resumed.count_finished(7)
+  said.clear()
+  resumed.map(lambda item, mesh: time.sleep(1.0), ['a', 'b'])
+  # One run timed (1 s), 2 left on 2 device groups: about 1 s.
+  assert any('8/10 runs done, experiment ETA 0m01s' in line for line in said), said
   # The count an IMP run feeds it: a dense round of 3 seeds, then 1 seed a round.
   spec = imp.ImpSpec(num_rounds=3, seeds=(0,), dense_seeds=(0, 1, 2))
   assert spec.num_runs == 5

@@ -188,7 +188,7 @@ def _perturbation_section(out_dir: str,
                    for s in sizes)]
              for t, rows in curves.items()]
     lines += [f'### {kind}', image_link(path, kind),
-              f'Test {next(iter(curves.values()))[0]["metric"]} % by size '
+              f'Test {next(iter(curves.values()))[0]["metric"]} by size '
               f'({SIZE_LABELS.get(kind, "size")}):',
               markdown_table(['ticket', *(f'{s:g}' for s in sizes)], table)]
   return lines

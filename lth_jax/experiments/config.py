@@ -22,10 +22,11 @@ from lth_jax.models import resnet
 from lth_jax.training import optim
 
 PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
-# The config files: a checkout's configs/ (what `--config=configs/<name>.py` names), else
-# the copy a wheel installs inside the package.
+# The config files: the copy a wheel installs inside the package, else a checkout's
+# configs/ (what `--config=configs/<name>.py` names). The package's is looked at first: in
+# a wheel install the folder above the package is site-packages.
 CONFIG_DIR = next((d for d in (pathlib.Path(__file__).resolve().parents[i] / 'configs'
-                               for i in (2, 1)) if d.is_dir()),
+                               for i in (1, 2)) if d.is_dir()),
                   pathlib.Path(__file__).resolve().parents[2] / 'configs')
 # The fields every mode reads (experiment.json records these and the mode's sections).
 # The backbone fields of `config.model`; any other field is a task's model setting

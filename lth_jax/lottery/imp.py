@@ -308,13 +308,15 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
       weights with the task's head, or a random init), or seed -> those variables
       (see `per_seed`); with rewind='start' every round rewinds each seed to its own.
     finetune: trains masked variables for one seed (see `Finetune`).
-    on_round: called with each round's record as it finishes (or is read back).
+    on_round: called with each round's record as it finishes (or is read back); rounds
+      trained side by side report in the order they finish, from the scheduler's thread.
     gradient: params -> the training loss's gradient on a few batches, for criteria
       that need it (`lth_jax.pruning.get(spec.pruning).needs_gradient`).
     scheduler: runs the seeds of a round side by side, each on its own devices, and
       every round's seeds at once when `masks_known_in_advance(spec)` (the results are
       those of running them one after another); None: one after another on
-      `finetune`'s own mesh.
+      `finetune`'s own mesh. A `finetune` that carries state from the previous round
+      (upstream's keep_state) needs rounds in order: give it no scheduler.
 
   Returns:
     One record per round: round, sparsity, test/val value of the fine-tuning's metric
@@ -401,6 +403,8 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
         todo[k] = (record, have, missing, {})
       else:
         report(k, record)
+      if scheduler:
+        scheduler.count_finished(len(spec.round_seeds(k)) - len(missing))
     units = [(k, s) for k, (_, _, missing, _) in todo.items() for s in missing]
 
     def train(unit, mesh):

@@ -90,9 +90,10 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
       files.write_json(done, run_entry(seed, fit))
     sharding.sync(f'transfer {os.path.dirname(done)}')
 
-  todo = [(name, seed) for name in named for seed in seeds
-          if not (name == DENSE and given) and not os.path.exists(result(name, seed))]
+  units = [(name, seed) for name in named for seed in seeds if not (name == DENSE and given)]
+  todo = [(name, seed) for name, seed in units if not os.path.exists(result(name, seed))]
   if scheduler:
+    scheduler.count_finished(len(units) - len(todo))
     scheduler.map(train, todo, [f'{name} seed {seed}' for name, seed in todo])
   rows = []
   for name, masks in conformed.items():

@@ -67,7 +67,8 @@ class Scheduler:
                    for i in range(0, len(devices), per_run)]
     self.total_runs = total_runs
     self._lock = threading.Lock()
-    self._done = 0
+    self._done = 0          # runs of the experiment done, earlier ones included
+    self._runs_timed = 0    # runs this scheduler timed
     self._busy_seconds = 0.0
     self._in_flight: dict[str, str] = {}
 
@@ -75,6 +76,17 @@ class Scheduler:
   def concurrent(self) -> int:
     """How many runs go at once."""
     return len(self.meshes)
+
+  def count_finished(self, runs: int) -> None:
+    """Counts runs that finished before this process started (a resumed experiment).
+
+    They count as done in the progress, but not in the ETA's time per run.
+
+    Args:
+      runs: how many of the experiment's runs are already done.
+    """
+    with self._lock:
+      self._done += runs
 
   def map(self, job: Callable[[T, Mesh], R], items: Sequence[T],
           names: Sequence[str] | None = None) -> list[R]:
@@ -136,6 +148,7 @@ class Scheduler:
       with self._lock:
         del self._in_flight[name]
         self._done += 1
+        self._runs_timed += 1
         self._busy_seconds += time.time() - tic
         if self.concurrent > 1:
           console.say(f'  done {name} in {_duration(time.time() - tic)}{self._eta()}')
@@ -144,5 +157,5 @@ class Scheduler:
     if not self.total_runs or self._done >= self.total_runs:
       return ''
     left = self.total_runs - self._done
-    eta = self._busy_seconds / self._done * left / self.concurrent
+    eta = self._busy_seconds / self._runs_timed * left / self.concurrent
     return f'; {self._done}/{self.total_runs} runs done, experiment ETA {_duration(eta)}'
