@@ -107,10 +107,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
   if pruning.get(config.imp.pruning).needs_gradient:
     gradient = wiring.loss_gradient(config, model, task, info, mesh,
                                     start(config.seed)['batch_stats'])
-  main = spec(config)
+  specs = branches(config)
+  main = specs[config.imp.pruning]
   runs = wiring.scheduler(config, mesh, total_runs=num_runs(config))
   curves = {}
-  for method, s in branches(config).items():
+  for method, s in specs.items():
     console.say(f'IMP ({method}) on {info.name}: {s.num_rounds} rounds x {len(s.seeds)} '
                 f'seed(s) x {config.optim.num_epochs} epochs.')
     branch_start = start if method == main.pruning else imp.rewind_point(

@@ -361,10 +361,9 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
   def takes_rewind(k, seed):
     return spec.rewind == 'step' and k == 0 and seed == spec.seeds[0] and rewind is None
 
-  def finish(k, record, have, new):
+  def finish(k, record, have, new, masks):
     """Writes round k's record once its new runs are trained (the lock is held)."""
     nonlocal rewind
-    masks = load_round_mask(run_dir, k)
     for seed, (init, fit, _) in new.items():
       if spec.rewind_scope == 'prunable':
         tree_io.save(os.path.join(_round_dir(run_dir, k), f'seed_{seed}', FINAL_VARIABLES),
@@ -399,17 +398,17 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
       record = _read_record(os.path.join(_round_dir(run_dir, k), 'round.json'))
       have = {r['seed']: r for r in (record or {}).get('runs', [])}
       missing = [s for s in spec.round_seeds(k) if s not in have]
-      if missing:
-        todo[k] = (record, have, missing, {})
+      if missing:  # the round's mask is read once, for all its runs
+        todo[k] = (record, have, missing, {}, load_round_mask(run_dir, k))
       else:
         report(k, record)
       if scheduler:
         scheduler.count_finished(len(spec.round_seeds(k)) - len(missing))
-    units = [(k, s) for k, (_, _, missing, _) in todo.items() for s in missing]
+    units = [(k, s) for k, (_, _, missing, _, _) in todo.items() for s in missing]
 
     def train(unit, mesh):
       k, seed = unit
-      masks = load_round_mask(run_dir, k)
+      masks = todo[k][-1]
       init = rewind if spec.rewind == 'step' and k > 0 else start_for(seed)
       if spec.rewind_scope == 'prunable' and k > first:
         init = _continued(run_dir, k, seed, init, spec.policy)
@@ -424,10 +423,10 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
       except DivergenceError as e:
         raise e.within(f'{name} round {k}, seed {seed}') from None
       with lock:
-        record, have, missing, new = todo[k]
+        record, have, missing, new, _ = todo[k]
         new[seed] = (init, fit, time.time() - tic)
         if len(new) == len(missing):  # the round's last run: record it now
-          report(k, finish(k, record, have, {s: new[s] for s in missing}))
+          report(k, finish(k, record, have, {s: new[s] for s in missing}, masks))
 
     names = [f'{name} round {k} seed {s}' for k, s in units]
     if scheduler:
