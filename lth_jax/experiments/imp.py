@@ -112,8 +112,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
   runs = wiring.scheduler(config, mesh, total_runs=num_runs(config))
   curves = {}
   for method, s in specs.items():
-    console.say(f'IMP ({method}) on {info.name}: {s.num_rounds} rounds x {len(s.seeds)} '
-                f'seed(s) x {config.optim.num_epochs} epochs.')
+    dense_seeds = len(s.round_seeds(0)) if s.first_round == 0 else len(s.seeds)
+    console.say(f'IMP ({method}) on {info.name}: rounds {s.first_round}-{s.num_rounds - 1}, '
+                f'{len(s.seeds)} seed(s) a round'
+                + (f' ({dense_seeds} in the dense round 0)' if dense_seeds != len(s.seeds) else '')
+                + f': {s.num_runs} fine-tunes of {config.optim.num_epochs} epochs.')
     branch_start = start if method == main.pruning else imp.rewind_point(
         os.path.join(workdir, main.pruning), start, config.seed)
     curves[method] = imp.run_imp(
