@@ -9,7 +9,8 @@ within 15 minutes on a 2-core CPU, the same study as configs/segmentation_offlin
    supervised, with SimCLR and with MoCo v2, and their upstream tickets found by IMP there
    (20% one-shot from θ_p, then 36%).
 2. Detection of the digits on 56 x 56 canvases (`digit_canvas_det`: the segmentation
-   canvases' tight boxes, 10 classes, boxes under 12 px high 'difficult') with the
+   canvases' tight boxes, 10 classes, boxes under 12 px high 'difficult'; training skips
+   the 100 of the 2,000 training canvases whose boxes are all difficult) with the
    YOLOv4 neck and heads (SPP, PANet, three scales of three anchors; the neck at 1/32 of
    the reference's ResNet-50 width, matching the backbone): each pre-training's dense
    θ_p and its 36% ticket, training from scratch, random global pruning of θ_Sup at 36%,
@@ -22,8 +23,9 @@ within 15 minutes on a 2-core CPU, the same study as configs/segmentation_offlin
    verdict.txt.
 
 `:tiny` is the smoke run of the tests: supervised pre-training only, one ticket, two
-rounds of task-specific IMP, one seed, θ_p from the scikit-learn digits and 256 training
-canvases (`digit_canvas_det_small`).
+rounds of task-specific IMP, one seed, θ_p from the scikit-learn digits and 243 training
+canvases (`digit_canvas_det_small`: the first 256 less the 13 whose boxes are all
+difficult).
 """
 
 from lth_jax.experiments.config import canvas_study

@@ -39,9 +39,10 @@ def get_config(source: str = 'torchvision'):
   c.model.neck_width = 1.0
   c.data.batch_size = 8
   c.data.eval_batch_size = 8
+  # counter_divisor: the reference's cfg BATCH_SIZE (it does not follow data.batch_size).
   c.optim.update(optimizer='sgd', learning_rate=1e-4, momentum=0.9, weight_decay=5e-4,
-                 schedule='cosine', final_learning_rate=1e-6, warmup_epochs=2,
-                 num_epochs=120, accumulate_steps=2)
+                 schedule='yolov4_reference', final_learning_rate=1e-6, warmup_epochs=2,
+                 num_epochs=120, accumulate_steps=2, counter_divisor=8)
   c.imp.num_rounds = 19                 # the reference's TicketSH/imp_*.sh: rounds 0..18
   c.num_seeds = 1
   return c

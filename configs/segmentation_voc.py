@@ -15,6 +15,13 @@ holding out 146 for validation), SGD momentum 0.9, wd 1e-4, lr 0.01 for the head
 0.5-2 and flips, backbone BN momentum 0.01 (PyTorch convention), output stride 16 (ASPP
 rates 6, 12, 18); `--config.model.output_stride=8` gives rates 12, 24, 36.
 
+Images and labels go through the reference's transforms (voc2012_seg's defaults): crops
+smaller than 513 are padded on every side with image and labels 0, so the padding is
+trained as background (`--config.data.seg_train_pad=ignore` pads at the bottom and right
+with ignored labels instead), and evaluation is the reference's `--crop_val`: the short
+side scaled to 513, the centre 513 x 513 scored (`--config.data.seg_eval=pad` scores whole
+images, padded with ignored labels, instead).
+
 Upstream tickets (e.g. from configs/moco_imp.py, or the reference's mask files) are
 fine-tuned the same way with `--config.mode=transfer --config.transfer.masks=a.pth,b.pth`
 (the datasets are set to voc2012_seg here).

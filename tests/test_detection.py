@@ -74,6 +74,40 @@ def test_difficult_boxes_are_not_trained_on_but_evaluated():
   assert test['difficult'].numpy().tolist() == [False, True, False]
 
 
+def test_an_example_without_a_trainable_box_passes_the_training_transforms():
+  # Its union of valid boxes is +-1e9 wide: the translation must not build that padding,
+  # which tf.data's default graph optimisations happened to prune.
+  example = _boxes_example(56, 56)
+  example['difficult'] = np.array([True, True, False])
+  options = tf.data.Options()
+  options.experimental_optimization.apply_default_optimizations = False
+  for augmentation in ('box_crop', 'box_crop_flip'):
+    info = dataclasses.replace(SMALL, augmentation=augmentation)
+    ds = tf.data.Dataset.from_tensors(example).map(
+        lambda ex, info=info: det_data.preprocess(ex, info=info, seed=tf.constant([0, 1],
+                                                                                   tf.int64)))
+    out = next(iter(ds.with_options(options)))
+    assert not out['valid'].numpy().any() and out['image'].shape == (56, 56, 1)
+
+
+def test_training_skips_canvases_whose_boxes_are_all_difficult():
+  # As the reference's annotation script skips VOC images without a non-difficult object;
+  # val and test keep every canvas (the reference evaluates every image of its test list).
+  for name, made in (('digit_canvas_det_small', 256), ('digit_canvas_det', 2000)):
+    info = data.get_info(name)
+    arrays = canvases.split_canvases('train', num=made)
+    trainable = (np.arange(3) < arrays['num_objects'][:, None]) & ~arrays['difficult']
+    kept = np.flatnonzero(trainable.any(1))
+    assert len(kept) == info.split_sizes['train'] == {256: 243, 2000: 1900}[made]
+    train = next(iter(det_data.examples(info, 'train', None, (0, 1)).batch(made)))
+    np.testing.assert_array_equal(train['image'].numpy(), arrays['image'][kept])
+    assert (train['valid'].numpy() & ~train['difficult'].numpy()).any(1).all()
+    for split in ('val', 'test'):
+      held = canvases.split_canvases(split, num=info.split_sizes[split])
+      got = next(iter(det_data.examples(info, split, None, (0, 1)).batch(made)))
+      np.testing.assert_array_equal(got['image'].numpy(), held['image'])
+
+
 def test_letterbox_scales_boxes_and_keeps_the_originals_for_the_metric():
   info = dataclasses.replace(SMALL, image_shape=(64, 64, 1))
   example = _boxes_example(40, 80)  # ratio 0.8: 32 x 64, 16 rows of grey above and below
@@ -112,7 +146,9 @@ _OBJECT = """<object><name>{name}</name><difficult>{difficult}</difficult>
 <bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"""
 
 
-def _write_voc(root, lists: dict[tuple[str, str], int]) -> dict[str, list]:
+def _write_voc(root, lists: dict[tuple[str, str], int],
+               all_difficult: frozenset[str] = frozenset()) -> dict[str, list]:
+  """VOC folders of random images and objects; `all_difficult` images' are all difficult."""
   from PIL import Image
 
   truth, rng = {}, np.random.default_rng(0)
@@ -130,7 +166,8 @@ def _write_voc(root, lists: dict[tuple[str, str], int]) -> dict[str, list]:
       for _ in range(int(rng.integers(1, 4))):
         x1, y1 = int(rng.integers(1, w // 2)), int(rng.integers(1, h // 2))
         objects.append(dict(name=voc.CLASSES[int(rng.integers(20))], x1=x1, y1=y1,
-                            x2=x1 + 10, y2=y1 + 12, difficult=int(rng.random() < 0.3)))
+                            x2=x1 + 10, y2=y1 + 12,
+                            difficult=int(rng.random() < 0.3 or image_id in all_difficult)))
       (base / 'Annotations' / f'{image_id}.xml').write_text(_XML.format(
           w=w, h=h, objects=''.join(_OBJECT.format(**o) for o in objects)))
       truth[image_id] = objects
@@ -164,6 +201,25 @@ def test_voc_folders_are_read_with_classes_boxes_and_difficult_flags(tmp_path):
   assert len(train) == 2 and train[0]['image'].shape == (2, 64, 64, 3)
 
 
+def test_voc_training_skips_images_whose_objects_are_all_difficult(tmp_path):
+  truth = _write_voc(tmp_path, {('2007', 'trainval'): 3, ('2012', 'trainval'): 2,
+                                ('2007', 'test'): 2},
+                     all_difficult=frozenset({'2007_trainval_001', '2007_test_000'}))
+  info = dataclasses.replace(data.get_info('voc0712_det'), image_shape=(64, 64, 3),
+                             split_sizes={'train': 3, 'val': 1, 'test': 2})
+  data.check_available(info, str(tmp_path))
+  for split, ids in (('train', ['2007_trainval_000', '2007_trainval_002', '2012_trainval_000']),
+                     ('val', ['2012_trainval_001']), ('test', ['2007_test_000', '2007_test_001'])):
+    found = [ex['boxes'][ex['valid']].tolist() for ex in det_data.examples(
+        info, split, str(tmp_path), (0, 1)).as_numpy_iterator()]
+    assert found == [[[o[k] for k in ('x1', 'y1', 'x2', 'y2')] for o in truth[i]]
+                     for i in ids], split
+  wrong = dataclasses.replace(info, split_sizes={'train': 4, 'val': 1, 'test': 2})
+  with pytest.raises(errors.DatasetNotFoundError,
+                     match="needs 6 .'train' . 'val' . 1 images whose objects are all "):
+    data.check_available(wrong, str(tmp_path))
+
+
 def test_missing_or_miscounted_voc_is_a_clear_error(tmp_path):
   info = data.get_info('voc0712_det')
   with pytest.raises(errors.DatasetNotFoundError, match='VOC2007'):
@@ -189,8 +245,17 @@ def test_evaluation_is_voc_map_of_every_image_over_padded_batches():
   outputs = model.apply(variables, images.astype(np.float32), train=False)
   rows = np.concatenate([np.asarray(decode(o, ANCHORS[i], s)).reshape(13, -1, 15)
                          for i, (o, s) in enumerate(zip(outputs, model.strides))], axis=1)
-  found = [yolo.postprocess(r, input_size=56, original_hw=(56, 56), max_candidates=300,
-                            max_det=100) for r in rows]
+  # As the reference's evaluator writes them: integer corners, 4-decimal scores.
+  found = [yolo.round_like_reference(yolo.postprocess(
+      r, input_size=56, original_hw=(56, 56), max_candidates=300, max_det=100)) for r in rows]
+  task_found, _ = det_task.detections(
+      model, variables, det_data.eval_batches(info, 'val', batch_size=8, data_dir=None),
+      image_size=56, mesh=sharding.make_mesh())
+  assert sum(map(len, task_found)) > 0
+  for mine, expected in zip(task_found, found, strict=True):
+    np.testing.assert_array_equal(mine, expected)
+    np.testing.assert_array_equal(mine[:, :4], np.floor(mine[:, :4]))
+    np.testing.assert_array_equal(mine[:, 4], np.round(mine[:, 4], 4))
   truths = [{'boxes': arrays['boxes'][i, :n], 'classes': arrays['classes'][i, :n],
              'difficult': arrays['difficult'][i, :n]}
             for i, n in enumerate(arrays['num_objects'])]

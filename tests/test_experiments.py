@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from lth_jax import errors, experiments, masks, pruning, training
 from lth_jax.experiments import config as defaults
@@ -305,6 +306,27 @@ def test_random_baseline_rewinds_where_the_imp_run_does(fake, tmp_path):
       np.testing.assert_array_equal(got, expected)
 
 
+def test_random_baseline_starts_every_round_afresh_under_prunable_rewind_scope(fake, tmp_path):
+  """The reference's train_random.py: each sparsity prunes θ_p at random and trains a fresh
+  head, while its detection IMP continues the head from the round before."""
+  config = tiny(**{'imp.num_rounds': 4, 'imp.rewind_scope': 'prunable', 'dense_seeds': 0})
+  experiments.run(config, str(tmp_path))
+  calls = {tuple(c['dir'].split(os.sep)[:2]): c['variables'] for c in fake.calls}
+  start = calls['magnitude', 'round_00']
+  # The fake adds 0.1 per fine-tune: a head's offset from its start counts the rounds of
+  # training it carries.
+  carried = {(method, int(k[6:])): round(float(np.mean(
+      _leaf(v, 'fc', 'kernel') - _leaf(start, 'fc', 'kernel'))) / 0.1)
+             for (method, k), v in calls.items()}
+  assert carried == {('magnitude', 0): 0, ('magnitude', 1): 1, ('magnitude', 2): 2,
+                     ('magnitude', 3): 3, ('random', 1): 0, ('random', 2): 0, ('random', 3): 0}
+  for k in (1, 2, 3):
+    got = calls['random', f'round_{k:02d}']
+    want = masks.apply(start['params'], imp.load_round_mask(str(tmp_path / 'random'), k))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves({**start, 'params': want})):
+      np.testing.assert_array_equal(a, b)
+
+
 def test_more_seeds_train_only_the_new_seeds_and_keep_the_old(fake, tmp_path):
   experiments.run(tiny(**{'imp.random_baseline': False, 'dense_seeds': 0}), str(tmp_path))
   first = {(c['dir'], c['seed']) for c in fake.calls}
@@ -373,6 +395,42 @@ def test_tickets_sharing_a_file_name_are_all_kept_under_distinct_names(tmp_path)
   with pytest.raises(errors.ConfigError, match="both be named 'round_02'"):
     transfer.load_tickets(tiny(**{'mode': 'transfer', 'transfer.masks': folder,
                                      'transfer.imp_workdir': str(tmp_path / 'run')}))
+
+
+def test_tickets_differing_only_in_extension_get_distinct_relative_names(tmp_path):
+  model = _model(tiny())
+  params = init_variables(model, jax.random.key(0), 8)['params']
+  imp.save_round_mask(str(tmp_path / 'a' / 'round_02'),
+                      pruning.to_sparsity(params, masks.init(params), 0.36))
+  npz = tmp_path / 'a' / 'round_02' / 'mask_torch.npz'
+  save_file(dict(np.load(npz)), str(npz.with_suffix('.safetensors')))
+  config = tiny(**{'mode': 'transfer',
+                   'transfer.masks': f'{npz},{npz.with_suffix(".safetensors")}'})
+  tickets = transfer.load_tickets(config)
+  assert list(tickets) == ['mask_torch.npz', 'mask_torch.safetensors']
+  assert all(masks.sparsity(t) == pytest.approx(0.36, abs=1e-3) for t in tickets.values())
+  listed = ['a/round_02.pth', 'a/round_02.npz', 'b/round_02.pth', 'mask-1.pt',
+            'mask-1.pth.tar', 'x/r']
+  for name in listed:
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).touch()
+  # A file whose path ends with x/r's whole path: x/r is named by all of it.
+  inner = tmp_path.joinpath(*(tmp_path / 'x' / 'r').parts[1:])
+  inner.parent.mkdir(parents=True)
+  inner.touch()
+  (tmp_path / 'round_04' / 'mask').mkdir(parents=True)
+  names = transfer.ticket_names([str(tmp_path / p) for p in listed]
+                                + [str(inner), str(tmp_path / 'round_04' / 'mask')])
+  whole = str(tmp_path / 'x' / 'r').lstrip(os.sep)
+  assert names == ['round_02.pth', 'round_02.npz', 'round_02', 'mask-1.pt', 'mask-1.pth.tar',
+                   whole, f'{tmp_path.name}/{whole}', 'round_04']
+  # Every name is a relative path that stays under the folder of the runs.
+  for name in names:
+    assert os.path.normpath(os.path.join('runs', name)).startswith('runs' + os.sep), name
+  # An orbax folder x/mask and a folder x would share a name: refused, both named.
+  with pytest.raises(errors.ConfigError, match=r"lists '.*/round_04/mask' and '.*/round_04', "
+                                               r"which would both be named '.*/round_04'"):
+    transfer.ticket_names([str(tmp_path / 'round_04'), str(tmp_path / 'round_04' / 'mask')])
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lth_jax import masks, pruning, training
-from lth_jax.lottery import imp, results
+from lth_jax.lottery import imp, results, transfer
 from lth_jax.models import create_model, init_variables
 from lth_jax.runtime import files
 from lth_jax.runtime.scheduler import Scheduler
@@ -196,6 +196,20 @@ def test_prunable_rewind_scope_continues_the_rest_from_the_previous_round(tmp_pa
   assert _equal(redo.calls[0]['variables'], by_round[2][0]['variables'])
   with pytest.raises(ValueError, match='rewind_scope'):
     imp.ImpSpec(num_rounds=2, rewind_scope='head')
+
+
+def test_a_sparse_record_is_never_taken_as_the_dense_band():
+  runs = [{'seed': s, 'test_accuracy': 0.9 + 0.01 * s} for s in (0, 1)]
+  dense = {'ticket': transfer.DENSE, 'sparsity': 0.0, 'runs': runs, 'test_accuracy': 0.905}
+  ticket = {'ticket': 'round_01', 'sparsity': 0.2, 'runs': runs, 'test_accuracy': 0.9}
+  pruned = {**dense, 'sparsity': 0.2}
+  with pytest.raises(ValueError, match="The 'dense' row is taken as the dense network, but "
+                                       'its sparsity is 20.00%'):
+    transfer.add_matching([pruned, ticket])
+  with pytest.raises(ValueError, match='round 0 is taken as the dense network'):
+    results.dense_runs(pruned, 'round 0')
+  assert results.dense_runs(dense, 'round 0') == runs
+  assert transfer.add_matching([dense, ticket]) == 0.2
 
 
 class SlowFinetune:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from lth_jax import data, experiments, masks as masks_lib, objectives
+from lth_jax import data, errors, experiments, masks as masks_lib, objectives
 from lth_jax.experiments import config as defaults
 from lth_jax.experiments import paper, upstream
 from lth_jax.lottery import imp
@@ -104,6 +104,20 @@ def test_bad_paper_config_is_refused(tmp_path, field, value, message):
   with pytest.raises(ValueError, match=message):
     experiments.run(config, str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+def test_task_specific_imp_refuses_prune_first_before_any_compute(tmp_path):
+  """Its round 0 is the dense band: prune_first would record a 20% sparse run as dense."""
+  config = defaults.load_config('segmentation_offline:tiny')
+  config.imp.prune_first = True
+  with pytest.raises(errors.ConfigError,
+                     match=r'config\.imp\.prune_first=True.*--config\.imp\.prune_first=False'):
+    defaults.validate(config)
+  with pytest.raises(errors.ConfigError, match='imp.prune_first'):
+    experiments.run(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+  config.paper.task_imp_rounds = 0  # no task-specific IMP: the field is not read
+  defaults.validate(config)
 
 
 def test_paper_config_matches_its_docstring():

@@ -98,6 +98,146 @@ def test_evaluation_pads_whole_images_and_refuses_larger_ones():
                         seed=None)
 
 
+# PIL resamples in uint8: it rounds after its horizontal pass and again after its vertical
+# one (each at most half a level off), lth_jax resizes in float, so images agree to within
+# one level of 255 (the float slack is rounding of the normalisation).
+PIL_LEVELS = 1.0 + 1e-3
+
+
+def _voc_like(size: int, **changes) -> data.DatasetInfo:
+  """voc2012_seg (its transforms) with a small crop, to keep the examples small."""
+  return dataclasses.replace(data.get_info('voc2012_seg'), image_shape=(size, size, 3),
+                             **changes)
+
+
+def _rgb_example(height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Noise pixels (the hardest case for resampling) and VOC-like labels."""
+  rng = np.random.default_rng(seed)
+  label = rng.integers(0, 21, (height, width)).astype(np.uint8)
+  label[rng.random((height, width)) < 0.1] = 255
+  return {'image': rng.integers(0, 256, (height, width, 3), dtype=np.uint8), 'label': label}
+
+
+def _run(example: dict[str, np.ndarray], info: data.DatasetInfo,
+         seed: tf.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+  """preprocess's (pixels in 0-255, labels) of an example."""
+  out = seg_data.preprocess({k: tf.constant(v) for k, v in example.items()}, info=info,
+                            seed=seed)
+  return _unnormalised(out['image'].numpy(), info), out['label'].numpy()
+
+
+def _reference_crop_val(example: dict[str, np.ndarray],
+                        size: int) -> tuple[np.ndarray, np.ndarray]:
+  """The reference's ExtResize(size) + ExtCenterCrop(size), torchvision 0.x on PIL."""
+  from PIL import Image
+
+  image, label = Image.fromarray(example['image']), Image.fromarray(example['label'])
+  w, h = image.size
+  if not ((w <= h and w == size) or (h <= w and h == size)):  # F.resize(img, int)
+    ow, oh = (size, int(size * h / w)) if w < h else (int(size * w / h), size)
+    image, label = image.resize((ow, oh), Image.BILINEAR), label.resize((ow, oh), Image.NEAREST)
+  w, h = image.size
+  top, left = int(round((h - size) / 2.)), int(round((w - size) / 2.))  # F.center_crop
+  box = (left, top, left + size, top + size)
+  return np.asarray(image.crop(box), np.float64), np.asarray(label.crop(box))
+
+
+# Smaller and larger than the crop, portrait and landscape, the short side already the
+# crop's, square; centre-crop offsets of (68 - 33) / 2 = 17.5 and (54 - 33) / 2 = 10.5 round
+# to even (18, 10); 22 -> 33 has nearest-neighbour ties.
+@pytest.mark.parametrize('shape', [(20, 30), (30, 20), (50, 70), (70, 45), (33, 60),
+                                   (40, 40), (44, 91), (22, 36), (36, 22)])
+def test_voc_evaluation_is_the_references_resize_and_centre_crop(shape):
+  info = _voc_like(33)
+  assert info.seg_eval == 'resize_center_crop'  # voc2012_seg's default
+  example = _rgb_example(*shape)
+  image, label = _run(example, info, seed=None)
+  want_image, want_label = _reference_crop_val(example, 33)
+  np.testing.assert_array_equal(label, want_label)
+  np.testing.assert_allclose(image, want_image, rtol=0, atol=PIL_LEVELS)
+
+
+def _reference_pad(example: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """ExtRandomCrop(size, pad_if_needed=True)'s padding: F.pad(img, int) on PIL images."""
+  from PIL import Image, ImageOps
+
+  image, label = Image.fromarray(example['image']), Image.fromarray(example['label'])
+  if image.size[0] < size:
+    border = int((1 + size - image.size[0]) / 2)
+    image, label = ImageOps.expand(image, border, 0), ImageOps.expand(label, border, 0)
+  if image.size[1] < size:
+    border = int((1 + size - image.size[1]) / 2)
+    image, label = ImageOps.expand(image, border, 0), ImageOps.expand(label, border, 0)
+  return {'image': np.asarray(image), 'label': np.asarray(label)}
+
+
+@pytest.mark.parametrize('shape,padded', [
+    ((40, 20), (54, 34)),   # short width only: its padding grows the height too
+    ((20, 40), (34, 54)),   # short height only
+    ((25, 30), (33, 38)),   # both short: the width's padding leaves the height short
+    ((10, 12), (34, 36)),
+])
+def test_voc_training_pads_as_the_references_random_crop(shape, padded):
+  info = _voc_like(33, scale_range=(1.0, 1.0), augmentation='scale_crop')
+  assert info.seg_train_pad == 'background'  # voc2012_seg's default
+  example = _rgb_example(*shape)
+  want = _reference_pad(example, 33)
+  assert want['label'].shape == padded
+  # The training crop is a window of that padded pair (labels 0 in the padding).
+  windows = set()
+  for seed in range(6):
+    image, label = _run(example, info, seed=tf.constant([seed, 5], tf.int64))
+    found = [(top, left) for top in range(padded[0] - 32) for left in range(padded[1] - 32)
+             if np.array_equal(label, want['label'][top:top + 33, left:left + 33])]
+    assert found, 'the crop is no window of the reference padding'
+    top, left = found[0]
+    np.testing.assert_allclose(image, want['image'][top:top + 33, left:left + 33],
+                               atol=1e-3)
+    windows.add(found[0])
+  assert len(windows) > 1
+  got = seg_data._pad_as_reference(tf.constant(example['image'], tf.float32),
+                                   tf.constant(example['label']), 33)
+  np.testing.assert_array_equal(got[0].numpy(), want['image'])
+  np.testing.assert_array_equal(got[1].numpy(), want['label'])
+
+
+@pytest.mark.parametrize('shape,scale,size', [
+    ((40, 60), 0.57, 40),   # shrinks to int(22.8) x int(34.2) = 22 x 34: antialiased
+    ((15, 11), 1.37, 24),   # grows to int(20.55) x int(15.07) = 20 x 15
+])
+def test_random_scale_is_the_references_ext_random_scale(shape, scale, size):
+  # Padded at the bottom and right to exactly the crop: the scaled image sits at (0, 0).
+  info = _voc_like(size, scale_range=(scale, scale), augmentation='scale_crop',
+                   seg_train_pad='ignore')
+  example = _rgb_example(*shape)
+  image, label = _run(example, info, seed=tf.constant([0, 1], tf.int64))
+  from PIL import Image
+
+  target = (int(shape[1] * scale), int(shape[0] * scale))  # ExtRandomScale, PIL (w, h)
+  want_image = np.asarray(Image.fromarray(example['image']).resize(target, Image.BILINEAR),
+                          np.float64)
+  want_label = np.asarray(Image.fromarray(example['label']).resize(target, Image.NEAREST))
+  h, w = want_label.shape
+  np.testing.assert_array_equal(label[:h, :w], want_label)
+  assert (label[h:] == 255).all() and (label[:, w:] == 255).all()
+  np.testing.assert_allclose(image[:h, :w], want_image, rtol=0, atol=PIL_LEVELS)
+
+
+def test_segmentation_protocol_is_set_from_the_config():
+  config = defaults.load_config('segmentation_voc')
+  config.pretrained.source = 'random'
+  info = wiring.dataset_info(config, 'voc2012_seg')
+  assert (info.seg_eval, info.seg_train_pad) == ('resize_center_crop', 'background')
+  canvas = wiring.dataset_info(config, 'digit_canvas_seg')
+  assert (canvas.seg_eval, canvas.seg_train_pad) == ('pad', 'ignore')
+  config.data.seg_eval, config.data.seg_train_pad = 'pad', 'ignore'
+  info = wiring.dataset_info(config, 'voc2012_seg')
+  assert (info.seg_eval, info.seg_train_pad) == ('pad', 'ignore')
+  config.data.seg_eval = 'crop'
+  with pytest.raises(errors.ConfigError, match='data.seg_eval'):
+    defaults.validate(config)
+
+
 def test_canvas_batches_are_deterministic_and_resume():
   batches = lambda start=0: list(seg_data.train_batches(
       SMALL, batch_size=32, epoch=1, seed=4, data_dir=None, start_step=start))
@@ -141,8 +281,9 @@ def _write_voc(root, sizes: dict[str, list[tuple[int, int]]]) -> dict[str, np.nd
 
 def test_voc_folder_is_read_exactly(tmp_path):
   labels = _write_voc(tmp_path, {'train': [(30, 40)] * 5, 'val': [(41, 33), (20, 48), (48, 48)]})
+  # Whole-image evaluation shows what was read, pixel for pixel.
   info = dataclasses.replace(data.get_info('voc2012_seg'), image_shape=(48, 48, 3),
-                             split_sizes={'train': 4, 'val': 1, 'test': 3})
+                             split_sizes={'train': 4, 'val': 1, 'test': 3}, seg_eval='pad')
   seg_data.check_available(info, str(tmp_path))
   test = list(seg_data.eval_batches(info, 'test', batch_size=2, data_dir=str(tmp_path)))
   assert [b['mask'].tolist() for b in test] == [[1, 1], [1, 0]]

@@ -16,21 +16,26 @@ was meant, so they never crop, kept here), a translation that keeps that union i
 image (p 1/2, whole pixels; the reference's warpAffine also shifts by fractions), then the
 letterbox resize: scale by min(S / w, S / h), paste at the centre (integer offsets) on
 grey 128 / 255, boxes scaled and shifted alike. Mixup is not done (a deviation; the loss
-takes per-box mix weights of 1). Difficult boxes are dropped from training, as the
-reference's annotation files drop them. Evaluation letterboxes without augmentation and keeps
-the annotations in original pixels for the VOC metric. Pixels are scaled by
+takes per-box mix weights of 1). Difficult boxes are dropped from training, and so are the
+training images left without a box, as the reference's annotation script
+(Detection/utils/voc.py) drops both; 'val' and 'test' keep every image, as the reference
+evaluates every image of VOC07 test's list. Evaluation letterboxes without augmentation and
+keeps the annotations in original pixels for the VOC metric. Pixels are scaled by
 `info.pixel_max` and normalised by `info.mean`/`info.std` (0 and 1 for VOC: the reference
 feeds [0, 1] pixels).
 
 Sources: 'canvases' (the digit canvases of `lth_jax.data.canvases`; boxes as their
-inclusive integer bounds) and 'voc' (VOC2007 + VOC2012 trainval for training, the last
-`split_sizes['val']` of those held out as 'val', VOC2007 test as 'test'; boxes as the XML
-gives them, as the reference's).
+inclusive integer bounds; 'train' is the first `split_sizes['train']` training canvases
+with a box that is not difficult, 1,900 of the first 2,000) and 'voc' (VOC2007 + VOC2012
+trainval for training, the last `split_sizes['val']` of those held out as 'val', VOC2007
+test as 'test'; boxes as the XML gives them, as the reference's; every image of VOC07+12
+trainval as released holds a non-difficult object, so training keeps all 16,051).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -66,13 +71,33 @@ def _padded(boxes: list[np.ndarray], classes: list[np.ndarray], difficult: list[
   return out
 
 
-def _canvas_split(info: DatasetInfo, split: str) -> dict[str, np.ndarray]:
-  arrays = canvases.split_canvases(split, num=info.split_sizes[split])  # cached there
+def _trainable(arrays: dict[str, np.ndarray]) -> np.ndarray:
+  """Which padded examples hold a box that is not difficult."""
+  return (arrays['valid'] & ~arrays['difficult']).any(axis=1)
+
+
+def _canvases(info: DatasetInfo, split: str, num: int) -> dict[str, np.ndarray]:
+  arrays = canvases.split_canvases(split, num=num)  # cached there
   counts = arrays['num_objects']
   return {'image': arrays['image'], **_padded(
       [arrays['boxes'][i, :n] for i, n in enumerate(counts)],
       [arrays['classes'][i, :n] for i, n in enumerate(counts)],
       [arrays['difficult'][i, :n] for i, n in enumerate(counts)], info.max_boxes, info.name)}
+
+
+def _canvas_split(info: DatasetInfo, split: str) -> dict[str, np.ndarray]:
+  needed = info.split_sizes[split]
+  if split != 'train':
+    return _canvases(info, split, needed)
+  # The first `needed` canvases with a box that is not difficult: the first k canvases do
+  # not depend on how many are made, so more are made until enough qualify.
+  made = needed
+  while True:
+    arrays = _canvases(info, split, made)
+    kept = np.flatnonzero(_trainable(arrays))
+    if len(kept) >= needed:
+      return {k: v[kept[:needed]] for k, v in arrays.items()}
+    made += math.ceil((needed - len(kept)) * made / max(len(kept), 1))
 
 
 @functools.lru_cache(maxsize=4)
@@ -81,11 +106,19 @@ def _voc_annotations(data_dir: str, splits: tuple[tuple[str, str], ...]) -> list
   return voc.detection_examples(data_dir, splits)
 
 
+def _voc_pairs(info: DatasetInfo, split: str, data_dir: str) -> list[Any]:
+  if split == 'test':
+    return _voc_annotations(data_dir, VOC_TEST)
+  trainval = _voc_annotations(data_dir, VOC_TRAIN)
+  held = max(0, len(trainval) - info.split_sizes['val'])
+  if split == 'val':
+    return trainval[held:]
+  # Detection/utils/voc.py writes no line for an image without a non-difficult object.
+  return [(path, boxes) for path, boxes in trainval[:held] if not boxes.difficult.all()]
+
+
 def _voc_split(info: DatasetInfo, split: str, data_dir: str) -> dict[str, np.ndarray]:
-  pairs = _voc_annotations(data_dir, VOC_TEST if split == 'test' else VOC_TRAIN)
-  if split != 'test':
-    kept = info.split_sizes['train']
-    pairs = pairs[:kept] if split == 'train' else pairs[kept:]
+  pairs = _voc_pairs(info, split, data_dir)
   return {'image': np.asarray([path for path, _ in pairs]), **_padded(
       [b.boxes for _, b in pairs], [b.classes for _, b in pairs],
       [b.difficult for _, b in pairs], info.max_boxes, info.name)}
@@ -159,15 +192,18 @@ def _translate(image, boxes, valid, seed):
   low, high = -(union[:2] - 1), size - union[2:] - 1
   amount = tf.stack([tf.random.stateless_uniform([], s) for s in (x_seed, y_seed)])
   tx, ty = tf.unstack(tf.cast(tf.round(low + amount * (high - low)), tf.int32))
-  padded = tf.pad(image, [[tf.maximum(ty, 0), tf.maximum(-ty, 0)],
-                          [tf.maximum(tx, 0), tf.maximum(-tx, 0)], [0, 0]])
-  moved = padded[tf.maximum(-ty, 0):tf.maximum(-ty, 0) + height,
-                 tf.maximum(-tx, 0):tf.maximum(-tx, 0) + width]
-  shift = tf.cast(tf.stack([tx, ty, tx, ty]), tf.float32)
+
+  def moved():
+    # Built only when taken: without a valid box the union spans +-1e9 and so would the
+    # padding (graph optimisations do not always prune an unused tf.pad).
+    top, left = tf.maximum(-ty, 0), tf.maximum(-tx, 0)
+    padded = tf.pad(image, [[tf.maximum(ty, 0), top], [tf.maximum(tx, 0), left], [0, 0]])
+    shift = tf.cast(tf.stack([tx, ty, tx, ty]), tf.float32)
+    return padded[top:top + height, left:left + width], boxes + shift
+
   # A union wider than the image leaves no room to move (high < low): no translation.
   room = tf.reduce_all(high >= low)
-  return tf.cond(_coin(coin_seed, valid) & room, lambda: (moved, boxes + shift),
-                 lambda: (image, boxes))
+  return tf.cond(_coin(coin_seed, valid) & room, moved, lambda: (image, boxes))
 
 
 def letterbox(image: tf.Tensor, boxes: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -248,9 +284,12 @@ def check_available(info: DatasetInfo, data_dir: str | None) -> None:
   """
   if info.source != 'voc':
     return
-  sizes = info.split_sizes
+  sizes, data_dir = info.split_sizes, data_dir or ''
+  trainval = _voc_annotations(data_dir, VOC_TRAIN)
+  skipped = max(0, len(trainval) - sizes['val']) - len(_voc_pairs(info, 'train', data_dir))
+  splits = "'train' + 'val'" + (f' + {skipped:,} images whose objects are all difficult'
+                                if skipped else '')
   voc.require_counts(info.name, data_dir, [
-      (' + '.join(f'VOC{year} {split}' for year, split in splits),
-       len(_voc_annotations(data_dir or '', splits)), needed, names)
-      for splits, needed, names in ((VOC_TRAIN, sizes['train'] + sizes['val'],
-                                     "'train' + 'val'"), (VOC_TEST, sizes['test'], "'test'"))])
+      ('VOC2007 trainval + VOC2012 trainval', len(trainval),
+       sizes['train'] + sizes['val'] + skipped, splits),
+      ('VOC2007 test', len(_voc_annotations(data_dir, VOC_TEST)), sizes['test'], "'test'")])

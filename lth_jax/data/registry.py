@@ -31,8 +31,8 @@ from collections.abc import Mapping
 #   'inception'  random-resized crop (area 8-100%, aspect 3/4-4/3) + h-flip; eval resizes
 #                the short side to 256/224 of the output size and centre-crops
 #   'scale_crop_flip'  segmentation (image and labels jointly, `lth_jax.data.segmentation`):
-#                random scale in `scale_range`, pad to the crop (labels 255), random
-#                crop of `image_shape`, random h-flip
+#                random scale in `scale_range`, pad to the crop (as `seg_train_pad`),
+#                random crop of `image_shape`, random h-flip
 #   'scale_crop'  the same without the flip (digit canvases)
 #   'box_crop_flip'  detection (image and boxes jointly, `lth_jax.data.detection`): h-flip,
 #                crop and translation keeping every box, letterbox to `image_shape`
@@ -44,6 +44,17 @@ AUGMENTATIONS = ('crop_flip', 'crop', 'none', 'inception', 'scale_crop_flip', 's
 # 'voc': a VOCdevkit folder on disk (`lth_jax.data.voc`).
 SOURCES = ('tfds', 'offline', 'canvases', 'voc')
 SPLITS = ('train', 'val', 'test')
+# Segmentation evaluation (`seg_eval`):
+#   'pad'  whole images, padded at the bottom and right to `image_shape` (labels
+#          `ignore_label`): every pixel is scored once
+#   'resize_center_crop'  the reference's `--crop_val` (ExtResize + ExtCenterCrop): the
+#          short side scaled to the crop, the long side's ends cut off and never scored
+SEG_EVALS = ('pad', 'resize_center_crop')
+# Padding of segmentation training images smaller than the crop (`seg_train_pad`):
+#   'ignore'  bottom and right, labels `ignore_label` (the padding is never trained on)
+#   'background'  the reference's ExtRandomCrop(pad_if_needed=True): every side, image
+#          and labels 0 (the padding is trained as background)
+SEG_TRAIN_PADS = ('ignore', 'background')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +86,9 @@ class DatasetInfo:
       a small downstream training set.
     scale_range: (low, high) of the random rescaling of segmentation training images.
     ignore_label: the label of pixels no loss or metric counts (segmentation).
+    seg_eval: one of SEG_EVALS, how segmentation evaluation fits images to `image_shape`.
+    seg_train_pad: one of SEG_TRAIN_PADS, how segmentation training pads images smaller
+      than the crop.
     max_boxes: the boxes of every image are padded to this many (detection).
   """
   name: str
@@ -96,10 +110,13 @@ class DatasetInfo:
   train_per_class: int = 0
   scale_range: tuple[float, float] = (1.0, 1.0)
   ignore_label: int = 255
+  seg_eval: str = 'pad'
+  seg_train_pad: str = 'ignore'
   max_boxes: int = 0
 
   def __post_init__(self):
     assert self.source in SOURCES and self.augmentation in AUGMENTATIONS
+    assert self.seg_eval in SEG_EVALS and self.seg_train_pad in SEG_TRAIN_PADS
     assert len(self.mean) == len(self.std) == self.image_shape[-1]
     if not self.shuffle_buffer:
       object.__setattr__(self, 'shuffle_buffer', self.split_sizes['train'])
@@ -163,7 +180,8 @@ _DATASETS = (
         mean=(0.3055,), std=(0.3760,), augmentation='crop', crop_padding=1,
         pixel_max=16),
     # Segmentation. Digit canvases: 1-3 MNIST-5k digits of 9-30 px on 56 x 56, labels
-    # background 0 / digit + 1 / 255 on the anti-aliased edges (`lth_jax.data.canvases`).
+    # background 0 / digit + 1 / 255 on the anti-aliased edges (`lth_jax.data.canvases`);
+    # whole canvases are evaluated, and training padding is ignored (the defaults).
     DatasetInfo(
         name='digit_canvas_seg', source='canvases', task='segmentation', num_classes=11,
         image_shape=(56, 56, 1), split_sizes={'train': 2000, 'val': 300, 'test': 500},
@@ -175,31 +193,36 @@ _DATASETS = (
         image_shape=(56, 56, 1), split_sizes={'train': 256, 'val': 64, 'test': 128},
         mean=(0.0593,), std=(0.2032,), augmentation='scale_crop', scale_range=(0.75, 1.25)),
     # Detection: the same canvases, their digits' tight boxes (10 classes; boxes under
-    # 12 px high are 'difficult'); the letterbox keeps 56 x 56.
+    # 12 px high are 'difficult'); the letterbox keeps 56 x 56. Training skips the
+    # canvases whose boxes are all difficult (100 of the first 2,000, 13 of the first 256),
+    # as the reference skips such images; val and test are whole.
     DatasetInfo(
         name='digit_canvas_det', source='canvases', task='detection', num_classes=10,
-        image_shape=(56, 56, 1), split_sizes={'train': 2000, 'val': 300, 'test': 500},
+        image_shape=(56, 56, 1), split_sizes={'train': 1900, 'val': 300, 'test': 500},
         mean=(0.0593,), std=(0.2032,), augmentation='box_crop', max_boxes=3),
     DatasetInfo(
         name='digit_canvas_det_small', source='canvases', task='detection', num_classes=10,
-        image_shape=(56, 56, 1), split_sizes={'train': 256, 'val': 64, 'test': 128},
+        image_shape=(56, 56, 1), split_sizes={'train': 243, 'val': 64, 'test': 128},
         mean=(0.0593,), std=(0.2032,), augmentation='box_crop', max_boxes=3),
     # Pascal VOC detection (the reference's recipe): VOC07 + VOC12 trainval (16,551
-    # images) less the last 500 held out as 'val'; 'test' is VOC07 test. 416 letterbox,
-    # [0, 1] pixels without mean/std (as the reference).
+    # images) less the last 500 held out as 'val' (none has only difficult objects, which
+    # training would skip); 'test' is VOC07 test. 416 letterbox, [0, 1] pixels without
+    # mean/std (as the reference).
     DatasetInfo(
         name='voc0712_det', source='voc', task='detection', num_classes=20,
         image_shape=(416, 416, 3), split_sizes={'train': 16_051, 'val': 500, 'test': 4952},
         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), augmentation='box_crop_flip',
         max_boxes=64),
     # Pascal VOC 2012 segmentation (the reference's recipe): VOC's 1,464 train images less
-    # the last 146 held out as 'val'; 'test' is VOC's val (1,449). 513 crops (training)
-    # and 513 x 513 padding (evaluation: VOC images are at most 500 px).
+    # the last 146 held out as 'val'; 'test' is VOC's val (1,449). 513 crops, padded as
+    # the reference's (training); evaluation as its `--crop_val` (short side to 513,
+    # centre crop); seg_eval='pad' scores whole images (VOC's are at most 500 px).
     DatasetInfo(
         name='voc2012_seg', source='voc', task='segmentation', num_classes=21,
         image_shape=(513, 513, 3), split_sizes={'train': 1318, 'val': 146, 'test': 1449},
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        augmentation='scale_crop_flip', scale_range=(0.5, 2.0)),
+        augmentation='scale_crop_flip', scale_range=(0.5, 2.0),
+        seg_eval='resize_center_crop', seg_train_pad='background'),
 )
 DATASETS: Mapping[str, DatasetInfo] = {info.name: info for info in _DATASETS}
 

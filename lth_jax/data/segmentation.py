@@ -6,12 +6,18 @@
       ...   # the same plus 'mask' (1 real image, 0 padding)
 
 Training follows the reference's (VainF's) transforms, with a stateless seed an example
-as the classification pipelines do: a random scale in `info.scale_range` (the image
-bilinear, the labels nearest), padding to the crop (image 0, labels 255), a random crop
-of `info.image_shape`, a random horizontal flip (augmentation 'scale_crop_flip'), then
-the mean/std normalisation; labels always move with their pixels. Evaluation sees whole
-images, padded at the bottom and right to `info.image_shape` (labels 255 there, so the
-padding is never scored).
+as the classification pipelines do: a random scale in `info.scale_range` (each side
+`int(side * scale)`; the image bilinear, antialiased when shrinking as PIL's, the labels
+nearest as PIL's), padding to the crop, a random crop of `info.image_shape`, a random
+horizontal flip (augmentation 'scale_crop_flip'), then the mean/std normalisation;
+labels always move with their pixels. The padding (`info.seg_train_pad`) is the
+reference's ExtRandomCrop(pad_if_needed=True) ('background': every side, image and
+labels 0) or at the bottom and right with labels 255 ('ignore': never trained on).
+
+Evaluation (`info.seg_eval`) is the reference's `--crop_val` ('resize_center_crop':
+ExtResize + ExtCenterCrop, the short side scaled to the crop and the long side's ends
+cut off) or sees whole images ('pad': padded at the bottom and right, labels 255 there,
+so the padding is never scored).
 
 Sources: 'canvases' (the digit canvases of `lth_jax.data.canvases`, generated from the
 shipped MNIST-5k) and 'voc' (Pascal VOC 2012 from a VOCdevkit folder, `lth_jax.data.voc`;
@@ -89,13 +95,90 @@ def _pad_to(image: tf.Tensor, label: tf.Tensor, size: int,
   return image, label
 
 
+def _pad_as_reference(image: tf.Tensor, label: tf.Tensor,
+                      size: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """ExtRandomCrop(size, pad_if_needed=True)'s padding: the width, then the height.
+
+  Args:
+    image: [H, W, C] float image.
+    label: [H, W] uint8 labels.
+    size: the crop's side.
+
+  Returns:
+    The pair padded with 0 by `int((1 + size - side) / 2)` on all four sides for each
+    short side in turn (F.pad with an int pads every side, so padding the width grows the
+    height too): at least `size` x `size`.
+  """
+  for axis in (1, 0):
+    pad = tf.maximum((1 + size - tf.shape(label)[axis]) // 2, 0)
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    label = tf.pad(label, [[pad, pad], [pad, pad]])
+  return image, label
+
+
+def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+  # PIL's NEAREST resize (ImagingScaleAffine): output pixel k reads input pixel
+  # int((k + 1/2) * in / out), the centres accumulated by repeated float64 addition.
+  # Exact ties (e.g. 2 -> 15 at k = 7) fall where that rounding puts them, so the sum is
+  # replicated step by step rather than computed exactly.
+  step = in_size / out_size
+  centres = np.full(out_size, step)
+  centres[0] = step / 2
+  return np.add.accumulate(centres).astype(np.int32)
+
+
+def _resize(image: tf.Tensor, label: tf.Tensor,
+            new_hw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """PIL's resize of the reference: the image BILINEAR, the labels NEAREST.
+
+  Args:
+    image: [H, W, C] float image.
+    label: [H, W] uint8 labels.
+    new_hw: [2] int32, the new (height, width).
+
+  Returns:
+    The resized pair. The image agrees with PIL's to within its uint8 rounding (PIL
+    antialiases when shrinking: its triangle filter widens by the factor, as
+    `antialias=True` does); the labels agree exactly.
+  """
+  image = tf.image.resize(image, new_hw, method='bilinear', antialias=True)
+  hw = tf.shape(label)
+  rows, cols = (tf.ensure_shape(tf.numpy_function(_nearest_indices, [hw[axis], new_hw[axis]],
+                                                  tf.int32, stateful=False), [None])
+                for axis in (0, 1))
+  label = tf.gather(tf.gather(label, rows, axis=0), cols, axis=1)
+  return image, label
+
+
+def _resize_center_crop(image: tf.Tensor, label: tf.Tensor,
+                        size: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """The reference's `--crop_val`: ExtResize(size) then ExtCenterCrop(size).
+
+  Args:
+    image: [H, W, C] float image.
+    label: [H, W] uint8 labels.
+    size: the crop's side.
+
+  Returns:
+    The [size, size] pair: torchvision's F.resize(img, size) makes the short side `size`
+    and the long one `int(size * long / short)`; F.center_crop starts at
+    `int(round((side - size) / 2.))` (Python's round: halves to even, as tf.round).
+  """
+  hw = tf.shape(label)
+  new_hw = size * hw // tf.reduce_min(hw)
+  image, label = _resize(image, label, new_hw)
+  top, left = tf.unstack(tf.cast(tf.round(tf.cast(new_hw - size, tf.float32) / 2), tf.int32))
+  return (image[top:top + size, left:left + size], label[top:top + size, left:left + size])
+
+
 def preprocess(example: dict[str, tf.Tensor], *, info: DatasetInfo,
                seed: tf.Tensor | None) -> dict[str, tf.Tensor]:
   """One example -> {'image': float32 [S, S, C] normalised, 'label': int32 [S, S]}.
 
   Args:
     example: {'image': uint8 [H, W, C], 'label': uint8 [H, W]}.
-    info: the dataset (crop size, scale range, mean/std).
+    info: the dataset (crop size, scale range, padding and evaluation protocol,
+      mean/std).
     seed: [2] stateless seed of the training transforms; None for evaluation.
 
   Returns:
@@ -108,11 +191,13 @@ def preprocess(example: dict[str, tf.Tensor], *, info: DatasetInfo,
     scale_seed, crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 3))
     low, high = info.scale_range
     scale = tf.random.stateless_uniform([], scale_seed, low, high)
-    shape = tf.cast(tf.shape(label), tf.float32)
-    new = tf.cast(tf.round(shape * scale), tf.int32)
-    image = tf.image.resize(image, new, method='bilinear')
-    label = tf.image.resize(label[..., None], new, method='nearest')[..., 0]
-    image, label = _pad_to(image, label, size, info.ignore_label)
+    # int(side * scale), as the reference's ExtRandomScale: the cast truncates.
+    new_hw = tf.cast(tf.cast(tf.shape(label), tf.float32) * scale, tf.int32)
+    image, label = _resize(image, label, new_hw)
+    if info.seg_train_pad == 'background':
+      image, label = _pad_as_reference(image, label, size)
+    else:
+      image, label = _pad_to(image, label, size, info.ignore_label)
     # One crop window for both: the label rides along as an extra channel.
     stacked = tf.concat([image, tf.cast(label[..., None], tf.float32)], axis=-1)
     stacked = tf.image.stateless_random_crop(
@@ -120,12 +205,15 @@ def preprocess(example: dict[str, tf.Tensor], *, info: DatasetInfo,
     if info.augmentation == 'scale_crop_flip':
       stacked = tf.image.stateless_random_flip_left_right(stacked, seed=flip_seed)
     image, label = stacked[..., :-1], tf.cast(stacked[..., -1], tf.uint8)
+  elif info.seg_eval == 'resize_center_crop':
+    image, label = _resize_center_crop(image, label, size)
   else:
     # Whole images: one larger than the model's input would lose pixels.
     tf.debugging.assert_less_equal(
         tf.reduce_max(tf.shape(label)), size,
         message=f'an evaluation image of {info.name!r} is larger than its image_shape '
-        f'{info.image_shape[:2]}; every pixel is scored, so none may be cropped.')
+        f'{info.image_shape[:2]}; every pixel is scored, so none may be cropped '
+        "(seg_eval='resize_center_crop' crops).")
     image, label = _pad_to(image, label, size, info.ignore_label)
   image = transforms.normalize(image, info.mean, info.std)
   image = tf.ensure_shape(image, (size, size, info.image_shape[-1]))

@@ -139,6 +139,12 @@ def base_config() -> ml_collections.ConfigDict:
   # on the devices as uint8 and are cropped, flipped and normalised by jit; 'host': the
   # tf.data pipeline; 'auto': 'device' on GPU/TPU, 'host' on CPU (recorded as chosen).
   c.data.pipeline = 'auto'
+  # The segmentation protocol (`lth_jax.data.registry`), None: the dataset's own.
+  # seg_eval: 'resize_center_crop' (the reference's --crop_val, voc2012_seg's) or 'pad'
+  # (whole images, the canvases'); seg_train_pad: 'background' (the reference's padding of
+  # small crops, voc2012_seg's) or 'ignore' (bottom/right, never trained on; the canvases').
+  c.data.seg_eval = ml_collections.config_dict.placeholder(str)
+  c.data.seg_train_pad = ml_collections.config_dict.placeholder(str)
 
   c.optim = optim_config()
 
@@ -249,6 +255,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail('model.width_multiplier', config.model.width_multiplier, 'must be > 0.')
   if config.data.batch_size < 1 or config.data.eval_batch_size < 1:
     fail('data.batch_size', config.data.batch_size, 'batch sizes must be >= 1.')
+  for field, choices in (('seg_eval', data.registry.SEG_EVALS),
+                         ('seg_train_pad', data.registry.SEG_TRAIN_PADS)):
+    if config.data[field] not in (None, *choices):
+      fail(f'data.{field}', config.data[field],
+           f"choose one of {choices}, or None for the dataset's own.")
   if not 0.0 < config.imp.fraction < 1.0:
     fail('imp.fraction', config.imp.fraction,
          'must be in (0, 1): the share of surviving weights pruned per round (paper: 0.2).')

@@ -59,8 +59,14 @@ def branches(config: ml_collections.ConfigDict) -> dict[str, ImpSpec]:
   if config.imp.random_baseline:
     # The baseline shares the IMP run's dense round and rewinds where it does: to each
     # seed's θ_p, or (late rewinding) to the IMP run's θ_k, which it reads as its start.
+    # Every variable goes back, whatever the IMP run's rewind_scope: the reference's
+    # detection baseline (train_random.py) trains a fresh neck and head on each randomly
+    # pruned θ_p, never continuing another round. Its masks are nested (20% of the
+    # survivors each round) where the reference draws each sparsity once; either way a
+    # round's mask is a uniform random subset of the prunable weights, and nesting keeps
+    # exactly the IMP round's count.
     out['random'] = dataclasses.replace(main, pruning='random', include_dense=False,
-                                        prune_first=False, rewind='start')
+                                        prune_first=False, rewind='start', rewind_scope='all')
   return out
 
 

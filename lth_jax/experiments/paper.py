@@ -24,7 +24,8 @@
    'task_specific'): IMP on each task itself from the first pre-training's θ_p, the
    backbone rewound to θ_p and the task's head to its initial weights every round
    (`config.imp` fraction, pruning and policy). Its dense round 0 is that pre-training's
-   dense transfer (same θ_p, seeds and recipe), trained once.
+   dense transfer (same θ_p, seeds and recipe), trained once; `imp.prune_first`, which
+   would prune round 0, is refused.
 
 The verdict (printed, and written to verdict.txt): per task, the extreme matching
 sparsity of each pre-training's upstream tickets, of the task-specific tickets and of
@@ -287,7 +288,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
                                                       TASK_SPECIFIC), start, finetune, metric,
                                  runs)
         # Round 0 is this pre-training's dense transfer: same θ_p, seeds and recipe.
-        dense_runs = records[0]['runs']
+        dense_runs = results.dense_runs(records[0], f'Round 0 of the task-specific IMP on '
+                                        f'{task_name}')
         specific = [{**r, 'ticket': f'{TASK_SPECIFIC}_round_{r["round"]:02d}'}
                     for r in records[1:]]
       found = run_transfer(
@@ -297,7 +299,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
               f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
               f'{results.shown(r, m.test)}'))
       add_matching(found, metric.key)
-      dense = [r[metric.test] for r in found[0]['runs']]
+      dense = [r[metric.test] for r in results.dense_runs(
+          found[0], f'The dense transfer of {objective} to {task_name}')]
       for row in found:
         task_rows.append({'task': task_name, 'pretraining': objective,
                           'method': _method(row['ticket'], objective), **row})
@@ -364,6 +367,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.fail('paper.task_imp_rounds', p.task_imp_rounds,
                     '0 (no task-specific IMP) or >= 2 (the dense round and at least one '
                     'pruned one).')
+  if p.task_imp_rounds and config.imp.prune_first:
+    config_lib.fail('imp.prune_first', config.imp.prune_first,
+                    "task-specific IMP's round 0 is the dense transfer of θ_p that tickets "
+                    'are matched against, and prune_first would prune it before training; '
+                    'set --config.imp.prune_first=False (upstream IMP keeps its recipe\'s '
+                    'first prune), or --config.paper.task_imp_rounds=0.')
   chosen = config_lib.split_names(p.random_baselines)
   if not set(chosen) <= set(RANDOM_BASELINES):
     config_lib.fail('paper.random_baselines', p.random_baselines,

@@ -47,13 +47,14 @@ def section() -> ml_collections.ConfigDict:
 
 
 def ticket_names(paths: Sequence[str]) -> list[str]:
-  """Unique names for mask paths: the shortest distinguishing end of each path.
+  """Unique relative names for mask paths: the shortest distinguishing end of each path.
 
   A path's name is built from its last components, the file's extension dropped and an
   orbax folder's generic `mask` replaced by its parent: `.../round_02/mask` is
   'round_02', `.../round_02/mask_torch.npz` is 'mask_torch', or 'round_02/mask_torch'
-  when another listed file is also called mask_torch. Names never collide; a path listed
-  twice is an error.
+  when another listed file is also called mask_torch. Files that differ only in their
+  extension keep it ('mask_torch.npz' and 'mask_torch.pth'). A name is a path relative
+  to the folder of the transfer runs, never an absolute one.
 
   Args:
     paths: mask files or orbax mask folders.
@@ -62,10 +63,11 @@ def ticket_names(paths: Sequence[str]) -> list[str]:
     One name per path, in order.
 
   Raises:
-    ConfigError: the same file or folder is listed twice.
+    ConfigError: the same file or folder is listed twice, or two paths would share a
+      name (an orbax folder `x/mask` and a folder `x`).
   """
   seen: dict[str, str] = {}
-  parts = []
+  stems, full = [], []
   for path in paths:
     real = os.path.realpath(path)
     if real in seen:
@@ -73,19 +75,26 @@ def ticket_names(paths: Sequence[str]) -> list[str]:
           f'config.transfer.masks lists {seen[real]!r} and {path!r}, which are the same '
           'ticket; list each ticket once.')
     seen[real] = path
+    # The root's '' stays first, so that no path's pieces are the end of another's; it
+    # never enters a name, which stays relative to the folder of the runs.
     pieces = os.path.normpath(os.path.abspath(path)).split(os.sep)
     if os.path.isdir(path) and pieces[-1] == 'mask':
       pieces.pop()
-    elif not os.path.isdir(path):
-      pieces[-1] = pieces[-1].split('.')[0]
-    parts.append(pieces)
+    full.append(pieces)
+    stems.append(pieces if os.path.isdir(path) else pieces[:-1] + [pieces[-1].split('.')[0]])
+  # An extension is kept only where it is all that tells two paths apart.
+  parts = [stem if stems.count(stem) == 1 else whole for stem, whole in zip(stems, full)]
   names = []
-  for pieces in parts:
+  for path, pieces in zip(paths, parts):
     for n in range(1, len(pieces) + 1):
-      name = '/'.join(pieces[-n:])
       if sum(other[-n:] == pieces[-n:] for other in parts) == 1:
+        names.append('/'.join(pieces[-n:]).lstrip('/'))
         break
-    names.append(name)
+    else:
+      twin = next(p for p, other in zip(paths, parts) if other == pieces and p != path)
+      raise errors.ConfigError(
+          f'config.transfer.masks lists {twin!r} and {path!r}, which would both be named '
+          f'{"/".join(pieces).lstrip("/")!r}; move or rename one.')
   return names
 
 
@@ -180,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
             f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
             f'{results.shown(r, m.test)}'))
     extreme = add_matching(rows, metric.key)
-    dense = [r[metric.test] for r in rows[0]['runs']]
+    dense = [r[metric.test] for r in results.dense_runs(rows[0], f'The dense run on {dataset}')]
     for row in rows:
       row['method'] = variant if row['ticket'] != DENSE else DENSE
     imp_mode.report(workdir, config, metric, rows, {variant: rows}, dense,

@@ -11,6 +11,7 @@ Every mode builds what it runs through these functions; the library below them
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -117,8 +118,22 @@ def scheduler(config: ml_collections.ConfigDict, mesh: Mesh,
 
 
 def dataset_info(config: ml_collections.ConfigDict, name: str) -> data.DatasetInfo:
-  """A dataset with its validation split as the config asks (`data.val_from_train`)."""
-  return data.get_info(name, val_from_train=config.data.val_from_train)
+  """A dataset with its validation split and segmentation protocol as the config asks.
+
+  Args:
+    config: the experiment config (`data.val_from_train`, and `data.seg_eval` and
+      `data.seg_train_pad` where set, for segmentation datasets).
+    name: a dataset name.
+
+  Returns:
+    Its DatasetInfo.
+  """
+  info = data.get_info(name, val_from_train=config.data.val_from_train)
+  if info.task != 'segmentation':
+    return info
+  protocol = {field: config.data[field] for field in ('seg_eval', 'seg_train_pad')
+              if config.data[field] is not None}
+  return dataclasses.replace(info, **protocol)
 
 
 def task_and_data(config: ml_collections.ConfigDict,

@@ -99,6 +99,26 @@ def shown(record: Mapping[str, Any], key: str) -> str:
   return f'{100 * record[key]:.2f}% ' + ('(one run)' if std is None else f'± {100 * std:.2f}')
 
 
+def dense_runs(record: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+  """The runs of a record taken as the dense network, whose spread is the matching band.
+
+  Args:
+    record: a round record or transfer row ('sparsity', 'runs').
+    name: what the record is, for the error.
+
+  Returns:
+    Its runs.
+
+  Raises:
+    ValueError: the record is sparse: its runs would judge tickets against a pruned
+      network.
+  """
+  if record['sparsity'] != 0:
+    raise ValueError(f'{name} is taken as the dense network, but its sparsity is '
+                     f'{100 * record["sparsity"]:.2f}%.')
+  return list(record['runs'])
+
+
 def is_matching(value: float, dense: Sequence[float]) -> bool:
   """Whether a sparse network's value matches the dense runs (>= mean - one std).
 

@@ -50,8 +50,9 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     policy: which leaves are prunable.
     on_result: called with each finished row.
     dense_runs: the dense network's runs when they exist already (e.g. round 0 of an
-      IMP run from the same start variables with the same finetune and seeds), one per
-      seed; they are used instead of training it again.
+      IMP run from the same start variables with the same finetune and seeds, read with
+      `results.dense_runs`, which refuses a sparse round), one per seed; they are used
+      instead of training it again.
     scheduler: runs the (ticket, seed) runs side by side, each on its own devices;
       None: one after another on `finetune`'s own mesh.
 
@@ -125,10 +126,13 @@ def add_matching(rows: Sequence[dict[str, Any]], metric: str = 'accuracy') -> fl
 
   Returns:
     The highest matching sparsity, or None.
+
+  Raises:
+    ValueError: the dense row is sparse.
   """
   key = f'test_{metric}'
   dense = next(r for r in rows if r['ticket'] == DENSE)
-  dense_values = [r[key] for r in dense['runs']]
+  dense_values = [r[key] for r in results.dense_runs(dense, f'The {DENSE!r} row')]
   for row in rows:
     row['matching'] = results.is_matching(row[key], dense_values)
   return results.extreme_sparsity(rows, dense_values, key)

@@ -17,14 +17,19 @@ descending score, are matched greedily against the ground truths of their image.
   np.arange(0.0, 1.1, 0.1) as in `voc_ap`, i.e. 0.30000000000000004 and not 0.3: a
   recall of exactly 3/10 does not reach that level there, nor here.
 
-Deviations from the reference, all outside its VOC2007-test use:
-- Score ties are broken by input order (image order, then row order within an image):
-  the sort is stable, where voc_eval's np.argsort quicksort is not.
+Boxes and scores are used as given: the reference's evaluator truncates box corners to
+integers and rounds scores to 4 decimals when it writes the result files voc_eval reads,
+which `lth_jax.yolo.round_like_reference` does before this metric in
+`lth_jax.tasks.detection`.
+
+Deviations from the reference:
+- Score ties (common with 4-decimal scores) are broken by input order (image order, then
+  row order within an image): the sort is stable, where voc_eval's np.argsort quicksort
+  is not.
 - A class without non-difficult ground truth has AP NaN and is left out of the mAP.
   voc_eval divides by npos = 0 there (AP 0 with the 11-point metric, NaN with the area
-  one) and ap.py divides the sum of APs by the number of classes regardless.
-- Boxes and scores are used as given; the reference's evaluator first truncates box
-  coordinates to int32 and rounds scores to 4 decimals when it writes its result files.
+  one) and ap.py divides the sum of APs by the number of classes regardless (never the
+  case on VOC2007 test).
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@ classifier's), SPP + PANet under `neck` and the three prediction heads under `he
 (`lth_jax.yolo.build_targets`), the CIoU + focal objectness + BCE class loss, and
 evaluation as its `Evaluator`: decode every scale, undo the letterbox, score =
 objectness x best class probability > 0.005, per-class NMS at 0.45 (of the 300 best
-boxes, keeping 100 an image), then VOC07 11-point AP per class over every image of the
-split (`lth_jax.metrics.voc_map`) at IoU 0.5 (the headline mAP@0.5) and averaged over
-0.50:0.05:0.95. Difficult boxes are left out of training, as the reference's annotation
-files leave them out, and are neither true nor false positives in evaluation.
+boxes, keeping 100 an image), corners truncated to integers and scores rounded to 4
+decimals (as it writes its result files), then VOC07 11-point AP per class over every
+image of the split (`lth_jax.metrics.voc_map`) at IoU 0.5 (the headline mAP@0.5) and
+averaged over 0.50:0.05:0.95. Difficult boxes are left out of training, as the
+reference's annotation files leave them out, and are neither true nor false positives in
+evaluation.
 
 Model options (`ModelSpec.options`): neck_width, the neck's channels as a fraction of
 the reference's (512, 1024, 2048) for ResNet-50 (1.0).
@@ -100,8 +102,9 @@ def detections(model: nn.Module, variables: Any, batches: Any, *, image_size: in
     mesh: the device mesh.
 
   Returns:
-    (per image [K, 6] rows (x1, y1, x2, y2, score, class), per image {'boxes',
-    'classes', 'difficult'}), the inputs of `lth_jax.metrics.voc_map`.
+    (per image [K, 6] rows (x1, y1, x2, y2, score, class) as the reference's evaluator
+    writes them: corners truncated to integers, scores rounded to 4 decimals; per image
+    {'boxes', 'classes', 'difficult'}), the inputs of `lth_jax.metrics.voc_map`.
   """
   step = _predict_step(model, mesh)
   variables = sharding.replicate(dict(variables), mesh)
@@ -109,9 +112,10 @@ def detections(model: nn.Module, variables: Any, batches: Any, *, image_size: in
   for batch in batches:
     out = jax.device_get(step(variables, sharding.shard_batch(batch, mesh)))
     for i in np.flatnonzero(out['mask'] > 0):
-      found.append(yolo.postprocess(out['predictions'][i], input_size=image_size,
-                                    original_hw=tuple(int(v) for v in out['hw'][i]),
-                                    max_candidates=MAX_CANDIDATES, max_det=MAX_DETECTIONS))
+      found.append(yolo.round_like_reference(yolo.postprocess(
+          out['predictions'][i], input_size=image_size,
+          original_hw=tuple(int(v) for v in out['hw'][i]), max_candidates=MAX_CANDIDATES,
+          max_det=MAX_DETECTIONS)))
       valid = out['valid'][i]
       truths.append({'boxes': out['gt_boxes'][i][valid], 'classes': out['classes'][i][valid],
                      'difficult': out['difficult'][i][valid]})

@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 
 from lth_jax import masks as masks_lib
 from lth_jax.runtime import sharding
-from lth_jax.training.optim import Recipe, create_learning_rate_schedule, create_optimizer
+from lth_jax.training.optim import Recipe, batch_learning_rate, create_optimizer
 
 Batch = Mapping[str, Any]
 # objective(model, params, batch_stats, batch) -> (loss, (new_batch_stats, metrics)):
@@ -212,9 +212,7 @@ def _build_steps(model: nn.Module, recipe: Recipe, steps_per_epoch: int, mesh: M
   train = jax.jit(functools.partial(_train_step, model, tx, objective),
                   in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
                   out_shardings=(replicated, replicated), donate_argnums=0)
-  schedule = create_learning_rate_schedule(
-      recipe, max(1, steps_per_epoch // recipe.accumulate_steps))
-  return TrainSteps(mesh=mesh, schedule=lambda step: schedule(step // recipe.accumulate_steps),
+  return TrainSteps(mesh=mesh, schedule=batch_learning_rate(recipe, steps_per_epoch),
                     init=init, train=train)
 
 

@@ -8,10 +8,11 @@ Boxes given to them must have x1 <= x2 and y1 <= y2, which holds for every box b
 from a width and height >= 0; the reference's torch versions re-sort corners first,
 a no-op for such boxes.
 
-`nms` and `postprocess` are numpy, for evaluation, as the reference's
-`eval/evaluator.py`: score = objectness x best class probability, keep score > 0.005,
-per-class greedy NMS at 0.45, where the overlap is the GIoU (`Giou_xyxy_numpy`), not the
-IoU, as in the reference's `tools.nms`.
+`nms`, `postprocess` and `round_like_reference` are numpy, for evaluation, as the
+reference's `eval/evaluator.py`: score = objectness x best class probability, keep the
+scores above 0.005, per-class greedy NMS at 0.45, where the overlap is the GIoU
+(`Giou_xyxy_numpy`), not the IoU, as in the reference's `tools.nms`, then integer corners
+and 4-decimal scores, as it writes them to its result files.
 """
 
 from __future__ import annotations
@@ -231,3 +232,22 @@ def postprocess(predictions: np.ndarray, *, input_size: int, original_hw: tuple[
   kept = nms(corners, scores, classes, iou_threshold=iou_threshold,
              score_threshold=score_threshold, max_det=max_det)
   return np.concatenate([corners[kept], scores[kept, None], classes[kept, None]], axis=-1)
+
+
+def round_like_reference(detections: np.ndarray) -> np.ndarray:
+  """Detections as the reference's evaluator writes them for `voc_eval`.
+
+  `Evaluator.APs_voc` writes a box's corners as np.array(bbox[:4], dtype=np.int32),
+  which truncates them toward zero (they are >= 0 there, so it floors them), and its
+  score as '%.4f'; `voc_eval` scores what it reads back.
+
+  Args:
+    detections: [K, 6] rows (x1, y1, x2, y2, score, class), e.g. `postprocess`'s.
+
+  Returns:
+    A float64 copy with integer corners and scores rounded to 4 decimals.
+  """
+  out = np.array(detections, np.float64).reshape(-1, 6)
+  out[:, :4] = np.trunc(out[:, :4])
+  out[:, 4] = [float('%.4f' % score) for score in out[:, 4]]
+  return out

@@ -1,0 +1,203 @@
+r"""Do lth_jax's DeepLabV3+ and YOLO train well? The offline canvases until they plateau.
+
+    python benchmarks/dense_convergence.py [--tasks=segmentation,detection] \
+        [--starts=theta_p,scratch] [--minutes=60] [--workdir=/tmp/dense_convergence] \
+        [--set optim.num_epochs=40 ...]
+
+For each task (configs/segmentation_offline.py: DeepLabV3+ on `digit_canvas_seg`;
+configs/detection_offline.py: YOLOv4's neck and heads on `digit_canvas_det`) and each
+start (the supervised θ_p of the offline studies: the ResNet-18 of width 1/8 pre-trained
+on Animal-MNIST's classes 0-4 exactly as the studies pre-train it; or a random init,
+'scratch'), one dense run with this benchmark's convergence recipe (below) trains on the
+training canvases (2,000 for segmentation; the 1,900 of them with a box that is not
+difficult for detection). Every epoch prints the validation metric, the test metric and
+the wall time since the run started; at the end a table gives, per run, the best
+validation epoch and the epochs run, the test metric at the best validation epoch
+(mIoU, or mAP@0.5 with mAP@[.5:.95] beside it), the wall time and why the run stopped.
+
+The recipe differs from the studies' 1-2 epoch budget only in length and learning rate
+(see `RECIPES`): the studies stop far from convergence by design, and this benchmark
+asks whether the same model, loss, data pipeline and metric reach a trained network.
+A run stops early when its validation metric has not improved for `--patience` epochs,
+or when the `--minutes` budget is spent (checked at each epoch's end; the run is then
+reported as cut short). The schedule decays over `optim.num_epochs` whatever happens.
+
+No test times this: the benchmark prints, the README reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import shutil
+import time
+
+# The convergence recipe per task: what the studies' configs change for a trained network.
+RECIPES = {
+    # The studies' poly recipe (head at 10x, lr 0.01) learns the digits' identity too
+    # slowly from scratch (after 3 epochs 98% of digit pixels are predicted as some
+    # digit, 26% as the right one): a higher backbone rate, the head at 2x.
+    'segmentation': {'optim.learning_rate': 0.05, 'optim.head_lr_scale': 2.0,
+                     'optim.num_epochs': 25},
+    'detection': {'optim.num_epochs': 15},
+}
+CONFIGS = {'segmentation': 'configs/segmentation_offline.py',
+           'detection': 'configs/detection_offline.py'}
+STARTS = ('theta_p', 'scratch')
+
+
+def _value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _set(config, field: str, value) -> None:
+  *path, last = field.split('.')
+  node = config
+  for name in path:
+    node = node[name]
+  node[last] = value
+
+
+class Stop(Exception):
+  """Ends a run at an epoch's end: patience exhausted or the time budget spent."""
+
+
+class EpochPrinter:
+  """A clu-style metric writer that prints each epoch and stops runs that are done.
+
+  `lth_jax.training.fit` hands it every epoch's record; it keeps the curve (validation
+  and, where validation improved, test values of the headline metric) and raises `Stop`
+  after `patience` epochs without a better validation value or once `deadline` passed.
+  The test value at the best validation epoch is then the last one recorded.
+  """
+
+  def __init__(self, metric: str, patience: int, deadline: float, num_epochs: int):
+    self.metric, self.patience, self.deadline = metric, patience, deadline
+    self.num_epochs = num_epochs
+    self.start = time.time()
+    self.curve: list[dict] = []
+    self.best: dict | None = None
+    self.stopped = 'schedule done'
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    del step
+    if f'val_{self.metric}' not in scalars:
+      return  # the progress reporter's steps/s
+    row = {'epoch': len(self.curve) + 1, 'minutes': (time.time() - self.start) / 60,
+           **scalars}
+    self.curve.append(row)
+    val = row[f'val_{self.metric}']
+    if self.best is None or val > self.best[f'val_{self.metric}']:
+      self.best = row
+    test = row.get(f'test_{self.metric}')
+    test_text = f'{100 * test:6.2f}' if test is not None else '     -'
+    print(f'  epoch {row["epoch"]:3d}/{self.num_epochs}  lr {row["learning_rate"]:.2e}  '
+          f'train loss {row["train_loss"]:.4f}  val {self.metric} {100 * val:6.2f}  '
+          f'test {test_text}  {row["minutes"]:5.1f} min', flush=True)
+    if row['epoch'] - self.best['epoch'] >= self.patience:
+      self.stopped = f'no better val {self.metric} for {self.patience} epochs'
+      raise Stop
+    if time.time() > self.deadline and row['epoch'] < self.num_epochs:
+      self.stopped = 'time budget spent (cut short)'
+      raise Stop
+
+  def flush(self) -> None:
+    pass
+
+
+def supervised_theta_p(config, root: str, mesh) -> dict:
+  """The studies' supervised θ_p: their upstream experiment's start, cached under `root`.
+
+  The paper mode pre-trains θ_p inside `upstream/supervised/` of each study; this runs
+  the same upstream config (`paper.upstream_config`) for one round, so θ_p is the same
+  network the studies transfer, and both tasks share it.
+  """
+  from lth_jax.experiments import paper, upstream
+
+  sub = paper.upstream_config(config, 'supervised')
+  sub.imp.num_rounds = 1
+  return upstream.run(sub, os.path.join(root, 'upstream_supervised'), mesh)['start']
+
+
+def train(task_name: str, start: str, args, root: str) -> dict:
+  """One dense run of `task_name` from `start`; returns its summary row."""
+  import jax
+
+  from lth_jax import experiments
+  from lth_jax.experiments import config as config_lib
+  from lth_jax.experiments import wiring
+  from lth_jax.training import fit
+
+  config = experiments.load_config(CONFIGS[task_name])
+  config.mode = 'imp'
+  config.pretrained.source = 'pretrain' if start == 'theta_p' else 'random'
+  for field, value in {**RECIPES[task_name], **dict(args.overrides)}.items():
+    _set(config, field, value)
+  mesh = wiring.mesh_for(config)
+  task, info = wiring.task_and_data(config, config.data.dataset)
+  model = wiring.build_model(config, task, info)
+  variables = wiring.theta_p(config, model, task.image_size(info), root, mesh,
+                             pretrained=lambda: supervised_theta_p(config, root, mesh)
+                             )(config.seed)
+  run_dir = os.path.join(root, f'{task_name}_{start}')
+  shutil.rmtree(run_dir, ignore_errors=True)
+  recipe = config_lib.recipe(config.optim)
+  batch_size = config.data.batch_size
+  printer = EpochPrinter(task.metric.key, args.patience,
+                         time.time() + 60 * args.minutes, recipe.num_epochs)
+  print(f'\n{task_name} from {start}: {config.model.arch} width '
+        f'{config.model.width_multiplier}, {info.name} ({info.split_sizes["train"]} '
+        f'training images), batch {batch_size}, {recipe.num_epochs} epochs of '
+        f'{recipe.optimizer} lr {recipe.learning_rate} (head x{recipe.head_lr_scale}), '
+        f'{recipe.schedule} schedule', flush=True)
+  try:
+    fit(model, variables, None, recipe,
+        train_batches=lambda epoch, step: task.train_batches(
+            info, batch_size=batch_size, epoch=epoch, seed=config.seed, data_dir=None,
+            start_step=step),
+        steps_per_epoch=task.steps_per_epoch(info, batch_size), checkpoint_dir=run_dir,
+        evaluator=task.evaluator(model, info, batch_size=config.data.eval_batch_size,
+                                 data_dir=None, mesh=mesh),
+        metric=task.metric.key, objective=task.objective(model, info), mesh=mesh,
+        is_head=task.is_head, writer=printer, rng=jax.random.key(config.seed))
+  except Stop:
+    pass
+  best = printer.best
+  return {'task': task_name, 'start': start, 'metric': task.metric.key,
+          'best_epoch': best['epoch'], 'epochs': len(printer.curve),
+          'val': best[f'val_{task.metric.key}'], 'test': best[f'test_{task.metric.key}'],
+          'test_map': best.get('test_map'), 'minutes': printer.curve[-1]['minutes'],
+          'stopped': printer.stopped}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--tasks', default='segmentation,detection')
+  parser.add_argument('--starts', default=','.join(STARTS))
+  parser.add_argument('--minutes', type=float, default=60.0,
+                      help='wall-time budget of each run')
+  parser.add_argument('--patience', type=int, default=5,
+                      help='epochs without a better validation metric before stopping')
+  parser.add_argument('--workdir', default='/tmp/dense_convergence')
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='config overrides for every run, as --config.FIELD=VALUE')
+  args = parser.parse_args()
+  args.overrides = [(k, _value(v)) for k, v in (item.split('=', 1) for item in args.set)]
+  os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
+  rows = [train(task, start, args, args.workdir)
+          for task in args.tasks.split(',') for start in args.starts.split(',')]
+  print('\n| task | start | best val epoch / epochs run | test at best val | '
+        'minutes | stopped |\n|---|---|---|---|---|---|')
+  for r in rows:
+    extra = f' (mAP@[.5:.95] {100 * r["test_map"]:.2f})' if r['test_map'] is not None else ''
+    print(f'| {r["task"]} | {r["start"]} | {r["best_epoch"]} / {r["epochs"]} | '
+          f'{r["metric"]} {100 * r["test"]:.2f}{extra} | {r["minutes"]:.1f} | '
+          f'{r["stopped"]} |')
+
+
+if __name__ == '__main__':
+  main()
