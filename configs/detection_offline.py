@@ -23,9 +23,9 @@ within 15 minutes on a 2-core CPU, the same study as configs/segmentation_offlin
    verdict.txt.
 
 `:tiny` is the smoke run of the tests: supervised pre-training only, one ticket, two
-rounds of task-specific IMP, one seed, θ_p from the scikit-learn digits and 243 training
-canvases (`digit_canvas_det_small`: the first 256 less the 13 whose boxes are all
-difficult).
+rounds of task-specific IMP, one seed, 3 epochs, θ_p from the scikit-learn digits and 243
+training canvases (`digit_canvas_det_small`: the first 256 less the 13 whose boxes are
+all difficult).
 """
 
 from lth_jax.experiments.config import canvas_study
@@ -39,5 +39,5 @@ def get_config(variant: str = ''):
                  schedule='cosine', final_learning_rate=1e-4, warmup_epochs=0, num_epochs=1)
   if variant == 'tiny':
     c.paper.pretrainings = 'supervised'
-    c.optim.num_epochs = 4
+    c.optim.num_epochs = 3
   return c

@@ -24,9 +24,9 @@ shipped data, within 15 minutes on a 2-core CPU:
    miou_vs_sparsity_digit_canvas_seg.png, extreme_sparsity.csv and verdict.txt
    ("upstream tickets match to X% ..., task-specific to Y%").
 
-`:tiny` is the smoke run of the tests: supervised and MoCo, one ticket each, two rounds
-of task-specific IMP, one seed, θ_p from the scikit-learn digits and 256 training canvases
-(`digit_canvas_seg_small`).
+`:tiny` is the smoke run of the tests: supervised pre-training only, one ticket, two
+rounds of task-specific IMP, one seed, 3 epochs, θ_p from the scikit-learn digits and 256
+training canvases (`digit_canvas_seg_small`).
 """
 
 from lth_jax.experiments.config import canvas_study
@@ -44,7 +44,7 @@ def get_config(variant: str = ''):
                  weight_decay=1e-4, schedule='poly', power=0.9, warmup_epochs=0,
                  num_epochs=2)
   if variant == 'tiny':
-    c.paper.pretrainings = 'supervised,moco'
+    c.paper.pretrainings = 'supervised'
     c.data.batch_size = 8
-    c.optim.num_epochs = 4
+    c.optim.num_epochs = 3
   return c

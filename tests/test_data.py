@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from lth_jax import data
 from lth_jax.experiments import config as defaults
-from lth_jax.data import offline, pipeline
+from lth_jax.data import arrays, offline, pipeline
 from lth_jax.data import transforms as augment
 
 OFFLINE = ('animal_mnist', 'mnist5k', 'digits')
@@ -171,6 +171,38 @@ def test_eval_covers_every_example_once_with_padding_masked():
   np.testing.assert_array_equal(np.round(_stack(batches)[:355] * 16), images)
   np.testing.assert_array_equal(_stack(batches, 'label')[:355], labels)
   assert not _stack(batches)[355:].any() and not _stack(batches, 'label')[355:].any()
+
+
+@pytest.mark.parametrize('name, split, batch_size, count', [
+    ('digits', 'test', 64, 1), ('digits', 'val', 48, 3), ('mnist5k', 'test', 500, 2),
+    ('animal_mnist_b_few', 'train', 50, 1)])
+@pytest.mark.parametrize('normalize', [True, False])
+def test_shipped_sets_are_evaluated_without_tf_data_to_the_same_bits(name, split, batch_size,
+                                                                      count, normalize):
+  info = data.get_info(name)
+  preprocess = functools.partial(pipeline._preprocess, info=info, train=False,
+                                 normalize=normalize, image_size=None)
+  for index in range(count):
+    expected = list(pipeline.split_batches(info, split, pipeline._examples, preprocess,
+                                           batch_size=batch_size, data_dir=None,
+                                           host=(index, count)))
+    got = list(arrays.eval_batches(info, split, batch_size=batch_size, normalize=normalize,
+                                   host=(index, count)))
+    assert len(got) == len(expected)
+    for one, other in zip(got, expected):
+      assert one.keys() == other.keys()
+      for key in one:
+        assert one[key].dtype == other[key].dtype, key
+        np.testing.assert_array_equal(one[key], other[key], err_msg=key)
+
+
+def test_eval_batches_use_tf_data_only_where_a_shipped_set_is_resized(monkeypatch):
+  def absent():
+    raise ImportError('no tensorflow here')
+  monkeypatch.setattr(arrays, 'tf_pipeline', absent)
+  assert len(list(data.eval_batches('digits', 'test', batch_size=64, image_size=8))) == 6
+  with pytest.raises(ImportError, match='no tensorflow here'):
+    data.eval_batches('digits', 'test', batch_size=64, image_size=28)
 
 
 def test_image_size_resizes_for_train_and_eval():

@@ -12,6 +12,7 @@ import pytest
 from lth_jax import data, errors, experiments
 from lth_jax.data import on_device, pipeline
 from lth_jax.experiments import config as config_lib
+from lth_jax.experiments import wiring
 from lth_jax.runtime import sharding
 
 
@@ -107,6 +108,30 @@ def test_datasets_that_cannot_live_on_the_devices_are_refused():
     on_device.DeviceData('digit_canvas_seg', _mesh(1), batch_size=8)
   with pytest.raises(ValueError, match='multiple of the 4 devices'):
     on_device.DeviceData('digits', _mesh(4), batch_size=10)
+
+
+def test_raw_images_are_the_stored_pixels_in_the_epochs_order():
+  # What the contrastive objectives draw their views from: no crop, no flip, [0, 1].
+  info = data.get_info('animal_mnist_b_few')  # crop_flip augmentation
+  raw = data.read_split(info, 'train')
+  device = on_device.DeviceData(info, _mesh(2), batch_size=20, augment=False, normalize=False)
+  key = on_device.epoch_key(3, 1)
+  order = np.asarray(jax.random.permutation(key, len(raw['label'])))
+  for step, batch in enumerate(device.batches(epoch=1, seed=3)):
+    index = order[step * 20:(step + 1) * 20]
+    expected = raw['image'][index].astype(np.float32) * np.float32(1 / info.pixel_max)
+    np.testing.assert_array_equal(np.asarray(batch['image']), expected)
+    np.testing.assert_array_equal(np.asarray(batch['label']), raw['label'][index])
+
+
+def test_auto_is_the_device_pipeline_where_tensorflow_is_absent(monkeypatch):
+  monkeypatch.setattr(data.arrays, 'tf_available', lambda: False)
+  config = _tiny()
+  wiring.resolve_pipeline(config, _mesh(1))
+  assert config.data.pipeline == 'device'
+  with pytest.raises(errors.ConfigError, match=r'pip install tensorflow tensorflow-datasets'
+                     r'.*--config\.data\.pipeline=device'):
+    wiring.resolve_pipeline(_tiny(**{'data.pipeline': 'host'}), _mesh(1))
 
 
 def _tiny(**overrides):

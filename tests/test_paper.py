@@ -93,6 +93,15 @@ def test_every_pretraining_is_transferred_on_the_inputs_it_was_made_with():
     assert (objective_fn.mean, objective_fn.std) == (info.mean, info.std), objective
 
 
+@pytest.mark.parametrize('pipeline', ['device', 'host'])
+def test_every_pretraining_trains_on_the_pipeline_the_paper_config_resolved(pipeline):
+  # The upstream runs once read their data through tf.data whatever the experiment chose.
+  config = defaults.load_config('paper_offline')
+  config.data.pipeline = pipeline
+  for objective in defaults.split_names(config.paper.pretrainings):
+    assert paper.upstream_config(config, objective).data.pipeline == pipeline, objective
+
+
 @pytest.mark.parametrize('field, value, message', [
     ('paper.pretrainings', 'supervised,byol', 'paper.pretrainings'),
     ('paper.tasks', 'mnist5k,imagenet21k', 'paper.tasks'),

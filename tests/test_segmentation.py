@@ -456,8 +456,7 @@ def test_segmentation_offline_tiny_end_to_end(tmp_path):
   methods = {(r['method'], r['ticket']) for r in rows}
   assert methods == {
       ('scratch', 'scratch'), ('supervised', 'dense'), ('supervised', 'round_01'),
-      ('random_global', 'random_global_round_01'), ('moco', 'dense'),
-      ('moco', 'round_01'), ('task_specific', 'task_specific_round_01')}
+      ('random_global', 'random_global_round_01'), ('task_specific', 'task_specific_round_01')}
   assert all(r['task'] == 'digit_canvas_seg_small' for r in rows)
   # All background: IoU of the background class, 0 for every digit class present.
   labels = canvases.split_canvases('test', num=128)['segmentation']

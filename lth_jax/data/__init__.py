@@ -42,20 +42,85 @@ Detection (`detection.train_batches` / `eval_batches`, boxes padded to max_boxes
 
 tfds sets are read from `data_dir` and never downloaded (a missing one raises
 FileNotFoundError saying how to prepare it); offline sets ship in lth_jax/data/offline
-(origin, licences and split rules in offline/ORIGIN.md). Importing this package imports
-tensorflow and hides GPUs from it.
+(origin, licences and split rules in offline/ORIGIN.md).
 
-Modules: `registry` (what each dataset is), `pipeline` (tf.data training and exact
-evaluation), `transforms` (per-example tf.data transforms with stateless seeds),
-`offline` (the shipped arrays and the sets derived from them), `canvases` (digit
-canvases for offline segmentation and detection), `voc` (Pascal VOC files),
-`segmentation` and `detection` (joint image + label / box pipelines). Imports only tensorflow,
-tensorflow-datasets, numpy and `lth_jax.errors`.
+TensorFlow is imported only where a tf.data pipeline runs: `train_batches`, the tfds sets,
+VOC, and the segmentation and detection pipelines (`data.segmentation`, `data.detection`,
+loaded on first use). The shipped classification sets are evaluated with numpy
+(`arrays`) and trained from the devices (`on_device`), so an experiment on them runs
+where tensorflow is not installed. Importing the tf.data modules hides GPUs from
+TensorFlow.
+
+Modules: `registry` (what each dataset is), `arrays` (in-memory splits, evaluated without
+TensorFlow), `on_device` (training sets kept on the accelerators), `pipeline` (tf.data
+training and exact evaluation), `transforms` (per-example tf.data transforms with
+stateless seeds), `offline` (the shipped arrays and the sets derived from them),
+`canvases` (digit canvases for offline segmentation and detection), `voc` (Pascal VOC
+files), `segmentation` and `detection` (joint image + label / box pipelines).
 """
 
-from lth_jax.data import detection, pipeline, segmentation
-from lth_jax.data.pipeline import eval_batches, steps_per_epoch, train_batches
-from lth_jax.data.registry import DATASETS, SPLITS, DatasetInfo, get_info
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+from lth_jax.data import arrays, canvases, offline
+from lth_jax.data.arrays import read_split
+from lth_jax.data.registry import DATASETS, SPLITS, DatasetInfo, get_info, steps_per_epoch
+
+# Submodules that import tensorflow, loaded when first asked for (PEP 562).
+_TF_MODULES = ('pipeline', 'transforms', 'segmentation', 'detection')
+
+
+def __getattr__(name: str) -> Any:
+  if name in _TF_MODULES:
+    if name == 'pipeline':
+      return arrays.tf_pipeline()
+    arrays.tf_pipeline()  # the ImportError that says what needs TensorFlow
+    return importlib.import_module(f'{__name__}.{name}')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def train_batches(name: str | DatasetInfo, **kwargs: Any) -> Iterator[dict[str, Any]]:
+  """One epoch of this host's training batches from the tf.data pipeline.
+
+  Args:
+    name: dataset name, or its `DatasetInfo`.
+    **kwargs: see `lth_jax.data.pipeline.train_batches`.
+
+  Returns:
+    Iterator over {'image': float32 [B/P, H, W, C], 'label': int32 [B/P]}.
+  """
+  return arrays.tf_pipeline().train_batches(name, **kwargs)
+
+
+def eval_batches(name: str | DatasetInfo, split: str, *, batch_size: int,
+                 data_dir: str | None = None, normalize: bool = True,
+                 image_size: int | None = None) -> Iterator[dict[str, Any]]:
+  """Every example of a split exactly once, in padded batches, for this host.
+
+  The shipped sets at their own size are cut with numpy (`arrays.eval_batches`, the
+  same bits as tf.data's); everything else goes through `pipeline.eval_batches`.
+
+  Args:
+    name: dataset name, or its `DatasetInfo`.
+    split: 'val' or 'test'; 'train' reads the train split unaugmented, in stored order.
+    batch_size: global batch size; must be divisible by jax.process_count().
+    data_dir: tfds data directory (None: TFDS_DATA_DIR or ~/tensorflow_datasets).
+    normalize: subtract the mean and divide by the std; False keeps [0, 1] pixels.
+    image_size: output side length (None: the dataset's own).
+
+  Returns:
+    Iterator over {'image': float32 [B/P, H, W, C], 'label': int32 [B/P],
+    'mask': float32 [B/P]} (mask 0.0 on the padding).
+  """
+  info = get_info(name)
+  if arrays.in_memory(info, image_size):
+    return arrays.eval_batches(info, split, batch_size=batch_size, normalize=normalize)
+  return arrays.tf_pipeline().eval_batches(info, split, batch_size=batch_size,
+                                           data_dir=data_dir, normalize=normalize,
+                                           image_size=image_size)
 
 
 def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> None:
@@ -67,14 +132,21 @@ def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> Non
 
   Raises:
     DatasetNotFoundError: the dataset is not there; the message says how to get it.
+    FileNotFoundError: a shipped file is missing (a broken install).
   """
   info = get_info(name)
-  reader = {'segmentation': segmentation, 'detection': detection}.get(info.task, pipeline)
-  reader.check_available(info, data_dir)
+  if info.source in ('offline', 'canvases'):
+    source = info.name if info.source == 'offline' else canvases.SOURCE
+    for split in SPLITS:  # shipped: a missing file means a broken install
+      offline.split_arrays(source, split)
+    return
+  if info.task == 'classification':
+    arrays.tf_pipeline().check_available(info, data_dir)
+  else:
+    __getattr__(info.task).check_available(info, data_dir)
 
 
 __all__ = [
     'DATASETS', 'SPLITS', 'DatasetInfo', 'check_available', 'eval_batches', 'get_info',
-    'steps_per_epoch',
-    'train_batches',
+    'read_split', 'steps_per_epoch', 'train_batches',
 ]

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from lth_jax.data import pipeline
-from lth_jax.data.registry import DatasetInfo, get_info
+from lth_jax.data import arrays
+from lth_jax.data.registry import DatasetInfo, get_info, steps_per_epoch
 from lth_jax.runtime import sharding
 
 # A train split larger than this stays on the host pipeline (bytes of uint8 pixels).
@@ -104,7 +104,8 @@ class DeviceData:
   """A classification train split on the devices, batched and augmented by one jit."""
 
   def __init__(self, name: str | DatasetInfo, mesh: Mesh, *, batch_size: int,
-               data_dir: str | None = None, normalize: bool = True):
+               data_dir: str | None = None, augment: bool = True, normalize: bool = True,
+               split: tuple[np.ndarray, np.ndarray] | None = None):
     """Reads the train split once and replicates it on every device of `mesh`.
 
     Args:
@@ -112,11 +113,15 @@ class DeviceData:
       mesh: the device mesh (its 'data' axis splits every batch).
       batch_size: the global batch size.
       data_dir: tfds data directory.
+      augment: apply the dataset's crop and flip (False: the images as stored, e.g. the
+        raw images that contrastive objectives draw their views from).
       normalize: subtract the mean and divide by the std (False: [0, 1] pixels).
+      split: (uint8 images [N, H, W, C], labels [N]) to hold instead of the dataset's
+        train split (synthetic data for benchmarks); N must be the train size of `name`.
 
     Raises:
-      ValueError: the dataset cannot live on the devices, or the batch does not split
-        over the mesh.
+      ValueError: the dataset cannot live on the devices, the batch does not split over
+        the mesh, or the train split is not as large as the dataset says.
     """
     info = get_info(name)
     if not fits(info):
@@ -127,8 +132,13 @@ class DeviceData:
       raise ValueError(f'batch_size={batch_size} must be a multiple of the {mesh.size} '
                        'devices of the mesh.')
     self.info, self.mesh, self.batch_size = info, mesh, batch_size
-    self.steps = pipeline.steps_per_epoch(info, batch_size)
-    whole = pipeline.read_split(info, 'train', data_dir)
+    self.steps = steps_per_epoch(info, batch_size)
+    whole = (arrays.read_split(info, 'train', data_dir) if split is None
+             else {'image': split[0], 'label': split[1]})
+    if len(whole['label']) != info.split_sizes['train']:
+      # A gather past the end would silently repeat the last image.
+      raise ValueError(f'{info.name!r} has {len(whole["label"])} training examples, not the '
+                       f'{info.split_sizes["train"]} its DatasetInfo states.')
     if whole['image'].dtype != np.uint8:
       raise ValueError(f'{info.name!r} images are {whole["image"].dtype}, not uint8.')
     self.images = sharding.replicate(whole['image'], mesh)
@@ -136,8 +146,8 @@ class DeviceData:
     scale = np.float32(1 / info.pixel_max)
     mean = np.asarray(info.mean if normalize else 0.0, np.float32)
     std = np.asarray(info.std if normalize else 1.0, np.float32)
-    padding = info.crop_padding if info.augmentation != 'none' else 0
-    flip = info.augmentation == 'crop_flip'
+    padding = info.crop_padding if augment and info.augmentation != 'none' else 0
+    flip = augment and info.augmentation == 'crop_flip'
     out = sharding.batch_sharding(mesh)
 
     @functools.partial(jax.jit, out_shardings=out)

@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from lth_jax.data import transforms
 from lth_jax.errors import DatasetNotFoundError
 from lth_jax.data import offline
-from lth_jax.data.registry import SPLITS, DatasetInfo, get_info
+from lth_jax.data.registry import SPLITS, DatasetInfo, get_info, steps_per_epoch
 
 # The input pipeline runs on the host CPU; TF must not claim accelerator memory that
 # JAX needs (as in flax/examples/imagenet).
@@ -52,24 +52,6 @@ except RuntimeError:
 
 Batch = dict[str, np.ndarray]
 Host = tuple[int, int]  # (process index, process count)
-
-
-def steps_per_epoch(name: str | DatasetInfo, batch_size: int) -> int:
-  """Number of training steps in one epoch (the last partial batch is dropped).
-
-  Args:
-    name: dataset name, or its `DatasetInfo` (`get_info(name, val_from_train=...)`).
-    batch_size: global batch size (over all hosts).
-
-  Returns:
-    train split size // batch_size.
-  """
-  info = get_info(name)
-  train_size = info.split_sizes['train']
-  if not 0 < batch_size <= train_size:
-    raise ValueError(f'batch_size={batch_size} must be in [1, {train_size}] (the size '
-                     f'of the train split of {info.name!r}).')
-  return train_size // batch_size
 
 
 def train_batches(name: str | DatasetInfo, *, batch_size: int, epoch: int, seed: int,

@@ -261,3 +261,21 @@ def get_info(name: str | DatasetInfo, *, val_from_train: int = 0) -> DatasetInfo
       split_sizes={**info.split_sizes, 'train': kept, 'val': val_from_train},
       tfds_splits={**info.tfds_splits, 'train': f'{info.tfds_splits["train"]}[:{kept}]',
                    'val': f'{info.tfds_splits["train"]}[{kept}:]'})
+
+
+def steps_per_epoch(name: str | DatasetInfo, batch_size: int) -> int:
+  """Number of training steps in one epoch (the last partial batch is dropped).
+
+  Args:
+    name: dataset name, or its `DatasetInfo` (`get_info(name, val_from_train=...)`).
+    batch_size: global batch size (over all hosts).
+
+  Returns:
+    train split size // batch_size.
+  """
+  info = get_info(name)
+  train_size = info.split_sizes['train']
+  if not 0 < batch_size <= train_size:
+    raise ValueError(f'batch_size={batch_size} must be in [1, {train_size}] (the size '
+                     f'of the train split of {info.name!r}).')
+  return train_size // batch_size

@@ -106,7 +106,8 @@ def upstream_config(config: ml_collections.ConfigDict,
   sub.pretrain.dataset = sub.data.dataset = config.pretrain.dataset
   # The upstream batch size is the recipe's: a small downstream task's batch would
   # starve the contrastive objectives of negatives.
-  sub.data.update(data_dir=config.data.data_dir, eval_batch_size=config.data.eval_batch_size)
+  sub.data.update(data_dir=config.data.data_dir, eval_batch_size=config.data.eval_batch_size,
+                  pipeline=config.data.pipeline)
   sub.pretrain.optim.num_epochs = config.pretrain.optim.num_epochs
   sub.optim.num_epochs = config.paper.upstream_epochs
   sub.imp.update(num_rounds=config.imp.num_rounds, fraction=config.imp.fraction,

@@ -204,16 +204,10 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, evaluator: Eval
   """
   task, info = wiring.task_and_data(config, config.data.dataset)
   spec = objectives.get(config.upstream.objective)
-  raw = None
-  if spec.raw_images:
-    size = config.upstream.image_size or None
-    raw = lambda epoch, seed, start: data.train_batches(
-        info, batch_size=config.data.batch_size, epoch=epoch, seed=seed,
-        data_dir=config.data.data_dir, start_step=start, augment=False, normalize=False,
-        image_size=size)
   return wiring.make_finetune(
       config, model, task, info, mesh, recipe=recipe, objective=spec.build(settings(config)),
-      evaluator=evaluator, metric='accuracy', train_batches=raw,
+      evaluator=evaluator, metric='accuracy', raw_images=spec.raw_images,
+      raw_size=config.upstream.image_size or None,
       carry_state=config.upstream.keep_state)
 
 

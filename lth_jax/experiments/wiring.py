@@ -31,7 +31,7 @@ from lth_jax.lottery.imp import previous_round_dir
 from lth_jax.models import init_variables
 from lth_jax.runtime import console, sharding, tree_io
 from lth_jax.runtime.scheduler import Scheduler
-from lth_jax.training import Evaluator, Objective, StatefulObjective, compute_dtype, fit
+from lth_jax.training import Evaluator, Objective, StatefulObjective, compute_dtype, fit, reporting
 from lth_jax.training.optim import Recipe
 
 TrainBatches = Callable[[int, int, int], Iterator[Any]]  # (epoch, seed, start_step)
@@ -74,22 +74,29 @@ def resolve_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
 
   'auto' is 'device' on accelerators (training sets that fit are kept on the devices,
   `lth_jax.data.on_device`) and 'host' on CPU (the tf.data pipeline, whose batches the
-  numbers of the README were measured with). Recording the choice makes a workdir
-  refuse to resume with the other pipeline, whose random stream differs.
+  numbers of the README were measured with), or 'device' there too where TensorFlow is
+  not installed. Recording the choice makes a workdir refuse to resume with the other
+  pipeline, whose random stream differs.
 
   Args:
     config: the config; `data.pipeline` is set in place.
     mesh: the experiment's mesh (its platform decides 'auto').
 
   Raises:
-    ConfigError: an unknown value.
+    ConfigError: an unknown value, or 'host' where TensorFlow is not installed.
   """
   choice = config.data.pipeline
   if choice not in ('auto', 'device', 'host'):
     config_lib.fail('data.pipeline', choice, "one of 'auto', 'device', 'host'")
+  has_tf = data.arrays.tf_available()
+  if choice == 'host' and not has_tf:
+    raise errors.ConfigError(
+        "config.data.pipeline='host' reads through tf.data, and tensorflow or "
+        'tensorflow-datasets is not installed: pip install tensorflow tensorflow-datasets, '
+        'or set --config.data.pipeline=device.')
   if choice == 'auto':
-    platform = mesh.devices.flat[0].platform
-    config.data.pipeline = 'host' if platform == 'cpu' else 'device'
+    on_cpu = mesh.devices.flat[0].platform == 'cpu'
+    config.data.pipeline = 'host' if on_cpu and has_tf else 'device'
 
 
 def scheduler(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -279,7 +286,7 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
                   dataset: data.DatasetInfo, mesh: Mesh, *, recipe: Recipe | None = None,
                   objective: Objective | StatefulObjective | None = None,
                   evaluator: Evaluator | None = None, metric: str | None = None,
-                  train_batches: TrainBatches | None = None,
+                  raw_images: bool = False, raw_size: int | None = None,
                   carry_state: bool = False) -> Finetune:
   """`lth_jax.training.fit` bound to a task's data, loss and evaluator (a `Finetune`).
 
@@ -293,8 +300,9 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
     objective: replaces the task's loss (pre-training objectives).
     evaluator: replaces the task's evaluator (e.g. kNN of features).
     metric: the evaluator's headline metric (default the task's).
-    train_batches: (epoch, seed, start_step) -> batches, replacing the task's pipeline
-      (raw images for objectives that draw their views on the device).
+    raw_images: train on the images as stored, in [0, 1] (not augmented or normalised),
+      for objectives that draw their views on the device.
+    raw_size: the side the raw images are resized to (None: the dataset's own).
     carry_state: start each IMP round from the previous round's final optimizer (and
       objective) state instead of a fresh one, as the reference does upstream.
 
@@ -302,8 +310,6 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
     finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None, mesh=mesh)
     -> FitResult; a `scheduler` passes each run's own device group as `mesh`.
   """
-  from clu import metric_writers
-
   recipe = recipe or config_lib.recipe(config.optim)
   batch_size = config.data.batch_size
   data_dir = config.data.data_dir
@@ -322,18 +328,21 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
 
   @functools.cache
   def batches_on(run_mesh: Mesh) -> TrainBatches:
-    if train_batches is not None:
-      return train_batches
-    if config.data.pipeline == 'device' and on_device.fits(dataset):
-      return on_device.DeviceData(dataset, run_mesh, batch_size=batch_size, data_dir=data_dir)
+    native = raw_size in (None, dataset.image_shape[0])
+    if config.data.pipeline == 'device' and on_device.fits(dataset) and native:
+      return on_device.DeviceData(dataset, run_mesh, batch_size=batch_size, data_dir=data_dir,
+                                  augment=not raw_images, normalize=not raw_images)
+    if raw_images:
+      return lambda epoch, seed, start: data.train_batches(
+          dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
+          start_step=start, augment=False, normalize=False, image_size=raw_size)
     return lambda epoch, seed, start: task.train_batches(
         dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
         start_step=start)
 
   def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None, mesh=mesh):
-    writer = metric_writers.create_default_writer(
-        checkpoint_dir.rstrip('/') + '_tensorboard', just_logging=not sharding.is_chief(),
-        asynchronous=False)
+    writer = reporting.metric_writer(checkpoint_dir.rstrip('/') + '_tensorboard',
+                                     just_logging=not sharding.is_chief())
     batches = batches_on(mesh)
     try:
       return fit(

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from lth_jax import metrics, yolo
-from lth_jax.data import DatasetInfo, detection
+from lth_jax import data, metrics, yolo
+from lth_jax.data import DatasetInfo
 from lth_jax.lottery.results import Metric
 from lth_jax.models import create_detector
 from lth_jax.models.yolo import ANCHORS, decode
@@ -163,11 +163,11 @@ class Detection(Task):
   def evaluator(self, model: nn.Module, dataset: DatasetInfo, *, batch_size: int,
                 data_dir: str | None, mesh: Mesh) -> Evaluator:
     return lambda variables, split: evaluate(
-        model, variables, detection.eval_batches(dataset, split, batch_size=batch_size,
-                                                 data_dir=data_dir),
+        model, variables, data.detection.eval_batches(dataset, split, batch_size=batch_size,
+                                                      data_dir=data_dir),
         num_classes=dataset.num_classes, image_size=dataset.image_shape[0], mesh=mesh)
 
   def train_batches(self, dataset: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
                     data_dir: str | None, start_step: int) -> Iterator[Batch]:
-    return detection.train_batches(dataset, batch_size=batch_size, epoch=epoch, seed=seed,
-                                   data_dir=data_dir, start_step=start_step)
+    return data.detection.train_batches(dataset, batch_size=batch_size, epoch=epoch,
+                                        seed=seed, data_dir=data_dir, start_step=start_step)

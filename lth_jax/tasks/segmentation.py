@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from lth_jax import metrics
-from lth_jax.data import DatasetInfo, segmentation
+from lth_jax import data, metrics
+from lth_jax.data import DatasetInfo
 from lth_jax.lottery.results import Metric
 from lth_jax.models import create_deeplab
 from lth_jax.models.deeplab import aspp_rates_for
@@ -174,11 +174,11 @@ class Segmentation(Task):
   def evaluator(self, model: nn.Module, dataset: DatasetInfo, *, batch_size: int,
                 data_dir: str | None, mesh: Mesh) -> Evaluator:
     return lambda variables, split: evaluate(
-        model, variables, segmentation.eval_batches(dataset, split, batch_size=batch_size,
-                                                    data_dir=data_dir),
+        model, variables, data.segmentation.eval_batches(
+            dataset, split, batch_size=batch_size, data_dir=data_dir),
         num_classes=dataset.num_classes, ignore_label=dataset.ignore_label, mesh=mesh)
 
   def train_batches(self, dataset: DatasetInfo, *, batch_size: int, epoch: int, seed: int,
                     data_dir: str | None, start_step: int) -> Iterator[Batch]:
-    return segmentation.train_batches(dataset, batch_size=batch_size, epoch=epoch, seed=seed,
-                                      data_dir=data_dir, start_step=start_step)
+    return data.segmentation.train_batches(dataset, batch_size=batch_size, epoch=epoch,
+                                           seed=seed, data_dir=data_dir, start_step=start_step)

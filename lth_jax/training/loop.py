@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,13 +25,11 @@ from jax.sharding import Mesh
 
 from lth_jax.errors import DivergenceError
 from lth_jax.runtime import sharding
+from lth_jax.training import reporting
 from lth_jax.training.evaluators import Evaluator, add_sequentially
 from lth_jax.training.optim import Recipe
 from lth_jax.training.steps import (NONFINITE, Batch, Objective, StatefulObjective, TrainState,
                                     check_masks, make_train_steps)
-
-if TYPE_CHECKING:
-  from clu import metric_writers
 
 
 @dataclasses.dataclass
@@ -139,7 +137,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
         checkpoint_dir: str, evaluator: Evaluator, metric: str,
         objective: Objective | StatefulObjective, mesh: Mesh | None = None,
         is_head: Callable[[str], bool] | None = None,
-        writer: metric_writers.MetricWriter | None = None,
+        writer: reporting.Writer | None = None,
         checkpoint_every_steps: int | None = None, rewind_step: int | None = None,
         rng: jax.Array | None = None, carry_from: str | None = None,
         async_checkpoints: bool | None = None) -> FitResult:
@@ -164,7 +162,8 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
     mesh: the device mesh; all devices by default.
     is_head: top-level parameter name -> whether it is the head's (for
       `Recipe.head_lr_scale`).
-    writer: optional clu metric writer for per-epoch scalars and steps/s.
+    writer: optional metric writer (`reporting.metric_writer`) for per-epoch scalars and
+      steps/s.
     checkpoint_every_steps: also checkpoint every this many steps within an epoch.
     rewind_step: also return the variables after this many steps (0 gives the
       initial, masked variables): the late-rewinding point.
@@ -186,9 +185,6 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
       raised before the next checkpoint, so the last one saved is finite, and it names
       the epoch, the step and its learning rate.
   """
-  # clu imports tensorflow (seconds); workers that only need the steps skip it.
-  from clu import periodic_actions
-
   if masks is not None:
     check_masks(variables['params'], masks)
   num_epochs = recipe.num_epochs
@@ -227,8 +223,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
       rewind = _copy(state.variables)
 
     step = meta['step']
-    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                                      writer=writer)
+    report_progress = reporting.progress(total_steps, writer)
 
     def absorb(pending: list[dict[str, jax.Array]], epoch: int) -> None:
       # The metrics of the steps since the last absorb, before anything is saved.
