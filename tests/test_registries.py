@@ -127,7 +127,7 @@ def test_an_objective_is_one_spec(monkeypatch, registered, tmp_path):
   out = experiments.run(config, str(tmp_path))
   assert [r['round'] for r in out['records']] == [0]
   made = recorder.made[-1]
-  assert isinstance(made['objective'], ByolDouble) and made['train_batches'] is not None
+  assert isinstance(made['objective'], ByolDouble) and made['raw_images']
   assert set(made['model'].init(jax.random.key(0), np.zeros((1, 8, 8, 1)))['params']) >= {
       'fc_0', 'fc_2'}
   assert os.path.isdir(tmp_path / 'byol' / 'round_01' / 'mask')

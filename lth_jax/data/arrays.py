@@ -117,7 +117,12 @@ def eval_batches(info: DatasetInfo, split: str, *, batch_size: int, normalize: b
   if batch_size <= 0 or batch_size % count:
     raise ValueError(f'batch_size={batch_size} must be a positive multiple of the '
                      f'number of processes ({count}).')
-  per_host = batch_size // count
+  return _padded_batches(info, split, batch_size // count, index, count, normalize)
+
+
+def _padded_batches(info: DatasetInfo, split: str, per_host: int, index: int, count: int,
+                    normalize: bool) -> Iterator[Batch]:
+  # A generator apart from `eval_batches`, whose checks then run when it is called.
   images, labels = offline.split_arrays(info.name, split)
   # The host slices of `tfds.even_splits`, as the tf.data pipeline cuts them.
   part = np.array_split(np.arange(len(labels)), count)[index]
