@@ -40,8 +40,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from lth_jax import analysis  # Imported late so that --help stays fast.
-  logging.set_verbosity(logging.INFO)
   from lth_jax.experiments import sensitivity
+  from lth_jax.runtime import console
+  console.show_log(FLAGS.verbosity >= 1)
   perturbation, connectivity = None, None
   if FLAGS.perturb or FLAGS.lmc_seeds:
     perturbation, connectivity = sensitivity.run(

@@ -434,9 +434,10 @@ def test_cli_compares_runs_at_equal_sparsity(tmp_path, params):
   assert '| sup/imp | 20.00 |' in text and '| sup/random | 20.00 |' in text
   with open(main / 'analysis' / 'overlap_vs_sparsity.json') as f:
     curve = json.load(f)
+  # At 36% sup/imp's mask was never trained: only the two trained masks there are compared.
   assert {(r['pair'], round(r['sparsity'], 2)) for r in curve} == {
-      (p, s) for s in (0.2, 0.36)
-      for p in ('moco/imp vs sup/imp', 'moco/imp vs sup/random', 'sup/imp vs sup/random')}
+      (p, 0.2) for p in ('moco/imp vs sup/imp', 'moco/imp vs sup/random', 'sup/imp vs sup/random')
+  } | {('moco/imp vs sup/random', 0.36)}
   for r in curve:
     if r['pair'] == 'moco/imp vs sup/imp':  # the same masks
       assert r['iou'] == 1.0

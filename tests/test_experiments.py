@@ -182,11 +182,9 @@ def test_cli_killed_twice_mid_round_resumes_to_the_same_result(tmp_path):
 
 def test_cli_finds_a_config_by_its_name():
   from lth_jax import main  # defines the command line's flags; nothing else here reads them
-  configs = defaults.CONFIG_DIR
-  assert main.config_by_name(['prog', '--config=demo:tiny', '--config', 'paper_offline']) == [
-      'prog', f'--config={configs / "demo.py"}:tiny', '--config', str(configs / 'paper_offline.py')]
-  as_given = ['prog', '--config=configs/demo.py:tiny', '--config=no_such_config', '--workdir=demo']
-  assert main.config_by_name(as_given) == as_given
+  by_name = main.load_config('demo:tiny')
+  assert by_name.to_dict() == main.load_config(f'{ROOT / "configs" / "demo.py"}:tiny').to_dict()
+  assert by_name.data.dataset == 'digits' and main.load_config('paper_offline').mode == 'paper'
 
 
 def test_cli_rejects_a_bad_value_with_a_message(tmp_path):

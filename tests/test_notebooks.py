@@ -120,6 +120,63 @@ def test_install_cell_refuses_a_source_it_cannot_install_and_says_what_to_set(
       'Set', 'set')
 
 
+# Python as on Colab before the install, and after a runtime restart ahead of an editable
+# install's finder: 'lth_jax' is only the checkout folder in the working directory (an
+# empty namespace package). The stand-in for pip records its arguments and lifts that.
+WORKING_DIRECTORY_ONLY = """\
+del sys.modules['lth_jax']
+import os
+import subprocess
+from importlib.machinery import PathFinder
+class WorkingDirectoryOnly:
+  @staticmethod
+  def find_spec(name, path=None, target=None):
+    return PathFinder.find_spec(name, [os.getcwd()]) if name == 'lth_jax' else None
+sys.meta_path.insert(0, WorkingDirectoryOnly)
+def fake_pip(cmd, **kw):
+  print('PIP', cmd[3:])
+  sys.meta_path.remove(WorkingDirectoryOnly)
+  return subprocess.CompletedProcess(cmd, 0)
+subprocess.run = fake_pip
+"""
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
+def test_install_cell_from_the_checkouts_parent_folder_installs_the_checkout(path, tmp_path):
+  # Colab's layout: the working directory /content holds the checkout /content/lth_jax.
+  checkout = tmp_path / 'lth_jax'
+  checkout.symlink_to(ROOT, target_is_directory=True)
+  out = _run_install_cell(path, str(checkout), WORKING_DIRECTORY_ONLY, tmp_path,
+                          after='print("FILE", lth_jax.__file__)')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"PIP ['install', '-q', '-e', {str(checkout)!r}]" in out.stdout
+  assert f'FILE {checkout / "lth_jax" / "__init__.py"}' in out.stdout
+  assert 'lth_jax 0.' in out.stdout  # the version line
+
+
+@pytest.mark.parametrize('url, name', [('https://github.com/someone/my_fork.git', 'my_fork'),
+                                       ('git@github.com:someone/lth-copy', 'lth-copy')])
+def test_install_cell_clones_a_git_url_into_a_folder_of_its_name(url, name, tmp_path):
+  # The clone is a link to this checkout; a clone anywhere else stops before it is made.
+  fake = ('import os\nimport subprocess\n'
+          'def fake_run(cmd, **kw):\n'
+          '  if cmd[:2] == ["git", "clone"]:\n'
+          f'    if cmd[-1] != os.path.join(os.getcwd(), {name!r}):\n'
+          '      sys.exit(f"cloned into {cmd[-1]}")\n'
+          f'    os.symlink({str(ROOT)!r}, cmd[-1])\n'
+          '  else:\n'
+          '    print("PIP", cmd[3:])\n'
+          '    del sys.modules["lth_jax"]\n'
+          '  return subprocess.CompletedProcess(cmd, 0)\n'
+          'subprocess.run = fake_run\n')
+  out = _run_install_cell(NOTEBOOKS[0], url, fake, tmp_path,
+                          after='print("FILE", lth_jax.__file__)')
+  assert out.returncode == 0, out.stderr[-3000:]
+  clone = os.path.join(os.path.realpath(tmp_path), name)
+  assert f"PIP ['install', '-q', '-e', {clone!r}]" in out.stdout
+  assert f'FILE {os.path.join(clone, "lth_jax", "__init__.py")}' in out.stdout
+
+
 def test_install_cell_installs_a_wheel_that_carries_the_configs(tmp_path):
   # Built from a copy of the repository's files: a build/ folder in the checkout could hold
   # stale files, and the checkout stays as it is.

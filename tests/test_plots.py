@@ -54,7 +54,8 @@ def test_stars_judge_each_curve_against_its_own_dense_point(monkeypatch, tmp_pat
                  for line in ax.get_lines() if line.get_marker() == '*')
   assert stars == [(51.2, 80.0), (64.0, 89.0)]
   legend = [t.get_text() for t in ax.get_legend().get_texts()]
-  assert legend == ['IMP, rewind to θ_p', 'moco', 'dense from scratch (no pre-training)']
+  assert legend == ['IMP, rewind to θ_p', 'moco', 'dense from scratch (no pre-training)',
+                    'shaded: ±1 std over seeds']  # scratch's band
   scratch = [line for line in ax.get_lines() if line.get_label().startswith('dense from')][0]
   assert list(scratch.get_ydata()) == [70.0, 70.0]  # one horizontal reference line
 

@@ -180,7 +180,7 @@ def test_experiment_json_records_only_what_the_mode_reads(monkeypatch, tmp_path)
   experiments.run(tiny(**{'imp.num_rounds': 1, 'imp.random_baseline': False}),
                   str(tmp_path / 'imp'))
   recorded = json.load(open(tmp_path / 'imp' / workdir_lib.EXPERIMENT_FILE))
-  assert set(recorded) == set(config_lib.COMMON_FIELDS)
+  assert set(recorded) == {*config_lib.COMMON_FIELDS, workdir_lib.ENVIRONMENT}
   assert not {'transfer', 'upstream', 'paper'} & set(recorded)
   # A config that differs only in another mode's section is the same experiment.
   assert experiments.run(tiny(**{'imp.num_rounds': 1, 'imp.random_baseline': False,

@@ -87,8 +87,9 @@ def test_scheduled_runs_equal_sequential_runs_on_as_many_devices(tmp_path):
   # in round 1 of the ticket search and of the random branch).
   trained = [p for p in scheduled.glob('*/round_*/seed_*') if p.name[5:].isdigit()]
   assert len(trained) == experiments.imp.num_runs(_tiny()) == 3 + 2 + 2
-  # devices_per_run changes no result: a workdir resumes under another value.
-  experiments.run(_tiny(num_devices=1), str(scheduled))
+  # devices_per_run changes no result where the device counts stay the same: a workdir
+  # resumes under another value.
+  experiments.run(_tiny(num_devices=1, devices_per_run=1), str(sequential))
 
 
 def test_devices_per_run_that_does_not_divide_is_refused(tmp_path):

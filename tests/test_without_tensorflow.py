@@ -93,3 +93,28 @@ def test_the_demo_runs_where_tensorflow_and_clu_are_not_installed(tmp_path):
   # Without clu the per-epoch scalars go to the log, and no TensorBoard folder is written.
   assert '] learning_rate=' in out.stderr and not list(workdir.rglob('*_tensorboard'))
   assert (workdir / 'accuracy_vs_sparsity.png').is_file()
+
+
+def test_progress_is_logged_and_written_whether_or_not_clu_is_installed(caplog):
+  # clu's ReportProgress printed only a "work unit notes" line, which the CLI hides.
+  from absl import logging as absl_logging
+
+  from lth_jax.training import reporting
+
+  written = []
+
+  class Writer(reporting.LogWriter):
+    def write_scalars(self, step, scalars):
+      written.append((step, dict(scalars)))
+
+  progress = reporting.LogProgress(100, Writer(), every_s=0.0)
+  absl_logging.set_verbosity(absl_logging.INFO)
+  with caplog.at_level('INFO'):
+    progress(10)  # starts the clock
+    with progress.timed('eval'):
+      pass
+    progress(30)
+  assert [step for step, _ in written] == [30] and written[0][1]['steps_per_sec'] > 0
+  line = next(r.getMessage() for r in caplog.records if 'steps/s' in r.getMessage())
+  assert '30.0% (30/100)' in line and 'ETA' in line
+  assert caplog.records[-1].pathname.endswith('lth_jax/training/reporting.py')

@@ -11,8 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from lth_jax.runtime import files
 from lth_jax.analysis.structure import short_name
+from lth_jax.lottery.results import sparsity_axis
+from lth_jax.runtime import files
+
+# A measured IoU equal to its random expectation (a pair with a random-pruning run) would
+# hide one line under the other: the expectation is a thin dashed line over a wide, light
+# measured one, so both stay visible.
+MEASURED = {'lw': 3.0, 'alpha': 0.5, 'zorder': 2}
+EXPECTED = {'ls': '--', 'lw': 1.2, 'zorder': 3}
 
 
 def _pyplot() -> Any:
@@ -37,6 +44,17 @@ def _layer_axis(ax: Any, layers: Sequence[str]) -> None:
 
 def _width(layers: Sequence[Any]) -> float:
   return min(16.0, max(6.4, 0.22 * len(layers)))
+
+
+def _legend_with_expectation(ax: Any) -> None:
+  """The legend of the measured pairs plus one entry for every pair's dashed expectation
+  (a legend entry per dashed line would read 'a vs random: random')."""
+  from matplotlib.lines import Line2D
+
+  handles, labels = ax.get_legend_handles_labels()
+  handles.append(Line2D([], [], color='0.3', **EXPECTED))
+  labels.append('dashed: expected for independent random masks\nwith the same layer densities')
+  ax.legend(handles, labels, fontsize=7)
 
 
 def overlap_matrix(path: str, names: Sequence[str], iou: np.ndarray, expected: np.ndarray,
@@ -73,7 +91,7 @@ def overlap_matrix(path: str, names: Sequence[str], iou: np.ndarray, expected: n
 
 def layer_overlap(path: str, overlaps: Mapping[str, Mapping[str, Mapping[str, Any]]],
                   title: str = '') -> str:
-  """Per-layer IoU of ticket pairs (solid) and of random masks (dashed).
+  """Per-layer IoU of ticket pairs (solid) and its random expectation (dashed, over it).
 
   Args:
     path: PNG path.
@@ -88,23 +106,28 @@ def layer_overlap(path: str, overlaps: Mapping[str, Mapping[str, Mapping[str, An
   fig, ax = plt.subplots(figsize=(_width(layers), 4.2), layout='constrained')
   for i, (label, rows) in enumerate(overlaps.items()):
     color = f'C{i % 10}'
-    ax.plot([rows[n]['iou'] for n in layers], marker='o', ms=3, color=color, label=label)
-    ax.plot([rows[n]['expected_iou'] for n in layers], ls='--', color=color, lw=1,
-            label=f'{label}: random')
+    ax.plot([rows[n]['iou'] for n in layers], marker='o', ms=3, color=color, label=label,
+            **MEASURED)
+    ax.plot([rows[n]['expected_iou'] for n in layers], color=color, **EXPECTED)
   _layer_axis(ax, layers)
   ax.set_ylabel('IoU of kept weights')
   ax.set_ylim(0, 1.02)
   ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=7)
+  _legend_with_expectation(ax)
   return _save(fig, path)
 
 
 def overlap_vs_sparsity(path: str, rows: Sequence[Mapping[str, Any]], title: str = '') -> str:
   """Total IoU of each pair of runs against sparsity, with the random expectation.
 
+  The x axis is the results plot's (`lth_jax.lottery.results.sparsity_axis`). Each pair's
+  expectation is a thin dashed line of its colour over the measured one, and one
+  legend entry names them all: a pair with a random-pruning run lies on its dashed line by
+  construction, since random pruning keeps weights independently of the other run.
+
   Args:
     path: PNG path.
-    rows: dicts with 'pair', 'sparsity', 'iou', 'expected_iou'.
+    rows: dicts with 'pair', 'sparsity', 'iou', 'expected_iou', of trained masks only.
     title: figure title.
 
   Returns:
@@ -115,16 +138,16 @@ def overlap_vs_sparsity(path: str, rows: Sequence[Mapping[str, Any]], title: str
   pairs = list(dict.fromkeys(r['pair'] for r in rows))
   for i, pair in enumerate(pairs):
     mine = sorted((r for r in rows if r['pair'] == pair), key=lambda r: r['sparsity'])
-    x = [100 * r['sparsity'] for r in mine]
-    ax.plot(x, [r['iou'] for r in mine], marker='o', ms=4, color=f'C{i % 10}', label=pair)
-    ax.plot(x, [r['expected_iou'] for r in mine], ls='--', lw=1, color=f'C{i % 10}',
-            label=f'{pair}: random')
-  ax.set_xlabel('sparsity (%)')
+    x = [100 * (1 - r['sparsity']) for r in mine]
+    ax.plot(x, [r['iou'] for r in mine], marker='o', ms=4, color=f'C{i % 10}', label=pair,
+            **MEASURED)
+    ax.plot(x, [r['expected_iou'] for r in mine], color=f'C{i % 10}', **EXPECTED)
+  sparsity_axis(ax, min(100 * (1 - r['sparsity']) for r in rows))
   ax.set_ylabel('IoU of kept weights')
   ax.set_ylim(0, 1.02)
   ax.grid(alpha=0.3)
   ax.set_title(title, fontsize=9)
-  ax.legend(fontsize=7)
+  _legend_with_expectation(ax)
   return _save(fig, path)
 
 

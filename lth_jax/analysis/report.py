@@ -98,7 +98,12 @@ def _similarity_section(out_dir: str, tickets: Mapping[str, Any],
     path = plots.overlap_vs_sparsity(os.path.join(out_dir, 'overlap_vs_sparsity.png'),
                                      curve, 'IoU between runs at equal sparsity')
     files.write_table(os.path.join(out_dir, 'overlap_vs_sparsity'), curve)
-    lines += ['### Across sparsity levels', image_link(path, 'IoU against sparsity')]
+    lines += ['### Across sparsity levels',
+              'Every sparsity at which at least two runs trained a mask (a mask saved for a '
+              'round that has not run is left out). A pair with a random-pruning run lies on '
+              'its dashed expectation by construction: random pruning keeps weights '
+              'independently of the other run, which is what the expectation assumes.',
+              image_link(path, 'IoU against sparsity')]
   if len(tickets) < 2:
     return lines + ['Only one ticket: no pairwise comparison.']
   overlaps = structure.pairwise_overlaps(tickets, policy)
@@ -230,8 +235,8 @@ def write_report(out_dir: str, tickets: Mapping[str, Any], *, title: str = 'Tick
     intro: markdown blocks placed after the title.
     metric: {ticket: test value of the headline metric} for the tickets table.
     metric_name: that metric's name ('accuracy', 'miou', ...).
-    similarity: rows with 'pair', 'sparsity', 'iou', 'expected_iou' over several
-      sparsity levels (see `lth_jax.analysis.workdirs`).
+    similarity: rows with 'pair', 'sparsity', 'iou', 'expected_iou' over the sparsity
+      levels of trained masks (see `lth_jax.analysis.workdirs`).
     perturbation: {kind: {ticket: rows of `perturbation.sweep`}}.
     connectivity: {ticket: result of `perturbation.linear_mode_connectivity`}.
     heatmap_layer: the layer drawn kernel by kernel; by default the kxk layer with the

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import itertools
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from absl import logging
 from lth_jax import masks as masks_lib
 from lth_jax.lottery import results
 from lth_jax.analysis import report, structure
+from lth_jax.runtime import files
 
 ANALYSIS_DIR = 'analysis'
 _ROUND = re.compile(r'round_(\d+)$')
@@ -69,12 +69,20 @@ def discover_runs(workdirs: Sequence[str]) -> dict[str, dict[int, str]]:
 
 
 def round_record(round_dir: str) -> dict[str, Any] | None:
-  """The round's `round.json` (written by `lth_jax.lottery.imp` when the round finished)."""
-  path = os.path.join(round_dir, 'round.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  """The round's `round.json` (written by `lth_jax.lottery.imp` when the round finished).
+
+  Args:
+    round_dir: a round's folder.
+
+  Returns:
+    The record, or None when the round has not finished.
+
+  Raises:
+    WorkdirError: the record cannot be read (a crash or a full disk cut it short).
+  """
+  return files.read_json(os.path.join(round_dir, 'round.json'), fix=(
+      'Rerun the command of the experiment in its workdir: the round is recorded again from '
+      'its checkpoints.'))
 
 
 def _ticket_name(run: str, k: int, keys: Sequence[tuple[str, int]]) -> str:
@@ -84,6 +92,33 @@ def _ticket_name(run: str, k: int, keys: Sequence[tuple[str, int]]) -> str:
 
 def _load(round_dir: str) -> Any:
   return masks_lib.load(os.path.join(round_dir, 'mask'))
+
+
+def rounds_left_out(run_dir: str, num_rounds: int) -> str:
+  """Says which trained rounds of an IMP run a rerun with fewer rounds leaves out.
+
+  A rerun with a smaller `imp.num_rounds` tables rounds 0 to num_rounds - 1 only; the
+  later rounds stay on disk, and a rerun with more rounds tables them again.
+
+  Args:
+    run_dir: an IMP run folder (round_XX/ inside).
+    num_rounds: the rounds the rerun tables.
+
+  Returns:
+    '' when no round at or beyond `num_rounds` has a round.json, else a line naming them.
+  """
+  names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+  beyond = sorted(int(m[1]) for m in map(_ROUND.match, names)
+                  if m and int(m[1]) >= num_rounds
+                  and round_record(os.path.join(run_dir, m[0])) is not None)
+  if not beyond:
+    return ''
+  one = len(beyond) == 1
+  which = (f'round {beyond[0]} was trained before and stays' if one else
+           f'rounds {", ".join(map(str, beyond))} were trained before and stay')
+  return (f'{run_dir}: results.csv holds the rounds below imp.num_rounds={num_rounds} only; '
+          f'{which} on disk (--config.imp.num_rounds={beyond[-1] + 1} tables '
+          f'{"it" if one else "them"} again).')
 
 
 def metric_of(record: Mapping[str, Any]) -> str:
@@ -98,10 +133,11 @@ def _runs_section(out_dir: str, runs: dict[str, dict[int, str]],
   rows = []
   for (run, k), value in sparsity.items():
     record = records[(run, k)] or {}
+    std = record.get(f'{metric.test}_std')
     rows.append([run, k, report.percent(value), report.percent(record.get(metric.test)),
-                 report.percent(record.get(f'{metric.test}_std'))])
+                 results.ONE_RUN if record and std is None else report.percent(std)])
   lines = ['## Runs', f'Every round found (test {metric.label} from round.json; "-" for a '
-           'mask not trained yet).',
+           f'mask not trained yet, "{results.ONE_RUN}" for the std of a single seed).',
            report.markdown_table(['run', 'round', 'sparsity %', f'test {metric.label} %',
                                   'std %'], rows)]
   curves = {run: [r for k in rounds if (r := records[(run, k)]) is not None]
@@ -143,11 +179,16 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
   values = {(run, k): record['sparsity'] if record else masks_lib.sparsity(
       _load(runs[run][k]), policy) for (run, k), record in records.items()}
   levels = structure.group_by_sparsity(values, tolerance)
-  trained = [r for r in records.values() if r is not None]
-  name = metric_of(trained[0]) if trained else 'accuracy'
+  finished = [r for r in records.values() if r is not None]
+  name = metric_of(finished[0]) if finished else 'accuracy'
   metric = results.Metric(name, name, name)
+  # Masks saved for a next round that never ran have no accuracy: the overlap curve and,
+  # by default, the focus level are about trained tickets.
+  trained = [(level, [key for key in keys if records[key] is not None])
+             for level, keys in levels]
+  trained = [(level, keys) for level, keys in trained if keys]
   curve = []
-  for level, keys in levels:
+  for level, keys in trained:
     if level == 0 or len(keys) < 2:
       continue
     logging.info('Comparing %d runs at sparsity %.4f.', len(keys), level)
@@ -157,11 +198,6 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
       curve.append({'pair': f'{a} vs {b}', 'sparsity': level, 'iou': float(iou[i, j]),
                     'expected_iou': float(expected[i, j])})
   if sparsity is None:
-    # Masks saved for a next round that never ran have no accuracy: by default the
-    # focus is a level whose tickets were trained.
-    trained = [(level, [key for key in keys if records[key] is not None])
-               for level, keys in levels]
-    trained = [(level, keys) for level, keys in trained if keys]
     level, keys = max(trained or levels, key=lambda g: (len(g[1]), g[0]))
     why = ('the highest sparsity trained by the most runs' if trained else
            'the highest level shared by the most runs; no round has been trained yet')

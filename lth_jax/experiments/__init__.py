@@ -27,7 +27,27 @@ from lth_jax.runtime import workdir as workdir_lib
 load_config = config_lib.load_config
 
 
-def _load_inputs(config: ml_collections.ConfigDict, mode: modes.Mode) -> dict[str, str]:
+def _datasets(config: ml_collections.ConfigDict, mode: modes.Mode) -> list[str]:
+  """Every dataset the experiment reads: the mode's, and θ_p's pre-training set."""
+  return list(dict.fromkeys(mode.datasets(config) + (
+      [config.pretrain.dataset] if config.pretrained.source == 'pretrain' else [])))
+
+
+def _check_data_dir(config: ml_collections.ConfigDict, names: list[str]) -> None:
+  """Refuses a `data.data_dir` that no dataset of the experiment reads.
+
+  Raises:
+    ConfigError: `data.data_dir` is set and every dataset ships with lth_jax.
+  """
+  data_dir = config.data.data_dir
+  if data_dir and all(data.get_info(n).source in config_lib.SHIPPED_SOURCES for n in names):
+    raise errors.ConfigError(
+        f'config.data.data_dir={data_dir!r} is not used: every dataset this experiment '
+        f'reads ({", ".join(names)}) ships with lth_jax; remove it.')
+
+
+def _load_inputs(config: ml_collections.ConfigDict, mode: modes.Mode,
+                 names: list[str]) -> dict[str, str]:
   """Finds and loads every input before the workdir is claimed.
 
   Returns:
@@ -36,8 +56,6 @@ def _load_inputs(config: ml_collections.ConfigDict, mode: modes.Mode) -> dict[st
   Raises:
     ConfigError, CheckpointError, DatasetNotFoundError: naming what is missing or wrong.
   """
-  names = list(dict.fromkeys(mode.datasets(config) + (
-      [config.pretrain.dataset] if config.pretrained.source == 'pretrain' else [])))
   for name in names:
     data.check_available(name, config.data.data_dir)
   inputs = {}
@@ -57,9 +75,10 @@ def _load_inputs(config: ml_collections.ConfigDict, mode: modes.Mode) -> dict[st
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the experiment a config describes.
 
-  Every input (datasets, checkpoint, tickets) is found and loaded before the workdir
-  is claimed, so a run that stops on a missing or bad input leaves nothing behind and
-  can be rerun with the fix.
+  Every value is checked (recipes, schedules and batch sizes against the datasets'
+  sizes included) and every input (datasets, checkpoint, tickets) found and loaded
+  before the workdir is claimed, so a run that stops on a bad value or a missing or bad
+  input leaves nothing behind and can be rerun with the fix.
 
   Args:
     config: a config from configs/*.py.
@@ -69,22 +88,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     The mode's results.
 
   Raises:
-    ConfigError, WorkdirError, CheckpointError, DatasetNotFoundError: before any compute.
+    ConfigError, WorkdirError, CheckpointError, DatasetNotFoundError: before any compute
+      (WorkdirError also where the workdir was trained on another number of devices).
     DivergenceError: a fine-tuning run diverged; it is recorded in the workdir (see
       `lth_jax.runtime.workdir.record_divergence`) and nothing is recorded for its round.
   """
   config_lib.validate(config)
   mode = modes.get(config.mode)
+  names = _datasets(config, mode)
+  _check_data_dir(config, names)
   mesh = wiring.mesh_for(config)
   wiring.resolve_pipeline(config, mesh)
   wiring.scheduler(config, mesh)  # a bad devices_per_run stops before the workdir is claimed
-  inputs = _load_inputs(config, mode)
+  inputs = _load_inputs(config, mode, names)
   sections = mode.sections(config_lib.COMMON_FIELDS)
   defaults = config_lib.base_config()
   defaults.data.pipeline = 'host'  # what workdirs recorded before the field existed ran
+  # Runs side by side train on devices_per_run devices each, the others on the mesh.
+  devices = {'mesh': mesh.size, 'per_run': config.devices_per_run or mesh.size}
   resumed = workdir_lib.claim(workdir, config, defaults=defaults,
                               inputs=inputs, recipe_work=mode.recipe_work(),
-                              sections=sections)
+                              sections=sections, devices=devices)
   console.say(f'{"Resuming" if resumed else "Starting"} {config.mode} in {workdir} on '
               f'{mesh.size} {mesh.devices.flat[0].platform} device(s) and '
               f'{jax.process_count()} process(es).')
@@ -92,6 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return mode.run(config, workdir, mesh)
   except errors.DivergenceError as e:
     e.within(f'mode {config.mode}')
+    e.half_precision = config.model.half_precision
     e.moved_to = workdir_lib.record_divergence(workdir, e)
     raise
 

@@ -19,6 +19,7 @@ from flax import traverse_util
 from lth_jax import data, errors, pruning
 from lth_jax.lottery import imp
 from lth_jax.models import resnet
+from lth_jax.runtime import workdir as workdir_lib
 from lth_jax.training import optim
 
 PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
@@ -32,6 +33,11 @@ CONFIG_DIR = next((d for d in (pathlib.Path(__file__).resolve().parents[i] / 'co
 # The backbone fields of `config.model`; any other field is a task's model setting
 # (`lth_jax.tasks.Task.options`, e.g. a DeepLab's output_stride).
 MODEL_FIELDS = ('arch', 'stem', 'width_multiplier', 'half_precision')
+# The dataset sources that ship with lth_jax (`lth_jax.data.registry.SOURCES`): they read
+# nothing from `data.data_dir`.
+SHIPPED_SOURCES = ('offline', 'canvases')
+# What each recipe section trains, for messages about it.
+RECIPE_USES = {'optim': 'the training', 'pretrain.optim': "θ_p's pre-training"}
 COMMON_FIELDS = ('mode', 'seed', 'pretrained', 'pretrain', 'model', 'data', 'optim', 'imp',
                  'num_seeds', 'dense_seeds', 'checkpoint_every_steps', 'num_devices',
                  'devices_per_run')
@@ -297,8 +303,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not os.path.isfile(path):
       fail('pretrained.path', path, 'no such file; check the path (weights cannot be '
            'downloaded at run time).')
-  modes.get(config.mode).validate(config)
-  _check_models(config, modes.get(config.mode).datasets(config))
+  mode = modes.get(config.mode)
+  mode.validate(config)
+  _check_models(config, mode.datasets(config))
+  for section, dataset in mode.trainings(config):
+    check_training(config, section, dataset)
 
 
 def _check_models(config: ml_collections.ConfigDict, datasets: list[str]) -> None:
@@ -318,16 +327,72 @@ def _check_models(config: ml_collections.ConfigDict, datasets: list[str]) -> Non
       fail('model', config.model.to_dict(), f'the {task.name} model of {info.name}: {e}')
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict, dataset: str) -> int:
+  """The batches of an epoch of training on a dataset at `config.data.batch_size`.
+
+  Args:
+    config: the experiment config.
+    dataset: a dataset name.
+
+  Returns:
+    Its task's steps per epoch.
+
+  Raises:
+    ConfigError: the batch size exceeds the dataset's train split.
+  """
+  from lth_jax.experiments import wiring
+
+  task, info = wiring.task_and_data(config, dataset)
+  size = info.split_sizes['train']
+  if not 1 <= config.data.batch_size <= size:
+    fail('data.batch_size', config.data.batch_size,
+         f'must be in [1, {size}] (the train split of {info.name!r}); lower it.')
+  return task.steps_per_epoch(info, config.data.batch_size)
+
+
+def check_training(config: ml_collections.ConfigDict, section: str, dataset: str) -> None:
+  """Builds what a training run needs from the config alone: its batches and optimizer.
+
+  So that a recipe whose schedule cannot be built for the run's length (a warm-up as
+  long as the run, multistep milestones past it) or a batch larger than the data stops
+  before the workdir is claimed, not when training starts.
+
+  Args:
+    config: the experiment config (`data.batch_size`).
+    section: the recipe's config section, a key of `RECIPE_USES`.
+    dataset: the dataset it trains on.
+
+  Raises:
+    ConfigError: naming the field and the fix.
+  """
+  from lth_jax.experiments import wiring
+
+  steps = steps_per_epoch(config, dataset)
+  fields = config
+  for part in section.split('.'):
+    fields = fields[part]
+  task, _ = wiring.task_and_data(config, dataset)
+  try:
+    optim.create_optimizer(recipe(fields), steps, is_head=task.is_head)
+  except ValueError as e:
+    raise errors.ConfigError(
+        f'config.{section}: {e} It is the recipe of {RECIPE_USES[section]} on {dataset!r} '
+        f'({steps} batches an epoch at config.data.batch_size={config.data.batch_size}); '
+        f'change the fields named (--config.{section}.<field>=...).') from None
+
+
 def from_record(recorded: dict) -> ml_collections.ConfigDict:
   """The config of an experiment.json, a field missing from it taking its default.
 
   Args:
-    recorded: the JSON of `experiment.json` (the sections its mode reads).
+    recorded: the JSON of `experiment.json` (the sections its mode reads, and the
+      environment its runs ran on, which is not config).
 
   Returns:
     A full config.
   """
   config = base_config()
+  recorded = {k: v for k, v in recorded.items() if k != workdir_lib.ENVIRONMENT}
   flat = traverse_util.flatten_dict(recorded, sep='.')
   config.update_from_flattened_dict(
       {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()})

@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
-from lth_jax import analysis, pruning
+from lth_jax import analysis, errors, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import modes, wiring
 from lth_jax.lottery import ImpSpec, imp, results
@@ -105,7 +105,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     {'curves': {method: round records}, 'extreme_sparsity': {method: value or None}}.
   """
   task, info = wiring.task_and_data(config, config.data.dataset)
-  metric = task.metric
+  metric = results.with_chance(task.metric, info.num_classes)
   model = wiring.build_model(config, task, info)
   start = wiring.theta_p(config, model, task.image_size(info), workdir, mesh)
   finetune = wiring.make_finetune(config, model, task, info, mesh)
@@ -122,14 +122,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     console.say(f'IMP ({method}) on {info.name}: rounds {s.first_round}-{s.num_rounds - 1}, '
                 f'{len(s.seeds)} seed(s) a round'
                 + (f' ({dense_seeds} in the dense round 0)' if dense_seeds != len(s.seeds) else '')
-                + f': {s.num_runs} fine-tunes of {config.optim.num_epochs} epochs.')
+                + f': {s.num_runs} fine-tune{"s" * (s.num_runs != 1)} of '
+                f'{config.optim.num_epochs} epoch{"s" * (config.optim.num_epochs != 1)}.')
+    left_out = analysis.workdirs.rounds_left_out(os.path.join(workdir, method), s.num_rounds)
+    if left_out:
+      console.say(left_out)
     branch_start = start if method == main.pruning else imp.rewind_point(
         os.path.join(workdir, main.pruning), start, config.seed)
     curves[method] = imp.run_imp(
         os.path.join(workdir, method), s, branch_start, finetune, gradient=gradient,
         scheduler=runs, on_round=lambda r, m=method: console.say(
             f'[{m}] round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test '
-            f'{metric.label} {100 * r[metric.test]:.2f}% (best val epoch {r["best_epoch"]})'))
+            f'{metric.label} {results.shown(r, metric.test)} (best val epoch {r["best_epoch"]})'))
   dense_round = curves[main.pruning][0]
   dense = ([run[metric.test] for run in dense_round['runs']]
            if dense_round['sparsity'] == 0 else [])
@@ -146,7 +150,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
   report(workdir, config, metric, rows, curves, dense, f'{config.model.arch} on {info.name}')
   for method, value in extreme.items():
     shown = 'none' if value is None else f'{100 * value:.2f}%'
-    console.say(f'Extreme matching sparsity ({method}): {shown}')
+    console.say(f'Extreme matching sparsity ({method}): {shown}'
+                + (' (meaningless: a smoke run, see above)'
+                   if results.untrained(dense, metric) else ''))
   if sharding.is_chief():
     path = analysis.analyze_workdirs([workdir], policy=config.imp.policy)
     console.say(f'Ticket analysis (overlap, layer and kernel structure): {path}')
@@ -162,6 +168,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'imp.pruning={config.imp.pruning!r} already prunes at random, so the baseline '
         'branch would be the run itself; set --config.imp.random_baseline=False, or '
         '--config.imp.pruning=magnitude to compare IMP with random pruning.')
+  try:
+    branches(config)
+  except ValueError as e:
+    raise errors.ConfigError(f'config.imp: {e}') from None
+  if config.imp.rewind == 'step':
+    steps = config_lib.steps_per_epoch(config, config.data.dataset) * config.optim.num_epochs
+    if config.imp.rewind_step > steps:
+      config_lib.fail('imp.rewind_step', config.imp.rewind_step,
+                      f'must be at most the {steps} steps of round 0 (optim.num_epochs='
+                      f'{config.optim.num_epochs} epochs at config.data.batch_size='
+                      f'{config.data.batch_size}); lower it.')
 
 
 modes.register(modes.Mode(

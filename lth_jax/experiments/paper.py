@@ -55,7 +55,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from lth_jax import masks as masks_lib, pruning
+from lth_jax import errors, masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import imp as imp_mode
 from lth_jax.experiments import modes, upstream, wiring
@@ -265,7 +265,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
   rows, extreme, verdicts = [], [], []
   for task_name in task_names:
     task, info = wiring.task_and_data(config, task_name)
-    metric = task.metric
+    metric = results.with_chance(task.metric, info.num_classes)
     model = wiring.build_model(config, task, info)
     finetune = wiring.make_finetune(config, model, task, info, mesh)
     size = task.image_size(info)
@@ -386,10 +386,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     f'must be <= imp.num_rounds ({config.imp.num_rounds}), or no ticket is '
                     'transferred.')
   for objective in names:
-    config_lib.validate(upstream_config(config, objective))
+    try:
+      config_lib.validate(upstream_config(config, objective))
+    except errors.ConfigError as e:
+      raise errors.ConfigError(
+          f'The upstream experiment of {objective!r} (paper.pretrainings) fails: {e} '
+          f'(It is configs/{objective}_imp.py:demo with this config\'s model, seed, '
+          'pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
+          'pretrain.optim.num_epochs, and paper.upstream_epochs as its optim.num_epochs; '
+          "the rest, its batch size included, is the recipe's.)") from None
 
 
 modes.register(modes.Mode(
     'paper', run=run, validate=validate, section=section,
     datasets=lambda c: [c.pretrain.dataset, *config_lib.split_names(c.paper.tasks)],
+    # The upstream experiments' own training is checked with their configs (`validate`).
+    training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)],
     trained=('transfer/**/seed_*',)))

@@ -16,7 +16,6 @@ the command line.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -47,13 +46,18 @@ def experiment_config(workdir: str) -> ml_collections.ConfigDict:
 
   Returns:
     The config of its `experiment.json` (fields it does not record take their default).
+
+  Raises:
+    FileNotFoundError: the folder holds no experiment.json.
+    WorkdirError: its experiment.json cannot be read.
+    ValueError: it holds an experiment of another mode than 'imp'.
   """
-  path = os.path.join(workdir, workdir_lib.EXPERIMENT_FILE)
-  if not os.path.exists(path):
+  recorded = workdir_lib.read_experiment(workdir)
+  if recorded is None:
+    path = os.path.join(workdir, workdir_lib.EXPERIMENT_FILE)
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a folder written by '
                             '`python -m lth_jax.main`.')
-  with open(path) as f:
-    config = config_lib.from_record(json.load(f))
+  config = config_lib.from_record(recorded)
   if config.mode != 'imp':
     raise ValueError(f'{workdir} holds a {config.mode!r} experiment; perturbation runs '
                      'need the ticket and recipe of an IMP experiment (mode imp).')

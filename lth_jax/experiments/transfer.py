@@ -168,7 +168,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
   out = {}
   for dataset in config_lib.split_names(config.transfer.datasets):
     task, info = wiring.task_and_data(config, dataset)
-    metric = task.metric
+    metric = results.with_chance(task.metric, info.num_classes)
     model = wiring.build_model(config, task, info)
     start = wiring.theta_p(config, model, task.image_size(info), workdir, mesh)
     chosen = _baseline_tickets(config, tickets, start(config.seed))

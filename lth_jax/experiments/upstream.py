@@ -40,7 +40,6 @@ shape of the experiment they share (data, model, rounds).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -243,9 +242,9 @@ def start_variables(config: ml_collections.ConfigDict, model: Any, evaluator: Ev
 def _theta_p_metric(workdir: str, evaluator: Evaluator,
                     variables: Any) -> dict[str, float]:
   path = os.path.join(workdir, 'theta_p.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  recorded = files.read_json(path)  # one a crash cut short is measured again
+  if recorded is not None:
+    return recorded
   metric = {'test_accuracy': evaluator(variables, 'test')['accuracy'],
             'val_accuracy': evaluator(variables, 'val')['accuracy']}
   if sharding.is_chief():

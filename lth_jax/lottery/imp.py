@@ -12,10 +12,12 @@ survivors) and records its metrics. Each round lives in `run_dir/round_XX/`:
 
 m_{k+1} is written into round k+1's folder before round.json of round k, so a crash
 at any point resumes without redoing finished work, and a finished run can be
-extended with more rounds. The optimizer state is fresh every round. A criterion that
-never reads the trained weights (random pruning, SNIP) with rewinding to the start
-gives every mask in advance: all of them are written first, and a `Scheduler` trains
-every round's runs side by side.
+extended with more rounds. A round.json that a crash cut short counts as missing: the
+round is recorded again from its runs' finished checkpoints, which train no further.
+The optimizer state is fresh every round. A criterion that never reads the trained
+weights (random pruning, SNIP) with rewinding to the start gives every mask in
+advance: all of them are written first, and a `Scheduler` trains every round's runs
+side by side.
 
 IMP does not know about data, models or tasks: fine-tuning is a callable (see
 `lth_jax.lottery.protocol.Finetune`), pruning a registered criterion (see
@@ -26,7 +28,6 @@ reports (`test_accuracy` for classification).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -284,13 +285,6 @@ def _round_record(k: int, masks: Any, runs: Sequence[Mapping[str, Any]], metric:
   }
 
 
-def _read_record(path: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
             finetune: Finetune, on_round: Callable[[dict[str, Any]], None] | None = None,
             gradient: Callable[[Any], Any] | None = None,
@@ -395,7 +389,9 @@ def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
   for wave in waves:
     todo = {}
     for k in wave:
-      record = _read_record(os.path.join(_round_dir(run_dir, k), 'round.json'))
+      # A record a crash cut short counts as missing: the round is recorded again from
+      # its runs, whose finished checkpoints give their results without training.
+      record = files.read_json(os.path.join(_round_dir(run_dir, k), 'round.json'))
       have = {r['seed']: r for r in (record or {}).get('runs', [])}
       missing = [s for s in spec.round_seeds(k) if s not in have]
       if missing:  # the round's mask is read once, for all its runs

@@ -5,12 +5,16 @@ Numbers are named by the task's headline metric: `test_accuracy` for classificat
 criterion (REFERENCE.md): a sparse network *matches* when its mean metric is at least
 the dense model's mean minus one standard deviation of the dense runs; the *extreme
 sparsity* is the highest sparsity on the grid that still matches. Standard deviations
-are sample standard deviations (ddof=1) over independent runs, zero for a single run.
+are sample standard deviations (ddof=1) over independent runs; a single run has none
+(None in records, shown as "(one run)"; `mean_std` counts it as zero). Where the
+metric's chance level is known (accuracy: 1 / classes), dense runs within the noise of
+chance make the experiment a smoke run, and its outputs say so (`untrained`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,10 +33,13 @@ class Metric:
       'test_accuracy', 'val_accuracy', 'test_accuracy_std').
     label: how tables and plots call it ('accuracy', 'mIoU', 'mAP@0.5').
     file: the plot's file name stem ('accuracy' -> accuracy_vs_sparsity.png).
+    chance: the value a network that did not learn scores (accuracy on n classes:
+      1 / n; see `with_chance`), or None where it is not known (mIoU, mAP).
   """
   key: str
   label: str
   file: str
+  chance: float | None = None
 
   @property
   def test(self) -> str:
@@ -42,6 +49,12 @@ class Metric:
 
 ACCURACY = Metric('accuracy', 'accuracy', 'accuracy')
 
+# How a single run's missing std is shown in tables and logs (the CSV leaves it empty).
+ONE_RUN = '(one run)'
+
+# Dense runs less than this above chance did not train: matching them means nothing.
+NEAR_CHANCE = 0.05
+
 # What each method's curve is, in words, where its name alone could mislead.
 METHOD_LABELS = {
     'random': 'random pruning (global, as an IMP branch)',
@@ -50,6 +63,51 @@ METHOD_LABELS = {
     'scratch': 'dense from scratch (no pre-training)',
     'task_specific': 'task-specific IMP (on the task, from θ_p)',
 }
+
+
+def with_chance(metric: Metric, num_classes: int) -> Metric:
+  """The metric with its chance level on a dataset of `num_classes` labels, where known.
+
+  Args:
+    metric: a task's headline metric.
+    num_classes: the dataset's number of labels.
+
+  Returns:
+    Accuracy with chance 1 / num_classes (what uniform guessing scores); any other
+    metric unchanged, since the chance level of mIoU or mAP depends on the data.
+  """
+  if metric.key != ACCURACY.key:
+    return metric
+  return dataclasses.replace(metric, chance=1 / num_classes)
+
+
+def untrained(dense: Sequence[float], metric: Metric) -> str:
+  """Why matching against these dense runs means nothing, or '' when it means something.
+
+  The dense runs did not train when their mean is less than `NEAR_CHANCE` (5 points)
+  above the metric's chance level, or when their std (over seeds, 0 for one run) is at
+  least that gap: a sparse network then "matches" by landing anywhere in the noise
+  around chance. A metric whose chance level is unknown is never judged.
+
+  Args:
+    dense: the dense runs' values (may be empty).
+    metric: the headline metric, with its `chance`.
+
+  Returns:
+    '' or a note that starts 'smoke run:' and gives the numbers.
+  """
+  if metric.chance is None or not dense:
+    return ''
+  mean, std = mean_std(dense)
+  gap = mean - metric.chance
+  if gap >= NEAR_CHANCE and std < gap:
+    return ''
+  why = (f'less than {100 * NEAR_CHANCE:g} points above it' if gap < NEAR_CHANCE else
+         'their std is at least their gap to it')
+  spread = f'± {100 * std:.2f}' if len(dense) > 1 else ONE_RUN
+  return (f'smoke run: the dense runs reach {100 * mean:.2f}% {spread} where chance is '
+          f'{100 * metric.chance:.2f}% ({why}), so the recipe did not train and '
+          f'"matching" means nothing here')
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -96,7 +154,7 @@ def std_over_runs(values: Sequence[float]) -> float | None:
 def shown(record: Mapping[str, Any], key: str) -> str:
   """'93.27% ± 1.05' for a record's mean and std of `key` ('93.27% (one run)' without std)."""
   std = record.get(f'{key}_std')
-  return f'{100 * record[key]:.2f}% ' + ('(one run)' if std is None else f'± {100 * std:.2f}')
+  return f'{100 * record[key]:.2f}% ' + (ONE_RUN if std is None else f'± {100 * std:.2f}')
 
 
 def dense_runs(record: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
@@ -168,25 +226,65 @@ def remaining_ticks(smallest: float, fraction: float = 0.2) -> list[float]:
   return ticks
 
 
+def sparsity_label(remaining: float) -> str:
+  """A tick's sparsity in percent, to three significant digits of the weights remaining.
+
+  Args:
+    remaining: the percentage of weights remaining (100 * 0.8^k for IMP's ticks).
+
+  Returns:
+    '0', '20', '48.8', '91.41', '99.5': sparse ticks keep the digits that tell them apart.
+  """
+  decimals = max(0, 2 - math.floor(math.log10(remaining)))
+  text = f'{100 - remaining:.{decimals}f}'
+  return text.rstrip('0').rstrip('.') if decimals else text
+
+
+def sparsity_axis(ax: Any, smallest: float) -> None:
+  """Sets a plot's x axis as the paper's figures space it, labelled in sparsity.
+
+  Points sit at their percentage of weights remaining on a log scale, sparser to the
+  right, so that every IMP round is one tick apart; the ticks are labelled with their
+  sparsity, the word every table and file of lth_jax uses.
+
+  Args:
+    ax: the matplotlib axes, whose points have x = 100 * (1 - sparsity).
+    smallest: the smallest percentage of weights remaining plotted.
+  """
+  from matplotlib import ticker
+
+  ax.set_xscale('log')
+  ticks = remaining_ticks(smallest)
+  ax.set_xticks(ticks)
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: sparsity_label(v)))
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  if len(ticks) > 9:
+    ax.tick_params(axis='x', labelsize=7, labelrotation=45)
+  ax.set_xlim(ticks[0] * 1.04, ticks[-1] / 1.04)  # sparser to the right
+  ax.set_xlabel('sparsity (%)')
+
+
 def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]],
                      dense: Sequence[float] | None = None, title: str = '',
                      metric: Metric = ACCURACY, labels: Mapping[str, str] | None = None) -> str:
-  """Plots a metric against the weights remaining, as the paper's figures do.
+  """Plots a metric against sparsity, spaced as the paper's figures are.
 
-  The x axis is the percentage of prunable weights remaining on a log scale, ticks at
-  100 * 0.8^k (one IMP round each), sparser to the right; every curve has its ±1 std
-  band over seeds; the dense mean and its band are drawn once; each curve's extreme
-  matching sparsity is a star, judged against `dense` or, without it, against the runs of
-  the curve's own dense point (so curves from several pre-trainings are each judged
-  against their own θ_p); a curve of one dense point (e.g. training from scratch) is a
-  dotted reference line. A PDF is written beside the PNG.
+  The x axis is `sparsity_axis` (one IMP round a tick, sparser to the right); every
+  curve has its ±1 std band over seeds (one legend entry names the shading); the dense
+  mean and its band are drawn once; each curve's extreme matching sparsity is a star,
+  judged against `dense` or, without it, against the runs of the curve's own dense point
+  (so curves from several pre-trainings are each judged against their own θ_p); a curve
+  of one dense point (e.g. training from scratch) is a dotted reference line; the
+  metric's chance level, where known, is a dash-dotted line (named in the legend even
+  when it lies below the plotted range). When `untrained(dense, metric)`, the title
+  says it is a smoke run. A PDF is written beside the PNG.
 
   Args:
     path: PNG path to write (the PDF takes the same name).
     curves: name -> rows with 'sparsity', `metric.test` and optionally its '_std'.
     dense: the dense runs' values (the reference line, band and matching), or None.
     title: the plot title.
-    metric: what is plotted.
+    metric: what is plotted (its `chance` draws the chance line).
     labels: curve name -> legend text (default `METHOD_LABELS`, else the name).
 
   Returns:
@@ -195,10 +293,11 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  from matplotlib import ticker
+  from matplotlib.patches import Patch
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   smallest = 100.0
+  banded = False
   for name, rows in curves.items():
     rows = sorted(rows, key=lambda r: r['sparsity'])
     x = np.array([100 * (1 - r['sparsity']) for r in rows])
@@ -206,6 +305,7 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
     # With `dense` given, its band is drawn once, not again at each curve's first point.
     err = np.array([0.0 if dense and r['sparsity'] == 0 else 100 * (r.get(f'{metric.test}_std') or 0.0)
                     for r in rows])
+    banded = banded or bool(err.any())
     label = {**METHOD_LABELS, **(labels or {})}.get(name, name)
     if len(rows) == 1 and rows[0]['sparsity'] == 0:
       line = ax.axhline(y[0], ls=':', lw=1.2, color='0.35', label=label)
@@ -226,19 +326,28 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
     mean, std = mean_std(dense)
     ax.axhline(100 * mean, color='k', ls='--', lw=1, label='dense')
     ax.axhspan(100 * (mean - std), 100 * (mean + std), color='k', alpha=0.08, lw=0)
-  ax.set_xscale('log')
-  ticks = remaining_ticks(smallest)
-  ax.set_xticks(ticks)
-  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:.3g}'))
-  ax.xaxis.set_minor_locator(ticker.NullLocator())
-  if len(ticks) > 9:
-    ax.tick_params(axis='x', labelsize=7, labelrotation=45)
-  ax.set_xlim(ticks[0] * 1.04, ticks[-1] / 1.04)  # sparser to the right
-  ax.set_xlabel('weights remaining (%)')
+    banded = banded or std > 0
+  if metric.chance is not None:
+    # A chance level far below the curves would squash them: the axis keeps the curves'
+    # range and the legend says where the line is.
+    low, high = ax.get_ylim()
+    chance = 100 * metric.chance
+    below = chance < low
+    ax.axhline(chance, color='tab:red', ls='-.', lw=1,
+               label=f'chance ({chance:.3g}%' + (', below this range)' if below else ')'))
+    if below:
+      ax.set_ylim(low, high)
+  sparsity_axis(ax, smallest)
   ax.set_ylabel(f'test {metric.label} (%)')
-  ax.set_title(title + '\n(★ extreme matching sparsity)', fontsize=10)
+  smoke = ('\nSMOKE RUN: the dense runs did not train, "matching" means nothing'
+           if untrained(dense or [], metric) else '')
+  ax.set_title(title + smoke + '\n(★ extreme matching sparsity)', fontsize=10)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  handles, texts = ax.get_legend_handles_labels()
+  if banded:
+    handles.append(Patch(color='0.5', alpha=0.25, lw=0))
+    texts.append('shaded: ±1 std over seeds')
+  ax.legend(handles, texts, fontsize=8)
   fig.tight_layout()
   files.save_figure(fig, path)
   files.save_figure(fig, os.path.splitext(path)[0] + '.pdf')
@@ -251,6 +360,10 @@ def report(workdir: str, rows: Sequence[Mapping[str, Any]],
            title: str, columns: Sequence[str], suffix: str = '',
            metric: Metric = ACCURACY, labels: Mapping[str, str] | None = None) -> str:
   """Writes results{suffix}.csv/.json and <metric>_vs_sparsity{suffix}.png in `workdir`.
+
+  When the dense runs did not train (`untrained`), every row of the CSV and JSON gets
+  the reason as its 'note', the console text says it under the table, and so does the
+  plot's title.
 
   Args:
     workdir: the experiment's workdir.
@@ -265,13 +378,20 @@ def report(workdir: str, rows: Sequence[Mapping[str, Any]],
     labels: curve name -> legend text.
 
   Returns:
-    The console text: the table and where the files are.
+    The console text: the table, the smoke-run note if any, and where the files are.
   """
   stem = os.path.join(workdir, f'results{suffix}')
+  note = untrained(dense, metric)
+  if note:
+    rows = [{**r, 'note': note} for r in rows]
   files.write_table(stem, rows)
   plot = plot_vs_sparsity(os.path.join(workdir, f'{metric.file}_vs_sparsity{suffix}.png'),
                           curves, dense, title=title, metric=metric, labels=labels)
   shown = [c for c in columns if any(c in r for r in rows)]
   stages = sorted({k for r in rows for k in r if k.startswith('sparsity_layer')})
-  return (f'\n{console.format_table(rows, shown + stages)}\nResults: {stem}.csv/.json; '
+  # The CSV leaves a single run's std empty; the table says why, in the log's words.
+  cells = [{k: ONE_RUN if v is None and k.endswith('_std') else v for k, v in r.items()}
+           for r in rows]
+  warning = f'{note[0].upper()}{note[1:]}.\n' if note else ''
+  return (f'\n{console.format_table(cells, shown + stages)}\n{warning}Results: {stem}.csv/.json; '
           f'plot: {plot}')

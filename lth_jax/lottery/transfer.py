@@ -1,14 +1,14 @@
 """Transfer of tickets: fine-tune masked pre-trained weights with several seeds.
 
 Each (ticket, seed) is one resumable unit in `run_dir/<ticket>/seed_S/` whose
-`result.json` is written last; a finished unit is read back, never recomputed. The
+`result.json` is written last; a finished unit is read back, never recomputed (one whose
+result.json a crash cut short is recorded again from its finished checkpoints). The
 dense network (an all-True mask) is always included as 'dense': the matching band
 (REFERENCE.md) comes from its seeds.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -92,7 +92,9 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     sharding.sync(f'transfer {os.path.dirname(done)}')
 
   units = [(name, seed) for name in named for seed in seeds if not (name == DENSE and given)]
-  todo = [(name, seed) for name, seed in units if not os.path.exists(result(name, seed))]
+  # A result a crash cut short counts as missing: the run's finished checkpoints give it
+  # again without training.
+  todo = [(name, seed) for name, seed in units if files.read_json(result(name, seed)) is None]
   if scheduler:
     scheduler.count_finished(len(units) - len(todo))
     scheduler.map(train, todo, [f'{name} seed {seed}' for name, seed in todo])
@@ -106,8 +108,8 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
       if name == DENSE and given:
         runs.append(dict(given[seed]))
         continue
-      with open(result(name, seed)) as f:
-        runs.append(json.load(f))
+      runs.append(files.read_json(result(name, seed), fix=(
+          'Rerun the command: the result is recorded again from the run\'s checkpoints.')))
     row = {'ticket': name, 'sparsity': masks_lib.sparsity(masks, policy),
            **results.summarize(runs, metric), **masks_lib.stage_sparsity(masks, policy),
            'runs': runs}

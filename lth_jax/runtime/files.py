@@ -1,10 +1,13 @@
 """Files written atomically, so that a crash or a concurrent writer never leaves half a file.
 
     files.write_json(path, value)       # also write_npz, write_table (CSV + JSON), save_figure
+    files.read_json(path, default)      # a record, or an error that names it and the fix
 
-Each write goes to a uniquely named temporary file in the target's folder and is then
-renamed over the target: readers see the old file or the new one, and processes or
-threads writing the same path never share a temporary file.
+Each write goes to a uniquely named temporary file in the target's folder, reaches the
+disk, and is then renamed over the target: readers see the old file or the new one, and
+processes or threads writing the same path never share a temporary file. Files get the
+permissions the umask allows (0644 under the usual 022), so that every host and user of
+a shared filesystem can read a workdir.
 """
 
 from __future__ import annotations
@@ -12,18 +15,22 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
+from absl import logging
+
+from lth_jax.errors import WorkdirError
 
 
 def atomic_write(path: str, write: Callable[[IO[Any]], None], mode: str = 'w') -> str:
   """Writes a file atomically: into a uniquely named temporary file, then renamed.
 
   A crash leaves no half-written file, and processes or threads writing the same path
-  never share a temporary file.
+  never share a temporary file. The file's permissions are 0666 less the umask, as for
+  any file a program creates.
 
   Args:
     path: the file to write; its folder is created.
@@ -35,11 +42,17 @@ def atomic_write(path: str, write: Callable[[IO[Any]], None], mode: str = 'w') -
   """
   folder = os.path.dirname(path) or '.'
   os.makedirs(folder, exist_ok=True)
-  handle, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.',
-                                 suffix='.tmp')
+  tmp = os.path.join(folder, f'.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp')
+  # os.open applies the umask to 0o666 (tempfile.mkstemp would make it 0600, locking the
+  # other hosts and users of a shared workdir out); O_EXCL keeps the name ours alone.
+  handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
     with os.fdopen(handle, mode, **({'newline': ''} if 'b' not in mode else {})) as f:
       write(f)
+      # On the disk before the rename: a machine that crashes right after it must not
+      # leave the target empty or cut short.
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -59,6 +72,40 @@ def write_json(path: str, value: Any) -> str:
     `path`.
   """
   return atomic_write(path, lambda f: json.dump(value, f, indent=1, default=float))
+
+
+def read_json(path: str, default: Any = None, *, fix: str | None = None) -> Any:
+  """Reads a JSON record (written by `write_json`), or `default` where there is none.
+
+  A record that a crash of the machine or a full disk cut short cannot be parsed. Where
+  its writer recomputes a missing record (`fix` None) it counts as missing, with a
+  warning; otherwise reading stops with an error that names the file and what to do.
+
+  Args:
+    path: the file.
+    default: what a missing file reads as (and an unreadable one, when `fix` is None).
+    fix: what the user should do about the file when it cannot be read, e.g. 'delete
+      it and rerun'; None: the caller recomputes it.
+
+  Returns:
+    The parsed JSON, or `default`.
+
+  Raises:
+    WorkdirError: the file cannot be parsed and `fix` is given; the message names the
+      file, why and `fix`.
+  """
+  if not os.path.exists(path):
+    return default
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+    why = (f'{path} cannot be read ({type(e).__name__}: {e}): it was cut short or '
+           'corrupted, e.g. by a crash of the machine or a full disk')
+    if fix is None:
+      logging.warning('%s; it is recomputed.', why)
+      return default
+    raise WorkdirError(f'{why}. {fix}') from None
 
 
 def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> str:

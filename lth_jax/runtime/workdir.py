@@ -5,8 +5,9 @@ and loaded; a run that stopped on a missing dataset or a bad checkpoint leaves n
 behind. A later run resumes when its config equals the recorded one up to changes that
 cannot change a result:
   - paths to the same inputs (`data.data_dir`; `pretrained.path` when the file has the
-    recorded SHA-256), the device count, the evaluation batch size, the checkpoint
-    cadence;
+    recorded SHA-256), the evaluation batch size, the checkpoint cadence;
+  - the device fields (`num_devices`, `devices_per_run`) as long as runs train on the
+    recorded number of devices (below);
   - more rounds (`imp.num_rounds`) or more seeds (`num_seeds`, `dense_seeds`): the new
     ones run and the old ones are kept;
   - after a run diverged (`diverged.json`), a new recipe (`optim.*`, `pretrain.optim.*`,
@@ -15,8 +16,14 @@ cannot change a result:
 Anything else is refused with the differing fields named. A field missing from the
 recorded config (written by an older lth_jax) counts as its default.
 
+Beside the config, `experiment.json` records its runs' environment: the number of
+devices they train on (the mesh, and each run's devices when runs go side by side),
+which changes the numbers, so a resume on another count is refused (a workdir written
+before it was recorded resumes as before); and the jax, jaxlib and flax versions it was
+started under, which may change them too, so a resume under others warns.
+
 Files:
-    experiment.json   the config (chief process only)
+    experiment.json   the config and its environment (chief process only)
     inputs.json       fingerprints of the input files (the checkpoint's SHA-256)
     diverged.json     one entry per diverged run; its checkpoints go to diverged/<n>/
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -32,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from absl import logging
 from flax import traverse_util
 
 from lth_jax.runtime import files, sharding
@@ -41,8 +50,14 @@ EXPERIMENT_FILE = 'experiment.json'
 INPUTS_FILE = 'inputs.json'
 DIVERGED_FILE = 'diverged.json'
 DIVERGED_DIR = 'diverged'
+# The key of experiment.json beside the config sections: what the runs ran on.
+ENVIRONMENT = 'environment'
+# The packages whose versions are recorded (their numerics may change between versions).
+VERSIONED_PACKAGES = ('jax', 'jaxlib', 'flax')
 
-# Fields whose value never changes a result.
+# Fields whose value never changes a result. The device fields are among them because
+# what does change results, the number of devices runs train on, is compared on its own
+# (`claim(devices=...)`): `num_devices=0` and `num_devices=8` on 8 devices are the same.
 NEUTRAL_FIELDS = ('data.data_dir', 'data.eval_batch_size', 'num_devices', 'devices_per_run',
                   'checkpoint_every_steps')
 # Fields that may change between runs: more rounds extend a run (fewer report fewer).
@@ -101,11 +116,54 @@ def file_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _read(path: str, default: Any) -> Any:
-  if not os.path.exists(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
+def versions() -> dict[str, str]:
+  """The installed versions of `VERSIONED_PACKAGES`, e.g. {'jax': '0.10.2', ...}."""
+  return {name: importlib.import_module(name).__version__ for name in VERSIONED_PACKAGES}
+
+
+def read_experiment(workdir: str) -> dict[str, Any] | None:
+  """The record of a workdir's `experiment.json`: its config sections and environment.
+
+  Args:
+    workdir: the experiment's directory.
+
+  Returns:
+    The parsed record, or None when the workdir holds no experiment.
+
+  Raises:
+    WorkdirError: the file cannot be read (cut short by a crash or a full disk).
+  """
+  path = os.path.join(workdir, EXPERIMENT_FILE)
+  return files.read_json(path, fix=(
+      'It records the config of the experiment in this workdir: restore it, or delete it '
+      'and rerun the command the workdir was started with (finished work is kept and '
+      'resumed); or use a new --workdir.'))
+
+
+def _shown(devices: Mapping[str, int]) -> str:
+  mesh, per_run = devices['mesh'], devices['per_run']
+  return f'{mesh} device(s)' + (f' ({per_run} a run, side by side)' if per_run != mesh else '')
+
+
+def _check_environment(workdir: str, recorded: Mapping[str, Any],
+                       devices: Mapping[str, int] | None) -> None:
+  """Refuses a resume on another device count; warns under other package versions."""
+  old = recorded.get('devices')
+  if devices is not None and old is not None and old != dict(devices):
+    flags = f'--config.num_devices={old["mesh"]}' + (
+        f' --config.devices_per_run={old["per_run"]}' if old['per_run'] != old['mesh'] else '')
+    raise WorkdirError(
+        f'{workdir} was trained on {_shown(old)} and this run would train on '
+        f'{_shown(devices)}: results depend on the device count, and resuming on another '
+        f'one would mix runs of both. Resume it on {_shown(old)} ({flags}), or use a new '
+        '--workdir.')
+  shown = lambda packages: ', '.join(f'{k} {v}' for k, v in sorted(packages.items()))
+  current = versions()
+  if recorded.get('versions') not in (None, current):
+    logging.warning(
+        '%s was started under %s and this run uses %s: results may differ between '
+        'versions, so the runs added now may not match the recorded ones exactly.',
+        workdir, shown(recorded['versions']), shown(current))
 
 
 def _dense_seeds(config: Mapping[str, Any]) -> int:
@@ -148,7 +206,8 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
           defaults: ml_collections.ConfigDict | None = None,
           inputs: Mapping[str, str] | None = None,
           recipe_work: Mapping[str, Sequence[str]] | None = None,
-          sections: Sequence[str] | None = None) -> bool:
+          sections: Sequence[str] | None = None,
+          devices: Mapping[str, int] | None = None) -> bool:
   """Makes `workdir` belong to the experiment described by `config`.
 
   Call it once every input has been found and loaded: a refused or failed start must
@@ -167,22 +226,29 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
       divergence is refused while any of them exists.
     sections: the top-level config fields the experiment reads; only these are
       recorded and compared (None: all).
+    devices: how many devices the runs train on: {'mesh': the experiment's mesh,
+      'per_run': each run's devices (the mesh's size unless runs go side by side)};
+      recorded, and a resume on other counts is refused (None: not recorded).
 
   Returns:
     True when the workdir already held this experiment (a resume), False when new.
 
   Raises:
-    WorkdirError: the workdir holds a different experiment, naming the fields.
+    WorkdirError: the workdir holds a different experiment, naming the fields; it was
+      trained on another number of devices; or its experiment.json cannot be read.
   """
   inputs = dict(inputs or {})
   path = os.path.join(workdir, EXPERIMENT_FILE)
   current = config_to_dict(config)
   if sections is not None:
     current = {k: v for k, v in current.items() if k in sections}
-  resumed = os.path.exists(path)
+  recorded = read_experiment(workdir)
+  resumed = recorded is not None
+  environment = {'versions': versions()}
   if resumed:
-    recorded = _read(path, {})
-    recorded_inputs = _read(os.path.join(workdir, INPUTS_FILE), {})
+    # Fingerprints are rewritten below: one that cannot be read counts as missing.
+    recorded_inputs = files.read_json(os.path.join(workdir, INPUTS_FILE), {})
+    environment = dict(recorded.pop(ENVIRONMENT, None) or environment)
     old = {**_flatten(config_to_dict(defaults)), **_flatten(recorded)} if defaults else (
         _flatten(recorded))
     if sections is not None:
@@ -206,12 +272,16 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
     if refused:
       raise WorkdirError(
           f'{workdir} holds another experiment (config differs in '
-          f'{"; ".join(refused[:8])}). Use a new --workdir, or rerun with the recorded config '
-          f'in {path} to resume it.')
+          f'{"; ".join(refused[:8])}). Use a new --workdir, or resume it with its recorded '
+          f'config: --config={path}')
+    _check_environment(workdir, environment, devices)
+  if devices is not None:
+    environment['devices'] = dict(devices)
   if sharding.is_chief():
     os.makedirs(workdir, exist_ok=True)
     files.write_json(os.path.join(workdir, INPUTS_FILE), inputs)
-    files.atomic_write(path, lambda f: json.dump(current, f, indent=1, sort_keys=True))
+    files.atomic_write(path, lambda f: json.dump({**current, ENVIRONMENT: environment}, f,
+                                                 indent=1, sort_keys=True))
   sharding.sync(f'claim {workdir}')
   return resumed
 
@@ -231,7 +301,9 @@ def record_divergence(workdir: str, error: DivergenceError) -> str:
     Where the run's checkpoints now are.
   """
   log = os.path.join(workdir, DIVERGED_FILE)
-  entries = _read(log, [])
+  entries = files.read_json(log, [], fix=(
+      f'It lists the runs that diverged, whose checkpoints are in {DIVERGED_DIR}/<n>/: '
+      f'restore it, or delete it and move {DIVERGED_DIR}/ aside, then rerun.'))
   run = os.path.abspath(error.checkpoint_dir)
   target = os.path.join(os.path.abspath(workdir), DIVERGED_DIR, str(len(entries)),
                         os.path.relpath(run, os.path.abspath(workdir)))

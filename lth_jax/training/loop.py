@@ -11,9 +11,10 @@ uninterrupted run. A non-finite loss, parameter or BatchNorm statistic stops it 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -23,7 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
 
-from lth_jax.errors import DivergenceError
+from lth_jax.errors import DivergenceError, no_space
 from lth_jax.runtime import sharding
 from lth_jax.training import reporting
 from lth_jax.training.evaluators import Evaluator, add_sequentially
@@ -112,6 +113,34 @@ def _restore_final_state(checkpoint_dir: str, like: TrainState, mesh: Mesh,
     manager.close()
 
 
+@contextlib.contextmanager
+def _checkpoint_manager(checkpoint_dir: str, async_checkpoints: bool
+                        ) -> Iterator[ocp.CheckpointManager]:
+  """An orbax CheckpointManager whose writes have all ended when the block does.
+
+  Raises:
+    NoSpaceError: the disk filled up during a write, in the block or in the background;
+      once, in place of orbax's errors (and the checkpoint that failed is not kept).
+  """
+  manager = ocp.CheckpointManager(
+      os.path.abspath(checkpoint_dir),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1,
+                                           enable_async_checkpointing=async_checkpoints))
+  try:
+    try:
+      yield manager
+    finally:
+      # Nothing is left in flight when fit returns or raises: a DivergenceError keeps the
+      # last finite checkpoint whole, and a finished run's files are all written.
+      manager.wait_until_finished()
+      manager.close()
+  except Exception as e:
+    full = no_space(e, writing=checkpoint_dir)
+    if full is None or full is e:
+      raise
+    raise full from e
+
+
 def _copy(tree: Any) -> Any:
   # A snapshot must not share buffers with a state that the next step donates.
   return jax.tree.map(jnp.copy, tree)
@@ -184,6 +213,8 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
     DivergenceError: the loss, params or BatchNorm statistics became non-finite; it is
       raised before the next checkpoint, so the last one saved is finite, and it names
       the epoch, the step and its learning rate.
+    NoSpaceError: the disk filled up while a checkpoint was written; the checkpoints
+      before it are whole, and calling `fit` again (with space freed) resumes from them.
   """
   if masks is not None:
     check_masks(variables['params'], masks)
@@ -202,11 +233,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
 
   if async_checkpoints is None:
     async_checkpoints = jax.default_backend() != 'cpu'
-  manager = ocp.CheckpointManager(
-      os.path.abspath(checkpoint_dir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                           enable_async_checkpointing=async_checkpoints))
-  try:
+  with _checkpoint_manager(checkpoint_dir, async_checkpoints) as manager:
     rewind = None
     if manager.latest_step() is None:
       meta = _fresh_meta()
@@ -223,7 +250,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
       rewind = _copy(state.variables)
 
     step = meta['step']
-    report_progress = reporting.progress(total_steps, writer)
+    report_progress = reporting.LogProgress(total_steps, writer)
 
     def absorb(pending: list[dict[str, jax.Array]], epoch: int) -> None:
       # The metrics of the steps since the last absorb, before anything is saved.
@@ -274,8 +301,3 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
                      test=meta['test_metrics'][metric], test_metrics=meta['test_metrics'],
                      history=meta['history'], variables=state.variables,
                      rewind_variables=rewind)
-  finally:
-    # Nothing is left in flight when fit returns or raises: a DivergenceError keeps the
-    # last finite checkpoint whole, and a finished run's files are all written.
-    manager.wait_until_finished()
-    manager.close()

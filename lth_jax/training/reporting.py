@@ -1,8 +1,8 @@
 """Where a run's scalars and progress go: clu's writers, or the log where clu is absent.
 
-clu's metric writers and `ReportProgress` import TensorFlow (TensorBoard summaries). On
-a machine without clu or TensorFlow (a bare accelerator host) the same calls write the
-scalars and the steps/s to the log instead, so training never needs them.
+clu's metric writers import TensorFlow (TensorBoard summaries). On a machine without clu
+or TensorFlow (a bare accelerator host) the scalars go to the log instead, so training
+never needs them. Progress (steps/s, ETA) is lth_jax's own log line either way.
 """
 
 from __future__ import annotations
@@ -38,15 +38,20 @@ class LogWriter:
 
 
 class LogProgress:
-  """Steps/s and ETA to the log every `every_s` seconds (clu's `ReportProgress` stand-in).
+  """Steps/s and ETA to the log every `every_s` seconds, and steps/s to the writer.
+
+  Its own log line rather than clu's `ReportProgress`, whose only console output is its
+  "work unit notes" line, which the CLI keeps out of the console as library chatter.
 
   Args:
     num_train_steps: the run's total steps, for the percentage and ETA.
+    writer: where steps_per_sec is written beside the epoch scalars (None: the log only).
     every_s: seconds between two reports.
   """
 
-  def __init__(self, num_train_steps: int, every_s: float = 60.0):
-    self.num_train_steps, self.every_s = num_train_steps, every_s
+  def __init__(self, num_train_steps: int, writer: Writer | None = None,
+               every_s: float = 60.0):
+    self.num_train_steps, self.writer, self.every_s = num_train_steps, writer, every_s
     self._last_time, self._last_step = time.monotonic(), None
     self._timed = 0.0
 
@@ -62,6 +67,8 @@ class LogProgress:
     eta_min = (self.num_train_steps - step) / max(rate, 1e-9) / 60
     logging.info('%.1f steps/s, %.1f%% (%d/%d), ETA: %.0f min', rate,
                  100 * step / self.num_train_steps, step, self.num_train_steps, eta_min)
+    if self.writer is not None:
+      self.writer.write_scalars(step, {'steps_per_sec': rate})
     self._last_time, self._last_step, self._timed = now, step, 0.0
 
   @contextlib.contextmanager
@@ -91,20 +98,3 @@ def metric_writer(logdir: str, *, just_logging: bool) -> Writer:
     return LogWriter()
   return metric_writers.create_default_writer(logdir, just_logging=just_logging,
                                               asynchronous=False)
-
-
-def progress(num_train_steps: int, writer: Writer | None) -> Any:
-  """clu's `ReportProgress`, or `LogProgress` where clu or TensorFlow is not installed.
-
-  Args:
-    num_train_steps: the run's total steps.
-    writer: where clu writes steps/s (None: the log).
-
-  Returns:
-    A callable of the step with a `timed(name)` context manager.
-  """
-  try:
-    from clu import periodic_actions  # imports TensorFlow: optional
-  except ImportError:
-    return LogProgress(num_train_steps)
-  return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
