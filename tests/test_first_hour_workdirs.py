@@ -105,6 +105,12 @@ def test_the_paper_modes_tasks_and_upstream_experiments_are_checked():
   with pytest.raises(errors.ConfigError, match=r"upstream experiment of 'supervised' "
                      r".*batch_size=128: must be in \[1, 100\].*animal_mnist_b_few"):
     config_lib.validate(c)
+  # ... and must split over the devices, which the paper config's batch of 60 does.
+  c = config_lib.load_config('paper_offline:tiny')
+  c.num_devices, c.data.batch_size, c.data.eval_batch_size = 3, 60, 60
+  with pytest.raises(errors.ConfigError, match=r"upstream experiment of 'supervised' .*"
+                     r"batch_size=128 must be a multiple of the 3 devices"):
+    config_lib.validate(c)
 
 
 def test_imp_specs_and_the_rewind_step_are_checked():

@@ -97,10 +97,10 @@ def upstream_config(config: ml_collections.ConfigDict,
 
   Returns:
     The objective's `:demo` upstream config (its batch size) with this config's dataset,
-    model, seed, rounds and epochs.
+    model, seed, device count, rounds and epochs.
   """
   sub = config_lib.load_config(f'{objective}_imp:demo')
-  sub.seed = config.seed
+  sub.seed, sub.num_devices = config.seed, config.num_devices
   # The backbone only: a downstream task's model settings (a DeepLab's) are not upstream's.
   sub.model.update({k: config.model[k] for k in config_lib.MODEL_FIELDS})
   sub.pretrain.dataset = sub.data.dataset = config.pretrain.dataset
@@ -387,12 +387,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     'transferred.')
   for objective in names:
     try:
-      config_lib.validate(upstream_config(config, objective))
+      sub = upstream_config(config, objective)
+      config_lib.validate(sub)
+      wiring.mesh_for(sub)  # its batch size is the recipe's: it must split over the devices
     except errors.ConfigError as e:
       raise errors.ConfigError(
           f'The upstream experiment of {objective!r} (paper.pretrainings) fails: {e} '
           f'(It is configs/{objective}_imp.py:demo with this config\'s model, seed, '
-          'pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
+          'num_devices, pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
           'pretrain.optim.num_epochs, and paper.upstream_epochs as its optim.num_epochs; '
           "the rest, its batch size included, is the recipe's.)") from None
 
