@@ -13,6 +13,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'benchmarks' / 'accelerator.py'
 BLOCKED = ('tensorflow', 'tensorflow_datasets', 'clu', 'ml_collections')
@@ -48,6 +50,7 @@ def _run_smoke(out: pathlib.Path) -> subprocess.CompletedProcess:
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_smoke_runs_without_tensorflow_and_reports_every_part(tmp_path):
   out = tmp_path / 'out.json'
   proc = _run_smoke(out)

@@ -179,6 +179,7 @@ def test_a_full_disk_stops_fit_with_one_error_and_the_rerun_resumes(tmp_path, mo
                jax.device_get(straight.variables))
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_the_command_with_one_line_and_the_rerun_resumes(tmp_path):
   if shutil.which('unshare') is None:
     pytest.skip('needs unshare(1) to mount a small filesystem')
@@ -235,6 +236,7 @@ def test_the_log_leaves_out_library_chatter_and_echoes_of_a_full_disk(monkeypatc
   assert [str(args.exc_value) for args in shown] == ['other']
 
 
+@pytest.mark.slow
 def test_the_log_holds_lth_jax_lines_and_a_recorded_config_reruns(tmp_path):
   workdir = tmp_path / 'w'
   proc = _main(*TINY, f'--workdir={workdir}', f'--compilation_cache={tmp_path / "xla"}')

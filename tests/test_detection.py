@@ -267,6 +267,7 @@ def test_evaluation_is_voc_map_of_every_image_over_padded_batches():
 
 # -------------------------------------------------------------- masked YOLO training
 
+@pytest.mark.slow
 def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_heads(tmp_path):
   config = defaults.load_config('detection_offline:tiny')
   task, info = wiring.task_and_data(config, 'digit_canvas_det_small')
@@ -295,6 +296,7 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
 
 # -------------------------------------------------------------------- the offline study
 
+@pytest.mark.slow
 def test_detection_offline_tiny_end_to_end(tmp_path):
   config = defaults.load_config('detection_offline:tiny')
   out = experiments.run(config, str(tmp_path))

@@ -62,6 +62,7 @@ def imp_run(tmp_path_factory):
   return workdir, out
 
 
+@pytest.mark.slow
 def test_imp_experiment_writes_rounds_table_plot_and_extreme_sparsity(imp_run):
   workdir, out = imp_run
   curves = out['curves']
@@ -96,6 +97,7 @@ def test_rerun_is_a_resume_that_recomputes_nothing(imp_run):
   assert again['curves'] == out['curves']
 
 
+@pytest.mark.slow
 def test_transfer_of_imp_tickets_and_omp(imp_run, tmp_path):
   workdir, _ = imp_run
   config = tiny(**{'mode': 'transfer', 'transfer.imp_workdir': os.path.join(workdir, 'magnitude'),
@@ -157,6 +159,7 @@ def _kill_at_first_checkpoint(proc: subprocess.Popen, run: pathlib.Path,
   proc.wait()
 
 
+@pytest.mark.slow
 def test_cli_killed_twice_mid_round_resumes_to_the_same_result(tmp_path):
   env = {**os.environ, 'XLA_FLAGS': ''}
   crashed, clean = tmp_path / 'crashed', tmp_path / 'clean'
@@ -202,6 +205,7 @@ def test_cli_rejects_a_bad_value_with_a_message(tmp_path):
   assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_message_records_nothing_and_a_fixed_rerun_resumes(tmp_path):
   workdir = tmp_path / 'w'
   proc = subprocess.run(_cli(str(workdir), '--config.optim.learning_rate=1e4'), cwd=ROOT,
@@ -451,6 +455,7 @@ def _files(root: pathlib.Path) -> list[str]:
   return sorted(set(names))
 
 
+@pytest.mark.slow
 def test_two_processes_from_the_command_line_match_one_process_on_two_devices(tmp_path):
   args = [sys.executable, '-m', 'lth_jax.main', f'--config={ROOT / "configs" / "demo.py"}:tiny']
   one, two = tmp_path / 'one', tmp_path / 'two'

@@ -66,6 +66,7 @@ def _execute(nb: nbformat.NotebookNode, root: pathlib.Path, tmp_path: pathlib.Pa
   return nb
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_headless_on_cpu(path, tmp_path, kernel_specs):
   root = tmp_path / 'workdirs'

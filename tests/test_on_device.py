@@ -141,6 +141,7 @@ def _tiny(**overrides):
   return c
 
 
+@pytest.mark.slow
 def test_imp_trains_on_device_batches_and_the_choice_is_recorded(tmp_path, monkeypatch):
   made = []
   real = on_device.DeviceData.batches
@@ -160,6 +161,7 @@ def test_imp_trains_on_device_batches_and_the_choice_is_recorded(tmp_path, monke
     experiments.run(_tiny(**{'data.pipeline': 'gpu'}), str(tmp_path / 'bad'))
 
 
+@pytest.mark.slow
 def test_auto_is_recorded_as_host_on_cpu_and_older_records_count_as_host(tmp_path):
   run = tmp_path / 'host'
   experiments.run(_tiny(**{'imp.num_rounds': 1}), str(run))

@@ -14,6 +14,7 @@ from lth_jax.experiments import paper, upstream
 from lth_jax.lottery import imp
 
 
+@pytest.mark.slow
 def test_paper_offline_tiny_end_to_end(tmp_path):
   config = defaults.load_config('paper_offline:tiny')
   out = experiments.run(config, str(tmp_path))

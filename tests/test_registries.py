@@ -151,6 +151,7 @@ class BalancedClassification(Classification):
     return evaluate_balanced
 
 
+@pytest.mark.slow
 def test_a_task_with_another_headline_metric_runs_imp_end_to_end(monkeypatch, registered,
                                                                  tmp_path):
   registered(tasks.TASKS, 'balanced', BalancedClassification())

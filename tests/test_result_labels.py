@@ -226,6 +226,7 @@ def test_rerun_with_fewer_rounds_names_the_rounds_left_out(tmp_path):
 # ---------------------------------------------------------------------- the tiny demo
 
 
+@pytest.mark.slow
 def test_tiny_demo_says_it_is_a_smoke_run_and_what_a_shorter_rerun_leaves_out(
     tmp_path, capsys):
   config = config_lib.load_config('demo:tiny')

@@ -72,6 +72,7 @@ def _rows(workdir):
     return [{k: v for k, v in row.items() if k != 'seconds'} for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_scheduled_runs_equal_sequential_runs_on_as_many_devices(tmp_path):
   sequential, scheduled = tmp_path / 'sequential', tmp_path / 'scheduled'
   experiments.run(_tiny(num_devices=1), str(sequential))

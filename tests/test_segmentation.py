@@ -364,6 +364,7 @@ def test_evaluation_sums_every_pixel_once_over_padded_batches():
 
 # --------------------------------------------------------------- masked DeepLab training
 
+@pytest.mark.slow
 def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_the_head(tmp_path):
   config = defaults.load_config('segmentation_offline:tiny')
   task, info = wiring.task_and_data(config, 'digit_canvas_seg_small')
@@ -449,6 +450,7 @@ def test_reference_segmentation_imp_file_loads_weights_and_mask(tmp_path):
 
 # -------------------------------------------------------------------- the offline study
 
+@pytest.mark.slow
 def test_segmentation_offline_tiny_end_to_end(tmp_path):
   config = defaults.load_config('segmentation_offline:tiny')
   out = experiments.run(config, str(tmp_path))

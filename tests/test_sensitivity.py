@@ -25,6 +25,7 @@ def imp_workdir(tmp_path_factory):
   return workdir, out['curves']['magnitude']
 
 
+@pytest.mark.slow
 def test_sweep_and_connectivity_of_an_imp_ticket(imp_workdir):
   workdir, records = imp_workdir
   perturbation, connectivity = sensitivity.run(
@@ -57,6 +58,7 @@ def test_analyze_command_adds_the_sensitivity_sections(imp_workdir):
   assert [r['size'] for r in rows['magnitude round 1']] == [0.0, 1.0]
 
 
+@pytest.mark.slow
 def test_bad_requests_say_what_to_change(imp_workdir, tmp_path):
   workdir, _ = imp_workdir
   with pytest.raises(ValueError, match='no round 7'):

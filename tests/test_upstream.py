@@ -221,6 +221,7 @@ def _round_state(run_dir, k):
   return restored['state']
 
 
+@pytest.mark.slow
 def test_moco_upstream_imp_end_to_end(tmp_path):
   config = tiny_upstream('moco', **{'imp.num_rounds': 2, 'upstream.keep_state': True})
   out = experiments.run(config, str(tmp_path))
@@ -258,6 +259,7 @@ def test_moco_upstream_imp_end_to_end(tmp_path):
   assert again['records'] == out['records']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('objective', ['supervised', 'simclr'])
 def test_upstream_imp_runs_for_every_objective(tmp_path, objective):
   config = tiny_upstream(objective, **{'pretrained.source': 'random'})

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ABSENT = ('tensorflow', 'tensorboard', 'tf_keras', 'keras', 'clu')
@@ -50,6 +51,7 @@ def _python(code: str, shadow: pathlib.Path | None, cwd: pathlib.Path
                         capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_the_library_and_the_experiment_layer_import_without_tensorflow(tmp_path):
   # TensorFlow is installed here: importing must still not load it (5-20 s).
   out = _python(
@@ -62,6 +64,7 @@ def test_the_library_and_the_experiment_layer_import_without_tensorflow(tmp_path
   assert out.stdout.strip().splitlines()[-1] == '[]'
 
 
+@pytest.mark.slow
 def test_the_demo_runs_where_tensorflow_and_clu_are_not_installed(tmp_path):
   workdir = tmp_path / 'demo'
   code = (

@@ -387,16 +387,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     'transferred.')
   for objective in names:
     try:
-      sub = upstream_config(config, objective)
-      config_lib.validate(sub)
-      wiring.mesh_for(sub)  # its batch size is the recipe's: it must split over the devices
+      config_lib.validate(upstream_config(config, objective))
     except errors.ConfigError as e:
-      raise errors.ConfigError(
-          f'The upstream experiment of {objective!r} (paper.pretrainings) fails: {e} '
-          f'(It is configs/{objective}_imp.py:demo with this config\'s model, seed, '
-          'num_devices, pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
-          'pretrain.optim.num_epochs, and paper.upstream_epochs as its optim.num_epochs; '
-          "the rest, its batch size included, is the recipe's.)") from None
+      raise _upstream_error(objective, e) from None
+
+
+def _check_upstream_devices(config: ml_collections.ConfigDict) -> None:
+  """Fails unless each upstream experiment's batches split over the devices.
+
+  Their batch size is their recipe's, which `experiments.run`'s own mesh check does not
+  see; checked with the devices, before the workdir is claimed.
+
+  Raises:
+    ConfigError: naming the upstream experiment, its batch size and the device count.
+  """
+  for objective in config_lib.split_names(config.paper.pretrainings):
+    try:
+      wiring.mesh_for(upstream_config(config, objective))
+    except errors.ConfigError as e:
+      raise _upstream_error(objective, e) from None
+
+
+def _upstream_error(objective: str, error: errors.ConfigError) -> errors.ConfigError:
+  return errors.ConfigError(
+      f'The upstream experiment of {objective!r} (paper.pretrainings) fails: {error} '
+      f'(It is configs/{objective}_imp.py:demo with this config\'s model, seed, '
+      'num_devices, pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
+      'pretrain.optim.num_epochs, and paper.upstream_epochs as its optim.num_epochs; '
+      "the rest, its batch size included, is the recipe's.)")
 
 
 modes.register(modes.Mode(
@@ -404,4 +422,4 @@ modes.register(modes.Mode(
     datasets=lambda c: [c.pretrain.dataset, *config_lib.split_names(c.paper.tasks)],
     # The upstream experiments' own training is checked with their configs (`validate`).
     training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)],
-    trained=('transfer/**/seed_*',)))
+    load_inputs=_check_upstream_devices, trained=('transfer/**/seed_*',)))
