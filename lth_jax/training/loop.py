@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import os
+import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -136,9 +139,36 @@ def _checkpoint_manager(checkpoint_dir: str, async_checkpoints: bool
       manager.close()
   except Exception as e:
     full = no_space(e, writing=checkpoint_dir)
-    if full is None or full is e:
+    if full is None:
+      raise
+    _discard_unfinished(checkpoint_dir)
+    if full is e:
       raise
     raise full from e
+
+
+def _discard_unfinished(checkpoint_dir: str, quiet_s: float = 0.2,
+                        limit_s: float = 60.) -> None:
+  """Removes the temporary folders of the checkpoint whose save failed.
+
+  Once one item of a save fails, orbax stops awaiting the others, and their writes may
+  still be landing in its temporary folder; a rerun in the same process would race them
+  when orbax clears that folder. So the folders are removed until they stay gone for
+  `quiet_s` (at most `limit_s`).
+  """
+  if jax.process_index() != 0:
+    return
+  deadline = time.monotonic() + limit_s
+  while time.monotonic() < deadline:
+    unfinished = glob.glob(os.path.join(glob.escape(checkpoint_dir), '*.orbax-checkpoint-tmp*'))
+    if not unfinished:
+      time.sleep(quiet_s)
+      if not glob.glob(os.path.join(glob.escape(checkpoint_dir), '*.orbax-checkpoint-tmp*')):
+        return
+    for path in unfinished:
+      shutil.rmtree(path, ignore_errors=True)
+  logging.warning('Writes into the unfinished checkpoint in %s went on for %.0f s after its '
+                  'save failed; orbax removes it at the next save.', checkpoint_dir, limit_s)
 
 
 def _copy(tree: Any) -> Any:
