@@ -116,12 +116,12 @@ def supervised_theta_p(config, root: str, mesh) -> dict:
   """The studies' supervised θ_p: their upstream experiment's start, cached under `root`.
 
   The paper mode pre-trains θ_p inside `upstream/supervised/` of each study; this runs
-  the same upstream config (`paper.upstream_config`) for one round, so θ_p is the same
-  network the studies transfer, and both tasks share it.
+  the same upstream config (`paper_upstream.upstream_config`) for one round, so θ_p is
+  the same network the studies transfer, and both tasks share it.
   """
-  from lth_jax.experiments import paper, upstream
+  from lth_jax.experiments import paper_upstream, upstream
 
-  sub = paper.upstream_config(config, 'supervised')
+  sub = paper_upstream.upstream_config(config, 'supervised')
   sub.imp.num_rounds = 1
   return upstream.run(sub, os.path.join(root, 'upstream_supervised'), mesh)['start']
 

@@ -71,7 +71,7 @@ def main() -> None:
           spent[name] += time.perf_counter() - tic
     return wrapper
 
-  loop._end_of_epoch_record = timed('evaluation', loop._end_of_epoch_record)
+  loop._Loop._evaluate = timed('evaluation', loop._Loop._evaluate)
   loop._save = timed('checkpoints', loop._save)
   fit = loop.fit
 

@@ -28,7 +28,7 @@ training canvases (`digit_canvas_det_small`: the first 256 less the 13 whose box
 all difficult).
 """
 
-from lth_jax.experiments.config import canvas_study
+from lth_jax.experiments.presets import canvas_study
 
 
 def get_config(variant: str = ''):

@@ -19,19 +19,8 @@ MoCo v2 in the workdir first):
     python -m lth_jax.main --config=configs/moco_imp.py:demo --workdir=/tmp/lth_moco_demo
 """
 
-from lth_jax.experiments import upstream
-from lth_jax.experiments.config import base_config
+from lth_jax.experiments import presets
 
 
 def get_config(variant: str = ''):
-  c = upstream.paper_setting(base_config(), 'moco')
-  c.upstream.temperature = 0.2
-  c.optim.update(optimizer='sgd', learning_rate=3e-4, weight_decay=1e-4)
-  if variant == 'demo':
-    upstream.demo_setting(c)
-    for optim in (c.optim, c.pretrain.optim):
-      optim.update(optimizer='sgd', learning_rate=0.06, weight_decay=5e-4)
-  elif variant:
-    raise ValueError(f'Unknown variant {variant!r}: use configs/moco_imp.py for the '
-                     'paper or configs/moco_imp.py:demo for the offline demo.')
-  return c
+  return presets.upstream_imp('moco', variant)

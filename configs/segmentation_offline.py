@@ -29,7 +29,7 @@ rounds of task-specific IMP, one seed, 3 epochs, θ_p from the scikit-learn digi
 training canvases (`digit_canvas_seg_small`).
 """
 
-from lth_jax.experiments.config import canvas_study
+from lth_jax.experiments.presets import canvas_study
 
 
 def get_config(variant: str = ''):

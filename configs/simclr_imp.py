@@ -20,20 +20,8 @@ SimCLR in the workdir first):
     python -m lth_jax.main --config=configs/simclr_imp.py:demo --workdir=/tmp/lth_simclr_demo
 """
 
-from lth_jax.experiments import upstream
-from lth_jax.experiments.config import base_config
+from lth_jax.experiments import presets
 
 
 def get_config(variant: str = ''):
-  c = upstream.paper_setting(base_config(), 'simclr')
-  c.upstream.temperature = 0.5
-  c.upstream.normalize = False  # the converted SimCLR checkpoints take [0, 1] pixels
-  c.optim.update(optimizer='lars', learning_rate=1e-4, weight_decay=1e-06)
-  if variant == 'demo':
-    upstream.demo_setting(c)
-    for optim in (c.optim, c.pretrain.optim):
-      optim.update(optimizer='lars', learning_rate=0.5, weight_decay=1e-06)
-  elif variant:
-    raise ValueError(f'Unknown variant {variant!r}: use configs/simclr_imp.py for the '
-                     'paper or configs/simclr_imp.py:demo for the offline demo.')
-  return c
+  return presets.upstream_imp('simclr', variant)

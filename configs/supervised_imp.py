@@ -18,18 +18,8 @@ Animal-MNIST in the workdir first):
     python -m lth_jax.main --config=configs/supervised_imp.py:demo --workdir=/tmp/lth_img_demo
 """
 
-from lth_jax.experiments import upstream
-from lth_jax.experiments.config import base_config
+from lth_jax.experiments import presets
 
 
 def get_config(variant: str = ''):
-  c = upstream.paper_setting(base_config(), 'supervised')
-  c.optim.update(optimizer='sgd', learning_rate=1e-4, weight_decay=1e-4)
-  if variant == 'demo':
-    upstream.demo_setting(c)
-    for optim in (c.optim, c.pretrain.optim):
-      optim.update(optimizer='sgd', learning_rate=0.05, weight_decay=5e-4)
-  elif variant:
-    raise ValueError(f'Unknown variant {variant!r}: use configs/supervised_imp.py for the '
-                     'paper or configs/supervised_imp.py:demo for the offline demo.')
-  return c
+  return presets.upstream_imp('supervised', variant)

@@ -3,12 +3,37 @@
 `python -m lth_jax.main` prints the message of these alone (no traceback; add
 `--verbosity=1` for it) and exits with status 2; `user_error` says which errors those are.
 Everything else is a bug and keeps its traceback.
+
+A message that names a setting to change names it through `setting('data.pipeline=host')`:
+the library knows settings by their dotted names only, and the layer that reads configs
+says how its users spell them (`spell_settings`; `lth_jax.experiments` spells them as the
+command line's config flags).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
+
+# How `setting` spells a setting: as the library knows it, until a layer above says how
+# its users set it (one slot, so that `spell_settings` needs no `global`).
+_spelling: list[Callable[[str], str]] = [lambda name: name]
+
+
+def spell_settings(spelling: Callable[[str], str]) -> None:
+  """Sets how messages name a setting from now on (see `setting`).
+
+  Args:
+    spelling: 'field' or 'field=value' (dotted, e.g. 'optim.learning_rate') -> the text
+      that sets it where the user sets it (e.g. a command-line flag).
+  """
+  _spelling[0] = spelling
+
+
+def setting(name: str) -> str:
+  """A setting as messages name it: `name` ('data.pipeline=host') as the user spells it."""
+  return _spelling[0](name)
 
 
 class ConfigError(ValueError):
@@ -60,15 +85,15 @@ class DivergenceError(RuntimeError):
   def __str__(self) -> str:
     run = ', '.join([*self.where, f'epoch {self.epoch}, step {self.step}'])
     folder = self.moved_to or self.checkpoint_dir
-    fixes = ['a lower learning rate (--config.optim.learning_rate)',
-             'a longer warm-up (--config.optim.warmup_epochs)']
+    fixes = [f'a lower learning rate ({setting("optim.learning_rate")})',
+             f'a longer warm-up ({setting("optim.warmup_epochs")})']
     if self.half_precision:
-      fixes.append('float32 instead of bfloat16 (--config.model.half_precision=False)')
+      fixes.append(f'float32 instead of bfloat16 ({setting("model.half_precision=False")})')
     return (f'Training diverged ({run}; its checkpoints are in {folder}): the loss or '
             f'the weights became NaN or infinite at learning rate {self.learning_rate:g}. '
             f'Nothing was recorded for this run. Likely fixes: {", ".join(fixes)}, or a '
-            'smaller weight decay (--config.optim.weight_decay). Then rerun the same command '
-            'with the fix: finished work is kept and this run starts again.')
+            f'smaller weight decay ({setting("optim.weight_decay")}). Then rerun the same '
+            'command with the fix: finished work is kept and this run starts again.')
 
 
 class NoSpaceError(OSError):

@@ -455,3 +455,13 @@ def test_cli_names_the_missing_runs(tmp_path):
                        capture_output=True, text=True, env=env, check=False)
   assert out.returncode != 0
   assert 'No IMP round under' in out.stderr
+
+
+def test_analysis_does_not_load_the_tasks():
+  # The analysis reads results back: it names a round's metric (`lth_jax.metrics.headline`)
+  # without loading the tasks, their data and models' training code (issue 21, layering).
+  out = subprocess.run(
+      [sys.executable, '-c', 'import sys, lth_jax.analysis; print(sorted(m for m in '
+       "sys.modules if m.startswith(('lth_jax.tasks', 'lth_jax.data', 'lth_jax.tasks.yolo'))))"],
+      capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == '[]', out.stdout

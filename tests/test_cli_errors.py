@@ -33,6 +33,8 @@ from lth_jax.models import create_model, init_variables
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
 TINY = ['--config=demo:tiny', '--config.num_devices=1']
+# The run's compilation cache (tests/conftest.py): programs compiled by an earlier run.
+CACHE = os.environ['JAX_COMPILATION_CACHE_DIR']
 
 
 def _main(*args: str, cwd: pathlib.Path = ROOT, prelude: str = ''
@@ -141,6 +143,14 @@ def test_the_divergence_advice_suggests_float32_only_after_bfloat16(tmp_path, mo
   assert '--config.optim.learning_rate' in str(caught.value)
 
 
+def test_the_library_names_settings_plainly_and_the_experiment_layer_as_flags(monkeypatch):
+  error = errors.DivergenceError('run', epoch=1, step=2, learning_rate=0.1)
+  assert '(--config.optim.learning_rate)' in str(error)  # lth_jax.experiments is imported
+  monkeypatch.setattr(errors, '_spelling', list(errors._spelling))
+  errors.spell_settings(lambda name: name)  # what the library says on its own
+  assert '(optim.learning_rate)' in str(error) and '--config' not in str(error)
+
+
 def test_no_space_left_is_one_message_naming_the_filesystem_and_the_file(tmp_path):
   echo = RuntimeError('Event loop is closed')
   echo.__cause__ = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / 'r.json'))
@@ -188,7 +198,7 @@ def test_a_full_disk_ends_the_command_with_one_line_and_the_rerun_resumes(tmp_pa
     pytest.skip('needs unshare(1) to mount a small filesystem')
   disk, command = tmp_path / 'disk', [sys.executable, '-m', 'lth_jax.main', *TINY,
                                       f'--workdir={tmp_path / "disk" / "w"}',
-                                      f'--compilation_cache={tmp_path / "xla"}']
+                                      f'--compilation_cache={CACHE}']
   disk.mkdir()
   run = ' '.join(command)
   # A 3 MB disk fills up in round 0; the second run has the space to finish.
@@ -242,7 +252,7 @@ def test_the_log_leaves_out_library_chatter_and_echoes_of_a_full_disk(monkeypatc
 @pytest.mark.slow
 def test_the_log_holds_lth_jax_lines_and_a_recorded_config_reruns(tmp_path):
   workdir = tmp_path / 'w'
-  proc = _main(*TINY, f'--workdir={workdir}', f'--compilation_cache={tmp_path / "xla"}')
+  proc = _main(*TINY, f'--workdir={workdir}', f'--compilation_cache={CACHE}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   own = {p.name for p in (ROOT / 'lth_jax').rglob('*.py')}
   lines = proc.stderr.splitlines()
@@ -251,7 +261,7 @@ def test_the_log_holds_lth_jax_lines_and_a_recorded_config_reruns(tmp_path):
   assert lines and not others, f'{len(others)} of {len(lines)} lines: {others[:5]}'
   # The command that reruns the config the workdir recorded, an override on top.
   rerun = _main(f'--config={workdir / "experiment.json"}', '--config.checkpoint_every_steps=7',
-                f'--workdir={workdir}', f'--compilation_cache={tmp_path / "xla"}')
+                f'--workdir={workdir}', f'--compilation_cache={CACHE}')
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert f'Resuming imp in {workdir}' in rerun.stdout
   assert json.loads((workdir / 'experiment.json').read_text())['checkpoint_every_steps'] == 7

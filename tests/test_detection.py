@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lth_jax import data, errors, experiments, masks as masks_lib, metrics, pruning, yolo
+from lth_jax import data, errors, experiments, masks as masks_lib, metrics, pruning
 from lth_jax.data import canvases, detection as det_data, voc
 from lth_jax.experiments import config as defaults
 from lth_jax.experiments import wiring
@@ -20,6 +20,7 @@ from lth_jax.models import create_detector, init_variables
 from lth_jax.models.yolo import ANCHORS, decode
 from lth_jax.runtime import sharding
 from lth_jax.tasks import detection as det_task
+from lth_jax.tasks import yolo
 
 SMALL = data.get_info('digit_canvas_det_small')
 
@@ -297,17 +298,23 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
 # -------------------------------------------------------------------- the offline study
 
 @pytest.mark.slow
-def test_detection_offline_tiny_end_to_end(tmp_path):
+def test_detection_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
+  # What the study runs and writes; YOLO's masked training is the test above, and paper
+  # mode's real run test_paper.py's.
+  fake_finetunes.extra = lambda value: {'map': value / 2, 'detections': 10.0}
   config = defaults.load_config('detection_offline:tiny')
   out = experiments.run(config, str(tmp_path))
   rows = out['rows']
   assert {(r['method'], r['ticket']) for r in rows} == {
       ('scratch', 'scratch'), ('supervised', 'dense'), ('supervised', 'round_01'),
       ('random_global', 'random_global_round_01'), ('task_specific', 'task_specific_round_01')}
+  # One fine-tune on the canvases per row: the dense θ_p is trained once, for its row and
+  # as round 0 of the task-specific IMP.
+  trained = [c for c in fake_finetunes.calls if c['dataset'] == 'digit_canvas_det_small']
+  assert len(trained) == len(rows) == 5
   dense = next(r for r in rows if (r['method'], r['ticket']) == ('supervised', 'dense'))
-  # A detector that predicts nothing has mAP 0 (an untrained one about 1e-5).
-  assert dense['test_map50'] > 0.005
-  assert 0 < dense['test_map'] <= dense['test_map50'] and 'test_map_std' in dense
+  assert dense['test_map50'] == pytest.approx(0.5) and dense['test_map'] == pytest.approx(0.25)
+  assert 'test_map_std' in dense
   specific = next(r for r in rows if r['method'] == 'task_specific')
   assert specific['sparsity'] == pytest.approx(0.2, abs=1e-4)
   imp_round = tmp_path / 'transfer/digit_canvas_det_small/task_specific/round_00/round.json'

@@ -20,7 +20,7 @@ from lth_jax import errors, experiments, masks, pruning, training
 from lth_jax.experiments import config as defaults
 from lth_jax.experiments import transfer, wiring
 from lth_jax.interop import checkpoints as convert
-from lth_jax.lottery import imp
+from lth_jax.lottery import iterative_pruning as imp, rounds
 from lth_jax.runtime import workdir as workdir_lib
 from lth_jax.models import init_variables
 
@@ -85,10 +85,11 @@ def test_imp_experiment_writes_rounds_table_plot_and_extreme_sparsity(imp_run):
     assert out['extreme_sparsity'][method] == (max(matching) if matching else None)
   report = open(os.path.join(workdir, 'analysis', 'report.md')).read()
   assert 'magnitude' in report and 'random' in report
-  ticket = imp.load_round_mask(os.path.join(workdir, 'magnitude'), 2)
+  ticket = rounds.load_round_mask(os.path.join(workdir, 'magnitude'), 2)
   assert masks.sparsity(ticket) == pytest.approx(0.36, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_rerun_is_a_resume_that_recomputes_nothing(imp_run):
   workdir, out = imp_run
   tic = time.time()
@@ -131,6 +132,7 @@ def test_bad_values_stop_before_any_compute(tmp_path, field, value, match):
   assert not os.path.exists(tmp_path / 'w' / 'round_00')
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_file_and_foreign_workdir(imp_run, tmp_path):
   with pytest.raises(ValueError, match='no such file'):
     experiments.run(tiny(**{'pretrained.source': 'moco',
@@ -142,8 +144,10 @@ def test_missing_checkpoint_file_and_foreign_workdir(imp_run, tmp_path):
 
 
 def _cli(workdir: str, *extra: str) -> list[str]:
+  # The run's compilation cache (tests/conftest.py): programs compiled by an earlier run.
+  cache = os.environ['JAX_COMPILATION_CACHE_DIR']
   return [sys.executable, '-m', 'lth_jax.main', f'--config={ROOT / "configs" / "demo.py"}:tiny',
-          f'--workdir={workdir}', f'--compilation_cache={workdir}_xla', *TINY,
+          f'--workdir={workdir}', f'--compilation_cache={cache}', *TINY,
           '--config.imp.random_baseline=False', *extra]
 
 
@@ -163,13 +167,16 @@ def _kill_at_first_checkpoint(proc: subprocess.Popen, run: pathlib.Path,
 def test_cli_killed_twice_mid_round_resumes_to_the_same_result(tmp_path):
   env = {**os.environ, 'XLA_FLAGS': ''}
   crashed, clean = tmp_path / 'crashed', tmp_path / 'clean'
+  # The crashed run's own cache: its first run compiles, the reruns read the programs back.
+  cache = f'--compilation_cache={tmp_path / "crashed_xla"}'
   # Kill once inside round 1, once inside round 2, each right after a mid-epoch checkpoint.
   for run in ('magnitude/round_01/seed_0', 'magnitude/round_02/seed_0'):
-    proc = subprocess.Popen(_cli(str(crashed)), env=env, cwd=ROOT,
+    proc = subprocess.Popen(_cli(str(crashed), cache), env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_at_first_checkpoint(proc, crashed / run)
   assert not (crashed / 'magnitude' / 'round_02' / 'round.json').exists()
-  subprocess.run(_cli(str(crashed)), env=env, cwd=ROOT, check=True, capture_output=True)
+  subprocess.run(_cli(str(crashed), cache), env=env, cwd=ROOT, check=True,
+                 capture_output=True)
   subprocess.run(_cli(str(clean)), env=env, cwd=ROOT, check=True, capture_output=True)
   a = json.load(open(crashed / 'results.json'))
   b = json.load(open(clean / 'results.json'))
@@ -178,8 +185,8 @@ def test_cli_killed_twice_mid_round_resumes_to_the_same_result(tmp_path):
   assert a == b  # with compiled programs reused from the cache by the reruns
   assert len(list((tmp_path / 'crashed_xla').iterdir())) > 0
   for k in range(4):
-    ma = imp.load_round_mask(str(crashed / 'magnitude'), k)
-    mb = imp.load_round_mask(str(clean / 'magnitude'), k)
+    ma = rounds.load_round_mask(str(crashed / 'magnitude'), k)
+    mb = rounds.load_round_mask(str(clean / 'magnitude'), k)
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(ma), jax.tree.leaves(mb)))
 
 
@@ -190,13 +197,63 @@ def test_cli_finds_a_config_by_its_name():
   assert by_name.data.dataset == 'digits' and main.load_config('paper_offline').mode == 'paper'
 
 
+@pytest.mark.parametrize('overrides, match', [
+    ({'imp.fraction': 0.0}, r'config\.imp\.fraction=0\.0: must be in \(0, 1\)'),
+    ({'imp.num_rounds': 0}, r'config\.imp\.num_rounds=0: must be >= 1'),
+    ({'imp.pruning': 'l1'}, r"config\.imp\.pruning='l1': .*'magnitude'"),
+    ({'imp.rewind_scope': 'head'}, r"config\.imp\.rewind_scope='head': .*'prunable'"),
+    ({'num_seeds': 0}, r'config\.num_seeds=0: '),
+    ({'imp.rewind': 'step', 'imp.rewind_step': 3, 'imp.prune_first': True},
+     r"config\.imp\.rewind='step': .*prune_first"),
+])
+def test_imp_fields_are_checked_by_the_spec_and_named(overrides, match):
+  with pytest.raises(errors.ConfigError, match=match):
+    defaults.validate(tiny(**overrides))
+
+
+def test_a_check_of_the_imp_spec_is_a_config_check(monkeypatch):
+  """Validation happens once: the config's IMP checks are ImpSpec's, named by field."""
+  original = imp.ImpSpec.__post_init__
+
+  def stricter(self):
+    original(self)
+    if self.fraction > 0.5:
+      raise ValueError('fraction must be at most 0.5 in this test.')
+
+  monkeypatch.setattr(imp.ImpSpec, '__post_init__', stricter)
+  with pytest.raises(errors.ConfigError,
+                     match=r'config\.imp\.fraction=0\.6: must be at most 0\.5 in this test'):
+    defaults.validate(tiny(**{'imp.fraction': 0.6}))
+  defaults.validate(tiny(**{'imp.fraction': 0.4}))
+
+
+def test_random_layerwise_names_the_ticket_baseline_only():
+  # The IMP criterion (random scores, each layer's count) is 'layerwise_random', as
+  # 'layerwise_magnitude'; 'random_layerwise' is the baseline with a ticket's layer profile.
+  assert 'layerwise_random' in pruning.CRITERIA and 'random_layerwise' not in pruning.CRITERIA
+  assert pruning.RANDOM_BASELINES == {'random_global': False, 'random_layerwise': True}
+  assert 'random_layerwise' in transfer.VARIANTS
+  no_branch = {'imp.random_baseline': False}
+  # The old name of the criterion is accepted as it (a workdir recorded under it resumes).
+  old = tiny(**{'imp.pruning': 'random_layerwise', **no_branch})
+  defaults.validate(old)
+  assert defaults.criterion(old) == 'layerwise_random'
+  assert experiments.imp.spec(old).pruning == 'layerwise_random'
+  assert list(experiments.imp.branches(old)) == ['random_layerwise']
+  defaults.validate(tiny(**{'imp.pruning': 'layerwise_random', **no_branch}))
+  for name in ('layerwise_random', 'random_layerwise', 'random'):
+    with pytest.raises(errors.ConfigError, match='already prunes at random'):
+      defaults.validate(tiny(**{'imp.pruning': name}))
+  defaults.validate(tiny(**{'imp.pruning': 'snip'}))  # scores by the data: a baseline helps
+
+
 def test_cli_rejects_a_bad_value_with_a_message(tmp_path):
   proc = subprocess.run(_cli(str(tmp_path / 'w'), '--config.imp.fraction=1.5'), cwd=ROOT,
                         capture_output=True, text=True, env={**os.environ, 'XLA_FLAGS': ''})
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
-      'ConfigError: config.imp.fraction=1.5: must be in (0, 1): the share of surviving '
-      'weights pruned per round (paper: 0.2).')
+      'ConfigError: config.imp.fraction=1.5: must be in (0, 1), got 1.5: it is the share '
+      'of surviving weights pruned each round (the paper uses 0.2).')
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'w').exists()
   verbose = subprocess.run(_cli(str(tmp_path / 'w'), '--config.imp.fraction=1.5',
@@ -241,7 +298,8 @@ class FakeFinetunes:
     self.calls = []
 
   def __call__(self, config, model, *args, **kwargs):
-    def finetune(variables, masks_, *, seed, checkpoint_dir, rewind_step=None):
+    def finetune(variables, masks_, *, seed, checkpoint_dir, rewind_step=None,
+                 continue_from=None):
       variables = jax.device_get(dict(variables))
       self.calls.append({'dir': os.path.relpath(checkpoint_dir, config_root[0]), 'seed': seed,
                          'variables': variables})
@@ -291,7 +349,7 @@ def test_dense_seeds_draw_their_own_head_from_one_theta_p(fake, tmp_path):
 def test_random_baseline_rewinds_where_the_imp_run_does(fake, tmp_path):
   config = tiny(**{'imp.num_rounds': 3, 'imp.rewind': 'step', 'imp.rewind_step': 2})
   experiments.run(config, str(tmp_path))
-  theta_k = imp.load_rewind_point(str(tmp_path / 'magnitude'),
+  theta_k = rounds.load_rewind_point(str(tmp_path / 'magnitude'),
                                   fake.calls[0]['variables'])
   # θ_k is the dense run's early weights (the fake's start + 1), not θ_p.
   np.testing.assert_allclose(_leaf(theta_k, 'layer1_0', 'conv1', 'kernel'),
@@ -300,7 +358,7 @@ def test_random_baseline_rewinds_where_the_imp_run_does(fake, tmp_path):
   later = [c for c in fake.calls if 'round_00' not in c['dir']]
   assert {c['dir'].split(os.sep)[0] for c in later} == {'magnitude', 'random'}
   for call in later:
-    round_mask = imp.load_round_mask(str(tmp_path / call['dir'].split(os.sep)[0]),
+    round_mask = rounds.load_round_mask(str(tmp_path / call['dir'].split(os.sep)[0]),
                                      int(call['dir'].split(os.sep)[1][6:]))
     want = masks.apply(theta_k['params'], round_mask)
     for got, expected in zip(jax.tree.leaves(call['variables']['params']),
@@ -324,7 +382,7 @@ def test_random_baseline_starts_every_round_afresh_under_prunable_rewind_scope(f
                      ('magnitude', 3): 3, ('random', 1): 0, ('random', 2): 0, ('random', 3): 0}
   for k in (1, 2, 3):
     got = calls['random', f'round_{k:02d}']
-    want = masks.apply(start['params'], imp.load_round_mask(str(tmp_path / 'random'), k))
+    want = masks.apply(start['params'], rounds.load_round_mask(str(tmp_path / 'random'), k))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves({**start, 'params': want})):
       np.testing.assert_array_equal(a, b)
 
@@ -332,7 +390,7 @@ def test_random_baseline_starts_every_round_afresh_under_prunable_rewind_scope(f
 def test_more_seeds_train_only_the_new_seeds_and_keep_the_old(fake, tmp_path):
   experiments.run(tiny(**{'imp.random_baseline': False, 'dense_seeds': 0}), str(tmp_path))
   first = {(c['dir'], c['seed']) for c in fake.calls}
-  masks_before = [imp.load_round_mask(str(tmp_path / 'magnitude'), k) for k in range(4)]
+  masks_before = [rounds.load_round_mask(str(tmp_path / 'magnitude'), k) for k in range(4)]
   fake.calls.clear()
   out = experiments.run(tiny(**{'imp.random_baseline': False, 'dense_seeds': 0,
                                 'num_seeds': 2}), str(tmp_path))
@@ -342,11 +400,36 @@ def test_more_seeds_train_only_the_new_seeds_and_keep_the_old(fake, tmp_path):
   for k, record in enumerate(out['curves']['magnitude']):
     assert [r['seed'] for r in record['runs']] == [0, 1]
     assert record['test_accuracy'] == pytest.approx(0.505)
-    after = imp.load_round_mask(str(tmp_path / 'magnitude'), k)
+    after = rounds.load_round_mask(str(tmp_path / 'magnitude'), k)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after),
                                                     jax.tree.leaves(masks_before[k])))
   with pytest.raises(errors.WorkdirError, match='num_seeds: 2 -> 1'):
     experiments.run(tiny(**{'imp.random_baseline': False, 'dense_seeds': 0}), str(tmp_path))
+
+
+def test_a_workdir_recorded_under_the_old_criterion_name_resumes_unchanged(fake, tmp_path):
+  """`imp.pruning='random_layerwise'` (now 'layerwise_random') keeps its folder, label and
+  masks: its workdir resumes with nothing retrained."""
+  overrides = {'imp.random_baseline': False, 'dense_seeds': 0, 'imp.num_rounds': 3}
+  old = tmp_path / 'old'
+  first = experiments.run(tiny(**{'imp.pruning': 'random_layerwise', **overrides}), str(old))
+  assert (old / 'random_layerwise' / 'round_02').is_dir()
+  assert not (old / 'layerwise_random').exists()
+  recorded = json.loads((old / 'experiment.json').read_text())
+  assert recorded['imp']['pruning'] == 'random_layerwise'
+  trained = len(fake.calls)
+  again = experiments.run(tiny(**{'imp.pruning': 'random_layerwise', **overrides}), str(old))
+  assert len(fake.calls) == trained  # nothing retrained
+  summary = lambda out: [(r['round'], r['sparsity'], r['test_accuracy'])
+                         for r in out['curves']['random_layerwise']]
+  assert summary(again) == summary(first) and len(summary(first)) == 3
+  # The same masks as the criterion under its new name.
+  experiments.run(tiny(**{'imp.pruning': 'layerwise_random', **overrides}),
+                  str(tmp_path / 'new'))
+  for k in range(3):
+    a = rounds.load_round_mask(str(old / 'random_layerwise'), k)
+    b = rounds.load_round_mask(str(tmp_path / 'new' / 'layerwise_random'), k)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def test_a_run_that_stops_on_a_missing_or_bad_input_leaves_nothing_behind(fake, tmp_path):
@@ -379,7 +462,7 @@ def test_tickets_sharing_a_file_name_are_all_kept_under_distinct_names(tmp_path)
   written = {}
   for k, fraction in ((2, 0.36), (4, 0.59)):
     ticket = pruning.to_sparsity(params, masks.init(params), fraction)
-    imp.save_round_mask(str(tmp_path / 'run' / f'round_{k:02d}'), ticket)
+    rounds.save_round_mask(str(tmp_path / 'run' / f'round_{k:02d}'), ticket)
     written[k] = ticket
   files = [str(tmp_path / 'run' / f'round_{k:02d}' / 'mask_torch.npz') for k in (2, 4)]
   folder = str(tmp_path / 'run' / 'round_02' / 'mask')
@@ -402,7 +485,7 @@ def test_tickets_sharing_a_file_name_are_all_kept_under_distinct_names(tmp_path)
 def test_tickets_differing_only_in_extension_get_distinct_relative_names(tmp_path):
   model = _model(tiny())
   params = init_variables(model, jax.random.key(0), 8)['params']
-  imp.save_round_mask(str(tmp_path / 'a' / 'round_02'),
+  rounds.save_round_mask(str(tmp_path / 'a' / 'round_02'),
                       pruning.to_sparsity(params, masks.init(params), 0.36))
   npz = tmp_path / 'a' / 'round_02' / 'mask_torch.npz'
   save_file(dict(np.load(npz)), str(npz.with_suffix('.safetensors')))
@@ -480,7 +563,7 @@ def test_two_processes_from_the_command_line_match_one_process_on_two_devices(tm
       assert abs(run_a['test_accuracy'] - run_b['test_accuracy']) <= 1 / 355 + 1e-9
   for method in ('magnitude', 'random'):
     for k in range(1 if method == 'random' else 0, 4):
-      ma, mb = (imp.load_round_mask(str(root / method), k) for root in (one, two))
+      ma, mb = (rounds.load_round_mask(str(root / method), k) for root in (one, two))
       assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(ma), jax.tree.leaves(mb)))
   # Only the chief wrote the shared files: the same files as one process, none left over.
   assert _files(two) == _files(one)

@@ -1,4 +1,4 @@
-"""The previous IMP round's folder (lottery.imp) and the cached pre-training (wiring)."""
+"""The cached pre-training (wiring)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,9 @@ import os
 import jax
 import numpy as np
 
+from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import wiring
-from lth_jax.lottery import imp
 from lth_jax.models import create_model, init_variables
-
-
-def test_previous_round_dir(tmp_path):
-  run = tmp_path / 'moco'
-  (run / 'round_02' / 'seed_0').mkdir(parents=True)
-  assert imp.previous_round_dir(str(run / 'round_03' / 'seed_0')) == str(
-      run / 'round_02' / 'seed_0')
-  assert imp.previous_round_dir(str(run / 'round_03' / 'seed_1')) is None  # absent
-  assert imp.previous_round_dir(str(run / 'round_00' / 'seed_0')) is None
-  assert imp.previous_round_dir(str(tmp_path / 'pretrain' / 'train')) is None
 
 
 class _Fit:
@@ -42,3 +32,22 @@ def test_pretrain_once_trains_once_then_reads_the_cache(tmp_path):
   for a, b, c in zip(*map(jax.tree.leaves, (first, again, like))):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, c + 1)
+
+
+def test_a_finetune_carries_state_from_the_run_it_is_handed(monkeypatch, tmp_path):
+  """upstream.keep_state: the optimizer state comes from `continue_from`, as given."""
+  config = config_lib.load_config('demo:tiny')
+  config.data.pipeline = 'host'  # no dataset is read: `fit` is replaced
+  task, info = wiring.task_and_data(config, config.data.dataset)
+  model = wiring.build_model(config, task, info)
+  carried = []
+  monkeypatch.setattr(wiring, 'fit', lambda *args, **kwargs: carried.append(
+      kwargs['carry_from']))
+  run = str(tmp_path / 'run' / 'round_03' / 'seed_0')
+  for carry_state in (False, True):
+    finetune = wiring.make_finetune(config, model, task, info, wiring.mesh_for(config),
+                                    evaluator=lambda *args: None, carry_state=carry_state)
+    for continue_from in (None, str(tmp_path / 'elsewhere')):
+      finetune({}, None, seed=0, checkpoint_dir=run, continue_from=continue_from)
+  # Only what it is handed: never a folder derived from the checkpoint folder's name.
+  assert carried == [None, None, None, str(tmp_path / 'elsewhere')]

@@ -16,9 +16,9 @@ import jaxlib
 import pytest
 
 from lth_jax import errors, experiments, training
-from lth_jax.analysis import workdirs
+from lth_jax.analysis import imp_runs
 from lth_jax.experiments import config as config_lib
-from lth_jax.lottery import transfer
+from lth_jax.lottery import ticket_transfer as transfer
 from lth_jax.models import create_model, init_variables
 from lth_jax.runtime import files
 from lth_jax.runtime import workdir as workdir_lib
@@ -118,7 +118,8 @@ def test_the_paper_modes_upstream_batches_must_split_over_the_devices(tmp_path):
 
 
 def test_imp_specs_and_the_rewind_step_are_checked():
-  with pytest.raises(errors.ConfigError, match=r'config\.imp: rewind="step" needs rewind_step'):
+  with pytest.raises(errors.ConfigError,
+                     match=r'config\.imp\.rewind=\'step\': rewind="step" needs rewind_step'):
     config_lib.validate(tiny(**{'imp.rewind': 'step', 'imp.rewind_step': 0}))
   # demo:tiny's round 0 is one epoch of 1266 // 64 = 19 batches.
   with pytest.raises(errors.ConfigError, match=r'config\.imp\.rewind_step=20: must be at most '
@@ -145,11 +146,11 @@ def test_a_record_cut_short_names_the_file_and_the_fix_or_counts_as_missing(tmp_
 
 def test_an_experiment_json_cut_short_stops_with_the_file_and_the_fix(tmp_path):
   c = tiny()
-  workdir_lib.claim(str(tmp_path), c, defaults=config_lib.base_config())
+  experiments.claim(str(tmp_path), c)
   truncate(tmp_path / workdir_lib.EXPERIMENT_FILE)
   with pytest.raises(errors.WorkdirError, match=r'experiment\.json cannot be read .*delete it '
                      'and rerun the command the workdir was started with'):
-    workdir_lib.claim(str(tmp_path), c, defaults=config_lib.base_config())
+    experiments.claim(str(tmp_path), c)
 
 
 @pytest.mark.slow
@@ -165,7 +166,7 @@ def test_a_round_json_cut_short_is_recorded_again_from_its_checkpoints(after_bad
   # The analysis of the workdir names the file and the fix.
   with pytest.raises(errors.WorkdirError,
                      match=f'{re.escape(str(path))} cannot be read.*Rerun the command'):
-    workdirs.round_record(str(path.parent))
+    imp_runs.round_record(str(path.parent))
   out = experiments.run(tiny(), str(run))
   after = json.loads(path.read_text())
   drop = lambda record: {k: v for k, v in record.items() if k != 'seconds'}
@@ -187,7 +188,8 @@ def test_a_transfer_result_cut_short_is_recorded_again_by_its_run(tmp_path):
                               test_metrics={'accuracy': 0.75}, history=[],
                               variables=variables, rewind_variables=None)
 
-  run = lambda: transfer.run_transfer(str(tmp_path), {}, start, finetune, [0])
+  run = lambda: transfer.run_transfer(str(tmp_path), {}, start, finetune, [0],
+                                      metric='accuracy')
   before = run()
   path = tmp_path / transfer.DENSE / 'seed_0' / 'result.json'
   truncate(path)
@@ -218,8 +220,7 @@ def test_a_resume_on_another_device_count_is_refused_with_both_and_the_ways_on(
 
 def test_runs_side_by_side_record_their_own_count(tmp_path):
   c = tiny()
-  claim = lambda devices: workdir_lib.claim(str(tmp_path), c, devices=devices,
-                                            defaults=config_lib.base_config())
+  claim = lambda devices: experiments.claim(str(tmp_path), c, devices=devices)
   claim({'mesh': 8, 'per_run': 2})
   with pytest.raises(errors.WorkdirError, match=r'8 device\(s\) \(2 a run, side by side\).*'
                      r'--config\.num_devices=8 --config\.devices_per_run=2'):
@@ -229,8 +230,7 @@ def test_runs_side_by_side_record_their_own_count(tmp_path):
 
 def test_a_workdir_recorded_before_the_device_count_resumes_on_any(tmp_path):
   c = tiny()
-  claim = lambda devices: workdir_lib.claim(str(tmp_path), c, devices=devices,
-                                            defaults=config_lib.base_config())
+  claim = lambda devices: experiments.claim(str(tmp_path), c, devices=devices)
   claim({'mesh': 1, 'per_run': 1})
   path = tmp_path / workdir_lib.EXPERIMENT_FILE
   recorded = json.loads(path.read_text())
@@ -244,13 +244,13 @@ def test_a_workdir_recorded_before_the_device_count_resumes_on_any(tmp_path):
 
 def test_a_resume_under_other_versions_warns_naming_both_and_goes_on(tmp_path, caplog):
   c = tiny()
-  workdir_lib.claim(str(tmp_path), c, defaults=config_lib.base_config())
+  experiments.claim(str(tmp_path), c)
   path = tmp_path / workdir_lib.EXPERIMENT_FILE
   recorded = json.loads(path.read_text())
   recorded[workdir_lib.ENVIRONMENT]['versions']['jax'] = '0.0.1'
   path.write_text(json.dumps(recorded))
   with caplog.at_level(logging.WARNING):
-    assert workdir_lib.claim(str(tmp_path), c, defaults=config_lib.base_config())
+    assert experiments.claim(str(tmp_path), c)
   assert 'jax 0.0.1' in caplog.text and f'jax {jax.__version__}' in caplog.text
   # The record keeps the versions the workdir was started under.
   assert json.loads(path.read_text())[workdir_lib.ENVIRONMENT]['versions']['jax'] == '0.0.1'

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import gc
+import json
 import os
 import threading
 import time
+import weakref
 
 import jax
 import numpy as np
 import pytest
 
 from lth_jax import masks, pruning, training
-from lth_jax.lottery import imp, results, transfer
+from lth_jax.lottery import iterative_pruning as imp, plan, results, rounds
+from lth_jax.lottery import ticket_transfer as transfer
 from lth_jax.models import create_model, init_variables
 from lth_jax.runtime import files
 from lth_jax.runtime.scheduler import Scheduler
@@ -31,7 +36,8 @@ class FakeFinetune:
     self.calls = []
     self.crash_on_call = crash_on_call
 
-  def __call__(self, variables, m, *, seed, checkpoint_dir, rewind_step=None):
+  def __call__(self, variables, m, *, seed, checkpoint_dir, rewind_step=None,
+               continue_from=None):
     if len(self.calls) == self.crash_on_call:
       raise KeyboardInterrupt('simulated crash')
     leaves, treedef = jax.tree.flatten(variables['params'])
@@ -46,7 +52,8 @@ class FakeFinetune:
       early = {'params': jax.tree.map(lambda x: np.asarray(x) + 1.0, variables['params']),
                'batch_stats': variables['batch_stats']}
     self.calls.append({'variables': variables, 'masks': m, 'seed': seed, 'trained': trained,
-                       'dir': checkpoint_dir, 'rewind_step': rewind_step, 'early': early})
+                       'dir': checkpoint_dir, 'rewind_step': rewind_step, 'early': early,
+                       'continue_from': continue_from})
     return training.FitResult(metric='accuracy', best_val=acc, best_epoch=1, test=acc, test_metrics={'accuracy': acc}, history=[],
                            variables={'params': trained,
                                       'batch_stats': variables['batch_stats']},
@@ -82,7 +89,7 @@ def test_rounds_rewind_to_start_and_prune_trained_weights(tmp_path, start):
     kept -= round(0.2 * kept)
   assert [round(r['sparsity'], 4) for r in records] == [0.0, 0.2, 0.36, 0.488]
   # The next round's mask is written already, so a finished run can be extended.
-  assert _equal(imp.load_round_mask(str(tmp_path), 4), expected)
+  assert _equal(rounds.load_round_mask(str(tmp_path), 4), expected)
   assert {k for k in records[2] if k.startswith('sparsity_layer')} == {
       f'sparsity_layer{i}' for i in range(1, 5)}
   torch_file = np.load(tmp_path / 'round_02' / 'mask_torch.npz')
@@ -105,8 +112,8 @@ def test_finished_rounds_are_never_recomputed_and_a_crash_resumes(tmp_path, star
   reference = imp.run_imp(str(tmp_path / 'ref'), spec, start, uninterrupted)
   assert [r['sparsity'] for r in records] == [r['sparsity'] for r in reference]
   for k in range(4):
-    assert _equal(imp.load_round_mask(str(tmp_path), k),
-                  imp.load_round_mask(str(tmp_path / 'ref'), k))
+    assert _equal(rounds.load_round_mask(str(tmp_path), k),
+                  rounds.load_round_mask(str(tmp_path / 'ref'), k))
   # Two seeds per round: mean and sample std.
   assert records[0]['test_accuracy_std'] == pytest.approx(np.std([0.9, 0.891], ddof=1))
   # Extending a finished run trains only the new round.
@@ -203,13 +210,12 @@ def test_a_sparse_record_is_never_taken_as_the_dense_band():
   dense = {'ticket': transfer.DENSE, 'sparsity': 0.0, 'runs': runs, 'test_accuracy': 0.905}
   ticket = {'ticket': 'round_01', 'sparsity': 0.2, 'runs': runs, 'test_accuracy': 0.9}
   pruned = {**dense, 'sparsity': 0.2}
-  with pytest.raises(ValueError, match="The 'dense' row is taken as the dense network, but "
-                                       'its sparsity is 20.00%'):
-    transfer.add_matching([pruned, ticket])
-  with pytest.raises(ValueError, match='round 0 is taken as the dense network'):
+  with pytest.raises(ValueError, match='round 0 is taken as the dense network, but its '
+                                       'sparsity is 20.00%'):
     results.dense_runs(pruned, 'round 0')
   assert results.dense_runs(dense, 'round 0') == runs
-  assert transfer.add_matching([dense, ticket]) == 0.2
+  band = [r['test_accuracy'] for r in results.dense_runs(dense, 'round 0')]
+  assert results.mark_matching([dense, ticket], band, 'test_accuracy') == 0.2
 
 
 class SlowFinetune:
@@ -218,7 +224,8 @@ class SlowFinetune:
   def __init__(self):
     self.lock, self.in_flight, self.overlaps = threading.Lock(), set(), []
 
-  def __call__(self, variables, m, *, seed, checkpoint_dir, rewind_step=None, mesh=None):
+  def __call__(self, variables, m, *, seed, checkpoint_dir, rewind_step=None,
+               continue_from=None, mesh=None):
     run = tuple(checkpoint_dir.split(os.sep)[-2:])
     with self.lock:
       self.in_flight.add(run)
@@ -258,8 +265,8 @@ def test_rounds_known_in_advance_train_side_by_side_with_the_sequential_results(
   assert strip(records) == strip(reference)
   assert sorted(finished) == [r['round'] for r in records]
   for k in range(spec.first_round, 5):
-    assert _equal(imp.load_round_mask(str(tmp_path / 'par'), k),
-                  imp.load_round_mask(str(tmp_path / 'seq'), k))
+    assert _equal(rounds.load_round_mask(str(tmp_path / 'par'), k),
+                  rounds.load_round_mask(str(tmp_path / 'seq'), k))
   # Runs of different rounds were in flight at once; sequentially never.
   assert max(len({r for r, _ in runs}) for runs in side_by_side.overlaps) > 1
   assert max(len(runs) for runs in sequential.overlaps) == 1
@@ -294,3 +301,121 @@ def test_a_single_run_has_no_std_only_repeated_runs_do(tmp_path, start):
   with open(tmp_path / 'rows.csv') as f:
     rows = list(csv.DictReader(f))
   assert rows[1]['test_accuracy_std'] == '' and float(rows[0]['test_accuracy_std']) > 0
+
+
+def _runs(calls, root) -> list[tuple[str, str | None]]:
+  """Each call's run and the run it was handed to continue, relative to `root`."""
+  rel = lambda d: d and os.path.relpath(d, root)  # noqa: E731
+  return [(rel(c['dir']), rel(c['continue_from'])) for c in calls]
+
+
+def test_a_rerun_executes_only_the_steps_whose_outputs_are_missing(tmp_path, start):
+  spec = imp.ImpSpec(num_rounds=3, seeds=(0, 1))
+  first = FakeFinetune()
+  records = imp.run_imp(str(tmp_path), spec, start, first)
+  assert len(first.calls) == 6
+  # A finished run's plan holds no step: every mask is on disk, every run recorded.
+  steps = plan.build(str(tmp_path), spec, in_advance=False, together=False)
+  assert steps.masks == () and [r.index for r in steps.rounds] == [0, 1, 2]
+  assert all(r.train == () and r.next_mask is None for r in steps.rounds)
+  again = FakeFinetune()
+  assert imp.run_imp(str(tmp_path), spec, start, again) == records and again.calls == []
+  # One seed's entry gone from round 1's record: that run alone trains, from the same
+  # rewound ticket; the round is recorded again with both seeds, and no mask changes.
+  path = tmp_path / 'round_01' / 'round.json'
+  record = json.loads(path.read_text())
+  record['runs'] = [r for r in record['runs'] if r['seed'] != 1]
+  path.write_text(json.dumps(record))
+  steps = plan.build(str(tmp_path), spec, in_advance=False, together=False)
+  assert [(t.round, t.seed) for r in steps.rounds for t in r.train] == [(1, 1)]
+  assert steps.masks == () and all(r.next_mask is None for r in steps.rounds)
+  before = [rounds.load_round_mask(str(tmp_path), k) for k in range(4)]
+  redo = FakeFinetune()
+  redone = imp.run_imp(str(tmp_path), spec, start, redo)
+  assert _runs(redo.calls, tmp_path) == [(os.path.join('round_01', 'seed_1'),
+                                          os.path.join('round_00', 'seed_1'))]
+  assert _equal(redo.calls[0]['variables'], first.calls[3]['variables'])
+  assert [r['seed'] for r in redone[1]['runs']] == [0, 1]
+  assert redone[1]['runs'][0] == records[1]['runs'][0]
+  assert redone[0] == records[0] and redone[2] == records[2]
+  assert all(_equal(m, rounds.load_round_mask(str(tmp_path), k)) for k, m in enumerate(before))
+
+
+def test_each_run_is_handed_the_previous_round_of_its_own_seed(tmp_path, start):
+  fake = FakeFinetune()
+  imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=3, seeds=(0, 1), dense_seeds=(0, 2)),
+              start, fake)
+  j = os.path.join
+  assert _runs(fake.calls, tmp_path) == [
+      (j('round_00', 'seed_0'), None), (j('round_00', 'seed_2'), None),
+      # Seed 1 did not train in the dense round: it continues nothing.
+      (j('round_01', 'seed_0'), j('round_00', 'seed_0')), (j('round_01', 'seed_1'), None),
+      (j('round_02', 'seed_0'), j('round_01', 'seed_0')),
+      (j('round_02', 'seed_1'), j('round_01', 'seed_1'))]
+  # A branch without its own dense round starts at round 1, from nothing.
+  branch = FakeFinetune()
+  imp.run_imp(str(tmp_path / 'random'), imp.ImpSpec(num_rounds=3, pruning='random',
+                                                    include_dense=False), start, branch)
+  assert _runs(branch.calls, tmp_path / 'random') == [
+      (j('round_01', 'seed_0'), None), (j('round_02', 'seed_0'), j('round_01', 'seed_0'))]
+  # What a run continues is handed to it; nothing parses it back from a folder name.
+  assert not hasattr(imp, 'previous_round_dir')
+
+
+class _Held:
+  """A FitResult's variables, which a weak reference can watch (dicts cannot be)."""
+
+  def __init__(self, tree):
+    self.tree = tree
+
+  def __getitem__(self, key):
+    return self.tree[key]
+
+
+def test_a_recorded_rounds_runs_and_mask_are_released(tmp_path, start):
+  fake, watched, alive = FakeFinetune(), {}, []
+
+  def finetune(variables, m, **kwargs):
+    fit = fake(variables, m, **kwargs)
+    held = _Held(fit.variables)
+    watched[(len(fake.calls), kwargs['seed'])] = weakref.ref(held)
+    return dataclasses.replace(fit, variables=held)
+
+  def on_round(record):
+    gc.collect()
+    # Only the runs of rounds not yet recorded may still be held.
+    alive.append((record['round'], sorted(k for k, ref in watched.items() if ref())))
+
+  imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=3, seeds=(0, 1)), start, finetune,
+              on_round=on_round)
+  assert alive == [(0, []), (1, []), (2, [])]
+
+
+def test_a_run_continues_no_run_of_its_own_wave(tmp_path, start):
+  spec = imp.ImpSpec(num_rounds=3, pruning='random', seeds=(0, 1))
+  steps = plan.build(str(tmp_path), spec, in_advance=True, together=True)
+  assert len(steps.waves) == 1
+  # Every round trains side by side: round k - 1 is still in progress.
+  assert [t.continue_from for r in steps.rounds for t in r.train] == [None] * 6
+  apart = plan.build(str(tmp_path), spec, in_advance=True, together=False)
+  assert [t.continue_from is None for r in apart.rounds for t in r.train] == [
+      True, True, False, False, False, False]
+  # Once round 0 is recorded, the rounds trained side by side continue from it.
+  imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=1, pruning='random', seeds=(0, 1)),
+              start, FakeFinetune())
+  steps = plan.build(str(tmp_path), spec, in_advance=True, together=True)
+  j = os.path.join
+  assert [(t.round, t.continue_from and os.path.relpath(t.continue_from, tmp_path))
+          for r in steps.rounds for t in r.train] == [
+              (1, j('round_00', 'seed_0')), (1, j('round_00', 'seed_1')), (2, None), (2, None)]
+
+
+def test_a_finetune_without_continue_from_still_runs(tmp_path, start):
+  fake = FakeFinetune()
+
+  def old_protocol(variables, m, *, seed, checkpoint_dir, rewind_step=None):
+    return fake(variables, m, seed=seed, checkpoint_dir=checkpoint_dir,
+                rewind_step=rewind_step)
+
+  records = imp.run_imp(str(tmp_path), imp.ImpSpec(num_rounds=3), start, old_protocol)
+  assert [r['round'] for r in records] == [0, 1, 2] and len(fake.calls) == 3

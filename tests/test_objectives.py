@@ -102,6 +102,17 @@ def test_bad_shapes_are_refused():
     objectives.enqueue(jnp.zeros((3, 2)), jnp.int32(0), jnp.zeros((4, 2)))
 
 
+@pytest.mark.parametrize('objective', [objectives.SimCLR, objectives.MoCo])
+def test_both_contrastive_objectives_refuse_a_bad_temperature_or_normalisation(objective):
+  with pytest.raises(ValueError, match='temperature must be > 0'):
+    objective(temperature=0.0)
+  with pytest.raises(ValueError, match='mean .* and std .* must both be None'):
+    objective(mean=(0.5,), std=None)
+  with pytest.raises(ValueError, match='must both be None'):
+    objective(mean=(0.5, 0.5), std=(0.2,))
+  objective(mean=(0.5,), std=(0.2,))  # one value per channel, as the views need
+
+
 def test_queue_replaces_oldest_keys_with_wrap_around():
   size, dim, batch = 10, 2, 4
   queue = objectives.init_queue(jax.random.key(0), size, dim)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import glob
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import data, errors, experiments, masks as masks_lib, objectives
+from lth_jax import data, errors, experiments, masks as masks_lib, objectives, pruning
 from lth_jax.experiments import config as defaults
-from lth_jax.experiments import paper, upstream
-from lth_jax.lottery import imp
+from lth_jax.experiments import paper, paper_upstream, upstream
+from lth_jax.experiments import transfer as transfer_mode
+from lth_jax.lottery import rounds
+from lth_jax.metrics.headline import Metric
 
 
 @pytest.mark.slow
@@ -31,7 +35,7 @@ def test_paper_offline_tiny_end_to_end(tmp_path):
   np.testing.assert_allclose([by_key['supervised', 'round_00']['sparsity'],
                               by_key['moco', 'round_01']['sparsity']], [0.2, 0.36], atol=1e-4)
   for k in (0, 1):
-    ticket = imp.load_round_mask(str(tmp_path / 'upstream' / 'supervised' / 'supervised'), k)
+    ticket = rounds.load_round_mask(str(tmp_path / 'upstream' / 'supervised' / 'supervised'), k)
     ticket_rows = masks_lib.summary(ticket)
     for method, layerwise in paper.RANDOM_BASELINES.items():
       row = by_key[method, f'{method}_round_{k:02d}']
@@ -86,7 +90,7 @@ def test_paper_offline_tiny_end_to_end(tmp_path):
 def test_every_pretraining_is_transferred_on_the_inputs_it_was_made_with():
   config = defaults.load_config('paper_offline')
   for objective in defaults.split_names(config.paper.pretrainings):
-    sub = paper.upstream_config(config, objective)
+    sub = paper_upstream.upstream_config(config, objective)
     objective_fn = objectives.get(objective).build(upstream.settings(sub))
     info = data.get_info(sub.data.dataset)
     if objective == 'supervised':  # the dataset pipeline normalises, as in transfer
@@ -100,7 +104,8 @@ def test_every_pretraining_trains_on_the_pipeline_the_paper_config_resolved(pipe
   config = defaults.load_config('paper_offline')
   config.data.pipeline = pipeline
   for objective in defaults.split_names(config.paper.pretrainings):
-    assert paper.upstream_config(config, objective).data.pipeline == pipeline, objective
+    sub = paper_upstream.upstream_config(config, objective)
+    assert sub.data.pipeline == pipeline, objective
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -130,6 +135,21 @@ def test_task_specific_imp_refuses_prune_first_before_any_compute(tmp_path):
   defaults.validate(config)
 
 
+def test_imp_pruning_unused_without_task_specific_imp_is_said(caplog):
+  """Upstream IMP uses its pre-training's recipe: with task_imp_rounds=0 nothing reads it."""
+  config = defaults.load_config('paper_offline:tiny')
+  config.paper.task_imp_rounds = 0
+  config.imp.pruning = 'layerwise_magnitude'
+  with caplog.at_level('WARNING'):
+    paper.validate(config)
+  assert "config.imp.pruning='layerwise_magnitude' is unused" in caplog.text
+  caplog.clear()
+  config.imp.pruning = 'magnitude'
+  with caplog.at_level('WARNING'):
+    paper.validate(config)
+  assert 'is unused' not in caplog.text
+
+
 def test_paper_config_matches_its_docstring():
   config = defaults.load_config('paper_offline')
   assert config.paper.pretrainings.split(',') == ['supervised', 'simclr', 'moco']
@@ -137,7 +157,102 @@ def test_paper_config_matches_its_docstring():
   assert config.pretrain.dataset == 'animal_mnist_a'
   assert data.get_info('animal_mnist_b_few').split_sizes['train'] == 5 * 20
   # The upstream recipe keeps its own batch size; transfer uses the config's.
-  assert paper.upstream_config(config, 'moco').data.batch_size == 128 != config.data.batch_size
+  upstream_batch = paper_upstream.upstream_config(config, 'moco').data.batch_size
+  assert upstream_batch == 128 != config.data.batch_size
   assert config.num_seeds == 3 and config.imp.num_rounds == 8
   assert 1 - 0.8 ** config.imp.num_rounds == pytest.approx(0.832, abs=1e-3)
 
+
+
+def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
+  """HEAD's semantics: one fine-tuning seed gives no spread to judge the gain by, even when
+  the dense point has several runs (num_seeds=1 with dense_seeds >= 2)."""
+  metric = Metric('accuracy', 'accuracy', 'accuracy')
+  rows = [{'method': 'supervised', 'ticket': 'dense', 'sparsity': 0.0, 'test_accuracy': 0.9}]
+  judged = paper._judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8], [0.5],
+                         metric, num_seeds=1)
+  assert judged[0]['can_test_claim'] is None
+  judged = paper._judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8],
+                         [0.5, 0.5], metric, num_seeds=2)
+  assert judged[0]['can_test_claim'] is True
+
+
+# ------------------------------------------------------------- random baselines, presets
+
+
+def _tickets() -> dict:
+  """Two nested tickets (20% and 36% by global magnitude) of a small conv tree."""
+  keys = jax.random.split(jax.random.key(7), 3)
+  params = {'conv1': {'kernel': jnp.ones((3, 3, 1, 4))},
+            'layer1_0': {'conv1': {'kernel': jax.random.normal(keys[0], (3, 3, 4, 4))},
+                         'conv2': {'kernel': jax.random.normal(keys[1], (3, 3, 4, 8))}},
+            'layer2_0': {'conv1': {'kernel': jax.random.normal(keys[2], (3, 3, 8, 16))}}}
+  first = pruning.global_magnitude(params, masks_lib.init(params), 0.2)
+  return {'round_01': first, 'round_02': pruning.global_magnitude(params, first, 0.2)}
+
+
+def _leaves(tree) -> list:
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize('method', list(paper.RANDOM_BASELINES))
+def test_random_baselines_are_one_draw_in_transfer_and_paper_mode(tmp_path, method):
+  tickets = _tickets()
+  config = defaults.base_config()
+  config.update_from_flattened_dict({'seed': 3, 'mode': 'transfer', 'transfer.variant': method})
+  drawn = transfer_mode._baseline_tickets(config, tickets, start={})
+  in_paper = paper.random_masks(str(tmp_path), 3, tickets, None, (method,))
+  assert list(in_paper) == [f'{method}_{name}' for name in tickets]
+  for name, ticket in tickets.items():
+    # The same ticket and seed: the same mask in both modes ...
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(drawn[name]),
+                                                    _leaves(in_paper[f'{method}_{name}'])))
+    # ... transfer mode's draw as it always was (fold_in(key(seed), i) for the i-th ticket),
+    i = list(tickets).index(name)
+    old = pruning.random_like(jax.random.fold_in(jax.random.key(3), i), ticket,
+                              layerwise=paper.RANDOM_BASELINES[method])
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(drawn[name]), _leaves(old)))
+    # ... with the ticket's counts (its total, and with the layer profile each layer's).
+    assert masks_lib.sparsity(drawn[name]) == masks_lib.sparsity(ticket)
+  # A baseline's masks do not depend on the others drawn beside it.
+  both = paper.random_masks(str(tmp_path / 'both'), 3, tickets, None,
+                            tuple(paper.RANDOM_BASELINES))
+  assert all(np.array_equal(a, b) for a, b in zip(
+      _leaves({k: v for k, v in both.items() if k.startswith(f'{method}_')}),
+      _leaves(in_paper)))
+
+
+def test_a_workdir_resumes_with_the_random_masks_it_saved(tmp_path):
+  """Masks drawn by an older lth_jax (another keying) stay those its runs trained on."""
+  tickets = _tickets()
+  saved = pruning.random_like(jax.random.key(99), tickets['round_02'], layerwise=False)
+  masks_lib.save(tmp_path / 'random_masks' / 'random_global_round_02', saved)
+  out = paper.random_masks(str(tmp_path), 0, tickets, None, ('random_global',))
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(out['random_global_round_02']),
+                                                  _leaves(saved)))
+  fresh = pruning.random_baselines(0, tickets, 'random_global')['round_01']
+  assert all(np.array_equal(a, b) for a, b in zip(_leaves(out['random_global_round_01']),
+                                                  _leaves(fresh)))
+  assert (tmp_path / 'random_masks' / 'random_global_round_01').is_dir()
+
+
+def test_paper_mode_reads_no_config_file(monkeypatch, tmp_path):
+  """Its upstream recipes are the package's presets, whatever configs/ holds (or lacks)."""
+  config = defaults.load_config('paper_offline:tiny')
+  expected = {o: paper_upstream.upstream_config(config, o).to_dict()
+              for o in ('supervised', 'simclr', 'moco')}
+  monkeypatch.setattr(defaults, 'CONFIG_DIR', tmp_path)  # an empty configs/
+  monkeypatch.setattr(defaults, 'load_config', None)     # and no loader
+  for objective, want in expected.items():
+    assert paper_upstream.upstream_config(config, objective).to_dict() == want
+  assert expected['simclr']['upstream']['temperature'] == 0.5  # the recipe's, not a default
+  assert expected['simclr']['optim']['optimizer'] == 'lars'
+  defaults.validate(config)
+  with pytest.raises(errors.ConfigError, match='paper.pretrainings'):
+    defaults.validate(_with(config, 'paper.pretrainings', 'supervised,byol'))
+
+
+def _with(config, field, value):
+  config = config.copy_and_resolve_references()
+  config.update_from_flattened_dict({field: value})
+  return config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lth_jax.lottery import results
+from lth_jax.tasks.classification import ACCURACY
 
 
 def test_ticks_are_one_imp_round_apart():
@@ -23,7 +24,7 @@ def test_figure_is_written_as_png_and_pdf(tmp_path):
   random = [{**r, 'test_accuracy': r['test_accuracy'] - 0.03} for r in rows]
   path = results.plot_vs_sparsity(str(tmp_path / 'accuracy_vs_sparsity.png'),
                                   {'magnitude': rows, 'random_global': random},
-                                  dense=[0.9, 0.91, 0.89], title='test')
+                                  dense=[0.9, 0.91, 0.89], title='test', metric=ACCURACY)
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
   assert (tmp_path / 'accuracy_vs_sparsity.pdf').read_bytes()[:4] == b'%PDF'
 
@@ -32,7 +33,7 @@ def _drawn(monkeypatch, tmp_path, curves, **kwargs):
   """Plots `curves` and returns the figure's axes (captured before it is closed)."""
   figures = []
   monkeypatch.setattr(results.files, 'save_figure', lambda fig, path: figures.append(fig))
-  results.plot_vs_sparsity(str(tmp_path / 'p.png'), curves, **kwargs)
+  results.plot_vs_sparsity(str(tmp_path / 'p.png'), curves, metric=ACCURACY, **kwargs)
   return figures[0].axes[0]
 
 

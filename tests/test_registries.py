@@ -14,11 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax import data, experiments, masks, objectives, pruning, tasks, training
+from lth_jax import data, errors, experiments, masks, objectives, pruning, tasks, training
 from lth_jax.data import registry as dataset_registry
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import wiring
-from lth_jax.lottery import imp, results
+from lth_jax.experiments import sources, upstream, wiring
+from lth_jax.lottery import iterative_pruning as imp, results, rounds
+from lth_jax.models import init_variables
 from lth_jax.objectives import contrastive
 from lth_jax.runtime import workdir as workdir_lib
 from lth_jax.tasks.classification import Classification, evaluate
@@ -54,8 +55,9 @@ class RecordingFinetunes:
   def __call__(self, config, model, *args, **kwargs):
     self.made.append({'model': model, **kwargs})
 
-    def finetune(variables, m, *, seed, checkpoint_dir, rewind_step=None):
-      del m, checkpoint_dir, rewind_step
+    def finetune(variables, m, *, seed, checkpoint_dir, rewind_step=None,
+                 continue_from=None):
+      del m, checkpoint_dir, rewind_step, continue_from
       value = 0.5 + 0.01 * seed
       return training.FitResult(metric='accuracy', best_val=value, best_epoch=1, test=value,
                                 test_metrics={'accuracy': value}, history=[],
@@ -98,7 +100,7 @@ def test_snip_runs_from_the_command_line_config(monkeypatch, tmp_path):
                                   theta['batch_stats'])
   want = pruning.prune('snip', pruning.ScoreInputs(
       masks=masks.init(theta['params']), rewind=theta['params'], gradient=gradient), 0.2)
-  got = imp.load_round_mask(str(tmp_path / 'snip'), 1)
+  got = rounds.load_round_mask(str(tmp_path / 'snip'), 1)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
   magnitude = pruning.global_magnitude(theta['params'], masks.init(theta['params']), 0.2)
   assert masks.overlap(got, magnitude)['total']['iou'] < 0.95
@@ -112,8 +114,13 @@ class ByolDouble(contrastive.SimCLR):
 
 
 def test_an_objective_is_one_spec(monkeypatch, registered, tmp_path):
+  # Its head and its per-round metric are objects: a new kind of either comes with it.
+  wide = objectives.Head('mlp', lambda settings, classes: 2 * settings.projection_dim)
+  constant = objectives.RoundMetric(
+      'constant', lambda model, source, settings, mesh: lambda variables, split: {
+          'accuracy': 0.25, 'loss': 0.0})
   byol = objectives.ObjectiveSpec(
-      'byol', head='mlp', checkpoint_source='torchvision', evaluator='knn', views='simclr',
+      'byol', head=wide, checkpoint_source='torchvision', evaluator=constant, views='simclr',
       build=lambda s: ByolDouble(temperature=s.temperature, views=s.views, mean=s.mean,
                                  std=s.std))
   registered(objectives.OBJECTIVES, 'byol', byol)
@@ -128,9 +135,94 @@ def test_an_objective_is_one_spec(monkeypatch, registered, tmp_path):
   assert [r['round'] for r in out['records']] == [0]
   made = recorder.made[-1]
   assert isinstance(made['objective'], ByolDouble) and made['raw_images']
-  assert set(made['model'].init(jax.random.key(0), np.zeros((1, 8, 8, 1)))['params']) >= {
-      'fc_0', 'fc_2'}
+  params = made['model'].init(jax.random.key(0), np.zeros((1, 8, 8, 1)))['params']
+  assert params['fc_2']['kernel'].shape[-1] == 2 * config.upstream.projection_dim
+  assert out['theta_p'] == {'test_accuracy': 0.25, 'val_accuracy': 0.25}
   assert os.path.isdir(tmp_path / 'byol' / 'round_01' / 'mask')
+
+
+def tiny_upstream(objective, **overrides):
+  c = config_lib.load_config(f'{objective}_imp:demo')
+  c.update_from_flattened_dict({
+      'data.dataset': 'digits', 'pretrain.dataset': 'digits', 'pretrained.source': 'random',
+      'model.width_multiplier': 0.125, 'imp.num_rounds': 1, 'num_devices': 1,
+      'data.batch_size': 64, 'data.eval_batch_size': 64, 'upstream.queue_size': 256,
+      **overrides})
+  return c
+
+
+@pytest.mark.parametrize('objective', ['simclr', pytest.param('moco', marks=pytest.mark.slow)])
+def test_snip_prunes_upstream_by_the_objectives_own_gradient(monkeypatch, tmp_path, objective):
+  monkeypatch.setattr(wiring, 'make_finetune', RecordingFinetunes())
+  made, real = [], wiring.loss_gradient
+
+  def loss_gradient(*args, **kwargs):
+    made.append({**kwargs, 'gradient': real(*args, **kwargs)})
+    return made[-1]['gradient']
+
+  monkeypatch.setattr(wiring, 'loss_gradient', loss_gradient)
+  config = tiny_upstream(objective, **{'imp.pruning': 'snip', 'imp.score_batches': 1})
+  out = experiments.run(config, str(tmp_path))
+  # The first mask (prune_first) is SNIP of θ_p by the gradient of the objective's own
+  # loss on its views (a stateful loss: SimCLR's view key, MoCo's key encoder and queue).
+  [used] = made
+  assert type(used['objective']) is type(objectives.get(objective).build(
+      upstream.settings(config))) and used['raw_images']
+  theta = out['start']
+  want = pruning.prune('snip', pruning.ScoreInputs(
+      masks=masks.init(theta['params']), rewind=theta['params'], gradient=used['gradient']),
+      0.2)
+  got = rounds.load_round_mask(out['run_dir'], 0)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+  magnitude = pruning.global_magnitude(theta['params'], masks.init(theta['params']), 0.2)
+  assert masks.overlap(got, magnitude)['total']['iou'] < 0.95
+
+
+def test_upstream_trains_the_seeds_and_rewind_scope_the_config_names(monkeypatch, tmp_path):
+  monkeypatch.setattr(wiring, 'make_finetune', RecordingFinetunes())
+  specs = []
+  real = upstream.run_imp
+  monkeypatch.setattr(upstream, 'run_imp', lambda run_dir, spec, *args, **kwargs: (
+      specs.append(spec) or real(run_dir, spec, *args, **kwargs)))
+  config = tiny_upstream('supervised', **{
+      'imp.num_rounds': 2, 'imp.prune_first': False, 'imp.rewind_scope': 'prunable',
+      'num_seeds': 2, 'dense_seeds': 3})
+  out = experiments.run(config, str(tmp_path))
+  assert (specs[0].seeds, specs[0].dense_seeds, specs[0].rewind_scope) == (
+      (0, 1), (0, 1, 2), 'prunable')
+  assert [[run['seed'] for run in r['runs']] for r in out['records']] == [[0, 1, 2], [0, 1]]
+
+
+def test_snip_where_no_gradient_is_computed_is_refused_before_the_claim(tmp_path):
+  config = config_lib.load_config('paper_offline:tiny')
+  config.update_from_flattened_dict({'imp.pruning': 'snip', 'paper.task_imp_rounds': 2,
+                                     'num_devices': 1})
+  with pytest.raises(errors.ConfigError, match=r"config\.imp\.pruning='snip': scores by the "
+                     r'loss gradient.*--config\.paper\.task_imp_rounds=0'):
+    experiments.run(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+  config.paper.task_imp_rounds = 0  # then imp.pruning is not read
+  config_lib.validate(config)
+
+
+# ------------------------------------------------------------------------- θ_p's source
+
+def test_a_pretrained_source_is_one_registration(monkeypatch, registered, tmp_path):
+  monkeypatch.setattr(wiring, 'make_finetune', RecordingFinetunes())
+  seeds = []
+
+  def halved(origin):  # a random init at half scale, the same for every seed
+    init = jax.device_get(init_variables(origin.model, jax.random.key(7), origin.image_size))
+    return lambda seed: seeds.append(seed) or jax.tree.map(lambda x: x / 2, init)
+
+  registered(sources.SOURCES, 'halved', sources.Source('halved', halved, point='θ_h'))
+  config = tiny(**{'pretrained.source': 'halved', 'imp.num_rounds': 1,
+                   'imp.random_baseline': False})
+  out = experiments.run(config, str(tmp_path))
+  assert out['curves']['magnitude'][0]['sparsity'] == 0 and seeds
+  assert experiments.imp.labels(config)['magnitude'].endswith('rewind to θ_h')
+  with pytest.raises(errors.ConfigError, match=r"pretrained\.source='halve'.*'halved'"):
+    config_lib.validate(tiny(**{'pretrained.source': 'halve'}))
 
 
 # ---------------------------------------------------------------------------------- task
@@ -138,7 +230,7 @@ def test_an_objective_is_one_spec(monkeypatch, registered, tmp_path):
 class BalancedClassification(Classification):
   """A toy task: classification judged by balanced accuracy (the mean per-class recall)."""
   name = 'balanced'
-  metric = results.Metric('balanced_accuracy', 'balanced accuracy', 'balanced_accuracy')
+  metric = tasks.Metric('balanced_accuracy', 'balanced accuracy', 'balanced_accuracy')
 
   def evaluator(self, model, dataset, *, batch_size, data_dir, mesh):
     def evaluate_balanced(variables, split):
@@ -186,3 +278,30 @@ def test_experiment_json_records_only_what_the_mode_reads(monkeypatch, tmp_path)
   # A config that differs only in another mode's section is the same experiment.
   assert experiments.run(tiny(**{'imp.num_rounds': 1, 'imp.random_baseline': False,
                                  'transfer.datasets': 'mnist5k'}), str(tmp_path / 'imp'))
+
+
+def test_the_queue_check_asks_the_objective(registered):
+  """upstream.queue_size is checked for an objective whose spec keeps a queue, by name none."""
+  assert objectives.get('moco').queue
+  assert not objectives.get('simclr').queue and not objectives.get('supervised').queue
+  config = tiny(**{'mode': 'upstream', 'upstream.objective': 'moco', 'data.batch_size': 64,
+                   'upstream.queue_size': 32, 'pretrained.source': 'random',
+                   'imp.random_baseline': False})
+  with pytest.raises(errors.ConfigError, match='at least one global batch'):
+    upstream.validate(config)
+  registered(objectives.OBJECTIVES, 'queued',
+             dataclasses.replace(objectives.get('simclr'), name='queued', queue=True))
+  config.upstream.objective = 'queued'
+  with pytest.raises(errors.ConfigError, match='at least one global batch'):
+    upstream.validate(config)
+  config.upstream.objective = 'simclr'
+  upstream.validate(config)
+
+
+def test_a_random_criterion_says_so_and_the_imp_mode_asks(registered):
+  """imp.random_baseline is refused for a criterion whose registry entry is random."""
+  assert pruning.get('random').random and pruning.get('layerwise_random').random
+  assert not pruning.get('snip').random and not pruning.get('magnitude').random
+  registered(pruning.CRITERIA, 'coin', dataclasses.replace(pruning.get('random'), random=True))
+  with pytest.raises(errors.ConfigError, match='already prunes at random'):
+    experiments.imp.validate(tiny(**{'imp.pruning': 'coin', 'imp.random_baseline': True}))

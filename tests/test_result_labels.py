@@ -7,6 +7,7 @@ the lines only the experiment prints.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 
@@ -15,14 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lth_jax import experiments, masks, pruning
-from lth_jax.analysis import plots, workdirs
+from lth_jax import data, experiments, masks, pruning, tasks
+from lth_jax.analysis import imp_runs, plots
 from lth_jax.experiments import config as config_lib
 from lth_jax.lottery import results
 from lth_jax.models import create_model
+from lth_jax.tasks.classification import ACCURACY
 
-TEN_CLASSES = results.with_chance(results.ACCURACY, 10)
-MIOU = results.Metric('miou', 'mIoU', 'miou')
+TEN_CLASSES = tasks.get('classification').headline(data.get_info('digits'))
+MIOU = tasks.Metric('miou', 'mIoU', 'miou')
 
 
 def _rows(dense: list[float], sparse: list[float | None]) -> list[dict]:
@@ -50,9 +52,35 @@ def _legend(ax) -> list[str]:
 
 
 def test_chance_is_known_for_accuracy_only():
-  assert TEN_CLASSES.chance == pytest.approx(0.1)
-  assert results.ACCURACY.chance is None  # a task's metric knows no dataset
-  assert results.with_chance(MIOU, 21) == MIOU
+  assert TEN_CLASSES.chance == pytest.approx(0.1) and TEN_CLASSES.key == 'accuracy'
+  assert ACCURACY.chance is None  # a task's metric knows no dataset
+  assert tasks.get('segmentation').headline(data.get_info('digit_canvas_seg')) == (
+      tasks.get('segmentation').metric)  # mIoU's chance level depends on the data
+
+
+def test_the_engine_has_no_metric_of_its_own():
+  """Tasks name their headline metric; the lottery engine takes it, with no default."""
+  from lth_jax import lottery
+  assert not hasattr(lottery, 'Metric') and not hasattr(results, 'ACCURACY')
+  assert not hasattr(results, 'with_chance')
+  for fn, name in ((results.report, 'metric'), (results.plot_vs_sparsity, 'metric'),
+                   (results.extreme_sparsity, 'key'), (lottery.run_transfer, 'metric')):
+    assert inspect.signature(fn).parameters[name].default is inspect.Parameter.empty, fn
+  assert isinstance(tasks.get('detection').metric, tasks.Metric)
+
+
+def test_matching_is_marked_in_one_place():
+  rows = [{'sparsity': 0.0, 'test_miou': 0.5}, {'sparsity': 0.2, 'test_miou': 0.49},
+          {'sparsity': 0.36, 'test_miou': 0.4}]
+  # The band: 0.5 - 0.0283 (the sample std of the two dense runs).
+  assert results.mark_matching(rows, [0.48, 0.52], 'test_miou') == 0.2
+  assert [r['matching'] for r in rows] == [True, True, False]
+  assert list(rows[1]) == ['sparsity', 'test_miou', 'matching']  # the tables' last column
+  # One dense run: the band is its value alone.
+  assert results.mark_matching(rows, [0.49], 'test_miou') == 0.2
+  # No dense round (IMP that pruned before round 0): nothing is judged.
+  assert results.mark_matching(rows, [], 'test_miou') is None
+  assert [r['matching'] for r in rows] == [None] * 3
 
 
 @pytest.mark.parametrize('dense, smoke, why', [
@@ -126,7 +154,8 @@ def test_plot_x_axis_is_sparsity_and_the_std_band_is_in_the_legend(tmp_path, mon
   rows = _rows([0.90, 0.92], [0.91, 0.90, 0.89, 0.85, 0.80])
   for r in rows[1:]:
     r['test_accuracy_std'] = 0.01
-  results.plot_vs_sparsity(str(tmp_path / 'p.png'), {'magnitude': rows}, dense=[0.90, 0.92])
+  results.plot_vs_sparsity(str(tmp_path / 'p.png'), {'magnitude': rows}, dense=[0.90, 0.92],
+                           metric=ACCURACY)
   ax = figures[0].axes[0]
   assert ax.get_xlabel() == 'sparsity (%)'
   labels = [ax.xaxis.get_major_formatter()(t, i) for i, t in enumerate(ax.get_xticks())]
@@ -197,7 +226,7 @@ def test_analysis_compares_trained_masks_only(tmp_path, params):
     _write_round(tmp_path / 'magnitude', k, m, 0.9 if k < 2 else None)
   _write_round(tmp_path / 'random', 1, rand[1], 0.85)
   _write_round(tmp_path / 'random', 2, rand[2], None)
-  path = workdirs.analyze_workdirs([str(tmp_path)])
+  path = imp_runs.analyze_workdirs([str(tmp_path)])
   with open(tmp_path / 'analysis' / 'overlap_vs_sparsity.json') as f:
     curve = json.load(f)
   assert [(r['pair'], round(r['sparsity'], 2)) for r in curve] == [('magnitude vs random', 0.2)]
@@ -212,15 +241,15 @@ def test_rerun_with_fewer_rounds_names_the_rounds_left_out(tmp_path):
     (run / f'round_{k:02d}').mkdir(parents=True)
     if k < 4:  # round 4 holds only the next mask
       (run / f'round_{k:02d}' / 'round.json').write_text('{}')
-  line = workdirs.rounds_left_out(str(run), 2)
+  line = imp_runs.rounds_left_out(str(run), 2)
   assert line == (f'{run}: results.csv holds the rounds below imp.num_rounds=2 only; rounds '
                   '2, 3 were trained before and stay on disk (--config.imp.num_rounds=4 tables '
                   'them again).')
-  assert workdirs.rounds_left_out(str(run), 3) == (
+  assert imp_runs.rounds_left_out(str(run), 3) == (
       f'{run}: results.csv holds the rounds below imp.num_rounds=3 only; round 3 was trained '
       'before and stays on disk (--config.imp.num_rounds=4 tables it again).')
-  assert workdirs.rounds_left_out(str(run), 4) == ''
-  assert workdirs.rounds_left_out(str(tmp_path / 'nothing'), 1) == ''
+  assert imp_runs.rounds_left_out(str(run), 4) == ''
+  assert imp_runs.rounds_left_out(str(tmp_path / 'nothing'), 1) == ''
 
 
 # ---------------------------------------------------------------------- the tiny demo

@@ -13,8 +13,19 @@ import pytest
 
 from lth_jax import errors, experiments, masks
 from lth_jax.experiments import config as config_lib
-from lth_jax.lottery import imp
+from lth_jax.lottery import iterative_pruning as imp, rounds
 from lth_jax.runtime.scheduler import Scheduler
+
+
+def test_a_scheduler_of_one_group_runs_each_job_in_turn_on_the_callers_own_mesh():
+  # What run_imp executes its plan with when it is given no scheduler.
+  scheduler, seen = Scheduler(None), []
+  assert scheduler.concurrent == 1
+  assert scheduler.map(lambda item, mesh: seen.append((item, mesh)) or 2 * item,
+                       [1, 2, 3]) == [2, 4, 6]
+  assert seen == [(1, None), (2, None), (3, None)]
+  with pytest.raises(ValueError, match='must divide the 0 devices'):
+    Scheduler([])
 
 
 def test_map_keeps_order_and_gives_each_run_its_own_devices():
@@ -80,8 +91,8 @@ def test_scheduled_runs_equal_sequential_runs_on_as_many_devices(tmp_path):
   assert _rows(scheduled) == _rows(sequential)
   for method in ('magnitude', 'random'):
     for k in range(2 if method == 'magnitude' else 1, 3):
-      a = imp.load_round_mask(str(sequential / method), k)
-      b = imp.load_round_mask(str(scheduled / method), k)
+      a = rounds.load_round_mask(str(sequential / method), k)
+      b = rounds.load_round_mask(str(scheduled / method), k)
       assert masks.sparsity(a) > 0 and jax.tree.all(jax.tree.map(np.array_equal, a, b))
   assert len(out['curves']['magnitude'][0]['runs']) == 3
   # The experiment ETA's count: every fine-tune, one folder each (dense 3, then 2 seeds

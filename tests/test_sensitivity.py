@@ -47,6 +47,7 @@ def test_sweep_and_connectivity_of_an_imp_ticket(imp_workdir):
   assert again['mask_swap'][name] == swap
 
 
+@pytest.mark.slow
 def test_analyze_command_adds_the_sensitivity_sections(imp_workdir):
   workdir, _ = imp_workdir
   subprocess.run([sys.executable, '-m', 'lth_jax.analyze', f'--workdir={workdir}',

@@ -321,7 +321,7 @@ def test_fit_resumes_bit_identically(tiny, tmp_path, async_checkpoints):
                             straight.variables['params']['fc']['kernel'])
 
 
-def test_a_run_checkpointed_by_lth_jax_0_1_resumes(tiny, tmp_path):
+def test_a_run_checkpointed_in_the_accuracy_only_format_resumes(tiny, tmp_path):
   """Mid-run checkpoints written before metrics were named by the task resume exactly."""
   model, variables, masks = tiny
   config = recipe()
@@ -332,7 +332,7 @@ def test_a_run_checkpointed_by_lth_jax_0_1_resumes(tiny, tmp_path):
   (meta_file,) = old.glob('*/meta/metadata')
   meta = json.loads(meta_file.read_text())
   best, test = meta.pop('best_val'), meta.pop('test_metrics')['accuracy']
-  meta.update(best_val_accuracy=best, test_accuracy=test)  # lth_jax 0.1's keys
+  meta.update(best_val_accuracy=best, test_accuracy=test)  # the accuracy-only format's keys
   meta_file.write_text(json.dumps(meta))
   resumed = run_fit(model, variables, masks, old, config)
   assert (resumed.best_val, resumed.best_epoch, resumed.test) == (
@@ -436,6 +436,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tiny, tmp_path):
   model, variables, masks = tiny
   rng = np.random.default_rng(0)

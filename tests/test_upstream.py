@@ -273,6 +273,8 @@ def test_upstream_imp_runs_for_every_objective(tmp_path, objective):
     ('upstream.queue_size', 32, 'at least one global batch'),
     ('pretrain.dataset', 'mnist5k', 'pre-trains θ_p on its own task'),
     ('imp.rewind', 'step', "rewinds to θ_p"),
+    ('imp.random_baseline', True, 'runs no random-pruning branch'),
+    ('dense_seeds', 2, 'prunes θ_p before round 0, so no round is dense'),
     ('upstream.views', 'byol', 'choose one of')])
 def test_bad_upstream_config_is_refused(tmp_path, field, value, message):
   config = tiny_upstream('moco', **{field: value})

@@ -72,7 +72,9 @@ def test_the_demo_runs_where_tensorflow_and_clu_are_not_installed(tmp_path):
       'assert importlib.util.find_spec("tensorflow") is None\n'
       'assert importlib.util.find_spec("clu") is None\n'
       'from absl import app\n'
-      'from lth_jax import data, main\n'
+      # The experiment layer (which the command line imports before reading data) names
+      # settings as --config flags.
+      'from lth_jax import data, experiments, main\n'
       'try:\n'
       '  data.train_batches("digits", batch_size=8, epoch=0, seed=0)\n'
       'except ImportError as e:\n'

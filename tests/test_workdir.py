@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from lth_jax import errors
+from lth_jax import errors, experiments
 from lth_jax.experiments import config as defaults
 from lth_jax.runtime import files as results
 from lth_jax.runtime import workdir
@@ -22,7 +22,7 @@ def config(**overrides):
 
 
 def claim(path, c, **kwargs):
-  return workdir.claim(str(path), c, defaults=defaults.base_config(), **kwargs)
+  return experiments.claim(str(path), c, **kwargs)
 
 
 def test_changes_that_cannot_change_a_result_resume(tmp_path):
@@ -73,11 +73,10 @@ def test_a_moved_checkpoint_is_the_same_input_a_different_one_is_not(tmp_path):
 
 
 def test_a_new_recipe_only_after_a_divergence_and_before_training_used_the_old(tmp_path):
-  work = {'optim.': ['*/round_*/seed_*']}
-  claim(tmp_path, config(), recipe_work=work)
+  claim(tmp_path, config())  # mode imp: optim.* trained */round_*/seed_*
   fixed = config(**{'optim.learning_rate': 0.01})
   with pytest.raises(errors.WorkdirError, match='only after a run in it diverged'):
-    claim(tmp_path, fixed, recipe_work=work)
+    claim(tmp_path, fixed)
   run = tmp_path / 'magnitude' / 'round_00' / 'seed_0'
   run.mkdir(parents=True)
   (run / 'checkpoint').write_text('trained with the old recipe')
@@ -87,18 +86,57 @@ def test_a_new_recipe_only_after_a_divergence_and_before_training_used_the_old(t
   assert moved == str(tmp_path / 'diverged' / '0' / 'magnitude' / 'round_00' / 'seed_0')
   log = json.load(open(tmp_path / workdir.DIVERGED_FILE))
   assert log[0]['step'] == 3 and log[0]['moved_to'] == 'diverged/0/magnitude/round_00/seed_0'
-  assert claim(tmp_path, fixed, recipe_work=work)  # nothing trained with 0.05 is left
+  assert claim(tmp_path, fixed)  # nothing trained with 0.05 is left
   # Once the new recipe has trained something, another change would mix recipes.
   run.mkdir(parents=True)
   with pytest.raises(errors.WorkdirError, match='mix two recipes'):
-    claim(tmp_path, config(**{'optim.learning_rate': 0.001}), recipe_work=work)
+    claim(tmp_path, config(**{'optim.learning_rate': 0.001}))
 
 
-def test_for_config_names_a_folder_per_config(tmp_path):
+def test_workdir_for_names_a_folder_per_config(tmp_path):
   a, b = config(), config(**{'imp.num_rounds': 2})
-  assert workdir.for_config(str(tmp_path), a) == workdir.for_config(str(tmp_path), config())
-  assert workdir.for_config(str(tmp_path), a) != workdir.for_config(str(tmp_path), b)
-  assert os.path.dirname(workdir.for_config(str(tmp_path), a)) == str(tmp_path)
+  named = lambda c: experiments.workdir_for(str(tmp_path), c)
+  assert named(a) == named(config()) != named(b)
+  assert os.path.dirname(named(a)) == str(tmp_path)
+  assert os.path.basename(named(a)).startswith('imp_digits_')
+
+
+def test_the_runtime_claims_plain_records_by_the_rules_it_is_given(tmp_path):
+  # The runtime knows no setting: which fields may change comes with the call.
+  record = {'run': {'rounds': 2, 'cache': '/a'}, 'lr': 0.1}
+  rules = workdir.ResumeRules(neutral=('run.cache',),
+                              growing={'run.rounds': lambda old, new: new['run.rounds'] >=
+                                       old['run.rounds']},
+                              rerun_fix=lambda path: f'rerun with {path}')
+  assert not workdir.claim(str(tmp_path), record, rules=rules)
+  assert workdir.claim(str(tmp_path), {'run': {'rounds': 3, 'cache': '/b'}, 'lr': 0.1},
+                       rules=rules)
+  for changed, field in (({'rounds': 2, 'cache': '/b'}, 'run.rounds: 3 -> 2'),
+                         ({'rounds': 3, 'cache': '/b', 'new': 1}, 'run.new: None -> 1')):
+    with pytest.raises(errors.WorkdirError, match=f'{field}.*rerun with .*experiment.json'):
+      workdir.claim(str(tmp_path), {'run': changed, 'lr': 0.1}, rules=rules)
+  # A field the record lacks counts as its default.
+  assert workdir.claim(str(tmp_path), {'run': {'rounds': 3, 'cache': '/b', 'new': 1},
+                                       'lr': 0.1}, rules=rules, defaults={'run': {'new': 1}})
+  with pytest.raises(errors.WorkdirError, match=r'lr: 0\.1 -> 0\.2'):
+    workdir.claim(str(tmp_path), {'run': {'rounds': 3, 'cache': '/b', 'new': 1}, 'lr': 0.2},
+                  rules=rules)
+
+
+def test_no_module_below_the_experiment_layer_reads_a_config():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(experiments.__file__)))
+  readers = []
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      relative = os.path.relpath(path, root)
+      if (not name.endswith('.py') or relative.startswith('experiments' + os.sep)
+          or relative in ('main.py', 'analyze.py')):
+        continue
+      text = open(path).read()
+      if 'ml_collections' in text or 'ConfigDict' in text:
+        readers.append(relative)
+  assert not readers
 
 
 def test_concurrent_writers_of_one_file_never_share_a_temporary_file(tmp_path):

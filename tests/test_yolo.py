@@ -17,7 +17,7 @@ import pytest
 from lth_jax import masks
 from lth_jax.models.yolo import (ANCHORS, STRIDES, YoloHead, YoloNeck, create_detector, decode,
                                  neck_channels)
-from lth_jax.yolo import (build_targets, ciou, giou, grid_sizes, iou, nms, postprocess,
+from lth_jax.tasks.yolo import (build_targets, ciou, giou, grid_sizes, iou, nms, postprocess,
                           xywh_to_xyxy, xyxy_to_xywh, yolo_loss)
 
 IMAGE = 64

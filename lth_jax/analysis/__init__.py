@@ -7,9 +7,10 @@
 
 Modules: `structure` (pure functions over mask trees), `perturbation` (perturbed
 tickets, sweeps and linear mode connectivity over fine-tuning callables), `plots`
-(PNG figures), `report` (the markdown report), `workdirs` (IMP runs on disk; the
+(PNG figures), `report` (the markdown report), `imp_runs` (IMP runs on disk; the
 `python -m lth_jax.analyze` command). Reads no config; may import `lth_jax.masks`,
-`lth_jax.lottery` (results, the fine-tuning protocol) and `lth_jax.runtime`.
+`lth_jax.lottery` (results, the fine-tuning protocol), `lth_jax.metrics` (the headline
+`Metric` a round record is named by) and `lth_jax.runtime`; not `lth_jax.tasks`.
 """
 
 from lth_jax.analysis.perturbation import (
@@ -35,7 +36,7 @@ from lth_jax.analysis.structure import (
     pairwise_overlap,
     pairwise_overlaps,
 )
-from lth_jax.analysis.workdirs import analyze_workdirs, discover_runs
+from lth_jax.analysis.imp_runs import analyze_workdirs, discover_runs
 
 __all__ = [
     'PERTURBATIONS', 'analyze_workdirs', 'discover_runs', 'error_barrier', 'gaussian_noise',

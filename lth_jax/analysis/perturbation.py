@@ -19,7 +19,6 @@ as callables, so they know nothing about data or models.
 from __future__ import annotations
 
 import numbers
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 from lth_jax import masks as masks_lib
 from lth_jax.lottery import results
 from lth_jax.lottery.protocol import Finetune, StartVariables, per_seed
+from lth_jax.runtime import paths
 
 PERTURBATIONS = ('mask_shuffle', 'mask_swap', 'weight_noise', 'weight_reinit')
 
@@ -268,8 +268,8 @@ def sweep(kind: str, sizes: Sequence[float], variables: StartVariables, masks: A
     for seed in seeds:
       v, m = perturb(kind, jax.random.key(seed), size, variables_for(seed), masks,
                      fresh_params=fresh_params, policy=policy)
-      fit = finetune(v, m, seed=seed, checkpoint_dir=os.path.join(
-          checkpoint_dir, kind, f'size_{size:g}', f'seed_{seed}'))
+      fit = finetune(v, m, seed=seed, checkpoint_dir=paths.seed_dir(
+          paths.perturbation_dir(checkpoint_dir, kind, size), seed))
       runs.append(fit.test)
       metric = fit.metric
     rows.append({'kind': kind, 'size': float(size), 'metric': metric,
@@ -345,7 +345,7 @@ def linear_mode_connectivity(variables: StartVariables, masks: Any,
     raise ValueError(f'num_points must be >= 2 (both endpoints), got {num_points}.')
   variables_for = per_seed(variables)
   fits = [finetune(variables_for(s), masks, seed=s,
-                   checkpoint_dir=os.path.join(checkpoint_dir, f'seed_{s}'))
+                   checkpoint_dir=paths.seed_dir(checkpoint_dir, s))
           for s in seeds]
   a, b = (jax.device_get(dict(f.variables)) for f in fits)
   alphas = np.linspace(0.0, 1.0, num_points).tolist()

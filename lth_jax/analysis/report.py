@@ -236,7 +236,7 @@ def write_report(out_dir: str, tickets: Mapping[str, Any], *, title: str = 'Tick
     metric: {ticket: test value of the headline metric} for the tickets table.
     metric_name: that metric's name ('accuracy', 'miou', ...).
     similarity: rows with 'pair', 'sparsity', 'iou', 'expected_iou' over the sparsity
-      levels of trained masks (see `lth_jax.analysis.workdirs`).
+      levels of trained masks (see `lth_jax.analysis.imp_runs`).
     perturbation: {kind: {ticket: rows of `perturbation.sweep`}}.
     connectivity: {ticket: result of `perturbation.linear_mode_connectivity`}.
     heatmap_layer: the layer drawn kernel by kernel; by default the kxk layer with the

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from lth_jax.data import offline
+from lth_jax.errors import setting
 from lth_jax.data.registry import SPLITS, DatasetInfo, get_info
 
 Batch = dict[str, np.ndarray]
@@ -50,9 +51,9 @@ def tf_pipeline():
       raise
     raise ImportError(
         f'{e.name} is not installed. tfds sets, VOC, segmentation and detection data and '
-        'the host pipeline (--config.data.pipeline=host) read through tf.data: pip install '
-        'tensorflow tensorflow-datasets. The shipped classification sets train without '
-        'them with --config.data.pipeline=device.', name=e.name) from e
+        f'the host pipeline ({setting("data.pipeline=host")}) read through tf.data: pip '
+        'install tensorflow tensorflow-datasets. The shipped classification sets train '
+        f'without them with {setting("data.pipeline=device")}.', name=e.name) from e
 
 
 def in_memory(info: DatasetInfo, image_size: int | None = None) -> bool:

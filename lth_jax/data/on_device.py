@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from lth_jax.data import arrays
 from lth_jax.data.registry import DatasetInfo, get_info, steps_per_epoch
+from lth_jax.errors import setting
 from lth_jax.runtime import sharding
 
 # A train split larger than this stays on the host pipeline (bytes of uint8 pixels).
@@ -127,7 +128,7 @@ class DeviceData:
     if not fits(info):
       raise ValueError(f'{info.name!r} cannot be kept on the devices (only classification '
                        f'sets with {"/".join(_AUGMENTATIONS)} augmentation under '
-                       f'{MAX_BYTES >> 30} GiB); set --config.data.pipeline=host.')
+                       f'{MAX_BYTES >> 30} GiB); set {setting("data.pipeline=host")}.')
     if batch_size % mesh.size:
       raise ValueError(f'batch_size={batch_size} must be a multiple of the {mesh.size} '
                        'devices of the mesh.')

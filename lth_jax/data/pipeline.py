@@ -35,7 +35,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lth_jax.data import transforms
-from lth_jax.errors import DatasetNotFoundError
+from lth_jax.errors import DatasetNotFoundError, setting
 from lth_jax.data import offline
 from lth_jax.data.registry import SPLITS, DatasetInfo, get_info, steps_per_epoch
 
@@ -331,7 +331,7 @@ def _not_prepared_message(info: DatasetInfo, data_dir: str | None) -> str:
            'internet and copy DIR here')
   return (f'Dataset {info.name!r} is not prepared in {where}, and lth_jax never '
           f'downloads at run time. To prepare it, {how}; then pass data_dir=DIR '
-          '(--config.data.data_dir=DIR).')
+          f'({setting("data.data_dir=DIR")}).')
 
 
 def _preprocess(example: dict[str, tf.Tensor], *, info: DatasetInfo, train: bool,

@@ -133,6 +133,14 @@ def _tfds(name: str, num_classes: int, image_shape: tuple[int, int, int],
       **kwargs)
 
 
+def _offline(name: str, num_classes: int, image_shape: tuple[int, int, int],
+             train_size: int, val_size: int, test_size: int, **kwargs) -> DatasetInfo:
+  """A set shipped in lth_jax/data/offline, its three splits stored apart."""
+  return DatasetInfo(
+      name=name, source='offline', num_classes=num_classes, image_shape=image_shape,
+      split_sizes={'train': train_size, 'val': val_size, 'test': test_size}, **kwargs)
+
+
 _DATASETS = (
     _tfds('cifar10', 10, (32, 32, 3), 50_000, 5_000, 10_000,
           mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
@@ -153,32 +161,21 @@ _DATASETS = (
         tfds_splits={'train': 'train', 'val': 'validation', 'test': 'validation'},
         # Encoded JPEGs (~110 kB each) wait in the buffer; files are shuffled too.
         shuffle_buffer=10_000, val_is_test=True),
-    DatasetInfo(
-        name='animal_mnist', source='offline', num_classes=10, image_shape=(28, 28, 1),
-        split_sizes={'train': 6807, 'val': 968, 'test': 1941},
-        mean=(0.2748,), std=(0.4063,), augmentation='crop_flip', crop_padding=2),
+    _offline('animal_mnist', 10, (28, 28, 1), 6807, 968, 1941, mean=(0.2748,), std=(0.4063,),
+             augmentation='crop_flip', crop_padding=2),
     # The paper in miniature's pair of tasks from one domain (configs/paper_offline.py):
     # pre-training on five animal classes, a small downstream task on the other five,
     # where what pre-training learnt matters (its val and test splits are whole).
-    DatasetInfo(
-        name='animal_mnist_a', source='offline', num_classes=5, image_shape=(28, 28, 1),
-        split_sizes={'train': 3318, 'val': 471, 'test': 945},
-        mean=(0.2856,), std=(0.4218,), augmentation='crop_flip', crop_padding=2,
-        derived_from='animal_mnist', classes=(0, 1, 2, 3, 4)),
-    DatasetInfo(
-        name='animal_mnist_b_few', source='offline', num_classes=5, image_shape=(28, 28, 1),
-        split_sizes={'train': 100, 'val': 497, 'test': 996},
-        mean=(0.2667,), std=(0.3924,), augmentation='crop_flip', crop_padding=2,
-        derived_from='animal_mnist', classes=(5, 6, 7, 8, 9), train_per_class=20),
-    DatasetInfo(
-        name='mnist5k', source='offline', num_classes=10, image_shape=(28, 28, 1),
-        split_sizes={'train': 3500, 'val': 500, 'test': 1000},
-        mean=(0.1320,), std=(0.3093,), augmentation='crop', crop_padding=2),
-    DatasetInfo(
-        name='digits', source='offline', num_classes=10, image_shape=(8, 8, 1),
-        split_sizes={'train': 1266, 'val': 176, 'test': 355},
-        mean=(0.3055,), std=(0.3760,), augmentation='crop', crop_padding=1,
-        pixel_max=16),
+    _offline('animal_mnist_a', 5, (28, 28, 1), 3318, 471, 945, mean=(0.2856,), std=(0.4218,),
+             augmentation='crop_flip', crop_padding=2, derived_from='animal_mnist',
+             classes=(0, 1, 2, 3, 4)),
+    _offline('animal_mnist_b_few', 5, (28, 28, 1), 100, 497, 996, mean=(0.2667,),
+             std=(0.3924,), augmentation='crop_flip', crop_padding=2,
+             derived_from='animal_mnist', classes=(5, 6, 7, 8, 9), train_per_class=20),
+    _offline('mnist5k', 10, (28, 28, 1), 3500, 500, 1000, mean=(0.1320,), std=(0.3093,),
+             augmentation='crop', crop_padding=2),
+    _offline('digits', 10, (8, 8, 1), 1266, 176, 355, mean=(0.3055,), std=(0.3760,),
+             augmentation='crop', crop_padding=1, pixel_max=16),
     # Segmentation. Digit canvases: 1-3 MNIST-5k digits of 9-30 px on 56 x 56, labels
     # background 0 / digit + 1 / 255 on the anti-aliased edges (`lth_jax.data.canvases`);
     # whole canvases are evaluated, and training padding is ignored (the defaults).

@@ -86,6 +86,10 @@ def examples(info: DatasetInfo, split: str, data_dir: str | None, host: Host,
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+# The joint transforms below take and return a pair: image [H, W, C] float and label
+# [H, W] uint8; `size` is the side of the square crop the model sees.
+
+
 def _pad_to(image: tf.Tensor, label: tf.Tensor, size: int,
             ignore_label: int) -> tuple[tf.Tensor, tf.Tensor]:
   height, width = tf.shape(label)[0], tf.shape(label)[1]
@@ -99,15 +103,9 @@ def _pad_as_reference(image: tf.Tensor, label: tf.Tensor,
                       size: int) -> tuple[tf.Tensor, tf.Tensor]:
   """ExtRandomCrop(size, pad_if_needed=True)'s padding: the width, then the height.
 
-  Args:
-    image: [H, W, C] float image.
-    label: [H, W] uint8 labels.
-    size: the crop's side.
-
-  Returns:
-    The pair padded with 0 by `int((1 + size - side) / 2)` on all four sides for each
-    short side in turn (F.pad with an int pads every side, so padding the width grows the
-    height too): at least `size` x `size`.
+  Each side shorter than `size` in turn pads the pair with 0 by `int((1 + size - side) /
+  2)` on all four sides (F.pad with an int pads every side, so padding the width grows
+  the height too); the pair is then at least `size` x `size`.
   """
   for axis in (1, 0):
     pad = tf.maximum((1 + size - tf.shape(label)[axis]) // 2, 0)
@@ -129,17 +127,11 @@ def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
 
 def _resize(image: tf.Tensor, label: tf.Tensor,
             new_hw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """PIL's resize of the reference: the image BILINEAR, the labels NEAREST.
+  """PIL's resize of the reference to `new_hw` ([2] int32): image BILINEAR, labels NEAREST.
 
-  Args:
-    image: [H, W, C] float image.
-    label: [H, W] uint8 labels.
-    new_hw: [2] int32, the new (height, width).
-
-  Returns:
-    The resized pair. The image agrees with PIL's to within its uint8 rounding (PIL
-    antialiases when shrinking: its triangle filter widens by the factor, as
-    `antialias=True` does); the labels agree exactly.
+  The image agrees with PIL's to within its uint8 rounding (PIL antialiases when
+  shrinking: its triangle filter widens by the factor, as `antialias=True` does); the
+  labels agree exactly.
   """
   image = tf.image.resize(image, new_hw, method='bilinear', antialias=True)
   hw = tf.shape(label)
@@ -154,15 +146,9 @@ def _resize_center_crop(image: tf.Tensor, label: tf.Tensor,
                         size: int) -> tuple[tf.Tensor, tf.Tensor]:
   """The reference's `--crop_val`: ExtResize(size) then ExtCenterCrop(size).
 
-  Args:
-    image: [H, W, C] float image.
-    label: [H, W] uint8 labels.
-    size: the crop's side.
-
-  Returns:
-    The [size, size] pair: torchvision's F.resize(img, size) makes the short side `size`
-    and the long one `int(size * long / short)`; F.center_crop starts at
-    `int(round((side - size) / 2.))` (Python's round: halves to even, as tf.round).
+  torchvision's F.resize(img, size) makes the short side `size` and the long one
+  `int(size * long / short)`; F.center_crop starts at `int(round((side - size) / 2.))`
+  (Python's round: halves to even, as tf.round). The pair returned is [size, size].
   """
   hw = tf.shape(label)
   new_hw = size * hw // tf.reduce_min(hw)

@@ -21,16 +21,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lth_jax.errors import DatasetNotFoundError
+from lth_jax.errors import DatasetNotFoundError, setting
 
 # The 20 object classes in the order of the reference's (and every) VOC label map; the
 # segmentation labels are 1 + this index (0 is background).
 CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
            'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep',
            'sofa', 'train', 'tvmonitor')
-_HOW = ('Download VOCtrainval_11-May-2012.tar (and, for detection, VOCtrainval_06-Nov-2007.tar '
-        'and VOCtest_06-Nov-2007.tar) from host.robots.ox.ac.uk/pascal/VOC, extract them into '
-        'one folder and pass the folder holding VOCdevkit as --config.data.data_dir.')
+def _how() -> str:
+  """How to get VOC, the setting naming its folder spelled as the user sets it."""
+  return ('Download VOCtrainval_11-May-2012.tar (and, for detection, VOCtrainval_06-Nov-2007.tar '
+          'and VOCtest_06-Nov-2007.tar) from host.robots.ox.ac.uk/pascal/VOC, extract them '
+          f'into one folder and pass the folder holding VOCdevkit as {setting("data.data_dir")}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,7 @@ def _year_dir(root: str, year: str) -> str:
   path = os.path.join(root, 'VOCdevkit', f'VOC{year}')
   if not os.path.isdir(path):
     raise DatasetNotFoundError(f'Pascal VOC {year} is not in {root}: {path} does not exist. '
-                               f'lth_jax never downloads at run time. {_HOW}')
+                               f'lth_jax never downloads at run time. {_how()}')
   return path
 
 
@@ -59,7 +61,7 @@ def _ids(year_dir: str, task: str, split: str) -> list[str]:
   path = os.path.join(year_dir, 'ImageSets', task, f'{split}.txt')
   if not os.path.isfile(path):
     raise DatasetNotFoundError(f'{path} does not exist: the VOC image list of split '
-                               f'{split!r}. {_HOW}')
+                               f'{split!r}. {_how()}')
   with open(path) as f:
     return [line.split()[0] for line in f if line.strip()]
 
@@ -68,7 +70,7 @@ def _require(paths: Sequence[str]) -> None:
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise DatasetNotFoundError(f'{len(missing)} VOC file(s) are missing, e.g. {missing[:3]}; '
-                               f'the VOCdevkit folder is incomplete. {_HOW}')
+                               f'the VOCdevkit folder is incomplete. {_how()}')
 
 
 def require_counts(name: str, data_dir: str | None,

@@ -4,33 +4,99 @@
 
 Modules: `config` (the shared fields, loading configs/*.py, checks), `modes` (the
 registry of modes), one module per mode (`imp`, `transfer`, `upstream`, `paper`; each
-with its config section, checks and `run`), `wiring` (the only code turning a config
-into a task, a model, θ_p, data and a fine-tuning callable) and `sensitivity`
-(perturbation runs of a workdir's ticket, for `python -m lth_jax.analyze`). This is the
-only package that reads configs; it may import everything else.
+with its config section, checks and `run`), `sources` (the registry of θ_p's sources),
+`wiring` (the only code turning a config into a task, a model, θ_p, data and a
+fine-tuning callable) and `sensitivity` (perturbation runs of a workdir's ticket, for
+`python -m lth_jax.analyze`). This is the only package that reads configs; it may import
+everything else. Here the library's messages name settings as the command line's
+`--config.<field>` flags (`lth_jax.errors.spell_settings`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import hashlib
+import json
+import os
+
 import jax
 import ml_collections
 
 from lth_jax import data, errors
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import imp, modes, paper, transfer, upstream, wiring  # noqa: F401
-from lth_jax.interop import checkpoints
+from lth_jax.experiments import imp, modes, paper, sources, transfer, upstream, wiring  # noqa: F401
 from lth_jax.runtime import console
 from lth_jax.runtime import workdir as workdir_lib
 
 load_config = config_lib.load_config
+errors.spell_settings(modes.flag)
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """A JSON-compatible dict of `config` (tuples become lists).
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    The config as plain JSON values.
+  """
+  return json.loads(config.to_json_best_effort())
+
+
+def workdir_for(root: str, config: ml_collections.ConfigDict) -> str:
+  """A workdir under `root` named for a config: the same config always gets the same one.
+
+  For notebooks and scripts that run several configs: each lands in its own folder
+  (and resumes there) instead of being refused by a folder holding another one.
+
+  Args:
+    root: the parent folder.
+    config: the experiment config.
+
+  Returns:
+    `root/<mode>_<dataset>_<first 10 hex digits of the config's SHA-256>`.
+  """
+  text = json.dumps(config_to_dict(config), sort_keys=True)
+  digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+  return os.path.join(root, f'{config.mode}_{config.data.dataset}_{digest}')
+
+
+def claim(workdir: str, config: ml_collections.ConfigDict, *,
+          inputs: dict[str, str] | None = None,
+          devices: dict[str, int] | None = None) -> bool:
+  """Makes `workdir` belong to the experiment `config` describes (`workdir.claim`).
+
+  experiment.json records the fields its mode reads; a rerun may change what the mode's
+  `resume_rules` allow, a field the record lacks (an older lth_jax) counting as its
+  default.
+
+  Args:
+    workdir: the experiment's directory.
+    config: the experiment config.
+    inputs: config field -> fingerprint of the file it names.
+    devices: the device counts its runs train on (see `workdir.claim`).
+
+  Returns:
+    True for a resume, False for a new experiment.
+
+  Raises:
+    WorkdirError: the workdir holds another experiment, or ran on other devices.
+  """
+  mode = modes.get(config.mode)
+  sections = mode.sections(config_lib.COMMON_FIELDS)
+  record = {k: v for k, v in config_to_dict(config).items() if k in sections}
+  defaults = config_lib.base_config()
+  defaults.data.pipeline = 'host'  # what workdirs recorded before the field existed ran
+  return workdir_lib.claim(workdir, record, rules=mode.resume_rules(),
+                           defaults=config_to_dict(defaults), inputs=inputs, devices=devices)
 
 
 def _datasets(config: ml_collections.ConfigDict, mode: modes.Mode) -> list[str]:
-  """Every dataset the experiment reads: the mode's, and θ_p's pre-training set."""
-  return list(dict.fromkeys(mode.datasets(config) + (
-      [config.pretrain.dataset] if config.pretrained.source == 'pretrain' else [])))
+  """Every dataset the experiment reads: the mode's, and those θ_p's source reads."""
+  return list(dict.fromkeys(
+      mode.datasets(config) + sources.get(config.pretrained.source).datasets(config)))
 
 
 def _check_data_dir(config: ml_collections.ConfigDict, names: list[str]) -> None:
@@ -58,16 +124,7 @@ def _load_inputs(config: ml_collections.ConfigDict, mode: modes.Mode,
   """
   for name in names:
     data.check_available(name, config.data.data_dir)
-  inputs = {}
-  if config.pretrained.source not in ('random', 'pretrain'):
-    if config.mode == 'upstream':
-      model = upstream.build_model(config)
-    else:
-      task, info = wiring.task_and_data(config, names[-1])
-      model = wiring.build_model(config, task, info)
-    checkpoints.load_pytorch(wiring.read_checkpoint(config.pretrained.path), model,
-                             source=config.pretrained.source)
-    inputs['pretrained.path'] = workdir_lib.file_sha256(config.pretrained.path)
+  inputs = sources.get(config.pretrained.source).load(config, lambda: mode.start_model(config))
   mode.load_inputs(config)
   return inputs
 
@@ -101,14 +158,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   wiring.resolve_pipeline(config, mesh)
   wiring.scheduler(config, mesh)  # a bad devices_per_run stops before the workdir is claimed
   inputs = _load_inputs(config, mode, names)
-  sections = mode.sections(config_lib.COMMON_FIELDS)
-  defaults = config_lib.base_config()
-  defaults.data.pipeline = 'host'  # what workdirs recorded before the field existed ran
   # Runs side by side train on devices_per_run devices each, the others on the mesh.
   devices = {'mesh': mesh.size, 'per_run': config.devices_per_run or mesh.size}
-  resumed = workdir_lib.claim(workdir, config, defaults=defaults,
-                              inputs=inputs, recipe_work=mode.recipe_work(),
-                              sections=sections, devices=devices)
+  resumed = claim(workdir, config, inputs=inputs, devices=devices)
   console.say(f'{"Resuming" if resumed else "Starting"} {config.mode} in {workdir} on '
               f'{mesh.size} {mesh.devices.flat[0].platform} device(s) and '
               f'{jax.process_count()} process(es).')
@@ -121,4 +173,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise
 
 
-__all__ = ['load_config', 'run']
+__all__ = ['claim', 'config_to_dict', 'load_config', 'run', 'workdir_for']

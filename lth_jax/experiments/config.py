@@ -10,19 +10,17 @@ into what it takes.
 from __future__ import annotations
 
 import importlib.util
-import os
 import pathlib
 
 import ml_collections
+from absl import logging
 from flax import traverse_util
 
-from lth_jax import data, errors, pruning
-from lth_jax.lottery import imp
+from lth_jax import data, errors
 from lth_jax.models import resnet
 from lth_jax.runtime import workdir as workdir_lib
 from lth_jax.training import optim
 
-PRETRAINED_SOURCES = ('torchvision', 'moco', 'simclr', 'auto', 'random', 'pretrain')
 # The config files: the copy a wheel installs inside the package, else a checkout's
 # configs/ (what `--config=configs/<name>.py` names). The package's is looked at first: in
 # a wheel install the folder above the package is site-packages.
@@ -38,6 +36,15 @@ MODEL_FIELDS = ('arch', 'stem', 'width_multiplier', 'half_precision')
 SHIPPED_SOURCES = ('offline', 'canvases')
 # What each recipe section trains, for messages about it.
 RECIPE_USES = {'optim': 'the training', 'pretrain.optim': "θ_p's pre-training"}
+# The config field behind each `lth_jax.lottery.ImpSpec` attribute (see `check_imp`).
+SPEC_FIELDS = (('imp.num_rounds', 'num_rounds'), ('imp.fraction', 'fraction'),
+               ('imp.pruning', 'pruning'), ('imp.rewind', 'rewind'),
+               ('imp.rewind_step', 'rewind_step'), ('imp.rewind_scope', 'rewind_scope'),
+               ('imp.prune_first', 'prune_first'), ('num_seeds', 'seeds'),
+               ('dense_seeds', 'dense_seeds'))
+# Criteria renamed since workdirs recorded them: old -> new name. `imp.pruning` takes an
+# old name as the new criterion (warned), its folder keeping the old: workdirs resume.
+RENAMED_CRITERIA = {'random_layerwise': 'layerwise_random'}
 COMMON_FIELDS = ('mode', 'seed', 'pretrained', 'pretrain', 'model', 'data', 'optim', 'imp',
                  'num_seeds', 'dense_seeds', 'checkpoint_every_steps', 'num_devices',
                  'devices_per_run')
@@ -57,6 +64,9 @@ def split_names(value: str) -> list[str]:
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads a config file as `--config=` does, for notebooks and tests.
+
+  Only what a user names is loaded: no mode reads configs/ (what the package builds on
+  is in `lth_jax.experiments.presets`).
 
   Args:
     spec: 'name' or 'name:arg' of a file in configs/ (e.g. 'demo:tiny',
@@ -118,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # θ_p: where the pre-trained weights come from.
   c.pretrained = ml_collections.ConfigDict()
-  c.pretrained.source = 'torchvision'   # see PRETRAINED_SOURCES
+  c.pretrained.source = 'torchvision'   # a source of lth_jax.experiments.sources
   c.pretrained.path = ''                # .pth / .pth.tar / .safetensors / .npz
 
   # source='pretrain': θ_p is trained (supervised) inside the workdir and cached there.
@@ -182,53 +192,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
-  """The paper's dense-prediction transfer study in miniature, on digit canvases.
-
-  What configs/segmentation_offline.py and configs/detection_offline.py share: θ_p of a
-  ResNet-18 (width 1/8, CIFAR stem) pre-trained on Animal-MNIST's classes 0-4 by every
-  objective, upstream tickets at 20% (one-shot from θ_p) and 36%, the 36% ones
-  transferred to `task` beside training from scratch, random global pruning and
-  task-specific IMP at 20% and 36%, 2 seeds; `:tiny` is the tests' smoke run on the
-  scikit-learn digits and `<task>_small`, one seed. The files add their head and recipe.
-
-  Args:
-    task: 'digit_canvas_seg' or 'digit_canvas_det'.
-    variant: '' or 'tiny'.
-
-  Returns:
-    The study's config (mode 'paper').
-
-  Raises:
-    ValueError: an unknown variant.
-  """
-  if variant not in ('', 'tiny'):
-    raise ValueError(f'Unknown variant {variant!r}: use the config without one, or :tiny.')
-  c = base_config()
-  c.mode = 'paper'
-  c.pretrained.source = 'pretrain'
-  c.pretrain.dataset = 'animal_mnist_a'
-  c.data.dataset = c.paper.tasks = task
-  c.model.arch = 'resnet18'
-  c.model.stem = 'cifar'
-  c.model.width_multiplier = 0.125
-  c.data.eval_batch_size = 64
-  c.pretrain.optim.num_epochs = 3
-  c.imp.num_rounds = 2                  # upstream rounds: 20% (one-shot from θ_p), 36%
-  c.paper.upstream_epochs = 1
-  c.paper.transfer_every = 2            # the upstream tickets at 36%
-  c.paper.task_imp_rounds = 3           # task-specific tickets at 20% and 36%
-  c.paper.random_baselines = 'random_global'
-  c.num_seeds = 2
-  if variant == 'tiny':
-    c.pretrain.dataset = 'digits'
-    c.data.dataset = c.paper.tasks = f'{task}_small'
-    c.pretrain.optim.num_epochs = 1
-    c.paper.task_imp_rounds = 2
-    c.num_seeds = 1
-  return c
-
-
 def fail(field: str, value, hint: str) -> None:
   """Raises the ConfigError of a bad field: 'config.<field>=<value>: <hint>'."""
   raise errors.ConfigError(f'config.{field}={value!r}: {hint}')
@@ -240,6 +203,64 @@ def check_dataset(field: str, name: str) -> None:
     fail(field, name, f'unknown dataset; choose from {sorted(data.DATASETS)}.')
 
 
+def criterion(config: ml_collections.ConfigDict) -> str:
+  """The registered criterion `config.imp.pruning` names (an old name of
+  `RENAMED_CRITERIA` mapped to its new one); folders and labels keep the name given."""
+  return RENAMED_CRITERIA.get(config.imp.pruning, config.imp.pruning)
+
+
+def _field(config: ml_collections.ConfigDict, field: str):
+  """The value of a dotted field ('imp.fraction')."""
+  for part in field.split('.'):
+    config = config[part]
+  return config
+
+
+def check_imp(config: ml_collections.ConfigDict) -> None:
+  """Fails unless the IMP run the config describes can be built.
+
+  The checks are `lth_jax.lottery.ImpSpec`'s own, made by building the spec as the
+  modes do (`lth_jax.experiments.imp.spec`); the field named is the one whose default
+  value changes what the spec refuses. `validate` calls it once, for every mode; an old
+  criterion name (`RENAMED_CRITERIA`) is accepted with a warning.
+
+  Args:
+    config: the experiment config.
+
+  Raises:
+    ConfigError: naming the field, its value and the spec's reason.
+  """
+  from lth_jax.experiments import imp
+
+  if config.imp.pruning in RENAMED_CRITERIA:
+    # Kept as given: the branch folder and experiment.json of a workdir started under it.
+    logging.warning(
+        'config.imp.pruning=%r: this IMP criterion is now called %r (the old name is also '
+        "the ticket baseline of transfer.variant and paper.random_baselines); it runs as "
+        '%r, its folder keeping the name given. New runs: --config.imp.pruning=%s.',
+        config.imp.pruning, criterion(config), criterion(config), criterion(config))
+
+  def refusal(trial: ml_collections.ConfigDict) -> str | None:
+    try:
+      imp.spec(trial)
+    except ValueError as e:
+      return str(e)
+    return None
+
+  reason = refusal(config)
+  if reason is None:
+    return
+  defaults = base_config()
+  for field, attribute in SPEC_FIELDS:
+    trial = ml_collections.ConfigDict(config.to_dict())
+    trial.update_from_flattened_dict({field: _field(defaults, field)})
+    if refusal(trial) != reason:
+      # 'fraction must be ...': the message names the field already.
+      hint = reason[len(attribute) + 1:] if reason.startswith(f'{attribute} must ') else reason
+      fail(field, _field(config, field), hint)
+  fail('imp', config.imp.to_dict(), reason)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks a config before any compute: the shared fields, then the mode's.
 
@@ -249,7 +270,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: naming the field, its value and what to change.
   """
-  from lth_jax.experiments import modes
+  from lth_jax.experiments import modes, sources
 
   if config.mode not in modes.MODES:
     fail('mode', config.mode, f'choose one of {tuple(modes.MODES)}.')
@@ -266,22 +287,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data[field] not in (None, *choices):
       fail(f'data.{field}', config.data[field],
            f"choose one of {choices}, or None for the dataset's own.")
-  if not 0.0 < config.imp.fraction < 1.0:
-    fail('imp.fraction', config.imp.fraction,
-         'must be in (0, 1): the share of surviving weights pruned per round (paper: 0.2).')
-  if config.imp.num_rounds < 1:
-    fail('imp.num_rounds', config.imp.num_rounds, 'must be >= 1.')
-  if config.imp.pruning not in pruning.CRITERIA:
-    fail('imp.pruning', config.imp.pruning, f'choose one of {sorted(pruning.CRITERIA)}.')
   if config.imp.score_batches < 1:
     fail('imp.score_batches', config.imp.score_batches, 'must be >= 1.')
-  if config.imp.rewind not in imp.REWIND_POINTS:
-    fail('imp.rewind', config.imp.rewind, f'choose one of {imp.REWIND_POINTS}.')
-  if config.imp.rewind_scope not in imp.REWIND_SCOPES:
-    fail('imp.rewind_scope', config.imp.rewind_scope,
-         f'choose one of {imp.REWIND_SCOPES} (\'prunable\': the reference\'s detection IMP).')
-  if config.num_seeds < 1:
-    fail('num_seeds', config.num_seeds, 'must be >= 1.')
   if config.dense_seeds and config.dense_seeds < config.num_seeds:
     fail('dense_seeds', config.dense_seeds, f'must be 0 or >= num_seeds ({config.num_seeds}).')
   for name, section in (('optim', config.optim), ('pretrain.optim', config.pretrain.optim)):
@@ -289,22 +296,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       recipe(section)
     except ValueError as e:
       fail(name, dict(section), str(e))
-  source = config.pretrained.source
-  if source not in PRETRAINED_SOURCES:
-    fail('pretrained.source', source, f'choose one of {PRETRAINED_SOURCES}.')
-  if source == 'pretrain':
-    check_dataset('pretrain.dataset', config.pretrain.dataset)
-  if source not in ('random', 'pretrain'):
-    path = config.pretrained.path
-    if not path:
-      fail('pretrained.path', path, f'set it to the {source} checkpoint file '
-           '(--config.pretrained.path=/path/to/file.pth), or use '
-           '--config.pretrained.source=random for a randomly initialised network.')
-    if not os.path.isfile(path):
-      fail('pretrained.path', path, 'no such file; check the path (weights cannot be '
-           'downloaded at run time).')
+  sources.validate(config)  # θ_p's source and the fields it reads
   mode = modes.get(config.mode)
   mode.validate(config)
+  # The one check of the IMP spec, after the mode's, which refuse what it does not do
+  # more to the point than the spec would (upstream IMP's late rewinding).
+  check_imp(config)
   _check_models(config, mode.datasets(config))
   for section, dataset in mode.trainings(config):
     check_training(config, section, dataset)

@@ -7,7 +7,7 @@ workdir); each round fine-tunes the rewound ticket on `config.data.dataset` with
 `config.optim`, prunes by `config.imp.pruning` and rewinds. Workdir layout:
 
     pretrain/                    source 'pretrain': training checkpoints and θ_p
-    <pruning>/round_XX/, random/round_XX/   the IMP runs (see lth_jax.lottery.imp)
+    <pruning>/round_XX/, random/round_XX/   the IMP runs (see lth_jax.runtime.paths)
     results.csv, results.json    one row per round and method
     <metric>_vs_sparsity.png     the plot (accuracy_vs_sparsity.png for classification)
     analysis/report.md           the tickets' structure (lth_jax.analysis)
@@ -22,10 +22,10 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
-from lth_jax import analysis, errors, pruning
+from lth_jax import analysis, pruning
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import modes, wiring
-from lth_jax.lottery import ImpSpec, imp, results
+from lth_jax.experiments import modes, sources, wiring
+from lth_jax.lottery import ImpSpec, results, rounds, run_imp
 from lth_jax.runtime import console, sharding
 
 COLUMNS = ('method', 'round', 'ticket', 'sparsity', 'test_{}', 'test_{}_std', 'matching')
@@ -37,9 +37,11 @@ def seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def spec(config: ml_collections.ConfigDict) -> ImpSpec:
-  """The IMP run `config.imp` describes."""
+  """The IMP run `config.imp` describes (its criterion under its current name, see
+  `config_lib.criterion`); `config_lib.validate` has checked that it builds."""
   c = config.imp
-  return ImpSpec(num_rounds=c.num_rounds, fraction=c.fraction, pruning=c.pruning,
+  return ImpSpec(num_rounds=c.num_rounds, fraction=c.fraction,
+                 pruning=config_lib.criterion(config),
                  rewind=c.rewind, rewind_step=c.rewind_step, prune_first=c.prune_first,
                  seeds=seeds(config), policy=c.policy, pruning_seed=config.seed,
                  rewind_scope=c.rewind_scope,
@@ -51,11 +53,11 @@ def branches(config: ml_collections.ConfigDict) -> dict[str, ImpSpec]:
   """The IMP runs of the experiment: the ticket search, then the random baseline if asked.
 
   Returns:
-    method -> its spec (`config.imp.pruning` first, 'random' when
-    `config.imp.random_baseline`).
+    method -> its spec (`config.imp.pruning` first, as given: an old criterion name keeps
+    the folder its workdir was started with; 'random' when `config.imp.random_baseline`).
   """
   main = spec(config)
-  out = {main.pruning: main}
+  out = {config.imp.pruning: main}
   if config.imp.random_baseline:
     # The baseline shares the IMP run's dense round and rewinds where it does: to each
     # seed's θ_p, or (late rewinding) to the IMP run's θ_k, which it reads as its start.
@@ -77,13 +79,13 @@ def num_runs(config: ml_collections.ConfigDict) -> int:
 
 def labels(config: ml_collections.ConfigDict) -> dict[str, str]:
   """Legend texts of the IMP curve, in the paper's words."""
-  point = {'random': 'θ_0', 'pretrain': 'θ_p'}.get(config.pretrained.source, 'θ_p')
+  point = sources.get(config.pretrained.source).point
   if config.imp.rewind == 'step':
     point = f'θ_{config.imp.rewind_step} (step {config.imp.rewind_step})'
   return {config.imp.pruning: f'IMP ({config.imp.pruning}), rewind to {point}'}
 
 
-def report(workdir: str, config: ml_collections.ConfigDict, metric: results.Metric,
+def report(workdir: str, config: ml_collections.ConfigDict, metric: results.Headline,
            rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
            dense: list[float], title: str, suffix: str = '') -> None:
   """Writes the results table and plot (chief process) and prints the table."""
@@ -105,17 +107,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     {'curves': {method: round records}, 'extreme_sparsity': {method: value or None}}.
   """
   task, info = wiring.task_and_data(config, config.data.dataset)
-  metric = results.with_chance(task.metric, info.num_classes)
+  metric = task.headline(info)
   model = wiring.build_model(config, task, info)
   start = wiring.theta_p(config, model, task.image_size(info), workdir, mesh)
   finetune = wiring.make_finetune(config, model, task, info, mesh)
   gradient = None
-  if pruning.get(config.imp.pruning).needs_gradient:
+  if pruning.get(config_lib.criterion(config)).needs_gradient:
     gradient = wiring.loss_gradient(config, model, task, info, mesh,
                                     start(config.seed)['batch_stats'])
   specs = branches(config)
-  main = specs[config.imp.pruning]
-  runs = wiring.scheduler(config, mesh, total_runs=num_runs(config))
+  main = config.imp.pruning  # the IMP branch's method and folder
+  runs = wiring.scheduler(config, mesh, total_runs=sum(s.num_runs for s in specs.values()))
   curves = {}
   for method, s in specs.items():
     dense_seeds = len(s.round_seeds(0)) if s.first_round == 0 else len(s.seeds)
@@ -124,29 +126,28 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
                 + (f' ({dense_seeds} in the dense round 0)' if dense_seeds != len(s.seeds) else '')
                 + f': {s.num_runs} fine-tune{"s" * (s.num_runs != 1)} of '
                 f'{config.optim.num_epochs} epoch{"s" * (config.optim.num_epochs != 1)}.')
-    left_out = analysis.workdirs.rounds_left_out(os.path.join(workdir, method), s.num_rounds)
+    left_out = analysis.imp_runs.rounds_left_out(os.path.join(workdir, method), s.num_rounds)
     if left_out:
       console.say(left_out)
-    branch_start = start if method == main.pruning else imp.rewind_point(
-        os.path.join(workdir, main.pruning), start, config.seed)
-    curves[method] = imp.run_imp(
+    branch_start = start if method == main else rounds.rewind_point(
+        os.path.join(workdir, main), start, config.seed)
+    curves[method] = run_imp(
         os.path.join(workdir, method), s, branch_start, finetune, gradient=gradient,
         scheduler=runs, on_round=lambda r, m=method: console.say(
             f'[{m}] round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test '
             f'{metric.label} {results.shown(r, metric.test)} (best val epoch {r["best_epoch"]})'))
-  dense_round = curves[main.pruning][0]
+  dense_round = curves[main][0]
   dense = ([run[metric.test] for run in dense_round['runs']]
            if dense_round['sparsity'] == 0 else [])
   if dense:
     for method, recs in curves.items():
-      if method != main.pruning:
+      if method != main:
         recs.insert(0, dense_round)
   rows, extreme = [], {}
   for method, recs in curves.items():
-    for r in recs:
-      rows.append({'method': method, **r,
-                   'matching': results.is_matching(r[metric.test], dense) if dense else None})
-    extreme[method] = results.extreme_sparsity(recs, dense, metric.test) if dense else None
+    curve = [{'method': method, **r} for r in recs]
+    extreme[method] = results.mark_matching(curve, dense, metric.test)
+    rows += curve
   report(workdir, config, metric, rows, curves, dense, f'{config.model.arch} on {info.name}')
   for method, value in extreme.items():
     shown = 'none' if value is None else f'{100 * value:.2f}%'
@@ -162,16 +163,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
 def validate(config: ml_collections.ConfigDict) -> None:
   """The checks of mode 'imp'."""
   config_lib.check_dataset('data.dataset', config.data.dataset)
-  if config.imp.random_baseline and config.imp.pruning.startswith('random'):
+  criterion = config_lib.criterion(config)
+  if (config.imp.random_baseline and criterion in pruning.CRITERIA
+      and pruning.get(criterion).random):
     config_lib.fail(
         'imp.random_baseline', config.imp.random_baseline,
         f'imp.pruning={config.imp.pruning!r} already prunes at random, so the baseline '
         'branch would be the run itself; set --config.imp.random_baseline=False, or '
         '--config.imp.pruning=magnitude to compare IMP with random pruning.')
-  try:
-    branches(config)
-  except ValueError as e:
-    raise errors.ConfigError(f'config.imp: {e}') from None
   if config.imp.rewind == 'step':
     steps = config_lib.steps_per_epoch(config, config.data.dataset) * config.optim.num_epochs
     if config.imp.rewind_step > steps:

@@ -2,8 +2,9 @@
 
 A mode is one module of `lth_jax.experiments` that registers a `Mode`: its config section
 (and the shared sections it reads), its checks, the datasets it reads and the recipes it
-trains them with, the inputs it loads before the workdir is claimed, and its `run`. A new
-mode is one module plus its import in `lth_jax.experiments`.
+trains them with, the model θ_p is loaded into and the inputs it loads before the
+workdir is claimed, what a rerun may change (`resume_rules`), and its `run`. A new mode
+is one module plus its import in `lth_jax.experiments`.
 """
 
 from __future__ import annotations
@@ -14,28 +15,51 @@ from typing import Any
 
 import ml_collections
 
+from lth_jax.experiments import sources, wiring
 from lth_jax.registry import Registry
+from lth_jax.runtime import paths
+from lth_jax.runtime import workdir as workdir_lib
 
 
 # (recipe section, dataset): one kind of training run, e.g. ('optim', 'cifar10').
 Training = tuple[str, str]
+
+# Fields whose value never changes a result. The device fields are among them because
+# what does change results, the number of devices runs train on, is compared on its own
+# (`workdir.claim(devices=...)`): `num_devices=0` and `num_devices=8` on 8 devices are
+# the same.
+NEUTRAL_FIELDS = ('data.data_dir', 'data.eval_batch_size', 'num_devices', 'devices_per_run',
+                  'checkpoint_every_steps')
+
+
+def _dense_seeds(record: Mapping[str, Any]) -> int:
+  return record.get('dense_seeds') or record.get('num_seeds') or 0
+
+
+# Fields whose change adds runs and keeps the recorded ones: more rounds extend a run
+# (fewer report fewer); more seeds add runs, and the dense round's seeds may only grow.
+GROWING_FIELDS: Mapping[str, workdir_lib.Growth] = {
+    'imp.num_rounds': lambda old, new: True,
+    'num_seeds': lambda old, new: (new['num_seeds'] >= (old.get('num_seeds') or 0)
+                                   and _dense_seeds(new) >= _dense_seeds(old)),
+    'dense_seeds': lambda old, new: _dense_seeds(new) >= _dense_seeds(old),
+}
 
 
 def _no_inputs(config: ml_collections.ConfigDict) -> None:
   del config
 
 
-def pretraining(config: ml_collections.ConfigDict) -> list[Training]:
-  """θ_p's pre-training where the config trains it (`pretrained.source='pretrain'`).
+def flag(setting: str) -> str:
+  """A setting as the command line sets it: 'imp.fraction=0.3' -> '--config.imp.fraction=0.3'."""
+  return f'--config.{setting}'
 
-  Args:
-    config: the experiment config.
 
-  Returns:
-    [('pretrain.optim', config.pretrain.dataset)], or [] for a θ_p that is read or drawn.
-  """
-  return [('pretrain.optim', config.pretrain.dataset)] if (
-      config.pretrained.source == 'pretrain') else []
+def _device_flags(devices: Mapping[str, int]) -> str:
+  """The flags that train on the recorded device counts again."""
+  return flag(f'num_devices={devices["mesh"]}') + (
+      ' ' + flag(f'devices_per_run={devices["per_run"]}')
+      if devices['per_run'] != devices['mesh'] else '')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +79,10 @@ class Mode:
       a recipe change after a divergence is refused while one exists.
     training: config -> every kind of training run the mode runs (checked before the
       workdir is claimed); None: `optim` on each of `datasets`, and θ_p's pre-training.
+    model: config -> the model θ_p is for (a checkpoint is loaded into it before the
+      workdir is claimed); None: the task model of the last of `datasets`.
+    growing: fields a rerun may change because the change adds runs and keeps the
+      recorded ones (see `lth_jax.runtime.workdir.ResumeRules`).
   """
   name: str
   run: Callable[[ml_collections.ConfigDict, str, Any], dict[str, Any]]
@@ -63,14 +91,25 @@ class Mode:
   section: Callable[[], ml_collections.ConfigDict] | None = None
   reads: tuple[str, ...] = ()
   load_inputs: Callable[[ml_collections.ConfigDict], None] = _no_inputs
-  trained: tuple[str, ...] = ('*/round_*/seed_*',)
+  trained: tuple[str, ...] = (paths.imp_runs_glob(),)
   training: Callable[[ml_collections.ConfigDict], list[Training]] | None = None
+  model: Callable[[ml_collections.ConfigDict], Any] | None = None
+  growing: Mapping[str, workdir_lib.Growth] = dataclasses.field(
+      default_factory=lambda: dict(GROWING_FIELDS))
 
   def trainings(self, config: ml_collections.ConfigDict) -> list[Training]:
     """Every (recipe section, dataset) the mode trains with, for `config`."""
     if self.training is not None:
       return self.training(config)
-    return [('optim', name) for name in self.datasets(config)] + pretraining(config)
+    return ([('optim', name) for name in self.datasets(config)]
+            + sources.get(config.pretrained.source).trainings(config))
+
+  def start_model(self, config: ml_collections.ConfigDict) -> Any:
+    """The model θ_p is for, e.g. to load a checkpoint into it before the claim."""
+    if self.model is not None:
+      return self.model(config)
+    task, info = wiring.task_and_data(config, self.datasets(config)[-1])
+    return wiring.build_model(config, task, info)
 
   def sections(self, common: Sequence[str]) -> tuple[str, ...]:
     """The top-level config fields the mode reads: the shared ones and its own."""
@@ -79,9 +118,15 @@ class Mode:
 
   def recipe_work(self) -> Mapping[str, Sequence[str]]:
     """Recipe field prefix -> the training folders (globs) that used it."""
-    pretrain = ('**/pretrain/train', '**/pretrain/variables')
+    pretrain = paths.pretrain_globs()
     return {'optim.': self.trained, 'pretrain.optim.': pretrain,
-            'model.half_precision': ('**/seed_*', *pretrain)}
+            'model.half_precision': (paths.any_runs_glob(), *pretrain)}
+
+  def resume_rules(self) -> workdir_lib.ResumeRules:
+    """What a rerun of the mode's experiments may change (`workdir.claim`'s rules)."""
+    return workdir_lib.ResumeRules(
+        neutral=NEUTRAL_FIELDS, growing=self.growing, recipe_work=self.recipe_work(),
+        devices_fix=_device_flags, rerun_fix=lambda path: f'--config={path}')
 
 
 MODES: Registry[Mode] = Registry('mode')

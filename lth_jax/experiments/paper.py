@@ -5,11 +5,11 @@
 1. For each pre-training in `config.paper.pretrainings` (supervised, SimCLR, MoCo v2):
    θ_p is pre-trained on `config.pretrain.dataset` with that objective and upstream IMP
    finds its tickets there (mode 'upstream', the `:demo` recipes of
-   configs/{supervised,simclr,moco}_imp.py, with this config's model, rounds and
-   epochs).
+   `lth_jax.experiments.presets.UPSTREAM`, those of configs/{supervised,simclr,moco}_imp.py,
+   with this config's model, rounds and epochs).
 2. Every `config.paper.transfer_every`-th ticket of each pre-training, and its dense
    θ_p, is fine-tuned on each task of `config.paper.tasks` with `config.num_seeds`
-   seeds (`lth_jax.lottery.transfer`, recipe `config.optim`); a ticket is matching when
+   seeds (`lth_jax.lottery.ticket_transfer`, recipe `config.optim`); a ticket is matching when
    its mean metric reaches the dense mean minus one std of the same pre-training.
 3. The same networks trained from scratch (a random init per seed, 'scratch'): a task
    where θ_p does not beat scratch by more than the dense std cannot show whether
@@ -19,7 +19,10 @@
    tickets: random global pruning at the ticket's total sparsity (the paper's "random
    pruning", method 'random_global'), and random masks with the ticket's layer profile
    (each layer's mask shuffled, method 'random_layerwise'), which tells how much of a
-   ticket's advantage is its layer-wise sparsity alone.
+   ticket's advantage is its layer-wise sparsity alone. Both are drawn by
+   `lth_jax.pruning.random_baselines`, as transfer mode draws them: the same tickets
+   and seed give the same masks in both modes. A ticket's two baselines share their
+   random scores: each is a fair random draw, their overlap is not meaningful.
 5. With `config.paper.task_imp_rounds` > 0, task-specific tickets (method
    'task_specific'): IMP on each task itself from the first pre-training's θ_p, the
    backbone rewound to θ_p and the task's head to its initial weights every round
@@ -33,10 +36,10 @@ random global pruning.
 
 Workdir layout (besides lth_jax.experiments'):
     upstream/<pretraining>/              the upstream experiment (see lth_jax.experiments.upstream)
-    transfer/<task>/<pretraining>/       the transfer runs (see lth_jax.lottery.transfer)
+    transfer/<task>/<pretraining>/       the transfer runs (see lth_jax.lottery.ticket_transfer)
     transfer/<task>/scratch/             dense runs from a random init
-    transfer/<task>/task_specific/       task-specific IMP (see lth_jax.lottery.imp)
-    random_masks/<method>_round_XX/      the random baselines' masks
+    transfer/<task>/task_specific/       task-specific IMP (see lth_jax.runtime.paths)
+    random_masks/<method>_round_XX/      the random baselines' masks (read back on resume)
     results.csv/.json                    one row per (task, pretraining or random, ticket)
     extreme_sparsity.csv/.json           extreme matching sparsity per pretraining and task
     results_<task>.csv/.json             the rows of one task
@@ -49,25 +52,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 from jax.sharding import Mesh
 
-from lth_jax import errors, masks as masks_lib, pruning
+from lth_jax import masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import imp as imp_mode
-from lth_jax.experiments import modes, upstream, wiring
+from lth_jax.experiments import imp
+from lth_jax.experiments import modes, paper_upstream, sources, wiring
 from lth_jax.runtime.scheduler import Scheduler
-from lth_jax.lottery import DENSE, add_matching, imp, results, run_transfer
+from lth_jax.lottery import DENSE, results, run_imp, run_transfer
 from lth_jax.models import init_variables
-from lth_jax.runtime import console, files, sharding
+from lth_jax.runtime import console, files, paths, sharding
+from lth_jax.tasks import Metric
 
 # The random baselines: method -> whether each layer keeps the ticket's count.
-RANDOM_BASELINES = {'random_global': False, 'random_layerwise': True}
-# Where the random baselines' masks are kept (orbax, `lth_jax.masks.load`).
-RANDOM_MASKS_DIR = 'random_masks'
+RANDOM_BASELINES = pruning.RANDOM_BASELINES
 # Dense training from a random init: what pre-training must beat to matter on a task.
 SCRATCH = 'scratch'
 # IMP on the downstream task itself, from the first pre-training's θ_p.
@@ -87,54 +91,35 @@ def section() -> ml_collections.ConfigDict:
   return c
 
 
-def upstream_config(config: ml_collections.ConfigDict,
-                    objective: str) -> ml_collections.ConfigDict:
-  """The upstream experiment of one pre-training, sized by the paper config.
+def random_masks(workdir: str, seed: int, tickets: dict[str, Any], policy: str | None,
+                 methods: tuple[str, ...] = tuple(RANDOM_BASELINES)) -> dict[str, Any]:
+  """The random baselines of some tickets, named '<method>_<ticket>', kept in the workdir.
+
+  Each method's masks are `pruning.random_baselines` of the tickets (transfer mode's
+  draw). A mask already in `workdir/random_masks/` is read back instead: a workdir
+  resumes with the masks its runs trained on (those of lth_jax before the two modes
+  drew alike too).
 
   Args:
-    config: the paper config.
-    objective: an objective with a recipe in configs/<objective>_imp.py.
+    workdir: the experiment's workdir.
+    seed: the experiment's seed.
+    tickets: ticket name -> mask.
+    policy: which leaves are prunable.
+    methods: the baselines to make (of `RANDOM_BASELINES`).
 
   Returns:
-    The objective's `:demo` upstream config (its batch size) with this config's dataset,
-    model, seed, device count, rounds and epochs.
+    name -> mask, for every method and every ticket.
   """
-  sub = config_lib.load_config(f'{objective}_imp:demo')
-  sub.seed, sub.num_devices = config.seed, config.num_devices
-  # The backbone only: a downstream task's model settings (a DeepLab's) are not upstream's.
-  sub.model.update({k: config.model[k] for k in config_lib.MODEL_FIELDS})
-  sub.pretrain.dataset = sub.data.dataset = config.pretrain.dataset
-  # The upstream batch size is the recipe's: a small downstream task's batch would
-  # starve the contrastive objectives of negatives.
-  sub.data.update(data_dir=config.data.data_dir, eval_batch_size=config.data.eval_batch_size,
-                  pipeline=config.data.pipeline)
-  sub.pretrain.optim.num_epochs = config.pretrain.optim.num_epochs
-  sub.optim.num_epochs = config.paper.upstream_epochs
-  sub.imp.update(num_rounds=config.imp.num_rounds, fraction=config.imp.fraction,
-                 policy=config.imp.policy)
-  sub.checkpoint_every_steps = config.checkpoint_every_steps
-  return sub
-
-
-def _upstream_tickets(config: ml_collections.ConfigDict, workdir: str,
-                      mesh: Mesh) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-  """Runs (or reads back) each pre-training's upstream IMP.
-
-  Returns:
-    (pretraining -> {ticket name -> mask}, pretraining -> θ_p variables).
-  """
-  tickets, thetas = {}, {}
-  for objective in config_lib.split_names(config.paper.pretrainings):
-    sub = upstream_config(config, objective)
-    subdir = os.path.join(workdir, 'upstream', objective)
-    console.say(f'== Pre-training {objective}: θ_p and upstream IMP in {subdir}')
-    out = upstream.run(sub, subdir, mesh)
-    chosen = [r['round'] for r in out['records']][config.paper.transfer_every - 1::
-                                                   config.paper.transfer_every]
-    tickets[objective] = {f'round_{k:02d}': imp.load_round_mask(out['run_dir'], k)
-                          for k in chosen}
-    thetas[objective] = out['start']
-  return tickets, thetas
+  out = {}
+  for method in methods:
+    for name, mask in pruning.random_baselines(seed, tickets, method, policy).items():
+      path = paths.random_mask(workdir, f'{method}_{name}')
+      if os.path.exists(path):
+        mask = masks_lib.load(path)
+      else:
+        masks_lib.save(path, mask)
+      out[f'{method}_{name}'] = mask
+  return out
 
 
 def _curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -149,44 +134,15 @@ def _curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
   return curves
 
 
-def random_baselines(key: jax.Array, tickets: dict[str, Any], policy: str | None,
-                     methods: tuple[str, ...] = tuple(RANDOM_BASELINES)) -> dict[str, Any]:
-  """The random baselines of some tickets, named '<method>_<ticket>'.
-
-  Args:
-    key: a PRNG key.
-    tickets: ticket name -> mask.
-    policy: which leaves are prunable.
-    methods: the baselines to make (of `RANDOM_BASELINES`).
-
-  Returns:
-    name -> mask, for every method and every ticket (each method draws the same masks
-    whichever others are made).
-  """
-  return {f'{method}_{name}': pruning.random_like(
-              jax.random.fold_in(jax.random.fold_in(key, m), i), mask, layerwise=layerwise,
-              policy=policy)
-          for m, (method, layerwise) in enumerate(RANDOM_BASELINES.items()) if method in methods
-          for i, (name, mask) in enumerate(tickets.items())}
-
-
-def _stages_at_extreme(curve: list[dict[str, Any]], dense: list[float],
-                       key: str) -> dict[str, float]:
-  """The per-stage sparsity of the extreme matching ticket of a curve ({} if none)."""
-  value = results.extreme_sparsity(curve, dense, key)
-  row = next((r for r in curve if r['sparsity'] == value), {}) if value is not None else {}
-  return {f'extreme_{k}': v for k, v in row.items() if k.startswith('sparsity_layer')}
-
-
 def _task_specific(config: ml_collections.ConfigDict, run_dir: str, start: Any,
-                   finetune: Any, metric: results.Metric,
+                   finetune: Any, metric: Metric,
                    scheduler: Scheduler | None) -> list[dict[str, Any]]:
   """IMP on the task from the first pre-training's θ_p: every round's record."""
-  spec = dataclasses.replace(imp_mode.spec(config), num_rounds=config.paper.task_imp_rounds,
+  spec = dataclasses.replace(imp.spec(config), num_rounds=config.paper.task_imp_rounds,
                              dense_seeds=None)
   console.say(f'== Task-specific IMP ({spec.num_rounds} rounds incl. the dense one) in '
               f'{run_dir}')
-  records = imp.run_imp(
+  records = run_imp(
       run_dir, spec, start, finetune, scheduler=scheduler,
       on_round=lambda r: console.say(
           f'  round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
@@ -194,7 +150,7 @@ def _task_specific(config: ml_collections.ConfigDict, run_dir: str, start: Any,
   return records
 
 
-def verdict(task: str, metric: results.Metric, extreme: list[dict[str, Any]]) -> str:
+def verdict(task: str, metric: Metric, extreme: list[dict[str, Any]]) -> str:
   """One line: how far each kind of ticket matches its dense network on a task.
 
   Args:
@@ -237,6 +193,113 @@ def _method(ticket: str, objective: str) -> str:
   return next((m for m in RANDOM_BASELINES if ticket.startswith(f'{m}_')), objective)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Transfer:
+  """What every pre-training's transfer to one task shares."""
+  config: ml_collections.ConfigDict
+  task: str
+  folder: str                         # transfer/<task>/
+  finetune: Callable[..., Any]
+  metric: Metric
+  seeds: tuple[int, ...]
+  scheduler: Scheduler | None
+
+
+def _pretraining_rows(t: _Transfer, objective: str, named: dict[str, Any], start: Any,
+                      task_specific: bool) -> tuple[list[dict[str, Any]], list[float]]:
+  """One pre-training's dense θ_p, tickets (and the baselines given) and, when asked, its
+  task-specific IMP, on one task: (rows with their method, the dense runs' values)."""
+  metric, dense_runs, specific = t.metric, None, []
+  if task_specific:
+    records = _task_specific(t.config, os.path.join(t.folder, TASK_SPECIFIC), start,
+                             t.finetune, metric, t.scheduler)
+    # Round 0 is this pre-training's dense transfer: same θ_p, seeds and recipe.
+    dense_runs = results.dense_runs(records[0], f'Round 0 of the task-specific IMP on '
+                                    f'{t.task}')
+    specific = [{'method': TASK_SPECIFIC, **r,
+                 'ticket': f'{TASK_SPECIFIC}_{paths.round_name(r["round"])}'} for r in records[1:]]
+  found = run_transfer(
+      os.path.join(t.folder, objective), named, start, t.finetune, t.seeds,
+      metric=metric.key, policy=t.config.imp.policy, dense_runs=dense_runs,
+      scheduler=t.scheduler, on_result=lambda r: console.say(
+          f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
+          f'{results.shown(r, metric.test)}'))
+  dense = [r[metric.test] for r in results.dense_runs(
+      found[0], f'The dense transfer of {objective} to {t.task}')]
+  return [{'method': _method(r['ticket'], objective), **r} for r in found] + specific, dense
+
+
+def _judged(task_name: str, objective: str, methods: list[str], rows: list[dict[str, Any]],
+            dense: list[float], scratch: list[float], metric: Metric,
+            num_seeds: int) -> list[dict[str, Any]]:
+  """Marks one pre-training's rows matching; its extreme-sparsity rows, one per method.
+
+  `num_seeds` is the task's fine-tuning seeds: whether the claim can be tested is unknown
+  with one, however many runs the dense point has.
+  """
+  gain = results.mean_std(dense)[0] - results.mean_std(scratch)[0]
+  # With one seed there is no spread to compare the gain with: unknown.
+  noise = max(results.mean_std(dense)[1], results.mean_std(scratch)[1])
+  can_test = gain > noise if num_seeds > 1 else None
+  if can_test is False:
+    console.say(f'  θ_p ({objective}) beats training from scratch on {task_name} by '
+                f'{100 * gain:+.2f} points, not more than the dense std: this task cannot '
+                'show whether its tickets keep what pre-training gives.')
+  extreme = []
+  for method in methods:
+    curve = [r for r in rows if r['method'] == method]
+    value = results.mark_matching(curve, dense, metric.test)
+    at = next((r for r in curve if r['sparsity'] == value), {}) if value is not None else {}
+    extreme.append({'task': task_name, 'method': method, 'pretraining': objective,
+                    'metric': metric.key, 'dense': results.mean_std(dense)[0],
+                    'dense_std': results.std_over_runs(dense),
+                    'scratch': results.mean_std(scratch)[0], 'pretraining_gain': gain,
+                    'can_test_claim': can_test, 'extreme_sparsity': value,
+                    **{f'extreme_{k}': v for k, v in at.items()
+                       if k.startswith('sparsity_layer')}})
+  return extreme
+
+
+def _transfer_to_task(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
+                      task_name: str, tickets: dict[str, dict[str, Any]],
+                      thetas: dict[str, Any], baselines: dict[str, Any],
+                      scheduler: Scheduler | None) -> tuple[list, list, Metric]:
+  """Scratch, then each pre-training's transfer (the first's with the baselines and the
+  task-specific IMP) to one task: (rows, extreme-sparsity rows, the task's metric)."""
+  task, info = wiring.task_and_data(config, task_name)
+  model = wiring.build_model(config, task, info)
+  t = _Transfer(config, task_name, paths.transfer_dir(workdir, task_name),
+                wiring.make_finetune(config, model, task, info, mesh), task.headline(info),
+                imp.seeds(config), scheduler)
+  console.say(f'== Dense training from scratch on {task_name} ({len(t.seeds)} seeds)')
+  scratch = run_transfer(
+      os.path.join(t.folder, SCRATCH), {},
+      lambda seed: init_variables(model, jax.random.key(seed), task.image_size(info)),
+      t.finetune, t.seeds, metric=t.metric.key, policy=config.imp.policy,
+      scheduler=scheduler)[0]
+  scratch_values = [r[t.metric.test] for r in scratch['runs']]
+  rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
+           'ticket': SCRATCH}]
+  extreme, first = [], next(iter(tickets))
+  derived = [*config_lib.split_names(config.paper.random_baselines),
+             *([TASK_SPECIFIC] if config.paper.task_imp_rounds else [])]
+  for objective, chosen in tickets.items():
+    console.say(f'== Transfer of the {objective} tickets to {task_name} ({len(t.seeds)} '
+                'seeds)')
+    start = functools.lru_cache(maxsize=None)(
+        lambda seed, theta=thetas[objective]: sources.transplant(theta, model,
+                                                                  jax.random.key(seed)))
+    found, dense = _pretraining_rows(
+        t, objective, {**chosen, **(baselines if objective == first else {})}, start,
+        task_specific=objective == first and config.paper.task_imp_rounds > 0)
+    found = [{'task': task_name, 'pretraining': objective, **r} for r in found]
+    methods = [objective, *(derived if objective == first else [])]
+    extreme += _judged(task_name, objective, methods, found, dense, scratch_values, t.metric,
+                       len(t.seeds))
+    rows += found
+  return rows, extreme, t.metric
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
   """Upstream tickets of several pre-trainings and their transfer (see the module).
 
@@ -249,97 +312,31 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     {'rows': every transfer row, 'extreme': rows of extreme matching sparsity,
     'verdicts': one line per task}.
   """
-  tickets, thetas = _upstream_tickets(config, workdir, mesh)
-  first = next(iter(tickets))
-  key = jax.random.key(config.seed)
-  baselines = tuple(config_lib.split_names(config.paper.random_baselines))
-  random_masks = random_baselines(key, tickets[first], config.imp.policy, baselines)
-  for name, mask in random_masks.items():
-    path = os.path.join(workdir, RANDOM_MASKS_DIR, name)
-    if not os.path.exists(path):
-      masks_lib.save(path, mask)
-  seeds = imp_mode.seeds(config)
+  tickets, thetas = paper_upstream.tickets(config, workdir, mesh)
+  baselines = random_masks(workdir, config.seed, next(iter(tickets.values())),
+                           config.imp.policy,
+                           tuple(config_lib.split_names(config.paper.random_baselines)))
   task_names = config_lib.split_names(config.paper.tasks)
-  runs = wiring.scheduler(config, mesh, total_runs=len(task_names) * len(seeds) * (
-      _transfer_units(tickets, random_masks, config.paper.task_imp_rounds)))
+  runs = wiring.scheduler(config, mesh, total_runs=len(task_names) * config.num_seeds * (
+      _transfer_units(tickets, baselines, config.paper.task_imp_rounds)))
   rows, extreme, verdicts = [], [], []
   for task_name in task_names:
-    task, info = wiring.task_and_data(config, task_name)
-    metric = results.with_chance(task.metric, info.num_classes)
-    model = wiring.build_model(config, task, info)
-    finetune = wiring.make_finetune(config, model, task, info, mesh)
-    size = task.image_size(info)
-    console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
-    scratch = run_transfer(
-        os.path.join(workdir, 'transfer', task_name, SCRATCH), {},
-        lambda seed: init_variables(model, jax.random.key(seed), size), finetune, seeds,
-        metric=metric.key, policy=config.imp.policy, scheduler=runs)[0]
-    scratch_values = [r[metric.test] for r in scratch['runs']]
-    task_rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
-                  'ticket': SCRATCH}]
-    for objective, chosen in tickets.items():
-      console.say(f'== Transfer of the {objective} tickets to {task_name} ({len(seeds)} seeds)')
-      start = functools.lru_cache(maxsize=None)(
-          lambda seed, theta=thetas[objective]: wiring.transplant(
-              theta, model, jax.random.key(seed)))
-      named = {**chosen, **(random_masks if objective == first else {})}
-      specific, dense_runs = [], None
-      if objective == first and config.paper.task_imp_rounds:
-        records = _task_specific(config, os.path.join(workdir, 'transfer', task_name,
-                                                      TASK_SPECIFIC), start, finetune, metric,
-                                 runs)
-        # Round 0 is this pre-training's dense transfer: same θ_p, seeds and recipe.
-        dense_runs = results.dense_runs(records[0], f'Round 0 of the task-specific IMP on '
-                                        f'{task_name}')
-        specific = [{**r, 'ticket': f'{TASK_SPECIFIC}_round_{r["round"]:02d}'}
-                    for r in records[1:]]
-      found = run_transfer(
-          os.path.join(workdir, 'transfer', task_name, objective), named, start, finetune,
-          seeds, metric=metric.key, policy=config.imp.policy, dense_runs=dense_runs,
-          scheduler=runs, on_result=lambda r, m=metric: console.say(
-              f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
-              f'{results.shown(r, m.test)}'))
-      add_matching(found, metric.key)
-      dense = [r[metric.test] for r in results.dense_runs(
-          found[0], f'The dense transfer of {objective} to {task_name}')]
-      for row in found:
-        task_rows.append({'task': task_name, 'pretraining': objective,
-                          'method': _method(row['ticket'], objective), **row})
-      for row in specific:
-        task_rows.append({'task': task_name, 'pretraining': objective, 'method': TASK_SPECIFIC,
-                          **row, 'matching': results.is_matching(row[metric.test], dense)})
-      gain = results.mean_std(dense)[0] - results.mean_std(scratch_values)[0]
-      # With one seed there is no spread to compare the gain with: unknown.
-      noise = max(results.mean_std(dense)[1], results.mean_std(scratch_values)[1])
-      can_test = gain > noise if len(seeds) > 1 else None
-      if can_test is False:
-        console.say(f'  θ_p ({objective}) beats training from scratch on {task_name} by '
-                    f'{100 * gain:+.2f} points, not more than the dense std: this task cannot '
-                    'show whether its tickets keep what pre-training gives.')
-      derived = [*baselines, *([TASK_SPECIFIC] if config.paper.task_imp_rounds else [])]
-      for method in [objective] + (derived if objective == first else []):
-        curve = [r for r in task_rows if r['method'] == method and r['pretraining'] == objective]
-        extreme.append({'task': task_name, 'method': method, 'pretraining': objective,
-                        'metric': metric.key, 'dense': results.mean_std(dense)[0],
-                        'dense_std': results.std_over_runs(dense),
-                        'scratch': results.mean_std(scratch_values)[0],
-                        'pretraining_gain': gain, 'can_test_claim': can_test,
-                        'extreme_sparsity': results.extreme_sparsity(curve, dense, metric.test),
-                        **_stages_at_extreme(curve, dense, metric.test)})
+    task_rows, task_extreme, metric = _transfer_to_task(config, workdir, mesh, task_name,
+                                                        tickets, thetas, baselines, runs)
     rows += task_rows
-    verdicts.append(verdict(task_name, metric, [r for r in extreme if r['task'] == task_name]))
+    extreme += task_extreme
+    verdicts.append(verdict(task_name, metric, task_extreme))
     console.say(f'Verdict: {verdicts[-1]}')
     if sharding.is_chief():
       console.say(results.report(
           workdir, task_rows, _curves(task_rows), [],
           f'Upstream tickets transferred to {task_name}',
           [c.format(metric.key) for c in COLUMNS], suffix=f'_{task_name}', metric=metric,
-          labels={o: f'IMP on {o} pre-training, rewind to θ_p'
-                  for o in config_lib.split_names(config.paper.pretrainings)}))
+          labels={o: f'IMP on {o} pre-training, rewind to θ_p' for o in tickets}))
   if sharding.is_chief():
-    files.write_table(os.path.join(workdir, 'results'), rows)
-    files.write_table(os.path.join(workdir, 'extreme_sparsity'), extreme)
-    files.atomic_write(os.path.join(workdir, 'verdict.txt'),
+    files.write_table(paths.results_table(workdir), rows)
+    files.write_table(paths.extreme_sparsity_table(workdir), extreme)
+    files.atomic_write(paths.verdict_file(workdir),
                        lambda f: f.write('\n'.join(verdicts) + '\n'))
     console.say('\nExtreme matching sparsity (highest sparsity within one std of the same '
                 'pre-training\'s dense transfer), against training from scratch:\n'
@@ -350,14 +347,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """The checks of mode 'paper' (its upstream experiments' configs included)."""
+  """The checks of mode 'paper' (its upstream experiments' configs included); the IMP
+  spec's own checks follow in `config_lib.validate`."""
   p = config.paper
-  names = config_lib.split_names(p.pretrainings)
-  known = [n for n in names if os.path.exists(config_lib.CONFIG_DIR / f'{n}_imp.py')]
-  if not names or known != names:
-    config_lib.fail('paper.pretrainings', p.pretrainings,
-                    'a comma-separated list of objectives with a recipe in '
-                    'configs/<objective>_imp.py (supervised, simclr, moco).')
   tasks = config_lib.split_names(p.tasks)
   if not tasks:
     config_lib.fail('paper.tasks', p.tasks, 'name at least one transfer task.')
@@ -374,6 +366,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     'are matched against, and prune_first would prune it before training; '
                     'set --config.imp.prune_first=False (upstream IMP keeps its recipe\'s '
                     'first prune), or --config.paper.task_imp_rounds=0.')
+  criterion = config_lib.criterion(config)
+  if p.task_imp_rounds and criterion in pruning.CRITERIA and pruning.get(
+      criterion).needs_gradient:
+    config_lib.fail('imp.pruning', config.imp.pruning,
+                    'scores by the loss gradient, which task-specific IMP does not compute; '
+                    'choose a criterion of the weights (--config.imp.pruning=magnitude), or '
+                    '--config.paper.task_imp_rounds=0.')
   chosen = config_lib.split_names(p.random_baselines)
   if not set(chosen) <= set(RANDOM_BASELINES):
     config_lib.fail('paper.random_baselines', p.random_baselines,
@@ -381,40 +380,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if p.upstream_epochs < 1 or p.transfer_every < 1:
     config_lib.fail('paper.upstream_epochs', p.upstream_epochs,
                     'upstream_epochs and transfer_every must be >= 1.')
-  if p.transfer_every > config.imp.num_rounds:
+  if 1 <= config.imp.num_rounds < p.transfer_every:  # num_rounds < 1: the spec's check
     config_lib.fail('paper.transfer_every', p.transfer_every,
                     f'must be <= imp.num_rounds ({config.imp.num_rounds}), or no ticket is '
                     'transferred.')
-  for objective in names:
-    try:
-      config_lib.validate(upstream_config(config, objective))
-    except errors.ConfigError as e:
-      raise _upstream_error(objective, e) from None
-
-
-def _check_upstream_devices(config: ml_collections.ConfigDict) -> None:
-  """Fails unless each upstream experiment's batches split over the devices.
-
-  Their batch size is their recipe's, which `experiments.run`'s own mesh check does not
-  see; checked with the devices, before the workdir is claimed.
-
-  Raises:
-    ConfigError: naming the upstream experiment, its batch size and the device count.
-  """
-  for objective in config_lib.split_names(config.paper.pretrainings):
-    try:
-      wiring.mesh_for(upstream_config(config, objective))
-    except errors.ConfigError as e:
-      raise _upstream_error(objective, e) from None
-
-
-def _upstream_error(objective: str, error: errors.ConfigError) -> errors.ConfigError:
-  return errors.ConfigError(
-      f'The upstream experiment of {objective!r} (paper.pretrainings) fails: {error} '
-      f'(It is configs/{objective}_imp.py:demo with this config\'s model, seed, '
-      'num_devices, pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
-      'pretrain.optim.num_epochs, and paper.upstream_epochs as its optim.num_epochs; '
-      "the rest, its batch size included, is the recipe's.)")
+  if not p.task_imp_rounds and config.imp.pruning != config_lib.base_config().imp.pruning:
+    # Logged, not refused: a workdir recorded with it still resumes.
+    logging.warning('config.imp.pruning=%r is unused: only task-specific IMP '
+                    '(paper.task_imp_rounds > 0) prunes by it; upstream IMP uses its '
+                    "pre-training's recipe.", config.imp.pruning)
+  paper_upstream.validate(config)
 
 
 modes.register(modes.Mode(
@@ -422,4 +397,4 @@ modes.register(modes.Mode(
     datasets=lambda c: [c.pretrain.dataset, *config_lib.split_names(c.paper.tasks)],
     # The upstream experiments' own training is checked with their configs (`validate`).
     training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)],
-    load_inputs=_check_upstream_devices, trained=('transfer/**/seed_*',)))
+    load_inputs=paper_upstream.check_devices, trained=(paths.transfer_runs_glob(),)))

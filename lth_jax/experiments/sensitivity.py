@@ -24,18 +24,17 @@ import jax
 import ml_collections
 
 from lth_jax import analysis
-from lth_jax.analysis import workdirs
+from lth_jax.analysis import imp_runs
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import wiring
-from lth_jax.lottery import imp
+from lth_jax.lottery import rounds as run_files
 from lth_jax.models import init_variables
-from lth_jax.runtime import console
+from lth_jax.runtime import console, paths
 from lth_jax.runtime import workdir as workdir_lib
 
 # The sizes of each kind when none are given (0 is the ticket itself).
 DEFAULT_SIZES = {'mask_swap': (0.0, 0.1, 0.25, 0.5, 1.0), 'mask_shuffle': (0.0, 1.0),
                  'weight_noise': (0.0, 0.5, 1.0, 2.0), 'weight_reinit': (0.0, 0.5, 1.0)}
-RUNS_DIR = os.path.join('analysis', 'runs')
 
 
 def experiment_config(workdir: str) -> ml_collections.ConfigDict:
@@ -116,14 +115,14 @@ def run(workdir: str, *, level: int | None = None,
                      f'{analysis.PERTURBATIONS}.')
   run_dir = os.path.join(workdir, config.imp.pruning)
   rounds = analysis.discover_runs([workdir]).get(config.imp.pruning, {})
-  finished = [k for k, d in rounds.items() if workdirs.round_record(d) is not None]
+  finished = [k for k, d in rounds.items() if imp_runs.round_record(d) is not None]
   if level is None:
     if not finished:
       raise ValueError(f'{run_dir} has no finished round yet; run the experiment first.')
     level = max(finished)
   elif level not in rounds:
     raise ValueError(f'{run_dir} has no round {level}; it has rounds {sorted(rounds)}.')
-  ticket = imp.load_round_mask(run_dir, level)
+  ticket = run_files.load_round_mask(run_dir, level)
   name = f'{config.imp.pruning} round {level}'
 
   task, info = wiring.task_and_data(config, config.data.dataset)
@@ -133,13 +132,13 @@ def run(workdir: str, *, level: int | None = None,
   mesh = wiring.mesh_for(config, fit_batch_sizes=True)
   # What the run rewound to: each seed's θ_p, or the late-rewinding point of
   # imp.rewind='step'.
-  theta = imp.rewind_point(
+  theta = run_files.rewind_point(
       run_dir, wiring.theta_p(config, model, task.image_size(info), workdir, mesh),
       config.seed)
   finetune = wiring.make_finetune(config, model, task, info, mesh)
   fresh = init_variables(model, jax.random.key(config.seed + 1),
                          task.image_size(info))['params']
-  root = os.path.join(workdir, RUNS_DIR, f'round_{level:02d}')
+  root = paths.analysis_runs_dir(workdir, level)
   perturbation = {}
   for kind, kind_sizes in sizes.items():
     console.say(f'Perturbation {kind} of {name}: sizes {list(kind_sizes)} x {len(seeds)} '
@@ -158,6 +157,6 @@ def run(workdir: str, *, level: int | None = None,
       return evaluate(variables, 'test')[task.metric.key]
 
     connectivity[name] = analysis.linear_mode_connectivity(
-        theta, ticket, finetune, metric, os.path.join(root, 'lmc'), seeds=tuple(lmc_seeds),
+        theta, ticket, finetune, metric, paths.lmc_dir(root), seeds=tuple(lmc_seeds),
         num_points=num_points)
   return perturbation, connectivity

@@ -8,7 +8,7 @@ Tickets are this project's mask folders or the reference's PyTorch mask files
 their counts, random re-initialisation, one-shot magnitude pruning). The dense network
 is always fine-tuned too; each ticket is marked matching against its seeds. Workdir:
 
-    transfer/<dataset>/<ticket>/seed_S/      one resumable run (see lth_jax.lottery.transfer)
+    transfer/<dataset>/<ticket>/seed_S/      one resumable run (see lth_jax.lottery.ticket_transfer)
     results_<dataset>.csv/.json, <metric>_vs_sparsity_<dataset>.png
 """
 
@@ -25,14 +25,15 @@ from jax.sharding import Mesh
 
 from lth_jax import errors, masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import imp as imp_mode
+from lth_jax.experiments import imp
 from lth_jax.experiments import modes, wiring
 from lth_jax.interop import mask_files
-from lth_jax.lottery import DENSE, add_matching, results, run_transfer
+from lth_jax.lottery import DENSE, results, run_transfer
 from lth_jax.models import init_variables
 from lth_jax.runtime import console
+from lth_jax.runtime.paths import MASK, round_masks_glob, transfer_dir, transfer_runs_glob
 
-VARIANTS = ('ticket', 'random_global', 'random_layerwise', 'reinit', 'omp')
+VARIANTS = ('ticket', *pruning.RANDOM_BASELINES, 'reinit', 'omp')
 
 
 def section() -> ml_collections.ConfigDict:
@@ -78,7 +79,7 @@ def ticket_names(paths: Sequence[str]) -> list[str]:
     # The root's '' stays first, so that no path's pieces are the end of another's; it
     # never enters a name, which stays relative to the folder of the runs.
     pieces = os.path.normpath(os.path.abspath(path)).split(os.sep)
-    if os.path.isdir(path) and pieces[-1] == 'mask':
+    if os.path.isdir(path) and pieces[-1] == MASK:
       pieces.pop()
     full.append(pieces)
     stems.append(pieces if os.path.isdir(path) else pieces[:-1] + [pieces[-1].split('.')[0]])
@@ -116,7 +117,7 @@ def load_tickets(config: ml_collections.ConfigDict) -> dict[str, Any]:
   sources = dict(zip(ticket_names(paths), paths))
   if config.transfer.imp_workdir:
     root = config.transfer.imp_workdir
-    for path in sorted(glob.glob(os.path.join(root, '**', 'round_*', 'mask'), recursive=True)):
+    for path in sorted(glob.glob(round_masks_glob(root), recursive=True)):
       name = os.path.relpath(os.path.dirname(path), root).replace(os.sep, '/')
       if name in sources:
         raise errors.ConfigError(
@@ -143,12 +144,9 @@ def _baseline_tickets(config: ml_collections.ConfigDict, tickets: dict[str, Any]
                                                 1 - (1 - config.imp.fraction) ** k,
                                                 config.imp.policy)
             for k in range(1, config.transfer.omp_rounds + 1)}
-  if variant in ('random_global', 'random_layerwise'):
-    key = jax.random.key(config.seed)
-    return {name: pruning.random_like(jax.random.fold_in(key, i), t,
-                                      layerwise=variant == 'random_layerwise',
-                                      policy=config.imp.policy)
-            for i, (name, t) in enumerate(tickets.items())}
+  if variant in pruning.RANDOM_BASELINES:
+    # Paper mode draws its baselines of the same tickets alike.
+    return pruning.random_baselines(config.seed, tickets, variant, config.imp.policy)
   return tickets
 
 
@@ -168,7 +166,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
   out = {}
   for dataset in config_lib.split_names(config.transfer.datasets):
     task, info = wiring.task_and_data(config, dataset)
-    metric = results.with_chance(task.metric, info.num_classes)
+    metric = task.headline(info)
     model = wiring.build_model(config, task, info)
     start = wiring.theta_p(config, model, task.image_size(info), workdir, mesh)
     chosen = _baseline_tickets(config, tickets, start(config.seed))
@@ -181,18 +179,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     console.say(f'Transfer ({variant}) to {dataset}: {len(chosen)} ticket(s) + dense x '
                 f'{config.num_seeds} seed(s).')
     rows = run_transfer(
-        os.path.join(workdir, 'transfer', dataset), chosen, start,
-        wiring.make_finetune(config, model, task, info, mesh), imp_mode.seeds(config),
+        transfer_dir(workdir, dataset), chosen, start,
+        wiring.make_finetune(config, model, task, info, mesh), imp.seeds(config),
         metric=metric.key, init_variables=reinit, policy=config.imp.policy,
         scheduler=wiring.scheduler(config, mesh, total_runs=(len(chosen) + 1) * config.num_seeds),
         on_result=lambda r, m=metric: console.say(
             f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
             f'{results.shown(r, m.test)}'))
-    extreme = add_matching(rows, metric.key)
     dense = [r[metric.test] for r in results.dense_runs(rows[0], f'The dense run on {dataset}')]
+    extreme = results.mark_matching(rows, dense, metric.test)
     for row in rows:
       row['method'] = variant if row['ticket'] != DENSE else DENSE
-    imp_mode.report(workdir, config, metric, rows, {variant: rows}, dense,
+    imp.report(workdir, config, metric, rows, {variant: rows}, dense,
                     f'{variant} tickets on {dataset}', suffix=f'_{dataset}')
     console.say(f'Extreme matching sparsity on {dataset}: '
                 f'{"none" if extreme is None else f"{100 * extreme:.2f}%"}')
@@ -220,4 +218,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
 modes.register(modes.Mode(
     'transfer', run=run, validate=validate, section=section,
     datasets=lambda c: config_lib.split_names(c.transfer.datasets),
-    load_inputs=load_tickets, trained=('transfer/**/seed_*',)))
+    load_inputs=load_tickets, trained=(transfer_runs_glob(),)))

@@ -17,7 +17,10 @@ The reference's schedule: the first mask is one-shot magnitude pruning of θ_p
 objective, prunes 20% of the surviving weights of the trained network and rewinds to
 θ_p (MoCo: both encoders). The optimizer state and MoCo's queue start fresh every round
 unless `upstream.keep_state` carries them over from the previous round, as the
-reference does.
+reference does. The rest of `config.imp` and the seeds (`num_seeds`, `dense_seeds`)
+mean what they mean in mode 'imp' (`lth_jax.experiments.imp.spec`): another criterion
+(SNIP scores by the objective's own gradient), `rewind_scope='prunable'`, several seeds
+a round (the first one's weights are pruned).
 
 Each round's metric: top-1 accuracy on the pre-training dataset for 'supervised';
 weighted kNN top-1 accuracy of the backbone's pooled features (k=200, temperature 0.1,
@@ -32,9 +35,10 @@ Workdir layout (besides lth_jax.experiments'):
     theta_p.json                         θ_p's own metric (the plot's dense line)
     results.csv/.json, accuracy_vs_sparsity.png, analysis/report.md
 
-The recipes (optimizer, learning rate, temperature, which checkpoint) live in
-configs/{supervised,simclr,moco}_imp.py; `paper_setting` and `demo_setting` here set the
-shape of the experiment they share (data, model, rounds).
+The recipes (optimizer, learning rate, temperature) live in
+`lth_jax.experiments.presets.UPSTREAM` (configs/{supervised,simclr,moco}_imp.py give
+them); `paper_setting` and `demo_setting` here set the shape of the experiment they
+share (data, model, rounds, which checkpoint).
 """
 
 from __future__ import annotations
@@ -47,15 +51,15 @@ import jax
 import ml_collections
 from jax.sharding import Mesh
 
-from lth_jax import analysis, data, objectives
+from lth_jax import analysis, data, objectives, pruning
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import modes, wiring
-from lth_jax.lottery import ImpSpec, imp, results
+from lth_jax.experiments import imp
+from lth_jax.experiments import modes, sources, wiring
+from lth_jax.lottery import results, run_imp
 from lth_jax.models import create_model, init_variables
 from lth_jax.objectives import views as view_lib
-from lth_jax.runtime import console, files, sharding
+from lth_jax.runtime import console, files, paths, sharding
 from lth_jax.training import Evaluator
-from lth_jax.training.evaluators import knn_evaluator
 
 
 def section() -> ml_collections.ConfigDict:
@@ -79,7 +83,7 @@ def section() -> ml_collections.ConfigDict:
 
 
 def paper_setting(c: ml_collections.ConfigDict, objective: str) -> ml_collections.ConfigDict:
-  """The paper's upstream experiment around an objective's recipe (configs/*_imp.py).
+  """The paper's upstream experiment around an objective's recipe (`presets.UPSTREAM`).
 
   ResNet-50 (ImageNet stem) on imagenet2012, batch 256, 10 epochs per round at a
   constant learning rate, the first mask one-shot pruned from θ_p, 18 masks (20% to
@@ -146,6 +150,9 @@ def settings(config: ml_collections.ConfigDict) -> objectives.Settings:
   mean, std = (info.mean, info.std) if c.normalize else (None, None)
   return objectives.Settings(temperature=c.temperature, momentum=c.moco_momentum,
                              queue_size=c.queue_size, mean=mean, std=std,
+                             projection_dim=c.projection_dim, knn_k=c.knn_k,
+                             knn_temperature=c.knn_temperature,
+                             knn_bank_size=c.knn_bank_size,
                              **({'views': views} if views else {}))
 
 
@@ -156,15 +163,16 @@ def build_model(config: ml_collections.ConfigDict) -> Any:
     config: the experiment config (`model`, `data.dataset`, `upstream`).
 
   Returns:
-    The Flax module: `fc` over the labels, or the projection head (`fc_0`, `fc_2`;
-    hidden = feature size, e.g. 2048-2048-128 for ResNet-50).
+    The Flax module with the objective's head (`objectives.Head`): `fc` over the labels,
+    or the projection head (`fc_0`, `fc_2`; hidden = feature size, e.g. 2048-2048-128
+    for ResNet-50).
   """
-  spec, info = objectives.get(config.upstream.objective), data.get_info(config.data.dataset)
+  head, info = objectives.get(config.upstream.objective).head, data.get_info(config.data.dataset)
   model = wiring.model_spec(config)
   return create_model(
       model.arch, stem=model.stem, in_channels=info.image_shape[-1],
-      width_multiplier=model.width_multiplier, head=spec.head, dtype=model.dtype,
-      num_classes=info.num_classes if spec.head == 'linear' else config.upstream.projection_dim)
+      width_multiplier=model.width_multiplier, head=head.kind, dtype=model.dtype,
+      num_classes=head.outputs(settings(config), info.num_classes))
 
 
 def _raw_size(config: ml_collections.ConfigDict) -> int | None:
@@ -172,7 +180,7 @@ def _raw_size(config: ml_collections.ConfigDict) -> int | None:
 
 
 def make_evaluator(config: ml_collections.ConfigDict, model: Any, mesh: Mesh) -> Evaluator:
-  """The per-round metric of the objective: top-1 of its head, or kNN of the features.
+  """The per-round metric of the objective (`objectives.RoundMetric`), e.g. kNN top-1.
 
   Args:
     config: the experiment config.
@@ -183,15 +191,12 @@ def make_evaluator(config: ml_collections.ConfigDict, model: Any, mesh: Mesh) ->
     evaluator(variables, split) -> {'accuracy', 'loss'}.
   """
   task, info = wiring.task_and_data(config, config.data.dataset)
-  c, spec = config.upstream, objectives.get(config.upstream.objective)
-  if spec.evaluator == 'accuracy':
-    return task.evaluator(model, info, batch_size=config.data.eval_batch_size,
-                          data_dir=config.data.data_dir, mesh=mesh)
-  read = lambda split: data.eval_batches(
-      info, split, batch_size=config.data.eval_batch_size, data_dir=config.data.data_dir,
-      normalize=c.normalize, image_size=_raw_size(config))
-  return knn_evaluator(model, read, num_classes=info.num_classes, mesh=mesh, k=c.knn_k,
-                       temperature=c.knn_temperature, bank_size=c.knn_bank_size)
+  source = objectives.EvalData(task, info, batch_size=config.data.eval_batch_size,
+                               data_dir=config.data.data_dir,
+                               normalize=config.upstream.normalize,
+                               image_size=_raw_size(config))
+  return objectives.get(config.upstream.objective).evaluator.build(
+      model, source, settings(config), mesh)
 
 
 def make_finetune(config: ml_collections.ConfigDict, model: Any, evaluator: Evaluator,
@@ -202,21 +207,35 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, evaluator: Eval
   supervised one reads the dataset's own augmented pipeline.
   """
   task, info = wiring.task_and_data(config, config.data.dataset)
-  spec = objectives.get(config.upstream.objective)
   return wiring.make_finetune(
-      config, model, task, info, mesh, recipe=recipe, objective=spec.build(settings(config)),
-      evaluator=evaluator, metric='accuracy', raw_images=spec.raw_images,
-      raw_size=config.upstream.image_size or None,
-      carry_state=config.upstream.keep_state)
+      config, model, task, info, mesh, recipe=recipe, evaluator=evaluator, metric='accuracy',
+      carry_state=config.upstream.keep_state, **_loss(config))
 
 
-def start_variables(config: ml_collections.ConfigDict, model: Any, evaluator: Evaluator,
-                    workdir: str, mesh: Mesh) -> dict[str, Any]:
-  """θ_p for the upstream model, with the head its objective trains.
+def _loss(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The objective's loss and what it reads, as `wiring.make_finetune` takes them."""
+  spec = objectives.get(config.upstream.objective)
+  return {'objective': spec.build(settings(config)), 'raw_images': spec.raw_images,
+          'raw_size': config.upstream.image_size or None}
 
-  A released checkpoint keeps its heads (a fresh one where it has none: SimCLR's), a
-  random init is θ_0, and source 'pretrain' trains θ_p with the objective in the workdir
-  (`config.pretrain.optim`).
+
+def _gradient(config: ml_collections.ConfigDict, model: Any, mesh: Mesh,
+              start: dict[str, Any]) -> Any:
+  """The objective's gradient for a criterion that scores by it (SNIP), else None."""
+  if not pruning.get(config_lib.criterion(config)).needs_gradient:
+    return None
+  task, info = wiring.task_and_data(config, config.data.dataset)
+  return wiring.loss_gradient(config, model, task, info, mesh, start['batch_stats'],
+                              **_loss(config))
+
+
+def theta_p(config: ml_collections.ConfigDict, model: Any, evaluator: Evaluator,
+            workdir: str, mesh: Mesh) -> sources.SeedVariables:
+  """θ_p for the upstream model, with the head its objective trains, per seed.
+
+  A released checkpoint keeps its heads (a fresh one where it has none, SimCLR's, drawn
+  from the seed), a random init is θ_0, and source 'pretrain' trains θ_p with the
+  objective in the workdir (`config.pretrain.optim`).
 
   Args:
     config: the experiment config.
@@ -226,7 +245,7 @@ def start_variables(config: ml_collections.ConfigDict, model: Any, evaluator: Ev
     mesh: the device mesh.
 
   Returns:
-    {'params', 'batch_stats'} as numpy trees.
+    seed -> {'params', 'batch_stats'} as numpy trees.
   """
   size = _raw_size(config) or data.get_info(config.data.dataset).image_shape[0]
   return wiring.theta_p(
@@ -236,12 +255,18 @@ def start_variables(config: ml_collections.ConfigDict, model: Any, evaluator: Ev
           make_finetune(config, model, evaluator, mesh,
                         recipe=config_lib.recipe(config.pretrain.optim)),
           seed=config.seed, description=f'{config.model.arch} with {config.upstream.objective} '
-          f'on {config.data.dataset} for {config.pretrain.optim.num_epochs} epochs'))(config.seed)
+          f'on {config.data.dataset} for {config.pretrain.optim.num_epochs} epochs'))
+
+
+def start_variables(config: ml_collections.ConfigDict, model: Any, evaluator: Evaluator,
+                    workdir: str, mesh: Mesh) -> dict[str, Any]:
+  """`theta_p` of the experiment's seed: the variables its θ_p metric is measured on."""
+  return theta_p(config, model, evaluator, workdir, mesh)(config.seed)
 
 
 def _theta_p_metric(workdir: str, evaluator: Evaluator,
                     variables: Any) -> dict[str, float]:
-  path = os.path.join(workdir, 'theta_p.json')
+  path = paths.theta_p_metric(workdir)
   recorded = files.read_json(path)  # one a crash cut short is measured again
   if recorded is not None:
     return recorded
@@ -265,40 +290,44 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     {'records': round records, 'theta_p': θ_p's metric, 'run_dir': the IMP folder,
     'start': θ_p's variables}.
   """
-  c, spec = config.upstream, objectives.get(config.upstream.objective)
+  c = config.upstream
   model = build_model(config)
   evaluator = make_evaluator(config, model, mesh)
-  start = start_variables(config, model, evaluator, workdir, mesh)
-  theta_p = _theta_p_metric(workdir, evaluator, start)
-  name = 'top-1' if spec.evaluator == 'accuracy' else 'kNN top-1'
+  start_for = theta_p(config, model, evaluator, workdir, mesh)
+  start = start_for(config.seed)
+  metric = _theta_p_metric(workdir, evaluator, start)
+  name = objectives.get(c.objective).evaluator.label
   console.say(f'θ_p {name} on {config.data.dataset}: '
-              f'test {100 * theta_p["test_accuracy"]:.2f}%.')
+              f'test {100 * metric["test_accuracy"]:.2f}%.')
 
-  run_spec = ImpSpec(num_rounds=config.imp.num_rounds, fraction=config.imp.fraction,
-                     pruning=config.imp.pruning, prune_first=config.imp.prune_first,
-                     seeds=(config.seed,), policy=config.imp.policy, pruning_seed=config.seed)
+  run_spec = imp.spec(config)
   run_dir = os.path.join(workdir, c.objective)
   finetune = make_finetune(config, model, evaluator, mesh)
   carried = ', optimizer and queue carried across rounds' if c.keep_state else ''
+  seeds = f', {len(run_spec.seeds)} seeds a round' if len(run_spec.seeds) > 1 else ''
   console.say(f'Upstream IMP ({c.objective}) on {config.data.dataset}: '
-              f'{run_spec.num_rounds} rounds x {config.optim.num_epochs} epochs{carried}.')
+              f'{run_spec.num_rounds} rounds x {config.optim.num_epochs} epochs{seeds}'
+              f'{carried}.')
 
   def on_round(record: dict[str, Any]) -> None:
     console.say(f'[{c.objective}] round {record["round"]}: sparsity '
                 f'{100 * record["sparsity"]:.2f}%, {name} {100 * record["test_accuracy"]:.2f}%')
 
-  records = imp.run_imp(run_dir, run_spec, start, finetune, on_round=on_round)
+  records = run_imp(run_dir, run_spec, start_for, finetune, on_round=on_round,
+                        gradient=_gradient(config, model, mesh, start))
   if sharding.is_chief():
     rows = [{'method': c.objective, **r} for r in records]
+    std = ('test_accuracy_std',) if len(run_spec.seeds) > 1 else ()
     console.say(results.report(
-        workdir, rows, {c.objective: records}, [theta_p['test_accuracy']],
+        workdir, rows, {c.objective: records}, [metric['test_accuracy']],
         f'Upstream {c.objective} IMP: {config.model.arch} on {config.data.dataset} ({name})',
-        ('method', 'round', 'sparsity', 'test_accuracy', 'best_epoch')))
+        ('method', 'round', 'sparsity', 'test_accuracy', *std, 'best_epoch'),
+        metric=wiring.task_and_data(config, config.data.dataset)[0].metric))
     console.say(f'Tickets: {run_dir}/round_XX/mask (and mask_torch.npz/.pth for the '
                 'reference).')
     report = analysis.analyze_workdirs([workdir], policy=config.imp.policy)
     console.say(f'Ticket analysis (overlap, layer and kernel structure): {report}')
-  return {'records': records, 'theta_p': theta_p, 'run_dir': run_dir, 'start': start}
+  return {'records': records, 'theta_p': metric, 'run_dir': run_dir, 'start': start}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -315,7 +344,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.fail('upstream.temperature', u.temperature, 'must be > 0.')
   if not 0.0 <= u.moco_momentum <= 1.0:
     config_lib.fail('upstream.moco_momentum', u.moco_momentum, 'must be in [0, 1].')
-  if u.objective == 'moco' and u.queue_size < config.data.batch_size:
+  if objectives.get(u.objective).queue and u.queue_size < config.data.batch_size:
     config_lib.fail('upstream.queue_size', u.queue_size, 'must hold at least one global '
                     f'batch (data.batch_size={config.data.batch_size}).')
   if u.knn_k < 1 or u.knn_temperature <= 0 or u.knn_bank_size < 0:
@@ -324,8 +353,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.imp.rewind != 'start':
     config_lib.fail('imp.rewind', config.imp.rewind,
                     "upstream IMP rewinds to θ_p: use 'start'.")
-  if (config.pretrained.source == 'pretrain'
-      and config.pretrain.dataset != config.data.dataset):
+  if config.imp.random_baseline:
+    config_lib.fail('imp.random_baseline', config.imp.random_baseline,
+                    'upstream IMP runs no random-pruning branch (mode paper compares upstream '
+                    'tickets with random masks); set --config.imp.random_baseline=False.')
+  if config.dense_seeds and config.imp.prune_first:
+    config_lib.fail('dense_seeds', config.dense_seeds,
+                    'imp.prune_first prunes θ_p before round 0, so no round is dense; set '
+                    '--config.dense_seeds=0, or --config.imp.prune_first=False for a dense '
+                    'round 0 with its own seeds.')
+  if config.pretrain.dataset in sources.get(config.pretrained.source).datasets(config) and (
+      config.pretrain.dataset != config.data.dataset):
     config_lib.fail('pretrain.dataset', config.pretrain.dataset,
                     'upstream IMP pre-trains θ_p on its own task: set it to data.dataset '
                     f'({config.data.dataset!r}).')
@@ -333,4 +371,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 modes.register(modes.Mode(
     'upstream', run=run, validate=validate, section=section,
-    datasets=lambda c: [c.data.dataset]))
+    datasets=lambda c: [c.data.dataset], model=build_model))

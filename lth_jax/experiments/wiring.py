@@ -25,13 +25,13 @@ from jax.sharding import Mesh
 from lth_jax import data, errors, tasks
 from lth_jax.data import on_device
 from lth_jax.experiments import config as config_lib
-from lth_jax.interop import checkpoints
+from lth_jax.experiments import sources
 from lth_jax.lottery import Finetune
-from lth_jax.lottery.imp import previous_round_dir
 from lth_jax.models import init_variables
-from lth_jax.runtime import console, sharding, tree_io
+from lth_jax.runtime import console, paths, sharding, tree_io
 from lth_jax.runtime.scheduler import Scheduler
 from lth_jax.training import Evaluator, Objective, StatefulObjective, compute_dtype, fit, reporting
+from lth_jax.training import gradients
 from lth_jax.training.optim import Recipe
 
 TrainBatches = Callable[[int, int, int], Iterator[Any]]  # (epoch, seed, start_step)
@@ -173,23 +173,6 @@ def build_model(config: ml_collections.ConfigDict, task: tasks.Task,
   return task.build_model(model_spec(config), dataset)
 
 
-def transplant(backbone: Mapping[str, Any], model: Any, rng: jax.Array) -> dict[str, Any]:
-  """θ_p on a task's model: the backbone's weights and a fresh head (as the reference).
-
-  Args:
-    backbone: {'params', 'batch_stats'} of a model of the same backbone (any head:
-      its head is dropped).
-    model: the task's model.
-    rng: PRNG key of the fresh head.
-
-  Returns:
-    {'params', 'batch_stats'} as numpy trees.
-  """
-  state_dict = {k: v for k, v in checkpoints.to_pytorch(backbone).items()
-                if not k.startswith('fc')}
-  return checkpoints.load_pytorch(state_dict, model, rng=rng)
-
-
 def pretrain_once(workdir: str, like: Mapping[str, Any], finetune: Finetune, *, seed: int,
                   description: str) -> dict[str, Any]:
   """θ_p trained densely by `finetune` inside the workdir, or its cached copy.
@@ -206,13 +189,13 @@ def pretrain_once(workdir: str, like: Mapping[str, Any], finetune: Finetune, *, 
   Returns:
     {'params', 'batch_stats'} as numpy trees.
   """
-  path = os.path.join(workdir, 'pretrain', 'variables')
+  path = paths.pretrain_variables(workdir)
   like = jax.device_get(dict(like))
   if not os.path.exists(path):
     console.say(f'Pre-training θ_p: {description} (cached in {path}).')
     try:
       result = finetune(like, None, seed=seed,
-                        checkpoint_dir=os.path.join(workdir, 'pretrain', 'train'))
+                        checkpoint_dir=paths.pretrain_checkpoints(workdir))
     except errors.DivergenceError as e:
       raise e.within(f'pre-training θ_p ({description})') from None
     console.say(f'Pre-training done: test {result.metric} {result.test:.4f}.')
@@ -231,12 +214,6 @@ def _pretrained_backbone(config: ml_collections.ConfigDict, workdir: str,
                                    recipe=config_lib.recipe(config.pretrain.optim)),
       seed=config.seed, description=f'{config.model.arch} on {info.name} for '
       f'{config.pretrain.optim.num_epochs} epochs')
-
-
-@functools.lru_cache(maxsize=2)
-def read_checkpoint(path: str) -> dict[str, Any]:
-  """The state dict of a checkpoint file, read once per process (every seed's θ_p)."""
-  return checkpoints.read_state_dict(path)
 
 
 def theta_p(config: ml_collections.ConfigDict, model: Any, image_size: int, workdir: str,
@@ -258,28 +235,31 @@ def theta_p(config: ml_collections.ConfigDict, model: Any, image_size: int, work
     mesh: the device mesh.
     pretrained: for source 'pretrain', () -> the pre-trained variables (default:
       supervised pre-training on `config.pretrain.dataset`); they are transplanted
-      onto `model` with a fresh head per seed.
+      onto `model` with a fresh head per seed (see `lth_jax.experiments.sources`).
     keep_head: `pretrained` gives variables of `model` itself, head included (upstream
       IMP continues the pre-training objective), used as they are for every seed.
 
   Returns:
     seed -> {'params', 'batch_stats'} as numpy trees.
   """
-  source = config.pretrained.source
-  if source == 'random':
-    fixed = jax.device_get(init_variables(model, jax.random.key(config.seed), image_size))
-    return lambda seed: fixed
-  if source == 'pretrain':
-    backbone = functools.cache(pretrained or (lambda: _pretrained_backbone(config, workdir,
-                                                                           mesh)))
-    if keep_head:
-      return lambda seed: backbone()
-    make = lambda seed: transplant(backbone(), model, jax.random.key(seed))
-  else:
-    make = lambda seed: checkpoints.load_pytorch(read_checkpoint(config.pretrained.path),
-                                                 model, source=source,
-                                                 rng=jax.random.key(seed))
-  return functools.lru_cache(maxsize=None)(make)
+  origin = sources.Origin(
+      model, image_size, config.seed, config.pretrained.path, keep_head=keep_head,
+      pretrained=pretrained or (lambda: _pretrained_backbone(config, workdir, mesh)))
+  return sources.get(config.pretrained.source).start(origin)
+
+
+def _host_batches(config: ml_collections.ConfigDict, task: tasks.Task,
+                  dataset: data.DatasetInfo, raw_images: bool,
+                  raw_size: int | None) -> TrainBatches:
+  """The host pipeline's training batches: the task's, or raw [0, 1] images for views."""
+  batch_size, data_dir = config.data.batch_size, config.data.data_dir
+  if raw_images:
+    return lambda epoch, seed, start: data.train_batches(
+        dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
+        start_step=start, augment=False, normalize=False, image_size=raw_size)
+  return lambda epoch, seed, start: task.train_batches(
+      dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
+      start_step=start)
 
 
 def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Task,
@@ -303,12 +283,14 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
     raw_images: train on the images as stored, in [0, 1] (not augmented or normalised),
       for objectives that draw their views on the device.
     raw_size: the side the raw images are resized to (None: the dataset's own).
-    carry_state: start each IMP round from the previous round's final optimizer (and
-      objective) state instead of a fresh one, as the reference does upstream.
+    carry_state: start each IMP round from the final optimizer (and objective) state
+      of the run it continues (`continue_from`, the same seed's previous round) instead
+      of a fresh one, as the reference does upstream.
 
   Returns:
-    finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None, mesh=mesh)
-    -> FitResult; a `scheduler` passes each run's own device group as `mesh`.
+    finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None,
+    continue_from=None, mesh=mesh) -> FitResult; a `scheduler` passes each run's own
+    device group as `mesh`.
   """
   recipe = recipe or config_lib.recipe(config.optim)
   batch_size = config.data.batch_size
@@ -332,16 +314,11 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
     if config.data.pipeline == 'device' and on_device.fits(dataset) and native:
       return on_device.DeviceData(dataset, run_mesh, batch_size=batch_size, data_dir=data_dir,
                                   augment=not raw_images, normalize=not raw_images)
-    if raw_images:
-      return lambda epoch, seed, start: data.train_batches(
-          dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
-          start_step=start, augment=False, normalize=False, image_size=raw_size)
-    return lambda epoch, seed, start: task.train_batches(
-        dataset, batch_size=batch_size, epoch=epoch, seed=seed, data_dir=data_dir,
-        start_step=start)
+    return _host_batches(config, task, dataset, raw_images, raw_size)
 
-  def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None, mesh=mesh):
-    writer = reporting.metric_writer(checkpoint_dir.rstrip('/') + '_tensorboard',
+  def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None,
+               continue_from=None, mesh=mesh):
+    writer = reporting.metric_writer(paths.tensorboard_dir(checkpoint_dir),
                                      just_logging=not sharding.is_chief())
     batches = batches_on(mesh)
     try:
@@ -353,7 +330,7 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
           is_head=task.is_head, writer=writer,
           checkpoint_every_steps=config.checkpoint_every_steps or None,
           rewind_step=rewind_step, rng=jax.random.key(seed),
-          carry_from=previous_round_dir(checkpoint_dir) if carry_state else None)
+          carry_from=continue_from if carry_state else None)
     finally:
       writer.close()
 
@@ -361,12 +338,15 @@ def make_finetune(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
 
 
 def loss_gradient(config: ml_collections.ConfigDict, model: Any, task: tasks.Task,
-                  dataset: data.DatasetInfo, mesh: Mesh,
-                  batch_stats: Any) -> Callable[[Any], Any]:
-  """params -> the task loss's gradient summed over `config.imp.score_batches` batches.
+                  dataset: data.DatasetInfo, mesh: Mesh, batch_stats: Any, *,
+                  objective: Objective | StatefulObjective | None = None,
+                  raw_images: bool = False,
+                  raw_size: int | None = None) -> Callable[[Any], Any]:
+  """params -> the training loss's gradient summed over `config.imp.score_batches` batches.
 
   What gradient-based pruning criteria (SNIP) score by: the first training batches of
-  seed `config.seed`'s epoch 0, in train mode (BatchNorm normalises by the batch).
+  seed `config.seed`'s epoch 0 as the host pipeline reads them, in train mode
+  (`lth_jax.training.gradients`).
 
   Args:
     config: the experiment config.
@@ -376,27 +356,13 @@ def loss_gradient(config: ml_collections.ConfigDict, model: Any, task: tasks.Tas
     mesh: the device mesh.
     batch_stats: BatchNorm statistics of the model (their structure; train mode does
       not read their values).
+    objective, raw_images, raw_size: the loss and its inputs, as for `make_finetune`
+      (a stateful objective's state starts from `config.seed`).
 
   Returns:
     The gradient function (params tree in, host params tree out).
   """
-  objective = task.objective(model, dataset)
-  replicated, batched = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
-
-  @functools.partial(jax.jit, in_shardings=(replicated, replicated, batched),
-                     out_shardings=replicated)
-  def grad(params, batch_stats, batch):
-    return jax.grad(lambda p: objective(model, p, batch_stats, batch)[0])(params)
-
-  def gradient(params: Any) -> Any:
-    batches = task.train_batches(dataset, batch_size=config.data.batch_size, epoch=0,
-                                 seed=config.seed, data_dir=config.data.data_dir,
-                                 start_step=0)
-    total = None
-    for _, batch in zip(range(config.imp.score_batches), batches):
-      g = grad(sharding.replicate(params, mesh), sharding.replicate(batch_stats, mesh),
-               sharding.shard_batch(batch, mesh))
-      total = g if total is None else jax.tree.map(lambda a, b: a + b, total, g)
-    return jax.device_get(total)
-
-  return gradient
+  read = _host_batches(config, task, dataset, raw_images, raw_size)
+  return gradients.summed_gradient(
+      model, objective or task.objective(model, dataset), lambda: read(0, config.seed, 0),
+      mesh, batch_stats, num_batches=config.imp.score_batches, rng=jax.random.key(config.seed))

@@ -146,6 +146,86 @@ def _torch_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
   return torch_names.to_torch_value(path, np.broadcast_to(np.float32(0), shape)).shape
 
 
+def _is_moco(raw: StateDict, source: str) -> bool:
+  """Whether `raw` holds a MoCo query encoder, checked against the `source` asked for."""
+  is_moco = any(k.startswith(QUERY_PREFIXES) for k in raw)
+  if source == 'moco' and not is_moco:
+    raise CheckpointError(
+        "source='moco' but the checkpoint has no 'module.encoder_q.*' keys (its first keys: "
+        f"{list(raw)[:3]}); use source='auto' or the checkpoint's own source.")
+  if source in ('torchvision', 'simclr') and is_moco:
+    raise CheckpointError(
+        f"source={source!r} but the checkpoint holds a MoCo query encoder "
+        "('module.encoder_q.*' keys); use source='moco' or 'auto'.")
+  return is_moco
+
+
+def _by_flax_path(state_dict: StateDict, expected: Mapping[tuple[str, ...], Any]
+                  ) -> tuple[dict[tuple[str, ...], np.ndarray], list[str]]:
+  """The checkpoint's values that the model has a place for, by Flax path.
+
+  Returns:
+    (values in Flax layout by Flax path, 'key (shape)' of every other entry; bookkeeping
+    such as num_batches_tracked is neither).
+  """
+  found, dropped = {}, []
+  for key, value in state_dict.items():
+    try:
+      path = torch_names.torch_to_flax_key(key)
+    except KeyError:
+      path = ()
+    if path is None:  # bookkeeping such as num_batches_tracked
+      continue
+    if path in expected:
+      found[path] = torch_names.to_flax_value(path, value)
+    else:
+      dropped.append(f'{key} {tuple(value.shape)}')
+  return found, dropped
+
+
+def _fitting(found: Mapping[tuple[str, ...], np.ndarray],
+             expected: Mapping[tuple[str, ...], tuple[int, ...]], model: ResNet,
+             dropped: list[str]
+             ) -> tuple[dict[tuple[str, ...], np.ndarray], list[tuple[str, ...]], list[str]]:
+  """Sorts the model's variables by whether the checkpoint gives them.
+
+  Returns:
+    (float32 values `found` with their `expected` shape, the paths to initialise fresh
+    (an unfitting value of theirs joins `dropped`), one line per other variable).
+  """
+  variables, fresh, problems = {}, [], []
+  for path, shape in expected.items():
+    value = found.get(path)
+    if value is not None and value.shape == shape:
+      variables[path] = np.ascontiguousarray(value, dtype=np.float32)
+      continue
+    key, want = torch_names.flax_to_torch_key(path), _torch_shape(path, shape)
+    if _may_be_fresh(path, model, shape, value):
+      fresh.append(path)
+      if value is not None:
+        dropped.append(f'{key} {_torch_shape(path, value.shape)}')
+    elif value is None:
+      problems.append(f'{key} is missing (the model needs shape {want})')
+    else:
+      problems.append(f'{key} has shape {_torch_shape(path, value.shape)} in the checkpoint, '
+                      f'the model needs {want}')
+  return variables, fresh, problems
+
+
+def _misfit(problems: list[str], state_dict: StateDict, model: ResNet, *,
+            found_any: bool) -> CheckpointError:
+  """The error for a checkpoint that does not fit `model`: likely fixes, then problems."""
+  fixes = _likely_fixes(state_dict, model)
+  if not found_any:
+    fixes.append('none of its keys are torchvision ResNet variables (first keys: '
+                 f'{list(state_dict)[:3]}); pass a torchvision, MoCo or SimCLR ResNet')
+  shown = problems[:8] + ([f'... and {len(problems) - 8} more'] if len(problems) > 8 else [])
+  return CheckpointError(
+      f'The checkpoint does not fit the model {_describe(model)}: '
+      + ('; '.join(fixes) + '.' if fixes else 'see the keys below.')
+      + ''.join(f'\n  {line}' for line in shown))
+
+
 def load_pytorch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], model: ResNet, *,
                  source: str = 'auto', rng: jax.Array | None = None) -> dict[str, Any]:
   """Converts a PyTorch ResNet checkpoint into Flax variables for `model`.
@@ -180,15 +260,7 @@ def load_pytorch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], mode
   if source not in SOURCES:
     raise ValueError(f'Unknown source {source!r}; choose one of {SOURCES}.')
   raw = read_state_dict(path_or_state_dict)
-  is_moco = any(k.startswith(QUERY_PREFIXES) for k in raw)
-  if source == 'moco' and not is_moco:
-    raise CheckpointError(
-        "source='moco' but the checkpoint has no 'module.encoder_q.*' keys (its first keys: "
-        f"{list(raw)[:3]}); use source='auto' or the checkpoint's own source.")
-  if source in ('torchvision', 'simclr') and is_moco:
-    raise CheckpointError(
-        f"source={source!r} but the checkpoint holds a MoCo query encoder "
-        "('module.encoder_q.*' keys); use source='moco' or 'auto'.")
+  is_moco = _is_moco(raw, source)
   backbone = backbone_state_dict(raw)
   state_dict = _fold_pruning(backbone)
   expected = traverse_util.flatten_dict(jax.eval_shape(_init_fn(model), jax.random.key(0)))
@@ -196,45 +268,10 @@ def load_pytorch(path_or_state_dict: str | os.PathLike | Mapping[str, Any], mode
   expected = {p: tuple(expected[p].shape)
               for p in sorted(expected, key=lambda p: p[0] != 'params')}
 
-  found, dropped = {}, []
-  for key, value in state_dict.items():
-    try:
-      path = torch_names.torch_to_flax_key(key)
-    except KeyError:
-      path = ()
-    if path is None:  # bookkeeping such as num_batches_tracked
-      continue
-    if path in expected:
-      found[path] = torch_names.to_flax_value(path, value)
-    else:
-      dropped.append(f'{key} {tuple(value.shape)}')
-
-  variables, fresh, problems = {}, [], []
-  for path, shape in expected.items():
-    value = found.get(path)
-    if value is not None and value.shape == shape:
-      variables[path] = np.ascontiguousarray(value, dtype=np.float32)
-      continue
-    key, want = torch_names.flax_to_torch_key(path), _torch_shape(path, shape)
-    if _may_be_fresh(path, model, shape, value):
-      fresh.append(path)
-      if value is not None:
-        dropped.append(f'{key} {_torch_shape(path, value.shape)}')
-    elif value is None:
-      problems.append(f'{key} is missing (the model needs shape {want})')
-    else:
-      problems.append(f'{key} has shape {_torch_shape(path, value.shape)} in the checkpoint, '
-                      f'the model needs {want}')
+  found, dropped = _by_flax_path(state_dict, expected)
+  variables, fresh, problems = _fitting(found, expected, model, dropped)
   if problems:
-    fixes = _likely_fixes(state_dict, model)
-    if not found:
-      fixes.append('none of its keys are torchvision ResNet variables (first keys: '
-                   f'{list(state_dict)[:3]}); pass a torchvision, MoCo or SimCLR ResNet')
-    shown = problems[:8] + ([f'... and {len(problems) - 8} more'] if len(problems) > 8 else [])
-    raise CheckpointError(
-        f'The checkpoint does not fit the model {_describe(model)}: '
-        + ('; '.join(fixes) + '.' if fixes else 'see the keys below.')
-        + ''.join(f'\n  {line}' for line in shown))
+    raise _misfit(problems, state_dict, model, found_any=bool(found))
   if fresh:
     variables.update(_fresh_variables(model, jax.random.key(0) if rng is None else rng, fresh))
 

@@ -8,6 +8,7 @@ loss and evaluator) and read the start variables of each seed through `per_seed`
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -20,12 +21,18 @@ from lth_jax.training import FitResult
 class Finetune(Protocol):
   """Fine-tunes masked variables for one seed; resumable in `checkpoint_dir`.
 
-  A `Scheduler` running several at once also passes `mesh=`, the devices of the run;
-  a fine-tune that is never scheduled may leave it out of its signature.
+  `continue_from` is the run this one continues: IMP passes round k - 1's checkpoint
+  folder of the same seed to round k once that run has finished (nothing for its first
+  round, a seed that round did not train, or one still training beside it). A fine-tune
+  that carries its optimizer state across rounds resumes it from there; others ignore
+  it or leave it out of their signature. A `Scheduler` running several at once also passes
+  `mesh=`, the devices of the run; a fine-tune that is never scheduled may leave it
+  out of its signature.
   """
 
   def __call__(self, variables: Mapping[str, Any], masks: Any, *, seed: int,
-               checkpoint_dir: str, rewind_step: int | None = None) -> FitResult:
+               checkpoint_dir: str, rewind_step: int | None = None,
+               continue_from: str | None = None) -> FitResult:
     ...
 
 
@@ -54,3 +61,20 @@ def per_seed(variables: StartVariables) -> Callable[[int], dict[str, Any]]:
     return lambda seed: jax.device_get(dict(variables(seed)))
   shared = jax.device_get(dict(variables))
   return lambda seed: shared
+
+
+def takes_keyword(fn: Callable[..., Any], name: str) -> bool:
+  """Whether `fn` accepts the keyword argument `name` (True when that cannot be told).
+
+  Args:
+    fn: a fine-tune (or any callable).
+    name: the keyword.
+
+  Returns:
+    True when `fn` has a parameter `name` or takes **kwargs, or has no signature to read.
+  """
+  try:
+    parameters = inspect.signature(fn).parameters.values()
+  except (TypeError, ValueError):
+    return True
+  return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)

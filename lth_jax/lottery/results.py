@@ -1,53 +1,48 @@
 """Results of a ticket search: per-seed summaries, matching, extreme sparsity, tables, plots.
 
-Numbers are named by the task's headline metric: `test_accuracy` for classification,
-`test_miou` for segmentation, `test_map50` for detection (see `Metric`). The paper's
-criterion (REFERENCE.md): a sparse network *matches* when its mean metric is at least
+Numbers are named by the task's headline metric (`test_accuracy`, `test_miou`,
+`test_map50`): each task names its own (`lth_jax.metrics.headline.Metric`), read here as
+a `Headline`; results know none of their own.
+The paper's criterion (REFERENCE.md), judged here only (`is_matching`, and
+`mark_matching` for rows): a sparse network *matches* when its mean metric is at least
 the dense model's mean minus one standard deviation of the dense runs; the *extreme
 sparsity* is the highest sparsity on the grid that still matches. Standard deviations
 are sample standard deviations (ddof=1) over independent runs; a single run has none
-(None in records, shown as "(one run)"; `mean_std` counts it as zero). Where the
-metric's chance level is known (accuracy: 1 / classes), dense runs within the noise of
-chance make the experiment a smoke run, and its outputs say so (`untrained`).
+(None in records, shown as "(one run)"), so one dense run's band is its value alone.
+Where the metric's chance level is known (accuracy: 1 / classes), dense runs within the
+noise of chance make the experiment a smoke run, and its outputs say so (`untrained`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from lth_jax.runtime import console, files
+from lth_jax.runtime import console, files, paths
 
 
-@dataclasses.dataclass(frozen=True)
-class Metric:
-  """A task's headline metric, as results name it.
+class Headline(Protocol):
+  """What results read of a task's headline metric (a `lth_jax.tasks.Metric`).
 
   Attributes:
-    key: the evaluator's key and the suffix of result fields ('accuracy' ->
-      'test_accuracy', 'val_accuracy', 'test_accuracy_std').
-    label: how tables and plots call it ('accuracy', 'mIoU', 'mAP@0.5').
-    file: the plot's file name stem ('accuracy' -> accuracy_vs_sparsity.png).
-    chance: the value a network that did not learn scores (accuracy on n classes:
-      1 / n; see `with_chance`), or None where it is not known (mIoU, mAP).
+    key: the suffix of the result fields ('miou': 'test_miou', 'test_miou_std').
+    label: how tables and plots call it.
+    file: the plot's file name stem.
+    chance: the value a network that did not learn scores, or None where unknown.
+    test: the result field of the test value ('test_miou').
   """
   key: str
   label: str
   file: str
-  chance: float | None = None
+  chance: float | None
 
   @property
-  def test(self) -> str:
-    """The result field of the test value, e.g. 'test_accuracy'."""
-    return f'test_{self.key}'
+  def test(self) -> str: ...
 
-
-ACCURACY = Metric('accuracy', 'accuracy', 'accuracy')
 
 # How a single run's missing std is shown in tables and logs (the CSV leaves it empty).
 ONE_RUN = '(one run)'
@@ -65,29 +60,13 @@ METHOD_LABELS = {
 }
 
 
-def with_chance(metric: Metric, num_classes: int) -> Metric:
-  """The metric with its chance level on a dataset of `num_classes` labels, where known.
-
-  Args:
-    metric: a task's headline metric.
-    num_classes: the dataset's number of labels.
-
-  Returns:
-    Accuracy with chance 1 / num_classes (what uniform guessing scores); any other
-    metric unchanged, since the chance level of mIoU or mAP depends on the data.
-  """
-  if metric.key != ACCURACY.key:
-    return metric
-  return dataclasses.replace(metric, chance=1 / num_classes)
-
-
-def untrained(dense: Sequence[float], metric: Metric) -> str:
+def untrained(dense: Sequence[float], metric: Headline) -> str:
   """Why matching against these dense runs means nothing, or '' when it means something.
 
   The dense runs did not train when their mean is less than `NEAR_CHANCE` (5 points)
-  above the metric's chance level, or when their std (over seeds, 0 for one run) is at
-  least that gap: a sparse network then "matches" by landing anywhere in the noise
-  around chance. A metric whose chance level is unknown is never judged.
+  above the metric's chance level, or when their std over seeds (a single run has none:
+  only its gap counts) is at least that gap: a sparse network then "matches" anywhere
+  in the noise around chance. A metric of unknown chance level is never judged.
 
   Args:
     dense: the dense runs' values (may be empty).
@@ -111,13 +90,14 @@ def untrained(dense: Sequence[float], metric: Metric) -> str:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (0 for fewer than two values).
+  """Mean and sample standard deviation: the centre and half-width of the matching band.
 
   Args:
     values: the metric of repeated runs.
 
   Returns:
-    (mean, std).
+    (mean, std); one value has no spread, its band no width: (value, 0.0) (records say
+    None, see `std_over_runs`).
   """
   arr = np.asarray(values, np.float64)
   if arr.size == 0:
@@ -168,8 +148,7 @@ def dense_runs(record: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
     Its runs.
 
   Raises:
-    ValueError: the record is sparse: its runs would judge tickets against a pruned
-      network.
+    ValueError: a sparse record (its runs would judge tickets against a pruned network).
   """
   if record['sparsity'] != 0:
     raise ValueError(f'{name} is taken as the dense network, but its sparsity is '
@@ -194,7 +173,7 @@ def is_matching(value: float, dense: Sequence[float]) -> bool:
 
 
 def extreme_sparsity(rows: Sequence[Mapping[str, Any]], dense: Sequence[float],
-                     key: str = ACCURACY.test) -> float | None:
+                     key: str) -> float | None:
   """The highest sparsity among `rows` whose value matches the dense runs.
 
   Args:
@@ -207,6 +186,27 @@ def extreme_sparsity(rows: Sequence[Mapping[str, Any]], dense: Sequence[float],
   """
   matching = [r['sparsity'] for r in rows if r['sparsity'] > 0 and is_matching(r[key], dense)]
   return max(matching) if matching else None
+
+
+def mark_matching(rows: Sequence[dict[str, Any]], dense: Sequence[float],
+                  key: str) -> float | None:
+  """Marks every row of a curve `matching` against the dense runs; its extreme sparsity.
+
+  Every mode's curves (IMP rounds, transferred tickets, baselines), the dense point
+  included: each row gets 'matching' (`is_matching`).
+
+  Args:
+    rows: dicts with 'sparsity' and `key`, updated in place ('matching' is added last).
+    dense: the metric of the dense runs; empty when there is no dense round to judge
+      against (e.g. IMP that pruned before round 0), and every row's 'matching' is None.
+    key: the field to judge (e.g. 'test_miou').
+
+  Returns:
+    The extreme matching sparsity, or None when nothing sparse matches (or no dense runs).
+  """
+  for row in rows:
+    row['matching'] = is_matching(row[key], dense) if dense else None
+  return extreme_sparsity(rows, dense, key) if dense else None
 
 
 def remaining_ticks(smallest: float, fraction: float = 0.2) -> list[float]:
@@ -244,8 +244,7 @@ def sparsity_axis(ax: Any, smallest: float) -> None:
   """Sets a plot's x axis as the paper's figures space it, labelled in sparsity.
 
   Points sit at their percentage of weights remaining on a log scale, sparser to the
-  right, so that every IMP round is one tick apart; the ticks are labelled with their
-  sparsity, the word every table and file of lth_jax uses.
+  right (one IMP round a tick); ticks are labelled in sparsity, as every table says.
 
   Args:
     ax: the matplotlib axes, whose points have x = 100 * (1 - sparsity).
@@ -264,20 +263,33 @@ def sparsity_axis(ax: Any, smallest: float) -> None:
   ax.set_xlabel('sparsity (%)')
 
 
+def _chance_line(ax: Any, metric: Headline) -> None:
+  """Draws the metric's chance level, if known, named in the legend even off the plot."""
+  if metric.chance is None:
+    return
+  # A chance level far below the curves would squash them: the axis keeps the curves'
+  # range and the legend says where the line is.
+  low, high = ax.get_ylim()
+  chance = 100 * metric.chance
+  below = chance < low
+  ax.axhline(chance, color='tab:red', ls='-.', lw=1,
+             label=f'chance ({chance:.3g}%' + (', below this range)' if below else ')'))
+  if below:
+    ax.set_ylim(low, high)
+
+
 def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]],
-                     dense: Sequence[float] | None = None, title: str = '',
-                     metric: Metric = ACCURACY, labels: Mapping[str, str] | None = None) -> str:
+                     dense: Sequence[float] | None = None, title: str = '', *,
+                     metric: Headline, labels: Mapping[str, str] | None = None) -> str:
   """Plots a metric against sparsity, spaced as the paper's figures are.
 
-  The x axis is `sparsity_axis` (one IMP round a tick, sparser to the right); every
-  curve has its ±1 std band over seeds (one legend entry names the shading); the dense
-  mean and its band are drawn once; each curve's extreme matching sparsity is a star,
-  judged against `dense` or, without it, against the runs of the curve's own dense point
-  (so curves from several pre-trainings are each judged against their own θ_p); a curve
-  of one dense point (e.g. training from scratch) is a dotted reference line; the
-  metric's chance level, where known, is a dash-dotted line (named in the legend even
-  when it lies below the plotted range). When `untrained(dense, metric)`, the title
-  says it is a smoke run. A PDF is written beside the PNG.
+  The x axis is `sparsity_axis`; every curve has its ±1 std band over seeds (one legend
+  entry names the shading); the dense mean and band are drawn once; each curve's extreme
+  matching sparsity is a star, judged against `dense` or else the runs of the curve's
+  own dense point (curves of several pre-trainings each against their own θ_p); a curve
+  of one dense point (training from scratch) is a dotted line; the chance level, where
+  known, a dash-dotted one (in the legend even below the plotted range). A smoke run
+  (`untrained`) says so in the title. A PDF is written beside the PNG.
 
   Args:
     path: PNG path to write (the PDF takes the same name).
@@ -296,8 +308,7 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
   from matplotlib.patches import Patch
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  smallest = 100.0
-  banded = False
+  smallest, banded = 100.0, False
   for name, rows in curves.items():
     rows = sorted(rows, key=lambda r: r['sparsity'])
     x = np.array([100 * (1 - r['sparsity']) for r in rows])
@@ -327,16 +338,7 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
     ax.axhline(100 * mean, color='k', ls='--', lw=1, label='dense')
     ax.axhspan(100 * (mean - std), 100 * (mean + std), color='k', alpha=0.08, lw=0)
     banded = banded or std > 0
-  if metric.chance is not None:
-    # A chance level far below the curves would squash them: the axis keeps the curves'
-    # range and the legend says where the line is.
-    low, high = ax.get_ylim()
-    chance = 100 * metric.chance
-    below = chance < low
-    ax.axhline(chance, color='tab:red', ls='-.', lw=1,
-               label=f'chance ({chance:.3g}%' + (', below this range)' if below else ')'))
-    if below:
-      ax.set_ylim(low, high)
+  _chance_line(ax, metric)
   sparsity_axis(ax, smallest)
   ax.set_ylabel(f'test {metric.label} (%)')
   smoke = ('\nSMOKE RUN: the dense runs did not train, "matching" means nothing'
@@ -357,8 +359,8 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
 
 def report(workdir: str, rows: Sequence[Mapping[str, Any]],
            curves: Mapping[str, Sequence[Mapping[str, Any]]], dense: Sequence[float],
-           title: str, columns: Sequence[str], suffix: str = '',
-           metric: Metric = ACCURACY, labels: Mapping[str, str] | None = None) -> str:
+           title: str, columns: Sequence[str], suffix: str = '', *,
+           metric: Headline, labels: Mapping[str, str] | None = None) -> str:
   """Writes results{suffix}.csv/.json and <metric>_vs_sparsity{suffix}.png in `workdir`.
 
   When the dense runs did not train (`untrained`), every row of the CSV and JSON gets
@@ -380,12 +382,12 @@ def report(workdir: str, rows: Sequence[Mapping[str, Any]],
   Returns:
     The console text: the table, the smoke-run note if any, and where the files are.
   """
-  stem = os.path.join(workdir, f'results{suffix}')
+  stem = paths.results_table(workdir, suffix)
   note = untrained(dense, metric)
   if note:
     rows = [{**r, 'note': note} for r in rows]
   files.write_table(stem, rows)
-  plot = plot_vs_sparsity(os.path.join(workdir, f'{metric.file}_vs_sparsity{suffix}.png'),
+  plot = plot_vs_sparsity(paths.results_plot(workdir, metric.file, suffix),
                           curves, dense, title=title, metric=metric, labels=labels)
   shown = [c for c in columns if any(c in r for r in rows)]
   stages = sorted({k for r in rows for k in r if k.startswith('sparsity_layer')})

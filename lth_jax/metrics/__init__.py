@@ -9,6 +9,8 @@ Detection (`detection.py`, py-faster-rcnn's voc_eval):
     voc_map(dets, gts, 20)            # {'map', 'ap'} at IoU 0.5, VOC07 11-point AP
     voc_map_range(dets, gts, 20)      # averaged over IoU 0.50:0.05:0.95
 
+The headline metric a task names and results read (`headline.Metric`) lives here too.
+
 Imports only numpy and jax; the tasks' evaluators call it.
 """
 

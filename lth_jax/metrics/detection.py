@@ -19,7 +19,7 @@ descending score, are matched greedily against the ground truths of their image.
 
 Boxes and scores are used as given: the reference's evaluator truncates box corners to
 integers and rounds scores to 4 decimals when it writes the result files voc_eval reads,
-which `lth_jax.yolo.round_like_reference` does before this metric in
+which `lth_jax.tasks.yolo.round_like_reference` does before this metric in
 `lth_jax.tasks.detection`.
 
 Deviations from the reference:

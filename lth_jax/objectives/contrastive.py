@@ -173,7 +173,11 @@ def _forward(model: nn.Module, params: Any, batch_stats: Any,
   return out, updates['batch_stats']
 
 
-def _check_normalization(mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> None:
+def _check_shared(objective: SimCLR | MoCo) -> None:
+  """Checks what SimCLR and MoCo share: the temperature and the views' normalisation."""
+  if objective.temperature <= 0:
+    raise ValueError(f'temperature must be > 0, got {objective.temperature}.')
+  mean, std = objective.mean, objective.std
   if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
     raise ValueError(f'mean {mean} and std {std} must both be None (images stay in [0, 1]) '
                      'or both name one value per channel.')
@@ -200,9 +204,7 @@ class SimCLR:
   std: tuple[float, ...] | None = None
 
   def __post_init__(self):
-    if self.temperature <= 0:
-      raise ValueError(f'temperature must be > 0, got {self.temperature}.')
-    _check_normalization(self.mean, self.std)
+    _check_shared(self)
 
   def init_extra(self, model: nn.Module, params: Any, batch_stats: Any, rng: jax.Array,
                  carry: Extra | None = None) -> Extra:
@@ -266,13 +268,11 @@ class MoCo:
   std: tuple[float, ...] | None = None
 
   def __post_init__(self):
-    if self.temperature <= 0:
-      raise ValueError(f'temperature must be > 0, got {self.temperature}.')
+    _check_shared(self)
     if not 0.0 <= self.momentum <= 1.0:
       raise ValueError(f'momentum must be in [0, 1], got {self.momentum}.')
     if self.queue_size < 1:
       raise ValueError(f'queue_size must be >= 1, got {self.queue_size}.')
-    _check_normalization(self.mean, self.std)
 
   def init_extra(self, model: nn.Module, params: Any, batch_stats: Any, rng: jax.Array,
                  carry: Extra | None = None) -> Extra:

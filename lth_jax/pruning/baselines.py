@@ -1,11 +1,13 @@
 """Baselines of a ticket: random masks with its counts, one-shot magnitude pruning (OMP).
 
     rand = baselines.random_like(key, ticket, layerwise=False)   # random global pruning
+    rands = baselines.random_baselines(seed, tickets, 'random_layerwise')  # every mode's draw
     omp = baselines.to_sparsity(theta_p, masks.init(theta_p), 0.8)
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -15,6 +17,45 @@ import numpy as np
 from lth_jax import masks as masks_lib
 from lth_jax.pruning.criteria import random_scores
 from lth_jax.pruning.selection import aligned, alive_counts, check_fraction, prune_lowest
+
+
+# The random baselines of a ticket: name -> whether each layer keeps the ticket's count.
+# 'random_global' is random pruning at the ticket's total sparsity (the paper's "random
+# pruning"); 'random_layerwise' random masks with the ticket's layer profile (each
+# layer's mask shuffled). Not the IMP criterion 'layerwise_random', which prunes a share
+# of each layer's survivors at random every round.
+RANDOM_BASELINES = {'random_global': False, 'random_layerwise': True}
+
+
+def random_baselines(seed: int, tickets: Mapping[str, Any], method: str,
+                     policy: masks_lib.Policy = None) -> dict[str, Any]:
+  """A random baseline of each ticket, drawn the same way by every mode that makes one.
+
+  The i-th ticket's mask is `random_like` with `fold_in(key(seed), i)`: the same
+  tickets (in the same order) and seed give the same masks in transfer and paper mode,
+  whichever other baselines are drawn beside them. The two baselines of a ticket share
+  their random scores (same key, one grouped globally, one per layer): each is a fair
+  random draw, but their overlap with each other is not meaningful.
+
+  Args:
+    seed: the experiment's seed.
+    tickets: ticket name -> mask tree, in order.
+    method: a key of `RANDOM_BASELINES`.
+    policy: see `lth_jax.masks.prunable_leaves`.
+
+  Returns:
+    ticket name -> its random mask (same structure as the ticket).
+
+  Raises:
+    ValueError: an unknown method.
+  """
+  if method not in RANDOM_BASELINES:
+    raise ValueError(f'Unknown random baseline {method!r}; choose one of '
+                     f'{tuple(RANDOM_BASELINES)}.')
+  key = jax.random.key(seed)
+  return {name: random_like(jax.random.fold_in(key, i), ticket,
+                            layerwise=RANDOM_BASELINES[method], policy=policy)
+          for i, (name, ticket) in enumerate(tickets.items())}
 
 
 def random_like(key: jax.Array, ticket: Any, *, layerwise: bool,

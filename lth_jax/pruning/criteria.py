@@ -12,7 +12,8 @@ and one `register` call:
     magnitude            |w| of the trained weights, one global count (the paper's)
     layerwise_magnitude  |w| of the trained weights, the count per layer
     random               uniform random scores, one global count (random pruning)
-    random_layerwise     uniform random scores, the count per layer
+    layerwise_random     uniform random scores, the count per layer (not the ticket
+                         baseline 'random_layerwise' of `baselines.RANDOM_BASELINES`)
     snip                 |w * dL/dw| at the rewind point on a few batches (SNIP's
                          saliency, Lee et al. 2019), one global count
 """
@@ -63,11 +64,14 @@ class Criterion:
     reads_trained: the score reads `ScoreInputs.trained`; a criterion that does not
       gives every round's mask before any training, so IMP may train its rounds side
       by side.
+    random: the score is a random draw (reads only `ScoreInputs.key`): IMP by it is
+      itself a random-pruning baseline.
   """
   score: Callable[[ScoreInputs, masks_lib.Policy], dict[str, Any]]
   layerwise: bool = False
   needs_gradient: bool = False
   reads_trained: bool = True
+  random: bool = False
 
 
 CRITERIA: Registry[Criterion] = Registry('pruning criterion')
@@ -128,8 +132,9 @@ def _snip(inputs: ScoreInputs, policy: masks_lib.Policy) -> dict[str, Any]:
 
 register('magnitude', Criterion(_trained))
 register('layerwise_magnitude', Criterion(_trained, layerwise=True))
-register('random', Criterion(_random, reads_trained=False))
-register('random_layerwise', Criterion(_random, layerwise=True, reads_trained=False))
+register('random', Criterion(_random, reads_trained=False, random=True))
+register('layerwise_random', Criterion(_random, layerwise=True, reads_trained=False,
+                                       random=True))
 register('snip', Criterion(_snip, needs_gradient=True, reads_trained=False))
 
 
@@ -184,5 +189,5 @@ def random(key: jax.Array, masks: Any, fraction: float, layerwise: bool = False,
   Returns:
     The new mask tree.
   """
-  return prune('random_layerwise' if layerwise else 'random',
+  return prune('layerwise_random' if layerwise else 'random',
                ScoreInputs(masks=masks, key=key), fraction, policy)

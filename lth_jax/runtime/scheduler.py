@@ -41,12 +41,13 @@ def _duration(seconds: float) -> str:
 class Scheduler:
   """Runs independent jobs concurrently, one per group of devices."""
 
-  def __init__(self, devices: Sequence[jax.Device], devices_per_run: int | None = None,
-               total_runs: int | None = None):
+  def __init__(self, devices: Sequence[jax.Device] | None,
+               devices_per_run: int | None = None, total_runs: int | None = None):
     """Splits `devices` into groups.
 
     Args:
-      devices: the experiment's devices.
+      devices: the experiment's devices; None: one group, whose jobs run one after
+        another on the caller's own mesh (`map` gives them the mesh None).
       devices_per_run: devices of each run (None or 0: all of them, one run at a time).
       total_runs: the experiment's number of runs, for the experiment-level ETA (None:
         the ETA covers the jobs of the current `map`).
@@ -55,16 +56,17 @@ class Scheduler:
       ValueError: `devices_per_run` does not divide the devices, or several processes
         would need to split their devices (each run spans every process).
     """
-    devices = list(devices)
+    own_mesh = devices is None
+    devices = [] if own_mesh else list(devices)
     per_run = devices_per_run or len(devices)
-    if per_run < 1 or len(devices) % per_run:
+    if not own_mesh and (per_run < 1 or len(devices) % per_run):
       raise ValueError(f'devices_per_run={devices_per_run} must divide the {len(devices)} '
                        'devices of the experiment.')
     if per_run < len(devices) and jax.process_count() > 1:
       raise ValueError('devices_per_run below the device count needs a single process: on '
                        'several hosts every run spans all of them; leave it at 0.')
-    self.meshes = [sharding.make_mesh(devices[i:i + per_run])
-                   for i in range(0, len(devices), per_run)]
+    self.meshes: list[Mesh | None] = [None] if own_mesh else [
+        sharding.make_mesh(devices[i:i + per_run]) for i in range(0, len(devices), per_run)]
     self.total_runs = total_runs
     self._lock = threading.Lock()
     self._done = 0          # runs of the experiment done, earlier ones included
@@ -135,7 +137,7 @@ class Scheduler:
     return [f.result() for f in futures]
 
   def _timed(self, job: Callable[[T, Mesh], R], item: T, name: str, mesh: Mesh) -> R:
-    where = ','.join(str(d.id) for d in mesh.devices.flat)
+    where = 'own mesh' if mesh is None else ','.join(str(d.id) for d in mesh.devices.flat)
     with self._lock:
       self._in_flight[name] = where
       if self.concurrent > 1:

@@ -1,103 +1,88 @@
 """Ownership of a workdir by one experiment, so that reruns resume and never mix runs.
 
-The first run writes `experiment.json` (the config) once every input has been found
-and loaded; a run that stopped on a missing dataset or a bad checkpoint leaves nothing
-behind. A later run resumes when its config equals the recorded one up to changes that
-cannot change a result:
-  - paths to the same inputs (`data.data_dir`; `pretrained.path` when the file has the
-    recorded SHA-256), the evaluation batch size, the checkpoint cadence;
-  - the device fields (`num_devices`, `devices_per_run`) as long as runs train on the
-    recorded number of devices (below);
-  - more rounds (`imp.num_rounds`) or more seeds (`num_seeds`, `dense_seeds`): the new
-    ones run and the old ones are kept;
-  - after a run diverged (`diverged.json`), a new recipe (`optim.*`, `pretrain.optim.*`,
-    `model.half_precision`), as long as no training that used the recorded recipe has
-    started.
+The first run writes `experiment.json` (its record: the experiment's settings as plain
+JSON) once every input has been found and loaded; a run that stopped on a missing
+dataset or a bad checkpoint leaves nothing behind. A later run resumes when its record
+equals the recorded one up to the changes its `ResumeRules` allow, which the layer that
+knows the settings gives (`lth_jax.experiments.modes.Mode.resume_rules`):
+  - neutral fields, which cannot change a result (paths to the same inputs: a field of
+    `inputs` whose file has the recorded fingerprint is one too);
+  - growing fields, whose change adds work and keeps what is recorded (more rounds);
+  - after a run diverged (`diverged.json`), new recipe fields, as long as no training
+    that used the recorded recipe has started.
 Anything else is refused with the differing fields named. A field missing from the
-recorded config (written by an older lth_jax) counts as its default.
+recorded settings (written by an older lth_jax) counts as its default.
 
-Beside the config, `experiment.json` records its runs' environment: the number of
+Beside the settings, `experiment.json` records its runs' environment: the number of
 devices they train on (the mesh, and each run's devices when runs go side by side),
 which changes the numbers, so a resume on another count is refused (a workdir written
 before it was recorded resumes as before); and the jax, jaxlib and flax versions it was
 started under, which may change them too, so a resume under others warns.
 
 Files:
-    experiment.json   the config and its environment (chief process only)
+    experiment.json   the experiment's settings and its environment (chief process only)
     inputs.json       fingerprints of the input files (the checkpoint's SHA-256)
     diverged.json     one entry per diverged run; its checkpoints go to diverged/<n>/
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import importlib
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from lth_jax.runtime import files, sharding
+from lth_jax.runtime import files, paths, sharding
 from lth_jax.errors import DivergenceError, WorkdirError
 
-EXPERIMENT_FILE = 'experiment.json'
-INPUTS_FILE = 'inputs.json'
-DIVERGED_FILE = 'diverged.json'
-DIVERGED_DIR = 'diverged'
-# The key of experiment.json beside the config sections: what the runs ran on.
+EXPERIMENT_FILE = paths.EXPERIMENT_FILE
+INPUTS_FILE = paths.INPUTS_FILE
+DIVERGED_FILE = paths.DIVERGED_FILE
+DIVERGED_DIR = paths.DIVERGED_DIR
+# The key of experiment.json beside the settings: what the runs ran on.
 ENVIRONMENT = 'environment'
 # The packages whose versions are recorded (their numerics may change between versions).
 VERSIONED_PACKAGES = ('jax', 'jaxlib', 'flax')
 
-# Fields whose value never changes a result. The device fields are among them because
-# what does change results, the number of devices runs train on, is compared on its own
-# (`claim(devices=...)`): `num_devices=0` and `num_devices=8` on 8 devices are the same.
-NEUTRAL_FIELDS = ('data.data_dir', 'data.eval_batch_size', 'num_devices', 'devices_per_run',
-                  'checkpoint_every_steps')
-# Fields that may change between runs: more rounds extend a run (fewer report fewer).
-RESUMABLE_FIELDS = ('imp.num_rounds',)
-# The recipe fields that fixing a diverged run may change.
-RECIPE_PREFIXES = ('optim.', 'pretrain.optim.', 'model.half_precision')
+# A growing field's rule: (old, new) flattened records -> whether the change keeps every
+# recorded result (e.g. more rounds).
+Growth = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeRules:
+  """What a rerun may change of a recorded experiment, in the words of its settings.
+
+  The runtime knows no setting: the experiment layer names them (each mode its own).
+
+  Attributes:
+    neutral: fields ('.'-joined paths of the record) whose value never changes a result.
+    growing: field -> whether a change of it (old, new: the flattened records) keeps
+      every recorded result, e.g. more rounds or more seeds.
+    recipe_work: field prefix -> glob patterns (relative to the workdir) of the training
+      folders that used it: after a divergence such a field may change while none of
+      them exists, so that no results mix two recipes.
+    devices_fix: the device counts the workdir was trained on -> the settings that run
+      on them again, for the message refusing another count.
+    rerun_fix: the path of experiment.json -> how to rerun with the recorded settings.
+  """
+  neutral: tuple[str, ...] = ()
+  growing: Mapping[str, Growth] = dataclasses.field(default_factory=dict)
+  recipe_work: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+  devices_fix: Callable[[Mapping[str, int]], str] = lambda devices: 'the same devices'
+  rerun_fix: Callable[[str], str] = lambda path: f'the settings recorded in {path}'
 
 
 def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.flatten_dict(dict(tree), sep='.')
-
-
-def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """A JSON-compatible dict of `config` (tuples become lists).
-
-  Args:
-    config: the experiment config.
-
-  Returns:
-    The config as plain JSON values.
-  """
-  return json.loads(config.to_json_best_effort())
-
-
-def for_config(root: str, config: ml_collections.ConfigDict) -> str:
-  """A workdir under `root` named for a config: the same config always gets the same one.
-
-  For notebooks and scripts that run several configs: each lands in its own folder
-  (and resumes there) instead of being refused by a folder holding another one.
-
-  Args:
-    root: the parent folder.
-    config: the experiment config.
-
-  Returns:
-    `root/<mode>_<dataset>_<first 10 hex digits of the config's SHA-256>`.
-  """
-  text = json.dumps(config_to_dict(config), sort_keys=True)
-  digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-  return os.path.join(root, f'{config.mode}_{config.data.dataset}_{digest}')
 
 
 def file_sha256(path: str) -> str:
@@ -122,7 +107,7 @@ def versions() -> dict[str, str]:
 
 
 def read_experiment(workdir: str) -> dict[str, Any] | None:
-  """The record of a workdir's `experiment.json`: its config sections and environment.
+  """The record of a workdir's `experiment.json`: its settings and environment.
 
   Args:
     workdir: the experiment's directory.
@@ -146,17 +131,15 @@ def _shown(devices: Mapping[str, int]) -> str:
 
 
 def _check_environment(workdir: str, recorded: Mapping[str, Any],
-                       devices: Mapping[str, int] | None) -> None:
+                       devices: Mapping[str, int] | None, rules: ResumeRules) -> None:
   """Refuses a resume on another device count; warns under other package versions."""
   old = recorded.get('devices')
   if devices is not None and old is not None and old != dict(devices):
-    flags = f'--config.num_devices={old["mesh"]}' + (
-        f' --config.devices_per_run={old["per_run"]}' if old['per_run'] != old['mesh'] else '')
     raise WorkdirError(
         f'{workdir} was trained on {_shown(old)} and this run would train on '
         f'{_shown(devices)}: results depend on the device count, and resuming on another '
-        f'one would mix runs of both. Resume it on {_shown(old)} ({flags}), or use a new '
-        '--workdir.')
+        f'one would mix runs of both. Resume it on {_shown(old)} ({rules.devices_fix(old)}), '
+        'or use a new --workdir.')
   shown = lambda packages: ', '.join(f'{k} {v}' for k, v in sorted(packages.items()))
   current = versions()
   if recorded.get('versions') not in (None, current):
@@ -166,26 +149,10 @@ def _check_environment(workdir: str, recorded: Mapping[str, Any],
         workdir, shown(recorded['versions']), shown(current))
 
 
-def _dense_seeds(config: Mapping[str, Any]) -> int:
-  return config.get('dense_seeds') or config.get('num_seeds') or 0
-
-
-def _allowed(field: str, old: Any, new: Any, config: Mapping[str, Any],
-             recorded: Mapping[str, Any], same_inputs: set[str]) -> bool:
-  """Whether changing `field` from `old` to `new` keeps every recorded result valid."""
-  if field in NEUTRAL_FIELDS or field in RESUMABLE_FIELDS or field in same_inputs:
-    return True
-  if field in ('num_seeds', 'dense_seeds'):
-    # More seeds add runs; the dense round's seeds may only grow too.
-    return (_dense_seeds(config) >= _dense_seeds(recorded)
-            and (field == 'dense_seeds' or new >= old))
-  return False
-
-
 def _recipe_change_refusal(workdir: str, fields: Sequence[str],
                            recipe_work: Mapping[str, Sequence[str]]) -> str | None:
   """Why a recipe change after a divergence is refused, or None when it is allowed."""
-  if not os.path.exists(os.path.join(workdir, DIVERGED_FILE)):
+  if not os.path.exists(paths.diverged_record(workdir)):
     return ('a new recipe is accepted in a workdir only after a run in it diverged, for '
             'the training that has not started yet')
   started = []
@@ -202,30 +169,41 @@ def _recipe_change_refusal(workdir: str, fields: Sequence[str],
   return None
 
 
-def claim(workdir: str, config: ml_collections.ConfigDict, *,
-          defaults: ml_collections.ConfigDict | None = None,
+def _refusals(workdir: str, old: Mapping[str, Any], new: Mapping[str, Any],
+              rules: ResumeRules, same_inputs: set[str]) -> list[str]:
+  """'field: old -> new' of every change the rules do not allow (flattened records)."""
+  refused, recipe = [], []
+  for field in sorted(new):
+    if old.get(field) == new[field] or field in rules.neutral or field in same_inputs:
+      continue
+    if field.startswith(tuple(rules.recipe_work)):
+      recipe.append(field)
+    elif field not in rules.growing or not rules.growing[field](old, new):
+      refused.append(f'{field}: {old.get(field)!r} -> {new[field]!r}')
+  why = recipe and _recipe_change_refusal(workdir, recipe, rules.recipe_work)
+  if why:
+    refused += [f'{f}: {old.get(f)!r} -> {new[f]!r}' for f in recipe] + [f'({why})']
+  return refused
+
+
+def claim(workdir: str, record: Mapping[str, Any], *, rules: ResumeRules = ResumeRules(),
+          defaults: Mapping[str, Any] | None = None,
           inputs: Mapping[str, str] | None = None,
-          recipe_work: Mapping[str, Sequence[str]] | None = None,
-          sections: Sequence[str] | None = None,
           devices: Mapping[str, int] | None = None) -> bool:
-  """Makes `workdir` belong to the experiment described by `config`.
+  """Makes `workdir` belong to the experiment `record` describes.
 
   Call it once every input has been found and loaded: a refused or failed start must
   leave no record behind.
 
   Args:
     workdir: the experiment's directory (created if needed).
-    config: the experiment config.
-    defaults: the config schema's defaults; a field missing from the recorded config
-      counts as its default here.
-    inputs: config field -> fingerprint of the file it names (e.g.
-      {'pretrained.path': sha256}); a changed path with the recorded fingerprint is the
-      same input.
-    recipe_work: recipe field prefix (see RECIPE_PREFIXES) -> glob patterns, relative
-      to the workdir, of the training folders that used it; a recipe change after a
-      divergence is refused while any of them exists.
-    sections: the top-level config fields the experiment reads; only these are
-      recorded and compared (None: all).
+    record: the experiment's settings as JSON values (nested dicts), written to
+      experiment.json and compared with what it holds.
+    rules: what a rerun may change (see `ResumeRules`).
+    defaults: the settings' defaults, nested like `record`; a field missing from the
+      recorded settings counts as its default here.
+    inputs: field -> fingerprint of the file it names (e.g. {'pretrained.path':
+      sha256}); a changed path with the recorded fingerprint is the same input.
     devices: how many devices the runs train on: {'mesh': the experiment's mesh,
       'per_run': each run's devices (the mesh's size unless runs go side by side)};
       recorded, and a resume on other counts is refused (None: not recorded).
@@ -239,9 +217,7 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
   """
   inputs = dict(inputs or {})
   path = os.path.join(workdir, EXPERIMENT_FILE)
-  current = config_to_dict(config)
-  if sections is not None:
-    current = {k: v for k, v in current.items() if k in sections}
+  current = json.loads(json.dumps(dict(record)))  # JSON values only, as read back
   recorded = read_experiment(workdir)
   resumed = recorded is not None
   environment = {'versions': versions()}
@@ -249,32 +225,16 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
     # Fingerprints are rewritten below: one that cannot be read counts as missing.
     recorded_inputs = files.read_json(os.path.join(workdir, INPUTS_FILE), {})
     environment = dict(recorded.pop(ENVIRONMENT, None) or environment)
-    old = {**_flatten(config_to_dict(defaults)), **_flatten(recorded)} if defaults else (
-        _flatten(recorded))
-    if sections is not None:
-      old = {k: v for k, v in old.items() if k.split('.')[0] in sections}
-    new = _flatten(current)
+    old = {**_flatten(defaults or {}), **_flatten(recorded)}
     same_inputs = {f for f, fingerprint in inputs.items()
                    if recorded_inputs.get(f) == fingerprint}
-    refused, recipe = [], []
-    for field in sorted(new):
-      if old.get(field) == new[field]:
-        continue
-      if field.startswith(RECIPE_PREFIXES):
-        recipe.append(field)
-      elif not _allowed(field, old.get(field), new[field], new, old, same_inputs):
-        refused.append(f'{field}: {old.get(field)!r} -> {new[field]!r}')
-    if recipe:
-      why = _recipe_change_refusal(workdir, recipe, recipe_work or {})
-      if why:
-        refused += [f'{f}: {old.get(f)!r} -> {new[f]!r}' for f in recipe]
-        refused.append(f'({why})')
+    refused = _refusals(workdir, old, _flatten(current), rules, same_inputs)
     if refused:
       raise WorkdirError(
           f'{workdir} holds another experiment (config differs in '
           f'{"; ".join(refused[:8])}). Use a new --workdir, or resume it with its recorded '
-          f'config: --config={path}')
-    _check_environment(workdir, environment, devices)
+          f'config: {rules.rerun_fix(path)}')
+    _check_environment(workdir, environment, devices, rules)
   if devices is not None:
     environment['devices'] = dict(devices)
   if sharding.is_chief():
@@ -300,15 +260,16 @@ def record_divergence(workdir: str, error: DivergenceError) -> str:
   Returns:
     Where the run's checkpoints now are.
   """
-  log = os.path.join(workdir, DIVERGED_FILE)
+  log = paths.diverged_record(workdir)
   entries = files.read_json(log, [], fix=(
       f'It lists the runs that diverged, whose checkpoints are in {DIVERGED_DIR}/<n>/: '
       f'restore it, or delete it and move {DIVERGED_DIR}/ aside, then rerun.'))
   run = os.path.abspath(error.checkpoint_dir)
-  target = os.path.join(os.path.abspath(workdir), DIVERGED_DIR, str(len(entries)),
+  target = os.path.join(paths.diverged_dir(os.path.abspath(workdir), len(entries)),
                         os.path.relpath(run, os.path.abspath(workdir)))
   if sharding.is_chief():
-    for source, dest in ((run, target), (run + '_tensorboard', target + '_tensorboard')):
+    for source, dest in ((run, target),
+                         (paths.tensorboard_dir(run), paths.tensorboard_dir(target))):
       if os.path.exists(source):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.move(source, dest)

@@ -7,11 +7,13 @@ A `Task` gives its model head, training loss, evaluator with a named headline me
 and data transforms (`task`); `classification`, `segmentation` and `detection` are
 registered here. A new task is one module with a
 `Task` subclass and one `register` call. May import `lth_jax.data`, `lth_jax.models`,
-`lth_jax.metrics`, `lth_jax.training` and `lth_jax.lottery.results` (the `Metric`).
+`lth_jax.metrics` and `lth_jax.training`; each task names its headline `Metric` (`metric`, defined in
+`lth_jax.metrics.headline`).
 """
 
 from __future__ import annotations
 
+from lth_jax.metrics.headline import Metric
 from lth_jax.registry import Registry
 from lth_jax.tasks.classification import Classification
 from lth_jax.tasks.detection import Detection
@@ -32,5 +34,5 @@ register(Classification())
 register(Segmentation())
 register(Detection())
 
-__all__ = ['TASKS', 'Classification', 'Detection', 'ModelSpec', 'Segmentation', 'Task', 'get',
-           'register']
+__all__ = ['TASKS', 'Classification', 'Detection', 'Metric', 'ModelSpec', 'Segmentation', 'Task',
+           'get', 'register']

@@ -7,6 +7,7 @@ by `lth_jax.data` (pad-and-crop, flips), accuracy counted exactly over padded ba
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -18,12 +19,14 @@ import optax
 from jax.sharding import Mesh
 
 from lth_jax import data
-from lth_jax.lottery.results import ACCURACY
+from lth_jax.metrics.headline import Metric
 from lth_jax.models import create_model
 from lth_jax.runtime import sharding
 from lth_jax.tasks.task import Batch, ModelSpec, Task
 from lth_jax.training import Evaluator
 from lth_jax.training.evaluators import summed_over_batches
+
+ACCURACY = Metric('accuracy', 'accuracy', 'accuracy')
 
 
 def cross_entropy(model: nn.Module, params: Any, batch_stats: Any,
@@ -83,6 +86,10 @@ class Classification(Task):
   def objective(self, model: nn.Module, dataset: data.DatasetInfo) -> Any:
     del model, dataset
     return cross_entropy
+
+  def headline(self, dataset: data.DatasetInfo) -> Metric:
+    # Uniform guessing scores 1 / classes: dense runs near it did not train.
+    return dataclasses.replace(self.metric, chance=1 / dataset.num_classes)
 
   def evaluator(self, model: nn.Module, dataset: data.DatasetInfo, *, batch_size: int,
                 data_dir: str | None, mesh: Mesh) -> Evaluator:

@@ -4,7 +4,7 @@ The reference's `Detection/` recipe (a fork of argusswift/YOLOv4-pytorch): the
 backbone's weights at the root of the tree (tickets, masks and PyTorch names are a
 classifier's), SPP + PANet under `neck` and the three prediction heads under `head`
 (never pruned), targets assigned on the device from padded boxes
-(`lth_jax.yolo.build_targets`), the CIoU + focal objectness + BCE class loss, and
+(`lth_jax.tasks.yolo.build_targets`), the CIoU + focal objectness + BCE class loss, and
 evaluation as its `Evaluator`: decode every scale, undo the letterbox, score =
 objectness x best class probability > 0.005, per-class NMS at 0.45 (of the 300 best
 boxes, keeping 100 an image), corners truncated to integers and scores rounded to 4
@@ -31,12 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from lth_jax import data, metrics, yolo
+from lth_jax import data, metrics
 from lth_jax.data import DatasetInfo
-from lth_jax.lottery.results import Metric
+from lth_jax.metrics.headline import Metric
 from lth_jax.models import create_detector
 from lth_jax.models.yolo import ANCHORS, decode
 from lth_jax.runtime import sharding
+from lth_jax.tasks import yolo
 from lth_jax.tasks.task import Batch, ModelSpec, Task
 from lth_jax.training import Evaluator
 

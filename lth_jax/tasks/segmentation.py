@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 
 from lth_jax import data, metrics
 from lth_jax.data import DatasetInfo
-from lth_jax.lottery.results import Metric
+from lth_jax.metrics.headline import Metric
 from lth_jax.models import create_deeplab
 from lth_jax.models.deeplab import aspp_rates_for
 from lth_jax.tasks.task import Batch, ModelSpec, Task

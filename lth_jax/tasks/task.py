@@ -5,7 +5,7 @@ the backbone's variables at the tree's root), gives the training loss, an evalua
 that returns named metrics with a headline `Metric` (higher is better), and its data
 pipelines (the transforms that move labels with pixels, boxes with crops, ...). IMP,
 transfer, matching, tables and plots are the same code for every task; they only read
-`task.metric`.
+its headline metric (`task.headline(dataset)`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from lth_jax import data
 from lth_jax.data import DatasetInfo
-from lth_jax.lottery.results import Metric
+from lth_jax.metrics.headline import Metric
 from lth_jax.models import is_head
 from lth_jax.training import Evaluator, Objective, StatefulObjective
 
@@ -91,3 +91,16 @@ class Task(abc.ABC):
   def image_size(self, dataset: DatasetInfo) -> int:
     """The side of the images the model sees (for initialising its variables)."""
     return dataset.image_shape[0]
+
+  def headline(self, dataset: DatasetInfo) -> Metric:
+    """The headline metric on a dataset, with its chance level where the task knows it.
+
+    Args:
+      dataset: the dataset the task is trained and tested on.
+
+    Returns:
+      `metric`; a task that knows what a network that did not learn scores on
+      `dataset` sets its `chance` (classification: 1 / classes).
+    """
+    del dataset
+    return self.metric

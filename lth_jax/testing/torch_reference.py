@@ -92,6 +92,32 @@ def _block_classes(nn: Any) -> dict[str, type]:
   return {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 
+def _make_layers(nn: Any, block_cls: type, width: int, stage_sizes: Sequence[int],
+                 replace_stride_with_dilation: Sequence[bool]) -> tuple[list[Any], int]:
+  """torchvision's `ResNet._make_layer` for every stage, built in order.
+
+  Returns:
+    (layer1 ... layer4 as `nn.Sequential`s, the channels layer4 outputs).
+  """
+  layers, inplanes, dilation = [], width, 1
+  expansion = block_cls.expansion
+  for stage, num_blocks in enumerate(stage_sizes):
+    planes = width * 2**stage
+    stride, previous_dilation = (2 if stage > 0 else 1), dilation
+    if stage > 0 and replace_stride_with_dilation[stage - 1]:
+      dilation, stride = dilation * stride, 1
+    downsample = None
+    if stride != 1 or inplanes != planes * expansion:
+      downsample = nn.Sequential(
+          _conv(nn, inplanes, planes * expansion, 1, stride),
+          nn.BatchNorm2d(planes * expansion))
+    blocks = [block_cls(inplanes, planes, stride, downsample, previous_dilation)]
+    inplanes = planes * expansion
+    blocks += [block_cls(inplanes, planes, 1, None, dilation) for _ in range(1, num_blocks)]
+    layers.append(nn.Sequential(*blocks))
+  return layers, inplanes
+
+
 def build_torch_resnet(arch: str, *, num_classes: int, stem: str = 'imagenet',
                        in_channels: int = 3, width_multiplier: float = 1.0,
                        head: str = 'linear',
@@ -124,8 +150,6 @@ def build_torch_resnet(arch: str, *, num_classes: int, stem: str = 'imagenet',
                       replace_stride_with_dilation=replace_stride_with_dilation)
   torch, nn = _import_torch()
   block_cls = _block_classes(nn)[spec.block]
-  expansion = block_cls.expansion
-  stage_sizes = spec.stage_sizes
   width = int(64 * width_multiplier)
 
   class ResNet(nn.Module):
@@ -139,22 +163,10 @@ def build_torch_resnet(arch: str, *, num_classes: int, stem: str = 'imagenet',
       self.relu = nn.ReLU(inplace=True)
       self.maxpool = (nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == 'imagenet'
                       else nn.Identity())
-      inplanes, dilation = width, 1
-      for stage, num_blocks in enumerate(stage_sizes):
-        planes = width * 2**stage
-        # torchvision's ResNet._make_layer.
-        stride, previous_dilation = (2 if stage > 0 else 1), dilation
-        if stage > 0 and spec.replace_stride_with_dilation[stage - 1]:
-          dilation, stride = dilation * stride, 1
-        downsample = None
-        if stride != 1 or inplanes != planes * expansion:
-          downsample = nn.Sequential(
-              _conv(nn, inplanes, planes * expansion, 1, stride),
-              nn.BatchNorm2d(planes * expansion))
-        blocks = [block_cls(inplanes, planes, stride, downsample, previous_dilation)]
-        inplanes = planes * expansion
-        blocks += [block_cls(inplanes, planes, 1, None, dilation) for _ in range(1, num_blocks)]
-        setattr(self, STAGES[stage], nn.Sequential(*blocks))
+      layers, inplanes = _make_layers(nn, block_cls, width, spec.stage_sizes,
+                                      spec.replace_stride_with_dilation)
+      for name, layer in zip(STAGES, layers):
+        setattr(self, name, layer)
       self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
       if head == 'linear':
         self.fc = nn.Linear(inplanes, num_classes)

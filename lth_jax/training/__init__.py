@@ -7,7 +7,8 @@
 
 Modules: `optim` (Recipe -> optax), `steps` (TrainState, objective protocols, sharded
 masked train steps), `loop` (`fit`, the resumable loop; DivergenceError), `evaluators` (exact
-padded evaluation, the kNN monitor). Knows nothing of configs, datasets or tasks: data
+padded evaluation, the kNN monitor), `gradients` (a loss's gradient over a few batches,
+for saliency criteria). Knows nothing of configs, datasets or tasks: data
 comes in as batch iterators, losses as objectives and metrics as evaluators. May import
 `lth_jax.masks` and `lth_jax.runtime`.
 """

@@ -33,7 +33,7 @@ from lth_jax.training import reporting
 from lth_jax.training.evaluators import Evaluator, add_sequentially
 from lth_jax.training.optim import Recipe
 from lth_jax.training.steps import (NONFINITE, Batch, Objective, StatefulObjective, TrainState,
-                                    check_masks, make_train_steps)
+                                    TrainSteps, check_masks, make_train_steps)
 
 
 @dataclasses.dataclass
@@ -69,7 +69,12 @@ def _fresh_meta() -> dict[str, Any]:
 
 
 def _upgrade(meta: dict[str, Any], metric: str) -> dict[str, Any]:
-  """The meta of a checkpoint written by lth_jax 0.1 (classification accuracy only)."""
+  """`meta` in today's keys, also when it is in the accuracy-only format.
+
+  Checkpoints written before metrics were named by the task (classification only) kept
+  `best_val_accuracy` (-1 before the first epoch) and `test_accuracy` (None before it)
+  where today's keep `best_val` and `test_metrics`; such runs still resume.
+  """
   if 'best_val_accuracy' in meta:
     best, test = meta.pop('best_val_accuracy'), meta.pop('test_accuracy')
     meta['best_val'] = None if best < 0 else best
@@ -117,14 +122,18 @@ def _restore_final_state(checkpoint_dir: str, like: TrainState, mesh: Mesh,
 
 
 @contextlib.contextmanager
-def _checkpoint_manager(checkpoint_dir: str, async_checkpoints: bool
+def _checkpoint_manager(checkpoint_dir: str, async_checkpoints: bool | None
                         ) -> Iterator[ocp.CheckpointManager]:
   """An orbax CheckpointManager whose writes have all ended when the block does.
+
+  `async_checkpoints` None writes in the background on accelerators only (see `fit`).
 
   Raises:
     NoSpaceError: the disk filled up during a write, in the block or in the background;
       once, in place of orbax's errors (and the checkpoint that failed is not kept).
   """
+  if async_checkpoints is None:
+    async_checkpoints = jax.default_backend() != 'cpu'
   manager = ocp.CheckpointManager(
       os.path.abspath(checkpoint_dir),
       options=ocp.CheckpointManagerOptions(max_to_keep=1,
@@ -176,19 +185,136 @@ def _copy(tree: Any) -> Any:
   return jax.tree.map(jnp.copy, tree)
 
 
-def _end_of_epoch_record(state: TrainState, meta: dict[str, Any], evaluator: Evaluator,
-                         metric: str) -> dict[str, float]:
-  """Validates (and tests, when validation improved), updating the best in `meta`."""
-  val = evaluator(state.variables, 'val')
-  if metric not in val:
-    raise ValueError(f'The evaluator returned {sorted(val)}, not the headline metric '
-                     f'{metric!r}.')
-  record = {f'val_{k}': v for k, v in val.items()}
-  if meta['best_val'] is None or val[metric] > meta['best_val']:
-    test = dict(evaluator(state.variables, 'test'))
-    record.update({f'test_{k}': v for k, v in test.items()})
-    meta.update(best_val=val[metric], best_epoch=meta['epoch'] + 1, test_metrics=test)
-  return record
+def _begin(manager: ocp.CheckpointManager, steps: TrainSteps, start: tuple[Any, ...],
+           state: TrainState, *, checkpoint_dir: str, carry_from: str | None,
+           rewind_step: int | None, metric: str
+           ) -> tuple[TrainState, dict[str, Any], Any | None]:
+  """The state, meta and rewind point that a run starts from.
+
+  They are the latest checkpoint's in `manager`; else `state` (fresh from `start`), or
+  `start` with the optimizer state of `carry_from`'s last checkpoint.
+  """
+  rewind = None
+  if manager.latest_step() is None:
+    meta = _fresh_meta()
+    if carry_from is not None:
+      carry = _restore_final_state(carry_from, state, steps.mesh, metric)
+      state = steps.init(*start, carry=carry)
+  else:
+    state, meta, rewind = _restore(manager, state, steps.mesh, metric)
+    logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
+                 meta['step'])
+    if rewind is None and rewind_step is not None and rewind_step < meta['step']:
+      raise ValueError(f'{checkpoint_dir} holds a run without rewind_step={rewind_step} '
+                       f'that is past that step; use a new checkpoint_dir.')
+  if rewind_step == 0 and rewind is None:
+    rewind = _copy(state.variables)
+  return state, meta, rewind
+
+
+@dataclasses.dataclass
+class _Loop:
+  """The epochs of one `fit` call: it advances `state`, `meta` and `rewind`, and saves them.
+
+  `step` is the last step trained; `meta['step']` that of the last save.
+  """
+  steps: TrainSteps
+  manager: ocp.CheckpointManager
+  checkpoint_dir: str
+  masks: Any | None
+  steps_per_epoch: int
+  rewind_step: int | None
+  checkpoint_every_steps: int | None
+  report_progress: reporting.LogProgress
+  state: TrainState
+  meta: dict[str, Any]
+  rewind: Any | None
+
+  def __post_init__(self):
+    self.step = self.meta['step']
+
+  def train_epoch(self, epoch: int, train_batches: Callable[[int, int], Iterable[Batch]]
+                  ) -> None:
+    """Trains the (0-based) `epoch` from `step` on, checkpointing within it if asked."""
+    first = self.step - epoch * self.steps_per_epoch
+    batches = iter(train_batches(epoch, first))
+    pending = []
+    for i in range(first, self.steps_per_epoch):
+      batch = next(batches, None)
+      if batch is None:
+        raise ValueError(f'train_batches({epoch}, {first}) yielded {i - first} batches; '
+                         f'steps_per_epoch={self.steps_per_epoch} needs '
+                         f'{self.steps_per_epoch - first}.')
+      self.state, metrics = self.steps.train(self.state, self.masks,
+                                             sharding.shard_batch(batch, self.steps.mesh))
+      pending.append(metrics)
+      self.step += 1
+      if self.step == self.rewind_step:
+        self.rewind = _copy(self.state.variables)
+      self.report_progress(self.step)
+      every = self.checkpoint_every_steps
+      if every and self.step % every == 0 and i + 1 < self.steps_per_epoch:
+        self._absorb(pending, epoch)
+        self._checkpoint()
+    self._absorb(pending, epoch)
+
+  def _absorb(self, pending: list[dict[str, jax.Array]], epoch: int) -> None:
+    """Adds up the metrics of the steps since the last absorb.
+
+    It runs before every save, so that a non-finite step raises `DivergenceError` while
+    the last checkpoint is still finite.
+    """
+    metrics = jax.device_get(pending)
+    for i, item in enumerate(metrics):
+      if item.pop(NONFINITE):
+        bad = self.step - len(metrics) + i + 1
+        raise DivergenceError(self.checkpoint_dir, epoch=epoch + 1, step=bad,
+                              learning_rate=float(self.steps.schedule(bad - 1)))
+    add_sequentially(self.meta['train_sums'], metrics)
+    pending.clear()
+
+  def _checkpoint(self) -> None:
+    self.meta.update(step=self.step, has_rewind=self.rewind is not None)
+    _save(self.manager, self.state, self.meta, self.rewind)
+
+  def end_epoch(self, epoch: int, num_epochs: int, evaluator: Evaluator, metric: str,
+                writer: reporting.Writer | None) -> None:
+    """Records the (0-based) `epoch` that `train_epoch` ended, saves and reports it."""
+    record = {'epoch': epoch + 1, 'step': self.step,
+              'learning_rate': float(self.steps.schedule(self.step - 1)),
+              **{f'train_{k}': v / self.steps_per_epoch
+                 for k, v in self.meta['train_sums'].items()}}
+    with self.report_progress.timed('eval'):
+      record.update(self._evaluate(evaluator, metric))
+    self.meta['history'].append(record)
+    self.meta.update(epoch=epoch + 1, train_sums={})
+    self._checkpoint()
+    logging.info('Epoch %d/%d: %s', epoch + 1, num_epochs, record)
+    if writer is not None:
+      writer.write_scalars(self.step,
+                           {k: v for k, v in record.items() if k not in ('epoch', 'step')})
+      writer.flush()
+
+  def _evaluate(self, evaluator: Evaluator, metric: str) -> dict[str, float]:
+    """Validates (and tests, when validation improved), updating the best in `meta`."""
+    val = evaluator(self.state.variables, 'val')
+    if metric not in val:
+      raise ValueError(f'The evaluator returned {sorted(val)}, not the headline metric '
+                       f'{metric!r}.')
+    record = {f'val_{k}': v for k, v in val.items()}
+    if self.meta['best_val'] is None or val[metric] > self.meta['best_val']:
+      test = dict(evaluator(self.state.variables, 'test'))
+      record.update({f'test_{k}': v for k, v in test.items()})
+      self.meta.update(best_val=val[metric], best_epoch=self.meta['epoch'] + 1,
+                       test_metrics=test)
+    return record
+
+  def result(self, metric: str) -> FitResult:
+    meta = self.meta
+    return FitResult(metric=metric, best_val=meta['best_val'], best_epoch=meta['best_epoch'],
+                     test=meta['test_metrics'][metric], test_metrics=meta['test_metrics'],
+                     history=meta['history'], variables=self.state.variables,
+                     rewind_variables=self.rewind)
 
 
 def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recipe: Recipe, *,
@@ -248,86 +374,23 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
   """
   if masks is not None:
     check_masks(variables['params'], masks)
-  num_epochs = recipe.num_epochs
-  total_steps = num_epochs * steps_per_epoch
+  total_steps = recipe.num_epochs * steps_per_epoch
   if rewind_step is not None and not 0 <= rewind_step <= total_steps:
     raise ValueError(f'rewind_step must be in [0, {total_steps}] (the run\'s steps), '
                      f'got {rewind_step}.')
   steps = make_train_steps(model, recipe, steps_per_epoch, mesh, objective=objective,
                            is_head=is_head)
-  mesh = steps.mesh
-  masks = None if masks is None else sharding.replicate(masks, mesh)
-  start = (sharding.replicate(variables['params'], mesh),
-           sharding.replicate(variables['batch_stats'], mesh), masks, rng)
+  masks = None if masks is None else sharding.replicate(masks, steps.mesh)
+  start = (sharding.replicate(variables['params'], steps.mesh),
+           sharding.replicate(variables['batch_stats'], steps.mesh), masks, rng)
   state = steps.init(*start)
-
-  if async_checkpoints is None:
-    async_checkpoints = jax.default_backend() != 'cpu'
   with _checkpoint_manager(checkpoint_dir, async_checkpoints) as manager:
-    rewind = None
-    if manager.latest_step() is None:
-      meta = _fresh_meta()
-      if carry_from is not None:
-        state = steps.init(*start, carry=_restore_final_state(carry_from, state, mesh, metric))
-    else:
-      state, meta, rewind = _restore(manager, state, mesh, metric)
-      logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
-                   meta['step'])
-      if rewind is None and rewind_step is not None and rewind_step < meta['step']:
-        raise ValueError(f'{checkpoint_dir} holds a run without rewind_step={rewind_step} '
-                         f'that is past that step; use a new checkpoint_dir.')
-    if rewind_step == 0 and rewind is None:
-      rewind = _copy(state.variables)
-
-    step = meta['step']
-    report_progress = reporting.LogProgress(total_steps, writer)
-
-    def absorb(pending: list[dict[str, jax.Array]], epoch: int) -> None:
-      # The metrics of the steps since the last absorb, before anything is saved.
-      metrics = jax.device_get(pending)
-      for i, item in enumerate(metrics):
-        if item.pop(NONFINITE):
-          bad = step - len(metrics) + i + 1
-          raise DivergenceError(checkpoint_dir, epoch=epoch + 1, step=bad,
-                                learning_rate=float(steps.schedule(bad - 1)))
-      add_sequentially(meta['train_sums'], metrics)
-      pending.clear()
-
-    for epoch in range(meta['epoch'], num_epochs):
-      start = step - epoch * steps_per_epoch
-      batches = iter(train_batches(epoch, start))
-      pending = []
-      for i in range(start, steps_per_epoch):
-        batch = next(batches, None)
-        if batch is None:
-          raise ValueError(f'train_batches({epoch}, {start}) yielded {i - start} batches; '
-                           f'steps_per_epoch={steps_per_epoch} needs {steps_per_epoch - start}.')
-        state, metrics = steps.train(state, masks, sharding.shard_batch(batch, mesh))
-        pending.append(metrics)
-        step += 1
-        if step == rewind_step:
-          rewind = _copy(state.variables)
-        report_progress(step)
-        if checkpoint_every_steps and step % checkpoint_every_steps == 0 and (
-            i + 1 < steps_per_epoch):
-          absorb(pending, epoch)
-          meta.update(step=step, has_rewind=rewind is not None)
-          _save(manager, state, meta, rewind)
-      absorb(pending, epoch)
-
-      record = {'epoch': epoch + 1, 'step': step,
-                'learning_rate': float(steps.schedule(step - 1)),
-                **{f'train_{k}': v / steps_per_epoch for k, v in meta['train_sums'].items()}}
-      with report_progress.timed('eval'):
-        record.update(_end_of_epoch_record(state, meta, evaluator, metric))
-      meta['history'].append(record)
-      meta.update(epoch=epoch + 1, step=step, train_sums={}, has_rewind=rewind is not None)
-      _save(manager, state, meta, rewind)
-      logging.info('Epoch %d/%d: %s', epoch + 1, num_epochs, record)
-      if writer is not None:
-        writer.write_scalars(step, {k: v for k, v in record.items() if k not in ('epoch', 'step')})
-        writer.flush()
-    return FitResult(metric=metric, best_val=meta['best_val'], best_epoch=meta['best_epoch'],
-                     test=meta['test_metrics'][metric], test_metrics=meta['test_metrics'],
-                     history=meta['history'], variables=state.variables,
-                     rewind_variables=rewind)
+    state, meta, rewind = _begin(manager, steps, start, state, checkpoint_dir=checkpoint_dir,
+                                 carry_from=carry_from, rewind_step=rewind_step, metric=metric)
+    loop = _Loop(steps, manager, checkpoint_dir, masks, steps_per_epoch, rewind_step,
+                 checkpoint_every_steps, reporting.LogProgress(total_steps, writer),
+                 state, meta, rewind)
+    for epoch in range(meta['epoch'], recipe.num_epochs):
+      loop.train_epoch(epoch, train_batches)
+      loop.end_epoch(epoch, recipe.num_epochs, evaluator, metric, writer)
+    return loop.result(metric)

@@ -1,6 +1,6 @@
 """Analysis of the IMP runs found in experiment workdirs (what `lth_jax.analyze` runs).
 
-A run is any folder holding `round_XX/mask` (see `lth_jax.lottery.imp`), found at any depth:
+A run is any folder holding `round_XX/mask` (see `lth_jax.runtime.paths`), found at any depth:
 e.g. DIR/imp/round_03/mask and DIR/random/round_03/mask are the runs 'imp' and
 'random' of DIR. Each round's `round.json` gives its sparsity and test metric; a round
 without one (the next mask of a finished run, not trained yet) is still a ticket.
@@ -15,19 +15,19 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging
 
 from lth_jax import masks as masks_lib
-from lth_jax.lottery import results
 from lth_jax.analysis import report, structure
-from lth_jax.runtime import files
+from lth_jax.errors import setting
+from lth_jax.lottery import results
+from lth_jax.metrics.headline import Metric
+from lth_jax.runtime import files, paths
 
-ANALYSIS_DIR = 'analysis'
-_ROUND = re.compile(r'round_(\d+)$')
+ANALYSIS_DIR = paths.ANALYSIS_DIR
 
 
 def _labels(workdirs: Sequence[str]) -> list[str]:
@@ -51,8 +51,9 @@ def discover_runs(workdirs: Sequence[str]) -> dict[str, dict[int, str]]:
   """
   runs: dict[str, dict[int, str]] = {}
   for workdir, label in zip(workdirs, _labels(workdirs)):
-    found = sorted(glob.glob(os.path.join(workdir, '**', 'round_*', 'mask'), recursive=True))
-    found = [os.path.dirname(p) for p in found if _ROUND.search(os.path.dirname(p))]
+    found = sorted(glob.glob(paths.round_masks_glob(workdir), recursive=True))
+    found = [os.path.dirname(p) for p in found
+             if paths.round_index(os.path.dirname(p)) is not None]
     if not found:
       raise FileNotFoundError(
           f'No IMP round under {workdir} (looked for **/round_XX/mask); pass the workdir '
@@ -64,12 +65,12 @@ def discover_runs(workdirs: Sequence[str]) -> dict[str, dict[int, str]]:
         name = label
       else:
         name = f'{label}/{rel}' if len(workdirs) > 1 else rel
-      runs.setdefault(name, {})[int(_ROUND.search(round_dir)[1])] = round_dir
+      runs.setdefault(name, {})[paths.round_index(round_dir)] = round_dir
   return {name: dict(sorted(rounds.items())) for name, rounds in sorted(runs.items())}
 
 
 def round_record(round_dir: str) -> dict[str, Any] | None:
-  """The round's `round.json` (written by `lth_jax.lottery.imp` when the round finished).
+  """The round's `round.json` (written by `lth_jax.lottery.rounds` when the round finished).
 
   Args:
     round_dir: a round's folder.
@@ -80,18 +81,18 @@ def round_record(round_dir: str) -> dict[str, Any] | None:
   Raises:
     WorkdirError: the record cannot be read (a crash or a full disk cut it short).
   """
-  return files.read_json(os.path.join(round_dir, 'round.json'), fix=(
+  return files.read_json(paths.round_record(round_dir), fix=(
       'Rerun the command of the experiment in its workdir: the round is recorded again from '
       'its checkpoints.'))
 
 
 def _ticket_name(run: str, k: int, keys: Sequence[tuple[str, int]]) -> str:
   """The run's name, with the round when the run has several rounds on one level."""
-  return run if sum(r == run for r, _ in keys) == 1 else f'{run}/round_{k:02d}'
+  return run if sum(r == run for r, _ in keys) == 1 else f'{run}/{paths.round_name(k)}'
 
 
 def _load(round_dir: str) -> Any:
-  return masks_lib.load(os.path.join(round_dir, 'mask'))
+  return masks_lib.load(paths.mask_dir(round_dir))
 
 
 def rounds_left_out(run_dir: str, num_rounds: int) -> str:
@@ -108,16 +109,16 @@ def rounds_left_out(run_dir: str, num_rounds: int) -> str:
     '' when no round at or beyond `num_rounds` has a round.json, else a line naming them.
   """
   names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
-  beyond = sorted(int(m[1]) for m in map(_ROUND.match, names)
-                  if m and int(m[1]) >= num_rounds
-                  and round_record(os.path.join(run_dir, m[0])) is not None)
+  beyond = sorted(k for name, k in zip(names, map(paths.round_index, names))
+                  if k is not None and k >= num_rounds
+                  and round_record(os.path.join(run_dir, name)) is not None)
   if not beyond:
     return ''
   one = len(beyond) == 1
   which = (f'round {beyond[0]} was trained before and stays' if one else
            f'rounds {", ".join(map(str, beyond))} were trained before and stay')
   return (f'{run_dir}: results.csv holds the rounds below imp.num_rounds={num_rounds} only; '
-          f'{which} on disk (--config.imp.num_rounds={beyond[-1] + 1} tables '
+          f'{which} on disk ({setting(f"imp.num_rounds={beyond[-1] + 1}")} tables '
           f'{"it" if one else "them"} again).')
 
 
@@ -129,7 +130,7 @@ def metric_of(record: Mapping[str, Any]) -> str:
 def _runs_section(out_dir: str, runs: dict[str, dict[int, str]],
                   sparsity: dict[tuple[str, int], float],
                   records: dict[tuple[str, int], dict[str, Any] | None],
-                  metric: results.Metric) -> list[str]:
+                  metric: Metric) -> list[str]:
   rows = []
   for (run, k), value in sparsity.items():
     record = records[(run, k)] or {}
@@ -181,7 +182,7 @@ def analyze_workdirs(workdirs: Sequence[str], out_dir: str | None = None, *,
   levels = structure.group_by_sparsity(values, tolerance)
   finished = [r for r in records.values() if r is not None]
   name = metric_of(finished[0]) if finished else 'accuracy'
-  metric = results.Metric(name, name, name)
+  metric = Metric(name, name, name)
   # Masks saved for a next round that never ran have no accuracy: the overlap curve and,
   # by default, the focus level are about trained tickets.
   trained = [(level, [key for key in keys if records[key] is not None])

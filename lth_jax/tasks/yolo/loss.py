@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import optax
 
 from lth_jax.models.yolo import ANCHORS, STRIDES, decode
-from lth_jax.yolo.boxes import ciou, xywh_to_xyxy
-from lth_jax.yolo.targets import CLASS_CHANNEL, MIX_CHANNEL, ScaleTargets
+from lth_jax.tasks.yolo.boxes import ciou, xywh_to_xyxy
+from lth_jax.tasks.yolo.targets import CLASS_CHANNEL, MIX_CHANNEL, ScaleTargets
 
 # yolo_loss.py FocalLoss(gamma=2, alpha=1.0).
 FOCAL_GAMMA = 2.0

@@ -6,10 +6,10 @@ Modules: `boxes` (IoU, GIoU, CIoU, the reference's NMS, post-processing and roun
 strides, decoding).
 """
 
-from lth_jax.yolo.boxes import (ciou, giou, iou, nms, postprocess, round_like_reference,
+from lth_jax.tasks.yolo.boxes import (ciou, giou, iou, nms, postprocess, round_like_reference,
                                 xywh_to_xyxy, xyxy_to_xywh)
-from lth_jax.yolo.loss import yolo_loss
-from lth_jax.yolo.targets import ScaleTargets, build_targets, grid_sizes
+from lth_jax.tasks.yolo.loss import yolo_loss
+from lth_jax.tasks.yolo.targets import ScaleTargets, build_targets, grid_sizes
 
 __all__ = ['ScaleTargets', 'build_targets', 'ciou', 'giou', 'grid_sizes', 'iou', 'nms',
            'postprocess', 'round_like_reference', 'xywh_to_xyxy', 'xyxy_to_xywh', 'yolo_loss']

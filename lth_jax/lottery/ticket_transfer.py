@@ -4,7 +4,7 @@ Each (ticket, seed) is one resumable unit in `run_dir/<ticket>/seed_S/` whose
 `result.json` is written last; a finished unit is read back, never recomputed (one whose
 result.json a crash cut short is recorded again from its finished checkpoints). The
 dense network (an all-True mask) is always included as 'dense': the matching band
-(REFERENCE.md) comes from its seeds.
+(REFERENCE.md, judged by `lth_jax.lottery.results.mark_matching`) comes from its seeds.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from jax.sharding import Mesh
 from lth_jax import masks as masks_lib
 from lth_jax.errors import DivergenceError
 from lth_jax.lottery import results
-from lth_jax.lottery.imp import run_entry
+from lth_jax.lottery.rounds import run_entry
 from lth_jax.lottery.protocol import Finetune, StartVariables, on_mesh, per_seed
-from lth_jax.runtime import files, sharding
+from lth_jax.runtime import files, paths, sharding
 from lth_jax.runtime.scheduler import Scheduler
 
 DENSE = 'dense'
 
 
 def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: StartVariables,
-                 finetune: Finetune, seeds: Sequence[int], *, metric: str = 'accuracy',
+                 finetune: Finetune, seeds: Sequence[int], *, metric: str,
                  init_variables: Mapping[str, StartVariables] | None = None,
                  policy: str | None = None,
                  on_result: Callable[[dict[str, Any]], None] | None = None,
@@ -73,23 +73,12 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
   params = start_for(seeds[0])['params']
   named = {DENSE: masks_lib.init(params, policy), **tickets}
   conformed = {name: masks_lib.conform(ticket, params, policy) for name, ticket in named.items()}
-  result = lambda name, seed: os.path.join(run_dir, name, f'seed_{seed}', 'result.json')
+  result = lambda name, seed: paths.transfer_result(run_dir, name, seed)
 
   def train(unit: tuple[str, int], mesh: Mesh | None) -> None:
     name, seed = unit
-    masks = conformed[name]
-    base = init_for.get(name, start_for)(seed)
-    variables = {'params': masks_lib.apply(base['params'], masks),
-                 'batch_stats': base['batch_stats']}
-    done = result(name, seed)
-    try:
-      fit = on_mesh(finetune, mesh)(variables, masks, seed=seed,
-                                    checkpoint_dir=os.path.join(os.path.dirname(done), 'train'))
-    except DivergenceError as e:
-      raise e.within(f'ticket {name}, seed {seed}') from None
-    if sharding.is_chief():
-      files.write_json(done, run_entry(seed, fit))
-    sharding.sync(f'transfer {os.path.dirname(done)}')
+    _train_one(run_dir, name, seed, finetune, conformed[name],
+               init_for.get(name, start_for)(seed), mesh)
 
   units = [(name, seed) for name in named for seed in seeds if not (name == DENSE and given)]
   # A result a crash cut short counts as missing: the run's finished checkpoints give it
@@ -103,13 +92,10 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     if not scheduler:  # one after another, each ticket's row as soon as it is done
       for unit in [u for u in todo if u[0] == name]:
         train(unit, None)
-    runs = []
-    for seed in seeds:
-      if name == DENSE and given:
-        runs.append(dict(given[seed]))
-        continue
-      runs.append(files.read_json(result(name, seed), fix=(
-          'Rerun the command: the result is recorded again from the run\'s checkpoints.')))
+    runs = ([dict(given[seed]) for seed in seeds] if name == DENSE and given else
+            [files.read_json(result(name, seed), fix=(
+                'Rerun the command: the result is recorded again from the run\'s '
+                'checkpoints.')) for seed in seeds])
     row = {'ticket': name, 'sparsity': masks_lib.sparsity(masks, policy),
            **results.summarize(runs, metric), **masks_lib.stage_sparsity(masks, policy),
            'runs': runs}
@@ -119,22 +105,28 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
   return rows
 
 
-def add_matching(rows: Sequence[dict[str, Any]], metric: str = 'accuracy') -> float | None:
-  """Marks each row `matching` against the dense row's seeds; returns the extreme sparsity.
+def _train_one(run_dir: str, name: str, seed: int, finetune: Finetune, masks: Any,
+               base: Mapping[str, Any], mesh: Mesh | None) -> None:
+  """Fine-tunes one ticket with one seed from `base` under `masks`; records its result.
 
   Args:
-    rows: output of `run_transfer` (its 'dense' row holds the dense seeds).
-    metric: the headline metric's key.
-
-  Returns:
-    The highest matching sparsity, or None.
-
-  Raises:
-    ValueError: the dense row is sparse.
+    run_dir: where the runs live.
+    name: the ticket's name.
+    seed: the fine-tuning seed.
+    finetune: see `run_transfer`.
+    masks: the ticket, conformed to the model.
+    base: the variables it starts from (masked here).
+    mesh: the devices of this run, or None for `finetune`'s own mesh.
   """
-  key = f'test_{metric}'
-  dense = next(r for r in rows if r['ticket'] == DENSE)
-  dense_values = [r[key] for r in results.dense_runs(dense, f'The {DENSE!r} row')]
-  for row in rows:
-    row['matching'] = results.is_matching(row[key], dense_values)
-  return results.extreme_sparsity(rows, dense_values, key)
+  variables = {'params': masks_lib.apply(base['params'], masks),
+               'batch_stats': base['batch_stats']}
+  done = paths.transfer_result(run_dir, name, seed)
+  try:
+    fit = on_mesh(finetune, mesh)(variables, masks, seed=seed,
+                                  checkpoint_dir=paths.transfer_checkpoints(run_dir, name, seed))
+  except DivergenceError as e:
+    raise e.within(f'ticket {name}, seed {seed}') from None
+  if sharding.is_chief():
+    files.write_json(done, run_entry(seed, fit))
+  sharding.sync(f'transfer {os.path.dirname(done)}')
+

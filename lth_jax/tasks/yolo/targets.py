@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lth_jax.models.yolo import ANCHORS, STRIDES
-from lth_jax.yolo.boxes import iou, xywh_to_xyxy, xyxy_to_xywh
+from lth_jax.tasks.yolo.boxes import iou, xywh_to_xyxy, xyxy_to_xywh
 
 # Detection/utils/datasets.py `iou_mask = iou_scale > 0.3`.
 POSITIVE_IOU = 0.3

@@ -1,0 +1,120 @@
+"""Paper mode's upstream experiments: θ_p and upstream tickets of each pre-training.
+
+    sub = paper_upstream.upstream_config(config, 'moco')   # the upstream config it runs
+    tickets, thetas = paper_upstream.tickets(config, workdir, mesh)
+
+Each pre-training of `config.paper.pretrainings` is an upstream experiment (mode
+'upstream', in `<workdir>/upstream/<pretraining>/`) made from its `:demo` recipe
+(`lth_jax.experiments.presets.upstream_imp`, what configs/<objective>_imp.py:demo
+gives), sized by the paper config; its every `paper.transfer_every`-th ticket is
+transferred (see `lth_jax.experiments.paper`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+from jax.sharding import Mesh
+
+from lth_jax import errors
+from lth_jax.experiments import config as config_lib
+from lth_jax.experiments import presets, upstream, wiring
+from lth_jax.lottery import rounds
+from lth_jax.runtime import console, paths
+
+
+def upstream_config(config: ml_collections.ConfigDict,
+                    objective: str) -> ml_collections.ConfigDict:
+  """The upstream experiment of one pre-training, sized by the paper config.
+
+  Args:
+    config: the paper config.
+    objective: an objective with an upstream recipe (`presets.UPSTREAM`).
+
+  Returns:
+    The objective's `:demo` upstream config (its batch size) with this config's dataset,
+    model, seed, device count, rounds and epochs.
+  """
+  sub = presets.upstream_imp(objective, 'demo')
+  sub.seed, sub.num_devices = config.seed, config.num_devices
+  # The backbone only: a downstream task's model settings (a DeepLab's) are not upstream's.
+  sub.model.update({k: config.model[k] for k in config_lib.MODEL_FIELDS})
+  sub.pretrain.dataset = sub.data.dataset = config.pretrain.dataset
+  # The upstream batch size is the recipe's: a small downstream task's batch would
+  # starve the contrastive objectives of negatives.
+  sub.data.update(data_dir=config.data.data_dir, eval_batch_size=config.data.eval_batch_size,
+                  pipeline=config.data.pipeline)
+  sub.pretrain.optim.num_epochs = config.pretrain.optim.num_epochs
+  sub.optim.num_epochs = config.paper.upstream_epochs
+  sub.imp.update(num_rounds=config.imp.num_rounds, fraction=config.imp.fraction,
+                 policy=config.imp.policy)
+  sub.checkpoint_every_steps = config.checkpoint_every_steps
+  return sub
+
+
+def tickets(config: ml_collections.ConfigDict, workdir: str,
+            mesh: Mesh) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+  """Runs (or reads back) each pre-training's upstream IMP.
+
+  Args:
+    config: the paper config.
+    workdir: the paper experiment's workdir.
+    mesh: the device mesh.
+
+  Returns:
+    (pretraining -> {ticket name -> mask} of the tickets to transfer, pretraining -> θ_p
+    variables), in the order of `config.paper.pretrainings`.
+  """
+  chosen_tickets, thetas = {}, {}
+  for objective in config_lib.split_names(config.paper.pretrainings):
+    sub = upstream_config(config, objective)
+    subdir = paths.upstream_dir(workdir, objective)
+    console.say(f'== Pre-training {objective}: θ_p and upstream IMP in {subdir}')
+    out = upstream.run(sub, subdir, mesh)
+    chosen = [r['round'] for r in out['records']][config.paper.transfer_every - 1::
+                                                   config.paper.transfer_every]
+    chosen_tickets[objective] = {paths.round_name(k): rounds.load_round_mask(out['run_dir'], k)
+                                 for k in chosen}
+    thetas[objective] = out['start']
+  return chosen_tickets, thetas
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Fails unless every pre-training has a recipe and its upstream config is valid.
+
+  Raises:
+    ConfigError: naming `paper.pretrainings`, or the upstream experiment that fails.
+  """
+  names = config_lib.split_names(config.paper.pretrainings)
+  if not names or not set(names) <= set(presets.UPSTREAM):
+    config_lib.fail('paper.pretrainings', config.paper.pretrainings,
+                    'a comma-separated list of objectives with an upstream recipe '
+                    f'(configs/<objective>_imp.py): some of {tuple(presets.UPSTREAM)}.')
+  _for_each(config, config_lib.validate)
+
+
+def check_devices(config: ml_collections.ConfigDict) -> None:
+  """Fails unless each upstream experiment's batches split over the devices.
+
+  Their batch size is their recipe's, which `experiments.run`'s own mesh check does not
+  see; checked with the devices, before the workdir is claimed.
+
+  Raises:
+    ConfigError: naming the upstream experiment, its batch size and the device count.
+  """
+  _for_each(config, wiring.mesh_for)
+
+
+def _for_each(config: ml_collections.ConfigDict, check: Any) -> None:
+  """Runs `check` on each upstream config; its ConfigError names the experiment."""
+  for objective in config_lib.split_names(config.paper.pretrainings):
+    try:
+      check(upstream_config(config, objective))
+    except errors.ConfigError as e:
+      raise errors.ConfigError(
+          f'The upstream experiment of {objective!r} (paper.pretrainings) fails: {e} '
+          f'(It is configs/{objective}_imp.py:demo with this config\'s model, seed, '
+          'num_devices, pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
+          'pretrain.optim.num_epochs, and paper.upstream_epochs as its optim.num_epochs; '
+          "the rest, its batch size included, is the recipe's.)") from None
