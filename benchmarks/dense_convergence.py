@@ -119,11 +119,12 @@ def supervised_theta_p(config, root: str, mesh) -> dict:
   the same upstream config (`paper_upstream.upstream_config`) for one round, so θ_p is
   the same network the studies transfer, and both tasks share it.
   """
-  from lth_jax.experiments import paper_upstream, upstream
+  from lth_jax.experiments import paper_upstream, specs, upstream
 
   sub = paper_upstream.upstream_config(config, 'supervised')
   sub.imp.num_rounds = 1
-  return upstream.run(sub, os.path.join(root, 'upstream_supervised'), mesh)['start']
+  return upstream.run(specs.build(sub), os.path.join(root, 'upstream_supervised'),
+                      mesh)['start']
 
 
 def train(task_name: str, start: str, args, root: str) -> dict:
@@ -131,8 +132,7 @@ def train(task_name: str, start: str, args, root: str) -> dict:
   import jax
 
   from lth_jax import errors, experiments
-  from lth_jax.experiments import config as config_lib
-  from lth_jax.experiments import wiring
+  from lth_jax.experiments import specs, wiring
   from lth_jax.training import fit
 
   config = experiments.load_config(CONFIGS[task_name])
@@ -140,15 +140,16 @@ def train(task_name: str, start: str, args, root: str) -> dict:
   config.pretrained.source = 'pretrain' if start == 'theta_p' else 'random'
   for field, value in {**RECIPES[task_name], **dict(args.overrides)}.items():
     _set(config, field, value)
-  mesh = wiring.mesh_for(config)
-  task, info = wiring.task_and_data(config, config.data.dataset)
-  model = wiring.build_model(config, task, info)
-  variables = wiring.theta_p(config, model, task.image_size(info), root, mesh,
+  experiment = specs.build(config)
+  mesh = wiring.mesh_for(experiment)
+  task, info = wiring.task_and_data(experiment.data, config.data.dataset)
+  model = task.build_model(experiment.model, info)
+  variables = wiring.theta_p(experiment, model, task.image_size(info), root, mesh,
                              pretrained=lambda: supervised_theta_p(config, root, mesh)
                              )(config.seed)
   run_dir = os.path.join(root, f'{task_name}_{start}')
   shutil.rmtree(run_dir, ignore_errors=True)
-  recipe = config_lib.recipe(config.optim)
+  recipe = experiment.recipe
   batch_size = config.data.batch_size
   printer = EpochPrinter(task.metric.key, args.patience,
                          time.time() + 60 * args.minutes, recipe.num_epochs)

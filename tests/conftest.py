@@ -74,20 +74,23 @@ class FakeFinetunes:
   an experiment runs and writes rather than of training (which tests of `fit` and one real
   run per mode check).
 
-  A fine-tune returns its start variables, and as its headline metric 0.5 + 0.01 * seed -
-  0.1 * the mask's sparsity (seeds differ, pruning costs); `extra(value)` adds the task's
-  other test metrics. Every call is recorded: its dataset, checkpoint folder and seed.
+  A fine-tune returns its start variables, and as its headline metric `value(seed,
+  sparsity)`, by default 0.5 + 0.01 * seed - 0.1 * the mask's sparsity (seeds differ,
+  pruning costs); `extra(value)` adds the task's other test metrics. Every call is
+  recorded: its dataset, checkpoint folder and seed.
   """
 
   def __init__(self):
     self.calls: list[dict[str, Any]] = []
+    self.value: Callable[[int, float], float] = lambda seed, sparsity: (
+        0.5 + 0.01 * seed - 0.1 * sparsity)
     self.extra: Callable[[float], dict[str, float]] = lambda value: {}
 
-  def __call__(self, config, model, task, dataset, mesh, *, metric: str | None = None,
+  def __call__(self, experiment, model, task, dataset, mesh, *, metric: str | None = None,
                **kwargs):
     from lth_jax import masks as masks_lib, training
 
-    del config, model, mesh, kwargs
+    del experiment, model, mesh, kwargs
     key = metric or task.headline(dataset).key
 
     def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None,
@@ -95,7 +98,7 @@ class FakeFinetunes:
       del continue_from, mesh
       self.calls.append({'dataset': dataset.name, 'dir': checkpoint_dir, 'seed': seed})
       sparsity = 0.0 if masks is None else masks_lib.sparsity(masks)  # None: pre-training
-      value = 0.5 + 0.01 * seed - 0.1 * sparsity
+      value = self.value(seed, sparsity)
       variables = jax.device_get(dict(variables))
       return training.FitResult(
           metric=key, best_val=value, best_epoch=1, test=value,

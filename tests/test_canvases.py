@@ -204,3 +204,63 @@ def test_bad_inputs_raise_clear_errors():
     cv.make_canvases(images, labels.astype(np.int32) + 1, num=1)
   with pytest.raises(ValueError, match='choose one of'):
     cv.split_canvases('training')
+
+
+# ----------------------------------------------------------------------------------
+# Canvases of another source: Animal-MNIST's classes 5-9 (the few-shot dense tasks).
+# ----------------------------------------------------------------------------------
+
+def test_derived_sets_keep_their_classes_counts_and_statistics():
+  """animal_mnist_b is every image of Animal-MNIST's classes 5-9, relabelled 0-4; the
+  registry's mean/std are its train split's and those of its training canvases."""
+  from lth_jax import data
+
+  for split in SPLITS:
+    images, labels = offline.split_arrays('animal_mnist_b', split)
+    source, source_labels = offline.split_arrays('animal_mnist', split)
+    kept = source_labels >= 5
+    np.testing.assert_array_equal(images, source[kept])
+    np.testing.assert_array_equal(labels, source_labels[kept] - 5)
+    assert len(images) == data.get_info('animal_mnist_b').split_sizes[split]
+  images = offline.split_arrays('animal_mnist_b', 'train')[0] / 255
+  info = data.get_info('animal_mnist_b')
+  assert (info.mean[0], info.std[0]) == (round(images.mean(), 4), round(images.std(), 4))
+  canvas = cv.split_canvases('train', source='animal_mnist_b')['image'] / 255
+  for name in ('animal_canvas_seg_few', 'animal_canvas_det_few'):
+    info = data.get_info(name)
+    assert cv.source_of(info) == 'animal_mnist_b'
+    assert (info.mean[0], info.std[0]) == (round(canvas.mean(), 4), round(canvas.std(), 4))
+  assert cv.source_of(data.get_info('digit_canvas_seg')) == cv.SOURCE == 'mnist5k'
+
+
+@pytest.mark.parametrize('split', SPLITS)
+def test_animal_canvases_paste_their_own_splits_silhouettes(split):
+  images, labels = offline.split_arrays('animal_mnist_b', split)
+  out = cv.split_canvases(split, num=100, source='animal_mnist_b')
+  real = out['classes'] >= 0
+  np.testing.assert_array_equal(out['classes'][real], labels[out['source_index'][real]])
+  assert set(np.unique(out['classes'][real])) == set(range(5))
+  assert set(np.unique(out['segmentation'])) <= set(range(6)) | {cv.IGNORE_LABEL}
+  lo, hi = cv.DIGIT_SIDES
+  for i in range(len(real)):
+    for x1, y1, x2, y2, _, _, source in _objects(out, i):
+      pasted = out['image'][i, y1:y2 + 1, x1:x2 + 1, 0]
+      assert any(np.array_equal(_visible_crop(cv.scale_digit(images[source, ..., 0], side)),
+                                pasted) for side in range(lo, hi + 1)), (i, source)
+  # Another source, the same layout stream: the digit canvases are not touched by it.
+  assert _digest(out) != _digest(cv.split_canvases(split, num=100))
+
+
+def test_the_few_shot_dense_tasks_serve_their_first_canvases():
+  from lth_jax import data
+  from lth_jax.data import detection
+
+  info = data.get_info('animal_canvas_det_few')
+  train = detection._held_split(info, 'train')
+  made = cv.split_canvases('train', num=300, source='animal_mnist_b')
+  trainable = ((made['classes'] >= 0) & ~made['difficult']).any(axis=1)
+  first = np.flatnonzero(trainable)[:200]  # one of the first 201 has only difficult boxes
+  assert first[-1] == 200
+  np.testing.assert_array_equal(train['image'], made['image'][first])
+  assert train['image'].shape == (200, 56, 56, 1)
+  assert len(detection._held_split(info, 'test')['image']) == 500

@@ -196,7 +196,10 @@ def test_a_full_disk_stops_fit_with_one_error_and_the_rerun_resumes(tmp_path, mo
 def test_a_full_disk_ends_the_command_with_one_line_and_the_rerun_resumes(tmp_path):
   if shutil.which('unshare') is None:
     pytest.skip('needs unshare(1) to mount a small filesystem')
+  # The dense round's two seeds, then one pruned round: three fine-tunes.
   disk, command = tmp_path / 'disk', [sys.executable, '-m', 'lth_jax.main', *TINY,
+                                      '--config.imp.num_rounds=2',
+                                      '--config.imp.random_baseline=False',
                                       f'--workdir={tmp_path / "disk" / "w"}',
                                       f'--compilation_cache={CACHE}']
   disk.mkdir()
@@ -252,7 +255,9 @@ def test_the_log_leaves_out_library_chatter_and_echoes_of_a_full_disk(monkeypatc
 @pytest.mark.slow
 def test_the_log_holds_lth_jax_lines_and_a_recorded_config_reruns(tmp_path):
   workdir = tmp_path / 'w'
-  proc = _main(*TINY, f'--workdir={workdir}', f'--compilation_cache={CACHE}')
+  # The dense round (one seed) and a pruned round of both branches: three fine-tunes.
+  proc = _main(*TINY, '--config.imp.num_rounds=2', '--config.dense_seeds=1',
+               f'--workdir={workdir}', f'--compilation_cache={CACHE}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   own = {p.name for p in (ROOT / 'lth_jax').rglob('*.py')}
   lines = proc.stderr.splitlines()

@@ -180,7 +180,7 @@ def test_voc_folders_are_read_with_classes_boxes_and_difficult_flags(tmp_path):
                                 ('2007', 'test'): 3})
   info = dataclasses.replace(data.get_info('voc0712_det'), image_shape=(64, 64, 3),
                              split_sizes={'train': 4, 'val': 1, 'test': 3})
-  data.check_available(info, str(tmp_path))
+  data.check_available(info, str(tmp_path), data.BOX_LABELS)
   test = list(det_data.eval_batches(info, 'test', batch_size=2, data_dir=str(tmp_path)))
   assert [b['mask'].tolist() for b in test] == [[1, 1], [1, 0]]
   images = [f'2007_test_{i:03d}' for i in range(3)]
@@ -208,7 +208,7 @@ def test_voc_training_skips_images_whose_objects_are_all_difficult(tmp_path):
                      all_difficult=frozenset({'2007_trainval_001', '2007_test_000'}))
   info = dataclasses.replace(data.get_info('voc0712_det'), image_shape=(64, 64, 3),
                              split_sizes={'train': 3, 'val': 1, 'test': 2})
-  data.check_available(info, str(tmp_path))
+  data.check_available(info, str(tmp_path), data.BOX_LABELS)
   for split, ids in (('train', ['2007_trainval_000', '2007_trainval_002', '2012_trainval_000']),
                      ('val', ['2012_trainval_001']), ('test', ['2007_test_000', '2007_test_001'])):
     found = [ex['boxes'][ex['valid']].tolist() for ex in det_data.examples(
@@ -218,17 +218,17 @@ def test_voc_training_skips_images_whose_objects_are_all_difficult(tmp_path):
   wrong = dataclasses.replace(info, split_sizes={'train': 4, 'val': 1, 'test': 2})
   with pytest.raises(errors.DatasetNotFoundError,
                      match="needs 6 .'train' . 'val' . 1 images whose objects are all "):
-    data.check_available(wrong, str(tmp_path))
+    data.check_available(wrong, str(tmp_path), data.BOX_LABELS)
 
 
 def test_missing_or_miscounted_voc_is_a_clear_error(tmp_path):
   info = data.get_info('voc0712_det')
   with pytest.raises(errors.DatasetNotFoundError, match='VOC2007'):
-    data.check_available(info, str(tmp_path))
+    data.check_available(info, str(tmp_path), data.BOX_LABELS)
   _write_voc(tmp_path, {('2007', 'trainval'): 2, ('2012', 'trainval'): 1,
                         ('2007', 'test'): 1})
   with pytest.raises(errors.DatasetNotFoundError, match='16,551'):
-    data.check_available(info, str(tmp_path))
+    data.check_available(info, str(tmp_path), data.BOX_LABELS)
 
 
 # ------------------------------------------------------------------ exact evaluation
@@ -271,9 +271,12 @@ def test_evaluation_is_voc_map_of_every_image_over_padded_batches():
 @pytest.mark.slow
 def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_heads(tmp_path):
   config = defaults.load_config('detection_offline:tiny')
-  task, info = wiring.task_and_data(config, 'digit_canvas_det_small')
+  config.optim.num_epochs = 1  # 8 steps: every kept weight moves
+  config.model.width_multiplier = 0.0625  # half the tiny width: faster
+  experiment = experiments.specs.build(config)
+  task, info = wiring.task_and_data(experiment.data, 'digit_canvas_det_small')
   info = dataclasses.replace(info, split_sizes={'train': 64, 'val': 16, 'test': 16})
-  model = wiring.build_model(config, task, info)
+  model = task.build_model(experiment.model, info)
   start = jax.device_get(init_variables(model, jax.random.key(0), 56))
   ticket = pruning.random_like(jax.random.key(1), pruning.to_sparsity(
       start['params'], masks_lib.init(start['params']), 0.5), layerwise=False)
@@ -281,7 +284,7 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
   assert len(prunable) == 19 and not any(n.startswith(('neck', 'head')) for n in prunable)
   variables = {'params': masks_lib.apply(start['params'], ticket),
                'batch_stats': start['batch_stats']}
-  result = wiring.make_finetune(config, model, task, info, wiring.mesh_for(config))(
+  result = wiring.make_finetune(experiment, model, task, info, wiring.mesh_for(experiment))(
       variables, ticket, seed=0, checkpoint_dir=str(tmp_path / 'run'))
   trained = jax.device_get(result.variables['params'])
   before = masks_lib.prunable_leaves(start['params'])

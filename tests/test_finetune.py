@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import wiring
+from lth_jax.experiments import specs, wiring
 from lth_jax.models import create_model, init_variables
 
 
@@ -38,14 +38,15 @@ def test_a_finetune_carries_state_from_the_run_it_is_handed(monkeypatch, tmp_pat
   """upstream.keep_state: the optimizer state comes from `continue_from`, as given."""
   config = config_lib.load_config('demo:tiny')
   config.data.pipeline = 'host'  # no dataset is read: `fit` is replaced
-  task, info = wiring.task_and_data(config, config.data.dataset)
-  model = wiring.build_model(config, task, info)
+  experiment = specs.build(config)
+  task, info = wiring.task_and_data(experiment.data, config.data.dataset)
+  model = task.build_model(experiment.model, info)
   carried = []
   monkeypatch.setattr(wiring, 'fit', lambda *args, **kwargs: carried.append(
       kwargs['carry_from']))
   run = str(tmp_path / 'run' / 'round_03' / 'seed_0')
   for carry_state in (False, True):
-    finetune = wiring.make_finetune(config, model, task, info, wiring.mesh_for(config),
+    finetune = wiring.make_finetune(experiment, model, task, info, wiring.mesh_for(experiment),
                                     evaluator=lambda *args: None, carry_state=carry_state)
     for continue_from in (None, str(tmp_path / 'elsewhere')):
       finetune({}, None, seed=0, checkpoint_dir=run, continue_from=continue_from)

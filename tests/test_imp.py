@@ -175,6 +175,9 @@ def test_dense_round_takes_the_dense_seeds(tmp_path, start):
   assert [r['num_seeds'] for r in records] == [3, 1]
   with pytest.raises(ValueError, match='dense_seeds must start'):
     imp.ImpSpec(num_rounds=2, dense_seeds=(1, 2))
+  # prune_first leaves no dense round to give the dense seeds to: refused, not ignored.
+  with pytest.raises(ValueError, match='no round is dense'):
+    imp.ImpSpec(num_rounds=2, dense_seeds=(0, 1), prune_first=True)
 
 
 def test_prunable_rewind_scope_continues_the_rest_from_the_previous_round(tmp_path, start):

@@ -2,7 +2,9 @@
 
 Each colab/*.ipynb executes in a fresh IPython kernel of this interpreter with
 LTH_NOTEBOOK_FAST=1 (tiny settings), one CPU device and its own WORKDIR; a failing cell
-fails the test with the cell's traceback.
+fails the test with the cell's traceback. Those runs are marked `notebook`: CI runs them in
+its Colab lane (the Python, jax and flax of Colab), and the README's test command leaves
+them out (`-m "not notebook"`); `python -m pytest tests/test_notebooks.py` runs them here.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def _execute(nb: nbformat.NotebookNode, root: pathlib.Path, tmp_path: pathlib.Pa
 
 
 @pytest.mark.slow
+@pytest.mark.notebook
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_headless_on_cpu(path, tmp_path, kernel_specs):
   root = tmp_path / 'workdirs'

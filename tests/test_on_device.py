@@ -127,11 +127,11 @@ def test_raw_images_are_the_stored_pixels_in_the_epochs_order():
 def test_auto_is_the_device_pipeline_where_tensorflow_is_absent(monkeypatch):
   monkeypatch.setattr(data.arrays, 'tf_available', lambda: False)
   config = _tiny()
-  wiring.resolve_pipeline(config, _mesh(1))
+  wiring.resolve_pipeline(config)
   assert config.data.pipeline == 'device'
   with pytest.raises(errors.ConfigError, match=r'pip install tensorflow tensorflow-datasets'
                      r'.*--config\.data\.pipeline=device'):
-    wiring.resolve_pipeline(_tiny(**{'data.pipeline': 'host'}), _mesh(1))
+    wiring.resolve_pipeline(_tiny(**{'data.pipeline': 'host'}))
 
 
 def _tiny(**overrides):
@@ -151,22 +151,28 @@ def test_imp_trains_on_device_batches_and_the_choice_is_recorded(tmp_path, monke
     return real(self, *args, **kwargs)
   monkeypatch.setattr(on_device.DeviceData, 'batches', counting)
   run = tmp_path / 'device'
-  out = experiments.run(_tiny(**{'data.pipeline': 'device'}), str(run))
+  # The dense round and one pruned round, one seed each, of a network half demo:tiny's width.
+  short = {'imp.num_rounds': 2, 'dense_seeds': 1, 'imp.random_baseline': False,
+           'model.width_multiplier': 0.0625}
+  out = experiments.run(_tiny(**short, **{'data.pipeline': 'device'}), str(run))
   assert made and all(0 < r['test_accuracy'] <= 1 for r in out['curves']['magnitude'])
+  assert len(out['curves']['magnitude']) == 2
   assert json.load(open(run / 'experiment.json'))['data']['pipeline'] == 'device'
   # 'auto' on CPU is the host pipeline, whose stream differs: the workdir refuses it.
   with pytest.raises(errors.WorkdirError, match='data.pipeline'):
-    experiments.run(_tiny(), str(run))
+    experiments.run(_tiny(**short), str(run))
   with pytest.raises(errors.ConfigError, match="'auto', 'device', 'host'"):
     experiments.run(_tiny(**{'data.pipeline': 'gpu'}), str(tmp_path / 'bad'))
 
 
-@pytest.mark.slow
-def test_auto_is_recorded_as_host_on_cpu_and_older_records_count_as_host(tmp_path):
+def test_auto_is_recorded_as_host_on_cpu_and_older_records_count_as_host(tmp_path,
+                                                                         fake_finetunes):
   run = tmp_path / 'host'
   experiments.run(_tiny(**{'imp.num_rounds': 1}), str(run))
   record = json.load(open(run / 'experiment.json'))
   assert record['data']['pipeline'] == 'host'
   del record['data']['pipeline']  # a workdir written before the field existed
   (run / 'experiment.json').write_text(json.dumps(record))
+  trained = len(fake_finetunes.calls)
   experiments.run(_tiny(**{'imp.num_rounds': 1}), str(run))
+  assert len(fake_finetunes.calls) == trained  # resumed: nothing trained again

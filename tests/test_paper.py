@@ -12,14 +12,15 @@ import pytest
 
 from lth_jax import data, errors, experiments, masks as masks_lib, objectives, pruning
 from lth_jax.experiments import config as defaults
-from lth_jax.experiments import paper, paper_upstream, upstream
+from lth_jax.experiments import paper, paper_transfer, paper_upstream, upstream
 from lth_jax.experiments import transfer as transfer_mode
 from lth_jax.lottery import rounds
 from lth_jax.metrics.headline import Metric
 
 
 @pytest.mark.slow
-def test_paper_offline_tiny_end_to_end(tmp_path):
+def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
+  """What the study runs and writes (its real run is the test below)."""
   config = defaults.load_config('paper_offline:tiny')
   out = experiments.run(config, str(tmp_path))
   rows = out['rows']
@@ -54,9 +55,7 @@ def test_paper_offline_tiny_end_to_end(tmp_path):
   # The ticket itself prunes layer4 far more than layer1 (global magnitude).
   ticket_row = by_key['supervised', 'round_01']
   assert ticket_row['sparsity_layer4'] - ticket_row['sparsity_layer1'] > 0.1
-  # Each pre-training's transfer starts from its own θ_p; scratch from a random init.
   dense = {r['pretraining']: r['test_accuracy'] for r in rows if r['ticket'] == 'dense'}
-  assert dense['supervised'] != dense['moco']
   scratch = by_key['scratch', 'scratch']['test_accuracy']
   # The extreme sparsity of every curve, recomputed from the rows (dense mean - 1 std).
   extreme = {(r['method'], r['pretraining']): r for r in out['extreme']}
@@ -76,12 +75,57 @@ def test_paper_offline_tiny_end_to_end(tmp_path):
                'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
     assert os.path.exists(tmp_path / name), name
 
-  # The experiment ETA counts every transfer fine-tune: one folder each.
-  trained = glob.glob(str(tmp_path / 'transfer' / '**' / 'seed_*'), recursive=True)
+  # The experiment ETA counts every transfer fine-tune: one each.
+  trained = [c for c in fake_finetunes.calls
+             if os.path.relpath(c['dir'], tmp_path).startswith('transfer' + os.sep)]
   assert len(trained) == len(rows) == paper._transfer_units(
       {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0, 'round_01': 0}},
       dict.fromkeys(range(4)), task_imp_rounds=0)
   assert paper._transfer_units({'a': {'r': 0}}, {}, task_imp_rounds=3) == 1 + 2 + 2
+
+  calls = len(fake_finetunes.calls)
+  again = experiments.run(config, str(tmp_path))  # finished: read back, not recomputed
+  assert [r['test_accuracy'] for r in again['rows']] == [r['test_accuracy'] for r in rows]
+  assert len(fake_finetunes.calls) == calls
+
+
+@pytest.mark.slow
+def test_paper_offline_tiny_end_to_end(tmp_path):
+  """Paper mode's one real run: paper_offline:tiny cut to one upstream round (the study on
+  fake fine-tunes above checks the rest of what it runs and writes)."""
+  config = defaults.load_config('paper_offline:tiny')
+  config.imp.num_rounds = 1
+  config.model.width_multiplier = 0.0625  # half the tiny width: a third of the compute
+  out = experiments.run(config, str(tmp_path))
+  rows = out['rows']
+  by_key = {(r['method'], r['ticket']): r for r in rows}
+  assert set(by_key) == {
+      ('scratch', 'scratch'), ('supervised', 'dense'), ('supervised', 'round_00'),
+      ('random_global', 'random_global_round_00'),
+      ('random_layerwise', 'random_layerwise_round_00'), ('moco', 'dense'),
+      ('moco', 'round_00')}
+  assert all(r['task'] == 'digits' and 0 < r['test_accuracy'] <= 1 for r in rows)
+  ticket = masks_lib.summary(rounds.load_round_mask(
+      str(tmp_path / 'upstream' / 'supervised' / 'supervised'), 0))['total']['sparsity']
+  assert ticket == pytest.approx(0.2, abs=1e-4)
+  for method in ('supervised', 'moco', *paper.RANDOM_BASELINES):
+    ticket_name = 'round_00' if method in ('supervised', 'moco') else f'{method}_round_00'
+    assert by_key[method, ticket_name]['sparsity'] == pytest.approx(0.2, abs=1e-4)
+  # Each pre-training's transfer starts from its own θ_p; scratch from a random init.
+  dense = {r['pretraining']: r['test_accuracy'] for r in rows if r['ticket'] == 'dense'}
+  assert dense['supervised'] != dense['moco']
+  scratch = by_key['scratch', 'scratch']['test_accuracy']
+  extreme = {(r['method'], r['pretraining']): r for r in out['extreme']}
+  assert set(extreme) == {('supervised', 'supervised'), ('random_global', 'supervised'),
+                          ('random_layerwise', 'supervised'), ('moco', 'moco')}
+  for (method, pretraining), r in extreme.items():
+    assert r['pretraining_gain'] == pytest.approx(dense[pretraining] - scratch)
+  for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
+               'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
+    assert os.path.exists(tmp_path / name), name
+  # Every transfer fine-tune trained in a folder of its own.
+  trained = glob.glob(str(tmp_path / 'transfer' / '**' / 'seed_*'), recursive=True)
+  assert len(trained) == len(rows)
 
   again = experiments.run(config, str(tmp_path))  # finished: read back, not recomputed
   assert [r['test_accuracy'] for r in again['rows']] == [r['test_accuracy'] for r in rows]
@@ -106,6 +150,9 @@ def test_every_pretraining_trains_on_the_pipeline_the_paper_config_resolved(pipe
   for objective in defaults.split_names(config.paper.pretrainings):
     sub = paper_upstream.upstream_config(config, objective)
     assert sub.data.pipeline == pipeline, objective
+  # The specs the upstream experiments run on, built from those configs.
+  assert {o: e.data.pipeline for o, e in paper.spec(config).upstream.items()} == dict.fromkeys(
+      defaults.split_names(config.paper.pretrainings), pipeline)
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -169,11 +216,11 @@ def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
   the dense point has several runs (num_seeds=1 with dense_seeds >= 2)."""
   metric = Metric('accuracy', 'accuracy', 'accuracy')
   rows = [{'method': 'supervised', 'ticket': 'dense', 'sparsity': 0.0, 'test_accuracy': 0.9}]
-  judged = paper._judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8], [0.5],
-                         metric, num_seeds=1)
+  judged = paper_transfer.judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8],
+                                 [0.5], metric, num_seeds=1)
   assert judged[0]['can_test_claim'] is None
-  judged = paper._judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8],
-                         [0.5, 0.5], metric, num_seeds=2)
+  judged = paper_transfer.judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8],
+                                 [0.5, 0.5], metric, num_seeds=2)
   assert judged[0]['can_test_claim'] is True
 
 
@@ -200,7 +247,7 @@ def test_random_baselines_are_one_draw_in_transfer_and_paper_mode(tmp_path, meth
   tickets = _tickets()
   config = defaults.base_config()
   config.update_from_flattened_dict({'seed': 3, 'mode': 'transfer', 'transfer.variant': method})
-  drawn = transfer_mode._baseline_tickets(config, tickets, start={})
+  drawn = transfer_mode._baseline_tickets(experiments.specs.build(config), tickets, start={})
   in_paper = paper.random_masks(str(tmp_path), 3, tickets, None, (method,))
   assert list(in_paper) == [f'{method}_{name}' for name in tickets]
   for name, ticket in tickets.items():

@@ -10,19 +10,19 @@ import dataclasses
 import json
 import os
 
+import conftest
 import jax
 import numpy as np
 import pytest
 
 from lth_jax import data, errors, experiments, masks, objectives, pruning, tasks, training
-from lth_jax.data import registry as dataset_registry
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import sources, upstream, wiring
 from lth_jax.lottery import iterative_pruning as imp, results, rounds
 from lth_jax.models import init_variables
 from lth_jax.objectives import contrastive
 from lth_jax.runtime import workdir as workdir_lib
-from lth_jax.tasks.classification import Classification, evaluate
+from lth_jax.tasks.classification import Classification
 
 
 def tiny(**overrides):
@@ -52,7 +52,7 @@ class RecordingFinetunes:
   def __init__(self):
     self.made = []
 
-  def __call__(self, config, model, *args, **kwargs):
+  def __call__(self, experiment, model, *args, **kwargs):
     self.made.append({'model': model, **kwargs})
 
     def finetune(variables, m, *, seed, checkpoint_dir, rewind_step=None,
@@ -93,10 +93,12 @@ def test_snip_runs_from_the_command_line_config(monkeypatch, tmp_path):
   config = tiny(**{'imp.pruning': 'snip', 'imp.random_baseline': False, 'imp.num_rounds': 2})
   experiments.run(config, str(tmp_path))
   # Round 1's mask is SNIP of θ_p (seed 0) under round 0's mask, on the task's loss.
-  task, info = wiring.task_and_data(config, 'digits')
-  model = wiring.build_model(config, task, info)
-  theta = wiring.theta_p(config, model, 8, str(tmp_path), wiring.mesh_for(config))(0)
-  gradient = wiring.loss_gradient(config, model, task, info, wiring.mesh_for(config),
+  experiment = experiments.specs.build(config)
+  task, info = wiring.task_and_data(experiment.data, 'digits')
+  model = task.build_model(experiment.model, info)
+  mesh = wiring.mesh_for(experiment)
+  theta = wiring.theta_p(experiment, model, 8, str(tmp_path), mesh)(0)
+  gradient = wiring.loss_gradient(experiment, model, task, info, mesh,
                                   theta['batch_stats'])
   want = pruning.prune('snip', pruning.ScoreInputs(
       masks=masks.init(theta['params']), rewind=theta['params'], gradient=gradient), 0.2)
@@ -193,16 +195,42 @@ def test_upstream_trains_the_seeds_and_rewind_scope_the_config_names(monkeypatch
   assert [[run['seed'] for run in r['runs']] for r in out['records']] == [[0, 1, 2], [0, 1]]
 
 
-def test_snip_where_no_gradient_is_computed_is_refused_before_the_claim(tmp_path):
+def test_snip_prunes_task_specific_imp_by_the_tasks_gradient(monkeypatch, tmp_path):
+  """Paper mode's task-specific IMP scores by the task's loss (it was refused before)."""
+  starts = {}
+
+  class StartRecording(conftest.FakeFinetunes):
+    def __call__(self, *args, **kwargs):
+      finetune = super().__call__(*args, **kwargs)
+
+      def recording(variables, masks, **run):
+        starts.setdefault(run['checkpoint_dir'], jax.device_get(dict(variables)))
+        return finetune(variables, masks, **run)
+      return recording
+
+  monkeypatch.setattr(wiring, 'make_finetune', StartRecording())
+  made, real = [], wiring.loss_gradient
+
+  def loss_gradient(*args, **kwargs):
+    made.append({'dataset': args[3].name, 'gradient': real(*args, **kwargs)})
+    return made[-1]['gradient']
+
+  monkeypatch.setattr(wiring, 'loss_gradient', loss_gradient)
   config = config_lib.load_config('paper_offline:tiny')
-  config.update_from_flattened_dict({'imp.pruning': 'snip', 'paper.task_imp_rounds': 2,
-                                     'num_devices': 1})
-  with pytest.raises(errors.ConfigError, match=r"config\.imp\.pruning='snip': scores by the "
-                     r'loss gradient.*--config\.paper\.task_imp_rounds=0'):
-    experiments.run(config, str(tmp_path / 'w'))
-  assert not (tmp_path / 'w').exists()
-  config.paper.task_imp_rounds = 0  # then imp.pruning is not read
-  config_lib.validate(config)
+  config.update_from_flattened_dict({'imp.pruning': 'snip', 'imp.score_batches': 1,
+                                     'paper.task_imp_rounds': 2, 'num_devices': 1})
+  experiments.run(config, str(tmp_path))
+  [used] = made
+  assert used['dataset'] == 'digits'
+  run_dir = tmp_path / 'transfer' / 'digits' / 'task_specific'
+  [start] = [v for d, v in starts.items() if str(run_dir / 'round_00') in d]
+  want = pruning.prune('snip', pruning.ScoreInputs(
+      masks=masks.init(start['params']), rewind=start['params'], gradient=used['gradient']),
+      0.2)
+  got = rounds.load_round_mask(str(run_dir), 1)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+  magnitude = pruning.global_magnitude(start['params'], masks.init(start['params']), 0.2)
+  assert masks.overlap(got, magnitude)['total']['iou'] < 0.95
 
 
 # ------------------------------------------------------------------------- θ_p's source
@@ -220,7 +248,8 @@ def test_a_pretrained_source_is_one_registration(monkeypatch, registered, tmp_pa
                    'imp.random_baseline': False})
   out = experiments.run(config, str(tmp_path))
   assert out['curves']['magnitude'][0]['sparsity'] == 0 and seeds
-  assert experiments.imp.labels(config)['magnitude'].endswith('rewind to θ_h')
+  labels = experiments.imp.labels(experiments.specs.build(config))
+  assert labels['magnitude'].endswith('rewind to θ_h')
   with pytest.raises(errors.ConfigError, match=r"pretrained\.source='halve'.*'halved'"):
     config_lib.validate(tiny(**{'pretrained.source': 'halve'}))
 
@@ -233,24 +262,30 @@ class BalancedClassification(Classification):
   metric = tasks.Metric('balanced_accuracy', 'balanced accuracy', 'balanced_accuracy')
 
   def evaluator(self, model, dataset, *, batch_size, data_dir, mesh):
+    predict = jax.jit(lambda variables, image: model.apply(variables, image,
+                                                           train=False).argmax(-1))
+
     def evaluate_balanced(variables, split):
-      batches = list(data.eval_batches(dataset, split, batch_size=batch_size))
-      recalls = []
-      for c in range(dataset.num_classes):
-        only = [dict(b, mask=b['mask'] * (b['label'] == c)) for b in batches]
-        recalls.append(evaluate(model, variables, only, mesh)['accuracy'])
-      return {'balanced_accuracy': float(np.mean(recalls))}
+      hits, counts = np.zeros(dataset.num_classes), np.zeros(dataset.num_classes)
+      for batch in data.eval_batches(dataset, split, batch_size=batch_size):
+        right = np.asarray(predict(variables, batch['image'])) == batch['label']
+        real = batch['mask'] > 0  # not the padding
+        np.add.at(hits, batch['label'][real], right[real])
+        np.add.at(counts, batch['label'][real], 1)
+      return {'balanced_accuracy': float(np.mean(hits / counts))}
     return evaluate_balanced
 
 
 @pytest.mark.slow
-def test_a_task_with_another_headline_metric_runs_imp_end_to_end(monkeypatch, registered,
+def test_a_task_with_another_headline_metric_runs_imp_end_to_end(request, registered,
                                                                  tmp_path):
   registered(tasks.TASKS, 'balanced', BalancedClassification())
-  monkeypatch.setitem(dataset_registry.DATASETS, 'digits_balanced', dataclasses.replace(
+  data.register(dataclasses.replace(
       data.get_info('digits'), name='digits_balanced', task='balanced',
       derived_from='digits', classes=tuple(range(10))))
-  config = tiny(**{'data.dataset': 'digits_balanced', 'imp.num_rounds': 2, 'dense_seeds': 2})
+  request.addfinalizer(lambda: data.DATASETS.unregister('digits_balanced'))
+  config = tiny(**{'data.dataset': 'digits_balanced', 'imp.num_rounds': 2, 'dense_seeds': 2,
+                   'model.width_multiplier': 0.0625})  # half demo:tiny's width: faster
   out = experiments.run(config, str(tmp_path))
   curves = out['curves']
   assert set(curves) == {'magnitude', 'random'}

@@ -226,12 +226,12 @@ def test_random_scale_is_the_references_ext_random_scale(shape, scale, size):
 def test_segmentation_protocol_is_set_from_the_config():
   config = defaults.load_config('segmentation_voc')
   config.pretrained.source = 'random'
-  info = wiring.dataset_info(config, 'voc2012_seg')
+  info = wiring.dataset_info(experiments.specs.data_spec(config), 'voc2012_seg')
   assert (info.seg_eval, info.seg_train_pad) == ('resize_center_crop', 'background')
-  canvas = wiring.dataset_info(config, 'digit_canvas_seg')
+  canvas = wiring.dataset_info(experiments.specs.data_spec(config), 'digit_canvas_seg')
   assert (canvas.seg_eval, canvas.seg_train_pad) == ('pad', 'ignore')
   config.data.seg_eval, config.data.seg_train_pad = 'pad', 'ignore'
-  info = wiring.dataset_info(config, 'voc2012_seg')
+  info = wiring.dataset_info(experiments.specs.data_spec(config), 'voc2012_seg')
   assert (info.seg_eval, info.seg_train_pad) == ('pad', 'ignore')
   config.data.seg_eval = 'crop'
   with pytest.raises(errors.ConfigError, match='data.seg_eval'):
@@ -303,14 +303,14 @@ def test_voc_folder_is_read_exactly(tmp_path):
 def test_missing_or_miscounted_voc_is_a_clear_error(tmp_path):
   info = data.get_info('voc2012_seg')
   with pytest.raises(errors.DatasetNotFoundError, match='VOCdevkit'):
-    data.check_available(info, str(tmp_path))
+    data.check_available(info, str(tmp_path), data.PIXEL_LABELS)
   _write_voc(tmp_path, {'train': [(8, 8)] * 3, 'val': [(8, 8)]})
   with pytest.raises(errors.DatasetNotFoundError, match='1,464'):
-    data.check_available(info, str(tmp_path))
+    data.check_available(info, str(tmp_path), data.PIXEL_LABELS)
   os.remove(tmp_path / 'VOCdevkit/VOC2012/SegmentationClass/2012_val_000.png')
   small = dataclasses.replace(info, split_sizes={'train': 2, 'val': 1, 'test': 1})
   with pytest.raises(errors.DatasetNotFoundError, match='2012_val_000.png'):
-    data.check_available(small, str(tmp_path))
+    data.check_available(small, str(tmp_path), data.PIXEL_LABELS)
 
 
 def test_voc_config_refuses_a_missing_folder_before_claiming_the_workdir(tmp_path):
@@ -367,9 +367,12 @@ def test_evaluation_sums_every_pixel_once_over_padded_batches():
 @pytest.mark.slow
 def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_the_head(tmp_path):
   config = defaults.load_config('segmentation_offline:tiny')
-  task, info = wiring.task_and_data(config, 'digit_canvas_seg_small')
+  config.optim.num_epochs = 1  # 8 steps: every kept weight moves
+  config.model.width_multiplier = 0.0625  # half the tiny width: faster
+  experiment = experiments.specs.build(config)
+  task, info = wiring.task_and_data(experiment.data, 'digit_canvas_seg_small')
   info = dataclasses.replace(info, split_sizes={'train': 64, 'val': 16, 'test': 16})
-  model = wiring.build_model(config, task, info)
+  model = task.build_model(experiment.model, info)
   start = init_variables(model, jax.random.key(0), 56)
   dense = masks_lib.init(start['params'])
   ticket = pruning.random_like(jax.random.key(1), pruning.to_sparsity(
@@ -379,8 +382,8 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_the_head(t
   assert len(prunable) == 19 and not any(n.startswith('classifier') for n in prunable)
   variables = {'params': masks_lib.apply(start['params'], ticket),
                'batch_stats': start['batch_stats']}
-  mesh = wiring.mesh_for(config)
-  result = wiring.make_finetune(config, model, task, info, mesh)(
+  mesh = wiring.mesh_for(experiment)
+  result = wiring.make_finetune(experiment, model, task, info, mesh)(
       variables, ticket, seed=0, checkpoint_dir=str(tmp_path / 'run'))
   trained = jax.device_get(result.variables['params'])
   for name, leaf in masks_lib.prunable_leaves(trained).items():

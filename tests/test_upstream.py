@@ -129,7 +129,7 @@ def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
   config = defaults.load_config('moco_imp:demo')
   config.data.dataset = 'digits'
   config.model.width_multiplier = 0.125
-  model = upstream.build_model(config)
+  model = upstream.build_model(experiments.specs.build(config))
   query = jax.device_get(init_variables(model, jax.random.key(5), 8))
   key_encoder = jax.device_get(init_variables(model, jax.random.key(6), 8))
   state_dict = {f'module.encoder_q.{k}': v for k, v in convert.to_pytorch(query).items()}
@@ -139,7 +139,8 @@ def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
   np.savez(tmp_path / 'moco.npz', **state_dict)
   config.pretrained.update(source='moco', path=str(tmp_path / 'moco.npz'))
   mesh = sharding.make_mesh()
-  loaded = upstream.start_variables(config, model, None, str(tmp_path), mesh)
+  loaded = upstream.start_variables(experiments.specs.build(config), model, None,
+                                    str(tmp_path), mesh)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(query)):
     np.testing.assert_array_equal(a, b)  # the MLP head included, never the key encoder
 
@@ -147,7 +148,8 @@ def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
   np.savez(tmp_path / 'simclr.npz', **headless)
   config.upstream.objective = 'simclr'
   config.pretrained.update(source='simclr', path=str(tmp_path / 'simclr.npz'))
-  loaded = upstream.start_variables(config, model, None, str(tmp_path), mesh)
+  loaded = upstream.start_variables(experiments.specs.build(config), model, None,
+                                    str(tmp_path), mesh)
   assert not np.allclose(loaded['params']['fc_0']['kernel'], query['params']['fc_0']['kernel'])
   np.testing.assert_array_equal(loaded['params']['layer4_1']['conv2']['kernel'],
                                 query['params']['layer4_1']['conv2']['kernel'])
@@ -198,10 +200,10 @@ def test_knn_evaluator_equals_numpy(monkeypatch):
 
 
 def tiny_upstream(objective, **overrides):
-  """The demo config of an objective shrunk to seconds: digits, width 1/8, one epoch."""
+  """The demo config of an objective shrunk to seconds: digits, width 1/16, one epoch."""
   c = defaults.load_config(f'{objective}_imp:demo')
   c.data.dataset = c.pretrain.dataset = 'digits'
-  c.model.width_multiplier = 0.125
+  c.model.width_multiplier = 0.0625
   c.data.batch_size = c.data.eval_batch_size = 64
   c.pretrain.optim.num_epochs = 1
   c.upstream.queue_size = 256
@@ -274,7 +276,7 @@ def test_upstream_imp_runs_for_every_objective(tmp_path, objective):
     ('pretrain.dataset', 'mnist5k', 'pre-trains θ_p on its own task'),
     ('imp.rewind', 'step', "rewinds to θ_p"),
     ('imp.random_baseline', True, 'runs no random-pruning branch'),
-    ('dense_seeds', 2, 'prunes θ_p before round 0, so no round is dense'),
+    ('dense_seeds', 2, 'prune_first prunes θ_p before it, so no round is dense'),
     ('upstream.views', 'byol', 'choose one of')])
 def test_bad_upstream_config_is_refused(tmp_path, field, value, message):
   config = tiny_upstream('moco', **{field: value})

@@ -79,7 +79,9 @@ def test_the_demo_runs_where_tensorflow_and_clu_are_not_installed(tmp_path):
       '  data.train_batches("digits", batch_size=8, epoch=0, seed=0)\n'
       'except ImportError as e:\n'
       '  print("REFUSED", e)\n'
-      f'sys.argv = ["main", "--config=configs/demo.py:tiny", "--workdir={workdir}"]\n'
+      # The dense round (one seed) and a pruned round of both branches.
+      f'sys.argv = ["main", "--config=configs/demo.py:tiny", "--workdir={workdir}", '
+      '"--config.imp.num_rounds=2", "--config.dense_seeds=1"]\n'
       'try:\n'
       '  app.run(main.main)\n'
       'except SystemExit as e:\n'
@@ -94,10 +96,44 @@ def test_the_demo_runs_where_tensorflow_and_clu_are_not_installed(tmp_path):
   # 'auto' is the device-resident pipeline where tf.data cannot run, and is recorded so.
   assert json.loads((workdir / 'experiment.json').read_text())['data']['pipeline'] == 'device'
   rows = (workdir / 'results.csv').read_text().splitlines()
-  assert rows[0].startswith('method,round,sparsity') and len(rows) == 1 + 2 * 3
+  assert rows[0].startswith('method,round,sparsity') and len(rows) == 1 + 2 * 2
   # Without clu the per-epoch scalars go to the log, and no TensorBoard folder is written.
   assert '] learning_rate=' in out.stderr and not list(workdir.rglob('*_tensorboard'))
   assert (workdir / 'accuracy_vs_sparsity.png').is_file()
+
+
+@pytest.mark.slow
+def test_a_classification_variant_trains_and_other_tasks_are_refused_before_the_claim(
+    tmp_path):
+  # The in-memory and device pipelines ask a task what labels it reads, not its name.
+  code = (
+      'import dataclasses\n'
+      'from lth_jax import data, errors, experiments, tasks\n'
+      'from lth_jax.tasks.classification import Classification\n'
+      'class Smoothed(Classification):\n'
+      '  name = "smoothed"\n'
+      'tasks.register(Smoothed())\n'
+      'data.register(dataclasses.replace(data.get_info("digits"), name="digits_smoothed",\n'
+      '    task="smoothed", derived_from="digits", classes=tuple(range(10))))\n'
+      'def config(dataset):\n'
+      '  c = experiments.load_config("demo:tiny")\n'
+      '  c.update_from_flattened_dict({"num_devices": 1, "data.dataset": dataset,\n'
+      '      "imp.num_rounds": 1, "imp.random_baseline": False, "dense_seeds": 1})\n'
+      '  return c\n'
+      'try:\n'
+      f'  experiments.run(config("digit_canvas_seg_small"), {str(tmp_path / "seg")!r})\n'
+      'except errors.ConfigError as e:\n'
+      '  print("REFUSED", e)\n'
+      f'out = experiments.run(config("digits_smoothed"), {str(tmp_path / "smoothed")!r})\n'
+      'print("ACCURACY", out["curves"]["magnitude"][0]["test_accuracy"])\n')
+  out = _python(code, _without(tmp_path), ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert ("REFUSED Dataset 'digit_canvas_seg_small' needs tf.data (its task 'segmentation' "
+          'reads pixels labels') in out.stdout
+  assert not (tmp_path / 'seg').exists()
+  assert 0 <= float(out.stdout.split('ACCURACY')[1]) <= 1
+  record = json.loads((tmp_path / 'smoothed' / 'experiment.json').read_text())
+  assert record['data']['pipeline'] == 'device'
 
 
 def test_progress_is_logged_and_written_whether_or_not_clu_is_installed(caplog):

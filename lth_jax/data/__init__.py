@@ -29,14 +29,18 @@ Datasets (splits: train / val / test):
   digits             offline, 1,266 / 176 / 355, 8x8x1 (scikit-learn); pad-1 random crop
   animal_mnist_a, animal_mnist_b_few  offline, Animal-MNIST's classes 0-4 / few images
                      of classes 5-9 (the paper in miniature's upstream and downstream)
+  animal_mnist_b     offline, all of Animal-MNIST's classes 5-9, 3,489 / 497 / 996
 Segmentation (`segmentation.train_batches` / `eval_batches`, labels per pixel, 255 ignored):
   digit_canvas_seg   generated from MNIST-5k, 2,000 / 300 / 500 canvases of 56x56x1, 11
                      classes (background, digits); random scale 0.75-1.25, pad, crop
+  animal_canvas_seg_few  canvases of Animal-MNIST's classes 5-9 (silhouettes), 200 / 300
+                     / 500, 6 classes; the same augmentation
   voc2012_seg        a VOCdevkit folder (data_dir), 1,318 / 146 / 1,449 (VOC val is
                      'test'), 21 classes; random scale 0.5-2, 513 crop, h-flip
 Detection (`detection.train_batches` / `eval_batches`, boxes padded to max_boxes):
   digit_canvas_det   the same canvases' digit boxes, 10 classes; crop and shift keeping
                      the boxes, letterbox 56
+  animal_canvas_det_few  the Animal-MNIST canvases' boxes, 200 / 300 / 500, 5 classes
   voc0712_det        VOCdevkit (data_dir): VOC07+12 trainval 16,051 / 500, VOC07 test
                      4,952; 20 classes; flip, crop, shift, letterbox 416
 
@@ -46,12 +50,16 @@ FileNotFoundError saying how to prepare it); offline sets ship in lth_jax/data/o
 
 TensorFlow is imported only where a tf.data pipeline runs: `train_batches`, the tfds sets,
 VOC, and the segmentation and detection pipelines (`data.segmentation`, `data.detection`,
-loaded on first use). The shipped classification sets are evaluated with numpy
-(`arrays`) and trained from the devices (`on_device`), so an experiment on them runs
-where tensorflow is not installed. Importing the tf.data modules hides GPUs from
-TensorFlow.
+loaded on first use). The shipped classification sets (any source's sets held in memory
+with one class per example, whatever task reads them) are evaluated with numpy (`arrays`)
+and trained from the devices (`on_device`), so an experiment on them runs where
+tensorflow is not installed. Importing the tf.data modules hides GPUs from TensorFlow.
 
-Modules: `registry` (what each dataset is), `arrays` (in-memory splits, evaluated without
+`register(info)` adds a dataset; `sources.register(source)` a source (where datasets'
+examples come from: whether they ship, how they are checked and read).
+
+Modules: `registry` (what each dataset is), `sources` (the registry of sources: tfds,
+offline, canvases, voc), `arrays` (in-memory splits, evaluated without
 TensorFlow), `on_device` (training sets kept on the accelerators), `pipeline` (tf.data
 training and exact evaluation), `transforms` (per-example tf.data transforms with
 stateless seeds), `offline` (the shipped arrays and the sets derived from them),
@@ -65,12 +73,15 @@ import importlib
 from collections.abc import Iterator
 from typing import Any
 
-from lth_jax.data import arrays, canvases, offline
+from lth_jax.data import arrays, canvases, offline, sources
 from lth_jax.data.arrays import read_split
-from lth_jax.data.registry import DATASETS, SPLITS, DatasetInfo, get_info, steps_per_epoch
+from lth_jax.data.registry import (BOX_LABELS, CLASS_LABELS, DATASETS, LABELS, PIXEL_LABELS,
+                                   SPLITS, DatasetInfo, get_info, register, steps_per_epoch)
 
 # Submodules that import tensorflow, loaded when first asked for (PEP 562).
 _TF_MODULES = ('pipeline', 'transforms', 'segmentation', 'detection')
+# The tf.data pipeline of each kind of labels, which also checks the files it reads.
+_READERS = {CLASS_LABELS: 'pipeline', PIXEL_LABELS: 'segmentation', BOX_LABELS: 'detection'}
 
 
 def __getattr__(name: str) -> Any:
@@ -123,30 +134,46 @@ def eval_batches(name: str | DatasetInfo, split: str, *, batch_size: int,
                                            image_size=image_size)
 
 
-def check_available(name: str | DatasetInfo, data_dir: str | None = None) -> None:
+def check_available(name: str | DatasetInfo, data_dir: str | None = None,
+                    labels: str = CLASS_LABELS) -> None:
   """Raises unless every split of a dataset can be read (nothing is read yet).
 
   Args:
     name: dataset name, or its `DatasetInfo`.
     data_dir: where the data is (tfds data_dir; the folder holding VOCdevkit).
+    labels: the labels its task reads (`lth_jax.tasks.Task.labels`): which of a VOC
+      folder's files are needed.
 
   Raises:
     DatasetNotFoundError: the dataset is not there; the message says how to get it.
     FileNotFoundError: a shipped file is missing (a broken install).
+    ValueError: its source holds no such labels.
   """
   info = get_info(name)
-  if info.source in ('offline', 'canvases'):
-    source = info.name if info.source == 'offline' else canvases.SOURCE
-    for split in SPLITS:  # shipped: a missing file means a broken install
-      offline.split_arrays(source, split)
-    return
-  if info.task == 'classification':
-    arrays.tf_pipeline().check_available(info, data_dir)
-  else:
-    __getattr__(info.task).check_available(info, data_dir)
+  source = sources.get(info.source)
+  if labels not in source.labels:
+    raise ValueError(f'{info.name!r} ({info.source} source) holds {"/".join(source.labels)} '
+                     f'labels, not {labels}.')
+  source.check(info, data_dir, labels)
+
+
+def _check_files(info: DatasetInfo, data_dir: str | None, labels: str) -> None:
+  """The check of a source read from files: the tf.data pipeline reading them checks."""
+  __getattr__(_READERS[labels]).check_available(info, data_dir)
+
+
+sources.register(sources.Source('tfds', shipped=False, labels=(CLASS_LABELS,),
+                                check=_check_files))
+sources.register(sources.Source('offline', shipped=True, labels=(CLASS_LABELS,),
+                                check=offline.check, arrays=offline.arrays))
+sources.register(sources.Source('canvases', shipped=True, labels=(PIXEL_LABELS, BOX_LABELS),
+                                check=canvases.check, arrays=canvases.arrays))
+sources.register(sources.Source('voc', shipped=False, labels=(PIXEL_LABELS, BOX_LABELS),
+                                check=_check_files))
 
 
 __all__ = [
-    'DATASETS', 'SPLITS', 'DatasetInfo', 'check_available', 'eval_batches', 'get_info',
-    'read_split', 'steps_per_epoch', 'train_batches',
+    'BOX_LABELS', 'CLASS_LABELS', 'DATASETS', 'LABELS', 'PIXEL_LABELS', 'SPLITS',
+    'DatasetInfo', 'check_available', 'eval_batches', 'get_info', 'read_split', 'register',
+    'steps_per_epoch', 'train_batches',
 ]

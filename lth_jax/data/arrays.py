@@ -1,12 +1,13 @@
 """Classification splits held in memory, read and evaluated without TensorFlow.
 
-The offline sets are numpy arrays already; evaluating them at their own size needs no
-decoding, augmentation or resizing, so their evaluation batches are cut here with numpy,
-bit for bit the batches of the tf.data pipeline (`lth_jax.data.pipeline.eval_batches`:
-the same host slices, the same float32 arithmetic, the same zero padding). With the
-device-resident training pipeline (`lth_jax.data.on_device`) an experiment on a shipped
-set then runs where tensorflow is not installed (a bare accelerator machine). tfds sets
-are still read through tf.data, imported when first used.
+The offline sets (any source's sets held in memory, `Source.arrays`) are numpy arrays
+already; evaluating them at their own size needs no decoding, augmentation or resizing,
+so their evaluation batches are cut here with numpy, bit for bit the batches of the
+tf.data pipeline (`lth_jax.data.pipeline.eval_batches`: the same host slices, the same
+float32 arithmetic, the same zero padding). With the device-resident training pipeline
+(`lth_jax.data.on_device`) an experiment on a shipped set then runs where tensorflow is
+not installed (a bare accelerator machine). tfds sets are still read through tf.data,
+imported when first used.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
-from lth_jax.data import offline
+from lth_jax.data import sources
 from lth_jax.errors import setting
-from lth_jax.data.registry import SPLITS, DatasetInfo, get_info
+from lth_jax.data.registry import CLASS_LABELS, SPLITS, DatasetInfo, get_info
 
 Batch = dict[str, np.ndarray]
 Host = tuple[int, int]  # (process index, process count)
@@ -64,9 +65,11 @@ def in_memory(info: DatasetInfo, image_size: int | None = None) -> bool:
     image_size: the requested side (None: the dataset's own).
 
   Returns:
-    True for the shipped classification sets at their own size.
+    True at its own size where its source holds it in memory with one class per example
+    (the shipped classification sets, whatever task reads them).
   """
-  return (info.source == 'offline' and info.task == 'classification'
+  source = sources.get(info.source)
+  return (source.arrays is not None and CLASS_LABELS in source.labels
           and image_size in (None, info.image_shape[0]))
 
 
@@ -77,15 +80,15 @@ def read_split(name: str | DatasetInfo, split: str, data_dir: str | None = None
   Args:
     name: dataset name or its `DatasetInfo`.
     split: 'train', 'val' or 'test'.
-    data_dir: tfds data directory (unused for the shipped sets).
+    data_dir: tfds data directory (unused for sets held in memory).
 
   Returns:
     {'image': uint8 [N, H, W, C], 'label': [N]}.
   """
   info = get_info(name)
-  if info.source == 'offline':
-    images, labels = offline.split_arrays(info.name, split)
-    return {'image': images, 'label': labels}
+  read = sources.get(info.source).arrays
+  if read is not None:
+    return read(info, split)
   return tf_pipeline().read_split(info, split, data_dir)
 
 
@@ -124,7 +127,8 @@ def eval_batches(info: DatasetInfo, split: str, *, batch_size: int, normalize: b
 def _padded_batches(info: DatasetInfo, split: str, per_host: int, index: int, count: int,
                     normalize: bool) -> Iterator[Batch]:
   # A generator apart from `eval_batches`, whose checks then run when it is called.
-  images, labels = offline.split_arrays(info.name, split)
+  whole = read_split(info, split)
+  images, labels = whole['image'], whole['label']
   # The host slices of `tfds.even_splits`, as the tf.data pipeline cuts them.
   part = np.array_split(np.arange(len(labels)), count)[index]
   num_batches = -(-(-(-len(labels) // count)) // per_host)

@@ -34,7 +34,9 @@ canvases do not depend on `num`.
 
 `split_canvases` builds the canvases of a MNIST-5k split from that split's digits only,
 so train, val and test digits are disjoint (MNIST-5k holds no identical images across
-splits). Generating all three default splits takes ~0.2 s on a 2-core CPU.
+splits). Another offline set of 28 x 28 objects on black can stand in for MNIST-5k
+(`source`): the Animal-MNIST canvases paste the silhouettes of Animal-MNIST's classes 5-9
+(`animal_mnist_b`), whose splits are disjoint too (exact duplicates were dropped). Generating all three default splits takes ~0.2 s on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lth_jax.data import offline
-from lth_jax.data.registry import SPLITS
+from lth_jax.data.registry import SPLITS, DatasetInfo
 
 SOURCE = 'mnist5k'
 CANVAS_SIZE = 56
@@ -177,9 +179,9 @@ def make_canvases(images: np.ndarray, labels: np.ndarray, *, num: int,
 
 
 def split_canvases(split: str, *, num: int | None = None, size: int = CANVAS_SIZE,
-                   seed: int = 0, sides: tuple[int, int] = DIGIT_SIDES
-                   ) -> dict[str, np.ndarray]:
-  """The canvases of one split, drawn only from that MNIST-5k split, cached in memory.
+                   seed: int = 0, sides: tuple[int, int] = DIGIT_SIDES,
+                   source: str = SOURCE) -> dict[str, np.ndarray]:
+  """The canvases of one split, drawn only from that split of `source`, cached in memory.
 
   Each split has its own random stream (SeedSequence entropy (seed, index of the split
   in SPLITS)), so the splits' layouts are independent too.
@@ -189,22 +191,50 @@ def split_canvases(split: str, *, num: int | None = None, size: int = CANVAS_SIZ
     num: number of canvases; None for SPLIT_SIZES[split] (2000 / 300 / 500).
     size: canvas side length.
     seed: non-negative int.
-    sides: (min, max) side of a scaled digit patch, inclusive.
+    sides: (min, max) side of a scaled object patch, inclusive.
+    source: the offline set (28 x 28, black background, at most 10 classes) whose
+      images are pasted: MNIST-5k's digits, or e.g. Animal-MNIST's silhouettes.
 
   Returns:
     `make_canvases`'s dict (a fresh dict of shared read-only arrays); 'source_index'
-    indexes `offline.split_arrays('mnist5k', split)`.
+    indexes `offline.split_arrays(source, split)`.
   """
   if split not in SPLITS:
     raise ValueError(f'split={split!r}: choose one of {SPLITS}.')
   num = SPLIT_SIZES[split] if num is None else num
-  return dict(_cached_split(split, num, size, seed, tuple(sides)))
+  return dict(_cached_split(split, num, size, seed, tuple(sides), source))
+
+
+def source_of(info: DatasetInfo) -> str:
+  """The offline set whose images a canvas dataset pastes (its `derived_from`; MNIST-5k
+  for the digit canvases, which name none)."""
+  return info.derived_from or SOURCE
+
+
+def arrays(info: DatasetInfo, split: str) -> dict[str, np.ndarray]:
+  """The 'canvases' source's arrays of a split (`lth_jax.data.sources.Source.arrays`).
+
+  Args:
+    info: a canvas dataset.
+    split: 'train', 'val' or 'test'.
+
+  Returns:
+    `split_canvases` of its source: as many canvases as `info.split_sizes[split]`.
+  """
+  return split_canvases(split, num=info.split_sizes[split], source=source_of(info))
+
+
+def check(info: DatasetInfo, data_dir: str | None, labels: str) -> None:
+  """Raises FileNotFoundError unless the shipped set the canvases paste is there."""
+  del data_dir, labels  # made from a shipped set, holding pixels and boxes alike
+  for split in SPLITS:
+    offline.split_arrays(source_of(info), split)
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_split(split: str, num: int, size: int, seed: int, sides: tuple[int, int]
-                  ) -> dict[str, np.ndarray]:
-  images, labels = offline.split_arrays(SOURCE, split)
+def _cached_split(split: str, num: int, size: int, seed: int, sides: tuple[int, int],
+                  source: str) -> dict[str, np.ndarray]:
+  images, labels = offline.split_arrays(source, split)
   out = make_canvases(images, labels, num=num, size=size, seed=(seed, SPLITS.index(split)),
                       sides=sides)
   for array in out.values():

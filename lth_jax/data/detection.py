@@ -24,16 +24,19 @@ keeps the annotations in original pixels for the VOC metric. Pixels are scaled b
 `info.pixel_max` and normalised by `info.mean`/`info.std` (0 and 1 for VOC: the reference
 feeds [0, 1] pixels).
 
-Sources: 'canvases' (the digit canvases of `lth_jax.data.canvases`; boxes as their
-inclusive integer bounds; 'train' is the first `split_sizes['train']` training canvases
-with a box that is not difficult, 1,900 of the first 2,000) and 'voc' (VOC2007 + VOC2012
-trainval for training, the last `split_sizes['val']` of those held out as 'val', VOC2007
-test as 'test'; boxes as the XML gives them, as the reference's; every image of VOC07+12
-trainval as released holds a non-difficult object, so training keeps all 16,051).
+Sources: any source holding its arrays in memory ('image', 'boxes', 'classes',
+'difficult', 'num_objects' as `lth_jax.data.canvases.make_canvases` returns them: the
+'canvases', boxes as their inclusive integer bounds; 'train' is the first
+`split_sizes['train']` training canvases with a box that is not difficult, 1,900 of the
+first 2,000) and 'voc' (VOC2007 + VOC2012 trainval for training, the last
+`split_sizes['val']` of those held out as 'val', VOC2007 test as 'test'; boxes as the XML
+gives them, as the reference's; every image of VOC07+12 trainval as released holds a
+non-difficult object, so training keeps all 16,051).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -41,7 +44,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from lth_jax.data import canvases, pipeline, voc
+from lth_jax.data import pipeline, sources, voc
 from lth_jax.data import transforms
 from lth_jax.data.registry import DatasetInfo
 
@@ -76,8 +79,11 @@ def _trainable(arrays: dict[str, np.ndarray]) -> np.ndarray:
   return (arrays['valid'] & ~arrays['difficult']).any(axis=1)
 
 
-def _canvases(info: DatasetInfo, split: str, num: int) -> dict[str, np.ndarray]:
-  arrays = canvases.split_canvases(split, num=num)  # cached there
+def _held(info: DatasetInfo, split: str, num: int) -> dict[str, np.ndarray]:
+  # A source that makes its examples (the canvases, cached there) makes as many as the
+  # split it is asked for holds.
+  sized = dataclasses.replace(info, split_sizes={**info.split_sizes, split: num})
+  arrays = sources.get(info.source).arrays(sized, split)
   counts = arrays['num_objects']
   return {'image': arrays['image'], **_padded(
       [arrays['boxes'][i, :n] for i, n in enumerate(counts)],
@@ -85,18 +91,21 @@ def _canvases(info: DatasetInfo, split: str, num: int) -> dict[str, np.ndarray]:
       [arrays['difficult'][i, :n] for i, n in enumerate(counts)], info.max_boxes, info.name)}
 
 
-def _canvas_split(info: DatasetInfo, split: str) -> dict[str, np.ndarray]:
+def _held_split(info: DatasetInfo, split: str) -> dict[str, np.ndarray]:
   needed = info.split_sizes[split]
   if split != 'train':
-    return _canvases(info, split, needed)
+    return _held(info, split, needed)
   # The first `needed` canvases with a box that is not difficult: the first k canvases do
   # not depend on how many are made, so more are made until enough qualify.
   made = needed
   while True:
-    arrays = _canvases(info, split, made)
+    arrays = _held(info, split, made)
     kept = np.flatnonzero(_trainable(arrays))
     if len(kept) >= needed:
       return {k: v[kept[:needed]] for k, v in arrays.items()}
+    if len(arrays['valid']) < made:  # a source that holds what it holds makes no more
+      raise ValueError(f'{info.name!r} has {len(kept)} training images with a box that is '
+                       f'not difficult, not the {needed} its DatasetInfo states.')
     made += math.ceil((needed - len(kept)) * made / max(len(kept), 1))
 
 
@@ -140,11 +149,11 @@ def examples(info: DatasetInfo, split: str, data_dir: str | None, host: Host,
   """
   del file_seed
   index, count = host
-  arrays = (_canvas_split(info, split) if info.source == 'canvases'
-            else _voc_split(info, split, data_dir or ''))
+  held = sources.get(info.source).arrays is not None
+  arrays = _held_split(info, split) if held else _voc_split(info, split, data_dir or '')
   part = np.array_split(np.arange(len(arrays['valid'])), count)[index]
   ds = tf.data.Dataset.from_tensor_slices({k: v[part] for k, v in arrays.items()})
-  if info.source == 'canvases':
+  if held:  # decoded images already
     return ds
   return ds.map(lambda ex: {**ex, 'image': tf.io.decode_jpeg(
       tf.io.read_file(ex['image']), channels=info.image_shape[-1])},
@@ -275,15 +284,13 @@ def check_available(info: DatasetInfo, data_dir: str | None) -> None:
   """Raises unless VOC's files are there, as many images as `info` says.
 
   Args:
-    info: a detection dataset.
-    data_dir: the folder holding VOCdevkit ('voc').
+    info: a detection dataset of the 'voc' source (whose check this is).
+    data_dir: the folder holding VOCdevkit.
 
   Raises:
     DatasetNotFoundError: a folder, list or file is missing, or the lists hold another
       number of images than the splits need.
   """
-  if info.source != 'voc':
-    return
   sizes, data_dir = info.split_sizes, data_dir or ''
   trainval = _voc_annotations(data_dir, VOC_TRAIN)
   skipped = max(0, len(trainval) - sizes['val']) - len(_voc_pairs(info, 'train', data_dir))

@@ -73,6 +73,27 @@ def split_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
+def arrays(info: registry.DatasetInfo, split: str) -> dict[str, np.ndarray]:
+  """The 'offline' source's arrays of a split (`lth_jax.data.sources.Source.arrays`).
+
+  Args:
+    info: an offline dataset.
+    split: 'train', 'val' or 'test'.
+
+  Returns:
+    {'image': uint8 [N, H, W, C], 'label': uint8 [N]} (see `split_arrays`).
+  """
+  images, labels = split_arrays(info.name, split)
+  return {'image': images, 'label': labels}
+
+
+def check(info: registry.DatasetInfo, data_dir: str | None, labels: str) -> None:
+  """Raises FileNotFoundError unless every split's file is there (a broken install)."""
+  del data_dir, labels  # shipped, and holding class labels only
+  for split in registry.SPLITS:
+    split_arrays(info.name, split)
+
+
 def _rank_in_class(labels: np.ndarray) -> np.ndarray:
   """Each example's index among the examples of its class, in stored order."""
   rank = np.zeros(len(labels), np.int64)

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from lth_jax.data import arrays
-from lth_jax.data.registry import DatasetInfo, get_info, steps_per_epoch
+from lth_jax.data import arrays, sources
+from lth_jax.data.registry import CLASS_LABELS, DatasetInfo, get_info, steps_per_epoch
 from lth_jax.errors import setting
 from lth_jax.runtime import sharding
 
@@ -45,12 +45,13 @@ def fits(info: DatasetInfo) -> bool:
     info: the dataset.
 
   Returns:
-    True for uint8 image classification sets with crop/flip (or no) augmentation whose
-    train split is at most `MAX_BYTES`.
+    True for uint8 image sets whose source holds one class per example, with crop/flip
+    (or no) augmentation, whose train split is at most `MAX_BYTES`. Whether a task
+    trains on such batches is the task's to say (`lth_jax.tasks.Task.labels`).
   """
   size = info.split_sizes['train'] * int(np.prod(info.image_shape))
-  return info.task == 'classification' and info.augmentation in _AUGMENTATIONS and (
-      size <= MAX_BYTES)
+  return (CLASS_LABELS in sources.get(info.source).labels
+          and info.augmentation in _AUGMENTATIONS and size <= MAX_BYTES)
 
 
 def augment_params(key: jax.Array, positions: jax.Array, padding: int, flip: bool

@@ -1,7 +1,8 @@
 """tf.data pipelines: one training epoch at a time, and exact evaluation.
 
-tfds sets and the offline arrays enter the same pipeline; only the first stage
-differs (`tfds.load` of this host's slice vs `from_tensor_slices` of it).
+tfds sets and the arrays a source holds in memory (the offline sets) enter the same
+pipeline; only the first stage differs (`tfds.load` of this host's slice vs
+`from_tensor_slices` of it).
 
 Training (`train_batches`): the train split -> shuffle (seeded by run seed and epoch)
 -> first `steps * batch` examples -> skip the first `start_step` batches -> this host's
@@ -34,9 +35,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lth_jax.data import transforms
+from lth_jax.data import sources, transforms
 from lth_jax.errors import DatasetNotFoundError, setting
-from lth_jax.data import offline
 from lth_jax.data.registry import SPLITS, DatasetInfo, get_info, steps_per_epoch
 
 # The input pipeline runs on the host CPU; TF must not claim accelerator memory that
@@ -298,8 +298,10 @@ def _examples(info: DatasetInfo, split: str, data_dir: str | None, host: Host,
   is part of its crop). `file_seed` shuffles the order of tfds files.
   """
   index, count = host
-  if info.source == 'offline':
-    images, labels = offline.split_arrays(info.name, split)
+  read = sources.get(info.source).arrays
+  if read is not None:  # held in memory (the offline sets)
+    whole = read(info, split)
+    images, labels = whole['image'], whole['label']
     # The same contiguous partition as tfds.even_splits: the first len % count hosts
     # get one extra example.
     part = np.array_split(np.arange(len(labels)), count)[index]

@@ -1,7 +1,8 @@
 """What each dataset is: classes, shapes, splits, normalisation and augmentation.
 
 Static facts only (no tensorflow, no file access), so configs can be validated and
-schedules sized before any data is read.
+schedules sized before any data is read. `register` adds a dataset (a user's, a test's);
+`DATASETS` holds the registered ones.
 
 Splits follow the reference (VITA-Group/CV_LTH_Pre-training, dataset.py): a validation
 split is held out of the end of the official train split, and the official test split
@@ -24,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from lth_jax.registry import Registry
+
 # Augmentations (see `lth_jax.data.transforms`):
 #   'crop_flip'  zero-pad by `crop_padding`, random crop back to size, random h-flip
 #   'crop'       the same without the flip (digits are not mirror-symmetric)
@@ -39,10 +42,14 @@ from collections.abc import Mapping
 #   'box_crop'   the same without the flip (digit canvases)
 AUGMENTATIONS = ('crop_flip', 'crop', 'none', 'inception', 'scale_crop_flip', 'scale_crop',
                  'box_crop_flip', 'box_crop')
-# 'tfds': tensorflow-datasets; 'offline': arrays shipped in lth_jax/data/offline;
-# 'canvases': digit canvases generated from the shipped MNIST-5k (`lth_jax.data.canvases`);
-# 'voc': a VOCdevkit folder on disk (`lth_jax.data.voc`).
-SOURCES = ('tfds', 'offline', 'canvases', 'voc')
+# The labels a task reads (`lth_jax.tasks.Task.labels`) and a source holds
+# (`lth_jax.data.sources.Source.labels`):
+#   'class'   one integer class per example: `train_batches` and `eval_batches` (tf.data),
+#             `arrays` (in memory, without TensorFlow), `on_device`
+#   'pixels'  a class per pixel (`lth_jax.data.segmentation`)
+#   'boxes'   boxes and their classes, padded to `max_boxes` (`lth_jax.data.detection`)
+CLASS_LABELS, PIXEL_LABELS, BOX_LABELS = 'class', 'pixels', 'boxes'
+LABELS = (CLASS_LABELS, PIXEL_LABELS, BOX_LABELS)
 SPLITS = ('train', 'val', 'test')
 # Segmentation evaluation (`seg_eval`):
 #   'pad'  whole images, padded at the bottom and right to `image_shape` (labels
@@ -64,8 +71,9 @@ class DatasetInfo:
   Attributes:
     name: the name the API takes ('cifar10', 'mnist5k', ...); for tfds sets also the
       tensorflow-datasets name.
-    source: 'tfds' (tensorflow-datasets, prepared under a data_dir) or 'offline'
-      (arrays shipped in lth_jax/data/offline).
+    source: a registered source (`lth_jax.data.sources`): 'tfds' (tensorflow-datasets,
+      prepared under a data_dir), 'offline' (arrays shipped in lth_jax/data/offline),
+      'canvases' or 'voc'.
     num_classes: number of labels.
     image_shape: (H, W, C) of the images the pipeline yields by default.
     split_sizes: number of examples of 'train', 'val' and 'test'.
@@ -79,8 +87,10 @@ class DatasetInfo:
       that would not fit in memory).
     val_is_test: 'val' reads the same examples as 'test' (ImageNet's official
       validation set) unless `get_info(..., val_from_train=N)` holds N out of train.
-    task: the registered task (`lth_jax.tasks`) its labels are for.
-    derived_from: an offline set whose splits this one takes its classes from.
+    task: the registered task (`lth_jax.tasks`) its labels are for; the task says which
+      of its source's labels it reads (`Task.labels`).
+    derived_from: an offline set whose splits this one takes its classes from; for
+      canvases, the offline set whose images they paste (none: MNIST-5k).
     classes: the `derived_from` labels kept, in order (relabelled 0, 1, ...).
     train_per_class: keep only the first this many train images of each class (0: all),
       a small downstream training set.
@@ -115,7 +125,7 @@ class DatasetInfo:
   max_boxes: int = 0
 
   def __post_init__(self):
-    assert self.source in SOURCES and self.augmentation in AUGMENTATIONS
+    assert self.augmentation in AUGMENTATIONS
     assert self.seg_eval in SEG_EVALS and self.seg_train_pad in SEG_TRAIN_PADS
     assert len(self.mean) == len(self.std) == self.image_shape[-1]
     if not self.shuffle_buffer:
@@ -172,6 +182,10 @@ _DATASETS = (
     _offline('animal_mnist_b_few', 5, (28, 28, 1), 100, 497, 996, mean=(0.2667,),
              std=(0.3924,), augmentation='crop_flip', crop_padding=2,
              derived_from='animal_mnist', classes=(5, 6, 7, 8, 9), train_per_class=20),
+    # All of classes 5-9: the source of the Animal-MNIST canvases below.
+    _offline('animal_mnist_b', 5, (28, 28, 1), 3489, 497, 996, mean=(0.2646,), std=(0.3906,),
+             augmentation='crop_flip', crop_padding=2, derived_from='animal_mnist',
+             classes=(5, 6, 7, 8, 9)),
     _offline('mnist5k', 10, (28, 28, 1), 3500, 500, 1000, mean=(0.1320,), std=(0.3093,),
              augmentation='crop', crop_padding=2),
     _offline('digits', 10, (8, 8, 1), 1266, 176, 355, mean=(0.3055,), std=(0.3760,),
@@ -201,6 +215,21 @@ _DATASETS = (
         name='digit_canvas_det_small', source='canvases', task='detection', num_classes=10,
         image_shape=(56, 56, 1), split_sizes={'train': 243, 'val': 64, 'test': 128},
         mean=(0.0593,), std=(0.2032,), augmentation='box_crop', max_boxes=3),
+    # Few-shot dense tasks from the paper in miniature's downstream domain: canvases of
+    # 1-3 silhouettes of Animal-MNIST's classes 5-9 (`animal_mnist_b`, none of them seen by
+    # the upstream task), made as the digit canvases are; only the first 200 training
+    # canvases (for detection, the first 200 with a box that is not difficult), whole
+    # val and test. Segmentation: background + 5 classes; detection: 5 classes.
+    DatasetInfo(
+        name='animal_canvas_seg_few', source='canvases', task='segmentation', num_classes=6,
+        image_shape=(56, 56, 1), split_sizes={'train': 200, 'val': 300, 'test': 500},
+        mean=(0.0978,), std=(0.2592,), augmentation='scale_crop', scale_range=(0.75, 1.25),
+        derived_from='animal_mnist_b'),
+    DatasetInfo(
+        name='animal_canvas_det_few', source='canvases', task='detection', num_classes=5,
+        image_shape=(56, 56, 1), split_sizes={'train': 200, 'val': 300, 'test': 500},
+        mean=(0.0978,), std=(0.2592,), augmentation='box_crop', max_boxes=3,
+        derived_from='animal_mnist_b'),
     # Pascal VOC detection (the reference's recipe): VOC07 + VOC12 trainval (16,551
     # images) less the last 500 held out as 'val' (none has only difficult objects, which
     # training would skip); 'test' is VOC07 test. 416 letterbox, [0, 1] pixels without
@@ -221,7 +250,36 @@ _DATASETS = (
         augmentation='scale_crop_flip', scale_range=(0.5, 2.0),
         seg_eval='resize_center_crop', seg_train_pad='background'),
 )
-DATASETS: Mapping[str, DatasetInfo] = {info.name: info for info in _DATASETS}
+DATASETS: Registry[DatasetInfo] = Registry('dataset')
+
+
+def register(info: DatasetInfo) -> DatasetInfo:
+  """Adds a dataset under `info.name`, the name configs and `get_info` take.
+
+  Args:
+    info: the dataset; its `source` a registered source (`lth_jax.data.sources`), its
+      `task` a registered task (`lth_jax.tasks`).
+
+  Returns:
+    `info`.
+
+  Raises:
+    ValueError: the name is taken; the message describes both datasets.
+  """
+  if info.name in DATASETS:
+    raise ValueError(f'A dataset named {info.name!r} exists already '
+                     f'({_describe(DATASETS.get(info.name))}); give this one '
+                     f'({_describe(info)}) another name.')
+  return DATASETS.register(info.name, info)
+
+
+def _describe(info: DatasetInfo) -> str:
+  return (f'{info.source} source, {info.task} task, {info.num_classes} classes, '
+          f'{"x".join(map(str, info.image_shape))} images')
+
+
+for _info in _DATASETS:
+  register(_info)
 
 
 def get_info(name: str | DatasetInfo, *, val_from_train: int = 0) -> DatasetInfo:
@@ -243,9 +301,7 @@ def get_info(name: str | DatasetInfo, *, val_from_train: int = 0) -> DatasetInfo
   """
   if isinstance(name, DatasetInfo):
     return name
-  if name not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.')
-  info = DATASETS[name]
+  info = DATASETS.get(name)
   if not (info.val_is_test and val_from_train):
     return info
   train = info.split_sizes['train']

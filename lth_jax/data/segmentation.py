@@ -19,9 +19,10 @@ ExtResize + ExtCenterCrop, the short side scaled to the crop and the long side's
 cut off) or sees whole images ('pad': padded at the bottom and right, labels 255 there,
 so the padding is never scored).
 
-Sources: 'canvases' (the digit canvases of `lth_jax.data.canvases`, generated from the
-shipped MNIST-5k) and 'voc' (Pascal VOC 2012 from a VOCdevkit folder, `lth_jax.data.voc`;
-'val' is held out of the end of VOC's train list, 'test' is VOC's val).
+Sources: any source holding its arrays in memory ('image' and 'segmentation': 'canvases',
+the digit canvases of `lth_jax.data.canvases`, generated from the shipped MNIST-5k) and
+'voc' (Pascal VOC 2012 from a VOCdevkit folder, `lth_jax.data.voc`; 'val' is held out of
+the end of VOC's train list, 'test' is VOC's val).
 """
 
 from __future__ import annotations
@@ -30,16 +31,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from lth_jax.data import canvases, pipeline, voc
+from lth_jax.data import pipeline, sources, voc
 from lth_jax.data import transforms
 from lth_jax.data.registry import DatasetInfo
 
 Host = tuple[int, int]
-
-
-def _canvas_arrays(split: str, num: int) -> tuple[np.ndarray, np.ndarray]:
-  arrays = canvases.split_canvases(split, num=num)  # cached there
-  return arrays['image'], arrays['segmentation']
 
 
 def _voc_pairs(info: DatasetInfo, split: str, data_dir: str | None) -> list[tuple[str, str]]:
@@ -71,8 +67,10 @@ def examples(info: DatasetInfo, split: str, data_dir: str | None, host: Host,
   """
   del file_seed
   index, count = host
-  if info.source == 'canvases':
-    images, labels = _canvas_arrays(split, info.split_sizes[split])
+  read = sources.get(info.source).arrays
+  if read is not None:  # held in memory (the canvases, cached there)
+    whole = read(info, split)
+    images, labels = whole['image'], whole['segmentation']
     part = np.array_split(np.arange(len(labels)), count)[index]
     return tf.data.Dataset.from_tensor_slices({'image': images[part], 'label': labels[part]})
   pairs = _voc_pairs(info, split, data_dir)
@@ -214,18 +212,16 @@ eval_batches = _PIPELINE.eval_batches
 
 
 def check_available(info: DatasetInfo, data_dir: str | None) -> None:
-  """Raises unless every split's files are there, as many as `info` says.
+  """Raises unless every split's VOC files are there, as many as `info` says.
 
   Args:
-    info: a segmentation dataset.
-    data_dir: the folder holding VOCdevkit ('voc').
+    info: a segmentation dataset of the 'voc' source (whose check this is).
+    data_dir: the folder holding VOCdevkit.
 
   Raises:
     DatasetNotFoundError: a folder, list or file is missing, or VOC's lists hold another
       number of images than the splits need (a different VOC release or an edited list).
   """
-  if info.source != 'voc':
-    return
   sizes = info.split_sizes
   voc.require_counts(info.name, data_dir, [
       (f'VOC2012 ImageSets/Segmentation/{voc_split}.txt',

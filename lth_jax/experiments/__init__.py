@@ -2,13 +2,14 @@
 
     lth_jax.experiments.run(config, workdir)   # `python -m lth_jax.main` calls this
 
-Modules: `config` (the shared fields, loading configs/*.py, checks), `modes` (the
-registry of modes), one module per mode (`imp`, `transfer`, `upstream`, `paper`; each
-with its config section, checks and `run`), `sources` (the registry of θ_p's sources),
-`wiring` (the only code turning a config into a task, a model, θ_p, data and a
-fine-tuning callable) and `sensitivity` (perturbation runs of a workdir's ticket, for
-`python -m lth_jax.analyze`). This is the only package that reads configs; it may import
-everything else. Here the library's messages name settings as the command line's
+Modules: `config` (the shared fields, loading configs/*.py, checks), `specs` (the config
+read once, after the checks, into the typed specs everything after them takes), `modes`
+(the registry of modes), one module per mode (`imp`, `transfer`, `upstream`, `paper`;
+each with its config section and its spec, checks and `run`), `sources` (the registry of
+θ_p's sources), `wiring` (the only code turning specs into a task, a model, θ_p, data
+and a fine-tuning callable) and `sensitivity` (perturbation runs of a workdir's ticket,
+for `python -m lth_jax.analyze`). This is the only package that reads configs; it may
+import everything else. Here the library's messages name settings as the command line's
 `--config.<field>` flags (`lth_jax.errors.spell_settings`).
 """
 
@@ -21,11 +22,13 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from lth_jax import data, errors
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import imp, modes, paper, sources, transfer, upstream, wiring  # noqa: F401
+from lth_jax.experiments import imp, modes, paper, sources, transfer, upstream  # noqa: F401
+from lth_jax.experiments import specs, wiring
 from lth_jax.runtime import console
 from lth_jax.runtime import workdir as workdir_lib
 
@@ -93,26 +96,25 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
                            defaults=config_to_dict(defaults), inputs=inputs, devices=devices)
 
 
-def _datasets(config: ml_collections.ConfigDict, mode: modes.Mode) -> list[str]:
+def _datasets(experiment: specs.Experiment) -> list[str]:
   """Every dataset the experiment reads: the mode's, and those θ_p's source reads."""
-  return list(dict.fromkeys(
-      mode.datasets(config) + sources.get(config.pretrained.source).datasets(config)))
+  return list(dict.fromkeys(experiment.datasets + experiment.pretrained.datasets))
 
 
-def _check_data_dir(config: ml_collections.ConfigDict, names: list[str]) -> None:
+def _check_data_dir(experiment: specs.Experiment, names: list[str]) -> None:
   """Refuses a `data.data_dir` that no dataset of the experiment reads.
 
   Raises:
     ConfigError: `data.data_dir` is set and every dataset ships with lth_jax.
   """
-  data_dir = config.data.data_dir
-  if data_dir and all(data.get_info(n).source in config_lib.SHIPPED_SOURCES for n in names):
+  data_dir = experiment.data.data_dir
+  if data_dir and all(data.sources.get(data.get_info(n).source).shipped for n in names):
     raise errors.ConfigError(
         f'config.data.data_dir={data_dir!r} is not used: every dataset this experiment '
         f'reads ({", ".join(names)}) ships with lth_jax; remove it.')
 
 
-def _load_inputs(config: ml_collections.ConfigDict, mode: modes.Mode,
+def _load_inputs(experiment: specs.Experiment, mode: modes.Mode,
                  names: list[str]) -> dict[str, str]:
   """Finds and loads every input before the workdir is claimed.
 
@@ -123,9 +125,11 @@ def _load_inputs(config: ml_collections.ConfigDict, mode: modes.Mode,
     ConfigError, CheckpointError, DatasetNotFoundError: naming what is missing or wrong.
   """
   for name in names:
-    data.check_available(name, config.data.data_dir)
-  inputs = sources.get(config.pretrained.source).load(config, lambda: mode.start_model(config))
-  mode.load_inputs(config)
+    task, _ = wiring.task_and_data(experiment.data, name)
+    data.check_available(name, experiment.data.data_dir, task.labels)
+  inputs = sources.get(experiment.pretrained.source).load(
+      experiment.pretrained, lambda: mode.start_model(experiment))
+  mode.load_inputs(experiment)
   return inputs
 
 
@@ -152,23 +156,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """
   config_lib.validate(config)
   mode = modes.get(config.mode)
-  names = _datasets(config, mode)
-  _check_data_dir(config, names)
-  mesh = wiring.mesh_for(config)
-  wiring.resolve_pipeline(config, mesh)
-  wiring.scheduler(config, mesh)  # a bad devices_per_run stops before the workdir is claimed
-  inputs = _load_inputs(config, mode, names)
+  # Before the specs: they hold the choice (and the record below, and paper mode's
+  # upstream experiments, whose configs copy it).
+  wiring.resolve_pipeline(config)
+  experiment = specs.build(config)  # nothing below reads the config but the claim's record
+  names = _datasets(experiment)
+  _check_data_dir(experiment, names)
+  wiring.check_pipeline(experiment, names)
+  mesh = wiring.mesh_for(experiment)
+  wiring.scheduler(experiment, mesh)  # a bad devices_per_run stops before the claim
+  inputs = _load_inputs(experiment, mode, names)
   # Runs side by side train on devices_per_run devices each, the others on the mesh.
-  devices = {'mesh': mesh.size, 'per_run': config.devices_per_run or mesh.size}
+  devices = {'mesh': mesh.size, 'per_run': experiment.devices_per_run or mesh.size}
   resumed = claim(workdir, config, inputs=inputs, devices=devices)
-  console.say(f'{"Resuming" if resumed else "Starting"} {config.mode} in {workdir} on '
+  console.say(f'{"Resuming" if resumed else "Starting"} {experiment.mode} in {workdir} on '
               f'{mesh.size} {mesh.devices.flat[0].platform} device(s) and '
               f'{jax.process_count()} process(es).')
   try:
-    return mode.run(config, workdir, mesh)
+    return mode.run(experiment, workdir, mesh)
   except errors.DivergenceError as e:
-    e.within(f'mode {config.mode}')
-    e.half_precision = config.model.half_precision
+    e.within(f'mode {experiment.mode}')
+    e.half_precision = experiment.model.dtype == jnp.bfloat16
     e.moved_to = workdir_lib.record_divergence(workdir, e)
     raise
 

@@ -2,9 +2,9 @@
 
 Config files in configs/ override fields of `base_config()`; each mode adds its own
 section (see `lth_jax.experiments.modes`), and `validate` runs before any compute so
-that a bad value stops the run with a message naming the field and the fix. The
-library below never reads a config: `recipe` and `lth_jax.experiments.wiring` turn one
-into what it takes.
+that a bad value stops the run with a message naming the field and the fix. Then
+`lth_jax.experiments.specs` reads the config once, into the typed specs that the modes,
+the wiring and the library below take; nothing else reads a config.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from lth_jax import data, errors
+from lth_jax import data, errors, tasks
 from lth_jax.models import resnet
 from lth_jax.runtime import workdir as workdir_lib
 from lth_jax.training import optim
@@ -31,9 +31,6 @@ CONFIG_DIR = next((d for d in (pathlib.Path(__file__).resolve().parents[i] / 'co
 # The backbone fields of `config.model`; any other field is a task's model setting
 # (`lth_jax.tasks.Task.options`, e.g. a DeepLab's output_stride).
 MODEL_FIELDS = ('arch', 'stem', 'width_multiplier', 'half_precision')
-# The dataset sources that ship with lth_jax (`lth_jax.data.registry.SOURCES`): they read
-# nothing from `data.data_dir`.
-SHIPPED_SOURCES = ('offline', 'canvases')
 # What each recipe section trains, for messages about it.
 RECIPE_USES = {'optim': 'the training', 'pretrain.optim': "θ_p's pre-training"}
 # The config field behind each `lth_jax.lottery.ImpSpec` attribute (see `check_imp`).
@@ -220,9 +217,9 @@ def check_imp(config: ml_collections.ConfigDict) -> None:
   """Fails unless the IMP run the config describes can be built.
 
   The checks are `lth_jax.lottery.ImpSpec`'s own, made by building the spec as the
-  modes do (`lth_jax.experiments.imp.spec`); the field named is the one whose default
-  value changes what the spec refuses. `validate` calls it once, for every mode; an old
-  criterion name (`RENAMED_CRITERIA`) is accepted with a warning.
+  experiment's is built (`lth_jax.experiments.specs.imp_spec`); the field named is the
+  one whose default value changes what the spec refuses. `validate` calls it once, for
+  every mode; an old criterion name (`RENAMED_CRITERIA`) is accepted with a warning.
 
   Args:
     config: the experiment config.
@@ -230,7 +227,7 @@ def check_imp(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: naming the field, its value and the spec's reason.
   """
-  from lth_jax.experiments import imp
+  from lth_jax.experiments import specs
 
   if config.imp.pruning in RENAMED_CRITERIA:
     # Kept as given: the branch folder and experiment.json of a workdir started under it.
@@ -242,7 +239,7 @@ def check_imp(config: ml_collections.ConfigDict) -> None:
 
   def refusal(trial: ml_collections.ConfigDict) -> str | None:
     try:
-      imp.spec(trial)
+      specs.imp_spec(trial)
     except ValueError as e:
       return str(e)
     return None
@@ -309,19 +306,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _check_models(config: ml_collections.ConfigDict, datasets: list[str]) -> None:
   """Fails unless every task's model builds from `config.model` and its extra fields."""
-  from lth_jax.experiments import wiring
+  from lth_jax.experiments import specs
 
-  built = [wiring.task_and_data(config, name) for name in datasets if name in data.DATASETS]
+  built = [_task(config, name) for name in datasets if name in data.DATASETS]
   readers = {name for task, _ in built for name in task.options}
   for field in config.model:
     if field not in MODEL_FIELDS and field not in readers:
       fail(f'model.{field}', config.model[field],
            f'no task of this experiment reads it (their settings: {sorted(readers)}).')
+  model = specs.model_spec(config)
   for task, info in built:
     try:
-      wiring.build_model(config, task, info)
+      task.build_model(model, info)
     except ValueError as e:
       fail('model', config.model.to_dict(), f'the {task.name} model of {info.name}: {e}')
+
+
+def _task(config: ml_collections.ConfigDict, dataset: str) -> tuple[tasks.Task, data.DatasetInfo]:
+  """The task and dataset a check builds, as the experiment's specs will (`wiring`)."""
+  from lth_jax.experiments import specs, wiring
+
+  return wiring.task_and_data(specs.data_spec(config), dataset)
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, dataset: str) -> int:
@@ -337,9 +342,7 @@ def steps_per_epoch(config: ml_collections.ConfigDict, dataset: str) -> int:
   Raises:
     ConfigError: the batch size exceeds the dataset's train split.
   """
-  from lth_jax.experiments import wiring
-
-  task, info = wiring.task_and_data(config, dataset)
+  task, info = _task(config, dataset)
   size = info.split_sizes['train']
   if not 1 <= config.data.batch_size <= size:
     fail('data.batch_size', config.data.batch_size,
@@ -362,15 +365,10 @@ def check_training(config: ml_collections.ConfigDict, section: str, dataset: str
   Raises:
     ConfigError: naming the field and the fix.
   """
-  from lth_jax.experiments import wiring
-
   steps = steps_per_epoch(config, dataset)
-  fields = config
-  for part in section.split('.'):
-    fields = fields[part]
-  task, _ = wiring.task_and_data(config, dataset)
+  task, _ = _task(config, dataset)
   try:
-    optim.create_optimizer(recipe(fields), steps, is_head=task.is_head)
+    optim.create_optimizer(recipe(_field(config, section)), steps, is_head=task.is_head)
   except ValueError as e:
     raise errors.ConfigError(
         f'config.{section}: {e} It is the recipe of {RECIPE_USES[section]} on {dataset!r} '

@@ -4,7 +4,9 @@
 
 θ_p comes from `config.pretrained` (a checkpoint, a random init, or pre-training in the
 workdir); each round fine-tunes the rewound ticket on `config.data.dataset` with
-`config.optim`, prunes by `config.imp.pruning` and rewinds. Workdir layout:
+`config.optim`, prunes by `config.imp.pruning` and rewinds. The mode has no section of
+its own: it runs the experiment's shared specs (`lth_jax.experiments.specs`). Workdir
+layout:
 
     pretrain/                    source 'pretrain': training checkpoints and θ_p
     <pruning>/round_XX/, random/round_XX/   the IMP runs (see lth_jax.runtime.paths)
@@ -24,41 +26,26 @@ from jax.sharding import Mesh
 
 from lth_jax import analysis, pruning
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import modes, sources, wiring
+from lth_jax.experiments import modes, sources, specs, wiring
 from lth_jax.lottery import ImpSpec, results, rounds, run_imp
 from lth_jax.runtime import console, sharding
 
 COLUMNS = ('method', 'round', 'ticket', 'sparsity', 'test_{}', 'test_{}_std', 'matching')
 
 
-def seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """The fine-tuning seeds of every round: seed, seed + 1, ... (num_seeds of them)."""
-  return tuple(range(config.seed, config.seed + config.num_seeds))
-
-
-def spec(config: ml_collections.ConfigDict) -> ImpSpec:
-  """The IMP run `config.imp` describes (its criterion under its current name, see
-  `config_lib.criterion`); `config_lib.validate` has checked that it builds."""
-  c = config.imp
-  return ImpSpec(num_rounds=c.num_rounds, fraction=c.fraction,
-                 pruning=config_lib.criterion(config),
-                 rewind=c.rewind, rewind_step=c.rewind_step, prune_first=c.prune_first,
-                 seeds=seeds(config), policy=c.policy, pruning_seed=config.seed,
-                 rewind_scope=c.rewind_scope,
-                 dense_seeds=tuple(range(config.seed, config.seed + config.dense_seeds))
-                 or None)
-
-
-def branches(config: ml_collections.ConfigDict) -> dict[str, ImpSpec]:
+def branches(experiment: specs.Experiment) -> dict[str, ImpSpec]:
   """The IMP runs of the experiment: the ticket search, then the random baseline if asked.
 
+  Args:
+    experiment: the experiment.
+
   Returns:
-    method -> its spec (`config.imp.pruning` first, as given: an old criterion name keeps
-    the folder its workdir was started with; 'random' when `config.imp.random_baseline`).
+    method -> its spec (`imp.pruning` first, as given: an old criterion name keeps the
+    folder its workdir was started with; 'random' when `imp.random_baseline`).
   """
-  main = spec(config)
-  out = {config.imp.pruning: main}
-  if config.imp.random_baseline:
+  main = experiment.imp.spec
+  out = {experiment.imp.pruning: main}
+  if experiment.imp.random_baseline:
     # The baseline shares the IMP run's dense round and rewinds where it does: to each
     # seed's θ_p, or (late rewinding) to the IMP run's θ_k, which it reads as its start.
     # Every variable goes back, whatever the IMP run's rewind_scope: the reference's
@@ -72,65 +59,92 @@ def branches(config: ml_collections.ConfigDict) -> dict[str, ImpSpec]:
   return out
 
 
-def num_runs(config: ml_collections.ConfigDict) -> int:
-  """How many fine-tunes the experiment trains, every branch and seed counted."""
-  return sum(s.num_runs for s in branches(config).values())
+def num_runs(experiment: specs.Experiment) -> int:
+  """How many fine-tunes the experiment trains, every branch and seed counted.
+
+  Args:
+    experiment: the experiment.
+
+  Returns:
+    The fine-tunes of `branches`.
+  """
+  return sum(s.num_runs for s in branches(experiment).values())
 
 
-def labels(config: ml_collections.ConfigDict) -> dict[str, str]:
-  """Legend texts of the IMP curve, in the paper's words."""
-  point = sources.get(config.pretrained.source).point
-  if config.imp.rewind == 'step':
-    point = f'θ_{config.imp.rewind_step} (step {config.imp.rewind_step})'
-  return {config.imp.pruning: f'IMP ({config.imp.pruning}), rewind to {point}'}
+def labels(experiment: specs.Experiment) -> dict[str, str]:
+  """Legend texts of the IMP curve, in the paper's words.
+
+  Args:
+    experiment: the experiment (θ_p's source and the rewind point).
+
+  Returns:
+    method -> its legend text.
+  """
+  point, search = sources.get(experiment.pretrained.source).point, experiment.imp.spec
+  if search.rewind == 'step':
+    point = f'θ_{search.rewind_step} (step {search.rewind_step})'
+  return {experiment.imp.pruning: f'IMP ({experiment.imp.pruning}), rewind to {point}'}
 
 
-def report(workdir: str, config: ml_collections.ConfigDict, metric: results.Headline,
+def report(workdir: str, experiment: specs.Experiment, metric: results.Headline,
            rows: list[dict[str, Any]], curves: dict[str, list[dict[str, Any]]],
            dense: list[float], title: str, suffix: str = '') -> None:
-  """Writes the results table and plot (chief process) and prints the table."""
+  """Writes the results table and plot (chief process) and prints the table.
+
+  Args:
+    workdir: the experiment's workdir.
+    experiment: the experiment (its curve's legend, `labels`).
+    metric: the task's headline metric.
+    rows: the table's rows.
+    curves: method -> its rows, for the plot.
+    dense: the dense runs' values (the plot's band).
+    title: the table's and plot's title.
+    suffix: added to the files' names (e.g. '_cifar10').
+  """
   if sharding.is_chief():
     columns = [c.format(metric.key) for c in COLUMNS]
     console.say(results.report(workdir, rows, curves, dense, title, columns, suffix,
-                               metric=metric, labels=labels(config)))
+                               metric=metric, labels=labels(experiment)))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
-  """IMP with rewinding on `config.data.dataset` (plus the random-pruning baseline).
+def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any]:
+  """IMP with rewinding on `data.dataset` (plus the random-pruning baseline).
 
   Args:
-    config: the experiment config.
+    experiment: the experiment.
     workdir: the experiment's workdir.
     mesh: the device mesh.
 
   Returns:
     {'curves': {method: round records}, 'extreme_sparsity': {method: value or None}}.
   """
-  task, info = wiring.task_and_data(config, config.data.dataset)
+  seed, epochs = experiment.seed, experiment.recipe.num_epochs
+  task, info = wiring.task_and_data(experiment.data, experiment.data.dataset)
   metric = task.headline(info)
-  model = wiring.build_model(config, task, info)
-  start = wiring.theta_p(config, model, task.image_size(info), workdir, mesh)
-  finetune = wiring.make_finetune(config, model, task, info, mesh)
+  model = task.build_model(experiment.model, info)
+  start = wiring.theta_p(experiment, model, task.image_size(info), workdir, mesh)
+  finetune = wiring.make_finetune(experiment, model, task, info, mesh)
   gradient = None
-  if pruning.get(config_lib.criterion(config)).needs_gradient:
-    gradient = wiring.loss_gradient(config, model, task, info, mesh,
-                                    start(config.seed)['batch_stats'])
-  specs = branches(config)
-  main = config.imp.pruning  # the IMP branch's method and folder
-  runs = wiring.scheduler(config, mesh, total_runs=sum(s.num_runs for s in specs.values()))
+  if pruning.get(experiment.imp.spec.pruning).needs_gradient:
+    gradient = wiring.loss_gradient(experiment, model, task, info, mesh,
+                                    start(seed)['batch_stats'])
+  searches = branches(experiment)
+  main = experiment.imp.pruning  # the IMP branch's method and folder
+  runs = wiring.scheduler(experiment, mesh,
+                          total_runs=sum(s.num_runs for s in searches.values()))
   curves = {}
-  for method, s in specs.items():
+  for method, s in searches.items():
     dense_seeds = len(s.round_seeds(0)) if s.first_round == 0 else len(s.seeds)
     console.say(f'IMP ({method}) on {info.name}: rounds {s.first_round}-{s.num_rounds - 1}, '
                 f'{len(s.seeds)} seed(s) a round'
                 + (f' ({dense_seeds} in the dense round 0)' if dense_seeds != len(s.seeds) else '')
                 + f': {s.num_runs} fine-tune{"s" * (s.num_runs != 1)} of '
-                f'{config.optim.num_epochs} epoch{"s" * (config.optim.num_epochs != 1)}.')
+                f'{epochs} epoch{"s" * (epochs != 1)}.')
     left_out = analysis.imp_runs.rounds_left_out(os.path.join(workdir, method), s.num_rounds)
     if left_out:
       console.say(left_out)
     branch_start = start if method == main else rounds.rewind_point(
-        os.path.join(workdir, main), start, config.seed)
+        os.path.join(workdir, main), start, seed)
     curves[method] = run_imp(
         os.path.join(workdir, method), s, branch_start, finetune, gradient=gradient,
         scheduler=runs, on_round=lambda r, m=method: console.say(
@@ -148,14 +162,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     curve = [{'method': method, **r} for r in recs]
     extreme[method] = results.mark_matching(curve, dense, metric.test)
     rows += curve
-  report(workdir, config, metric, rows, curves, dense, f'{config.model.arch} on {info.name}')
+  report(workdir, experiment, metric, rows, curves, dense,
+         f'{experiment.model.arch} on {info.name}')
   for method, value in extreme.items():
     shown = 'none' if value is None else f'{100 * value:.2f}%'
     console.say(f'Extreme matching sparsity ({method}): {shown}'
                 + (' (meaningless: a smoke run, see above)'
                    if results.untrained(dense, metric) else ''))
   if sharding.is_chief():
-    path = analysis.analyze_workdirs([workdir], policy=config.imp.policy)
+    path = analysis.analyze_workdirs([workdir], policy=experiment.imp.policy)
     console.say(f'Ticket analysis (overlap, layer and kernel structure): {path}')
   return {'curves': curves, 'extreme_sparsity': extreme}
 
@@ -182,4 +197,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 modes.register(modes.Mode(
     'imp', run=run, validate=validate,
-    datasets=lambda c: [c.data.dataset]))
+    datasets=lambda c: [c.data.dataset], perturbable=True))

@@ -1,10 +1,12 @@
 """The registry of experiment modes: what `config.mode` may name and what each one is.
 
 A mode is one module of `lth_jax.experiments` that registers a `Mode`: its config section
-(and the shared sections it reads), its checks, the datasets it reads and the recipes it
-trains them with, the model θ_p is loaded into and the inputs it loads before the
-workdir is claimed, what a rerun may change (`resume_rules`), and its `run`. A new mode
-is one module plus its import in `lth_jax.experiments`.
+(and the shared sections it reads) and the spec it becomes, its checks, the datasets it
+reads and the recipes it trains them with, the model θ_p is loaded into and the inputs
+it loads before the workdir is claimed, what a rerun may change (`resume_rules`), and
+its `run`, which takes the experiment's specs (`lth_jax.experiments.specs`). The checks
+and the lists of what a mode reads take the config; everything after them, the specs.
+A new mode is one module plus its import in `lth_jax.experiments`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from jax.sharding import Mesh
 
-from lth_jax.experiments import sources, wiring
+from lth_jax.experiments import sources, specs, wiring
 from lth_jax.registry import Registry
 from lth_jax.runtime import paths
 from lth_jax.runtime import workdir as workdir_lib
@@ -46,8 +49,8 @@ GROWING_FIELDS: Mapping[str, workdir_lib.Growth] = {
 }
 
 
-def _no_inputs(config: ml_collections.ConfigDict) -> None:
-  del config
+def _no_inputs(experiment: specs.Experiment) -> None:
+  del experiment
 
 
 def flag(setting: str) -> str:
@@ -68,34 +71,40 @@ class Mode:
 
   Attributes:
     name: the registry key (`config.mode`) and the name of its config section.
-    run: (config, workdir, mesh) -> the mode's results.
+    run: (experiment, workdir, mesh) -> the mode's results.
     validate: raises `ConfigError` for a bad value of the mode's fields.
     datasets: config -> every dataset the mode reads (checked to exist first).
     section: the defaults of the mode's own config section, or None.
+    spec: config -> the spec of the mode's section (`specs.Experiment.section`), built
+      once by `specs.build` after the checks; None: the mode has no section.
     reads: further sections of other modes it reads (recorded in experiment.json).
-    load_inputs: loads inputs besides datasets and θ_p (e.g. tickets) before the
-      workdir is claimed, raising if one is missing or bad.
+    load_inputs: experiment -> None: loads inputs besides datasets and θ_p (e.g.
+      tickets) before the workdir is claimed, raising if one is missing or bad.
     trained: glob patterns (in the workdir) of the training runs that used `optim`;
       a recipe change after a divergence is refused while one exists.
     training: config -> every kind of training run the mode runs (checked before the
       workdir is claimed); None: `optim` on each of `datasets`, and θ_p's pre-training.
-    model: config -> the model θ_p is for (a checkpoint is loaded into it before the
-      workdir is claimed); None: the task model of the last of `datasets`.
+    model: experiment -> the model θ_p is for (a checkpoint is loaded into it before
+      the workdir is claimed); None: the task model of the last of `datasets`.
     growing: fields a rerun may change because the change adds runs and keeps the
       recorded ones (see `lth_jax.runtime.workdir.ResumeRules`).
+    perturbable: its workdir holds IMP rounds on one task whose tickets and recipe the
+      perturbation runs of `python -m lth_jax.analyze --sensitivity` train again.
   """
   name: str
-  run: Callable[[ml_collections.ConfigDict, str, Any], dict[str, Any]]
+  run: Callable[[specs.Experiment, str, Mesh], dict[str, Any]]
   validate: Callable[[ml_collections.ConfigDict], None]
   datasets: Callable[[ml_collections.ConfigDict], list[str]]
   section: Callable[[], ml_collections.ConfigDict] | None = None
+  spec: Callable[[ml_collections.ConfigDict], Any] | None = None
   reads: tuple[str, ...] = ()
-  load_inputs: Callable[[ml_collections.ConfigDict], None] = _no_inputs
+  load_inputs: Callable[[specs.Experiment], None] = _no_inputs
   trained: tuple[str, ...] = (paths.imp_runs_glob(),)
   training: Callable[[ml_collections.ConfigDict], list[Training]] | None = None
-  model: Callable[[ml_collections.ConfigDict], Any] | None = None
+  model: Callable[[specs.Experiment], Any] | None = None
   growing: Mapping[str, workdir_lib.Growth] = dataclasses.field(
       default_factory=lambda: dict(GROWING_FIELDS))
+  perturbable: bool = False
 
   def trainings(self, config: ml_collections.ConfigDict) -> list[Training]:
     """Every (recipe section, dataset) the mode trains with, for `config`."""
@@ -104,12 +113,12 @@ class Mode:
     return ([('optim', name) for name in self.datasets(config)]
             + sources.get(config.pretrained.source).trainings(config))
 
-  def start_model(self, config: ml_collections.ConfigDict) -> Any:
+  def start_model(self, experiment: specs.Experiment) -> Any:
     """The model θ_p is for, e.g. to load a checkpoint into it before the claim."""
     if self.model is not None:
-      return self.model(config)
-    task, info = wiring.task_and_data(config, self.datasets(config)[-1])
-    return wiring.build_model(config, task, info)
+      return self.model(experiment)
+    task, info = wiring.task_and_data(experiment.data, experiment.datasets[-1])
+    return task.build_model(experiment.model, info)
 
   def sections(self, common: Sequence[str]) -> tuple[str, ...]:
     """The top-level config fields the mode reads: the shared ones and its own."""

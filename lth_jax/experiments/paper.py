@@ -9,7 +9,7 @@
    with this config's model, rounds and epochs).
 2. Every `config.paper.transfer_every`-th ticket of each pre-training, and its dense
    θ_p, is fine-tuned on each task of `config.paper.tasks` with `config.num_seeds`
-   seeds (`lth_jax.lottery.ticket_transfer`, recipe `config.optim`); a ticket is matching when
+   seeds (`lth_jax.experiments.paper_transfer`, recipe `config.optim`); a ticket is matching when
    its mean metric reaches the dense mean minus one std of the same pre-training.
 3. The same networks trained from scratch (a random init per seed, 'scratch'): a task
    where θ_p does not beat scratch by more than the dense std cannot show whether
@@ -50,32 +50,23 @@ Workdir layout (besides lth_jax.experiments'):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
-import jax
 import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
 from lth_jax import masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import imp
-from lth_jax.experiments import modes, paper_upstream, sources, wiring
-from lth_jax.runtime.scheduler import Scheduler
-from lth_jax.lottery import DENSE, results, run_imp, run_transfer
-from lth_jax.models import init_variables
+from lth_jax.experiments import modes, paper_transfer, paper_upstream, specs, wiring
+from lth_jax.lottery import DENSE, results
 from lth_jax.runtime import console, files, paths, sharding
 from lth_jax.tasks import Metric
 
 # The random baselines: method -> whether each layer keeps the ticket's count.
 RANDOM_BASELINES = pruning.RANDOM_BASELINES
-# Dense training from a random init: what pre-training must beat to matter on a task.
-SCRATCH = 'scratch'
-# IMP on the downstream task itself, from the first pre-training's θ_p.
-TASK_SPECIFIC = 'task_specific'
 COLUMNS = ('task', 'method', 'ticket', 'sparsity', 'test_{}', 'test_{}_std', 'matching')
 
 
@@ -89,6 +80,42 @@ def section() -> ml_collections.ConfigDict:
   c.task_imp_rounds = 0        # > 0: also IMP on each task (rounds, the dense one included)
   c.random_baselines = 'random_global,random_layerwise'  # of RANDOM_BASELINES
   return c
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """The paper experiment's own settings (`config.paper`, see `section`).
+
+  Attributes:
+    upstream: pretraining -> its upstream experiment (`paper_upstream.experiments`),
+      in the order of `paper.pretrainings`.
+    tasks: the transfer tasks' datasets.
+    transfer_every: every N-th upstream ticket is transferred.
+    task_imp_rounds: rounds of task-specific IMP, the dense one included (0: none).
+    random_baselines: the random baselines made of the first pre-training's tickets.
+  """
+  upstream: Mapping[str, specs.Experiment]
+  tasks: tuple[str, ...]
+  transfer_every: int
+  task_imp_rounds: int
+  random_baselines: tuple[str, ...]
+
+
+def spec(config: ml_collections.ConfigDict) -> Spec:
+  """The `Spec` of `config.paper` (`specs.Experiment.section` in this mode).
+
+  Args:
+    config: the paper config, its upstream experiments' configs checked
+      (`paper_upstream.validate`).
+
+  Returns:
+    Its paper spec, each upstream experiment's specs built from its config.
+  """
+  p = config.paper
+  return Spec(upstream=paper_upstream.experiments(config),
+              tasks=tuple(config_lib.split_names(p.tasks)), transfer_every=p.transfer_every,
+              task_imp_rounds=p.task_imp_rounds,
+              random_baselines=tuple(config_lib.split_names(p.random_baselines)))
 
 
 def random_masks(workdir: str, seed: int, tickets: dict[str, Any], policy: str | None,
@@ -128,26 +155,10 @@ def _curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
   for row in rows:
     curves.setdefault(row['method'], []).append(row)
   dense = {r['pretraining']: r for r in rows if r['ticket'] == DENSE}
-  for method in (*RANDOM_BASELINES, TASK_SPECIFIC):
+  for method in (*RANDOM_BASELINES, paper_transfer.TASK_SPECIFIC):
     if method in curves:
       curves[method].insert(0, dense[curves[method][0]['pretraining']])
   return curves
-
-
-def _task_specific(config: ml_collections.ConfigDict, run_dir: str, start: Any,
-                   finetune: Any, metric: Metric,
-                   scheduler: Scheduler | None) -> list[dict[str, Any]]:
-  """IMP on the task from the first pre-training's θ_p: every round's record."""
-  spec = dataclasses.replace(imp.spec(config), num_rounds=config.paper.task_imp_rounds,
-                             dense_seeds=None)
-  console.say(f'== Task-specific IMP ({spec.num_rounds} rounds incl. the dense one) in '
-              f'{run_dir}')
-  records = run_imp(
-      run_dir, spec, start, finetune, scheduler=scheduler,
-      on_round=lambda r: console.say(
-          f'  round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
-          f'{results.shown(r, metric.test)}'))
-  return records
 
 
 def verdict(task: str, metric: Metric, extreme: list[dict[str, Any]]) -> str:
@@ -169,7 +180,8 @@ def verdict(task: str, metric: Metric, extreme: list[dict[str, Any]]) -> str:
   others = {r['method']: r for r in extreme if r['method'] != r['pretraining']}
   parts = ['upstream tickets match to ' + ', '.join(
       f'{shown(r)} ({r["pretraining"]})' for r in upstream)]
-  for method, words in ((TASK_SPECIFIC, 'task-specific'), ('random_global', 'random global'),
+  for method, words in ((paper_transfer.TASK_SPECIFIC, 'task-specific'),
+                        ('random_global', 'random global'),
                         ('random_layerwise', "random with the tickets' layer profile")):
     if method in others:
       parts.append(f'{words} to {shown(others[method])}')
@@ -189,122 +201,11 @@ def _transfer_units(tickets: dict[str, dict[str, Any]], random_masks: dict[str, 
           + max(task_imp_rounds - 1, 0))
 
 
-def _method(ticket: str, objective: str) -> str:
-  return next((m for m in RANDOM_BASELINES if ticket.startswith(f'{m}_')), objective)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Transfer:
-  """What every pre-training's transfer to one task shares."""
-  config: ml_collections.ConfigDict
-  task: str
-  folder: str                         # transfer/<task>/
-  finetune: Callable[..., Any]
-  metric: Metric
-  seeds: tuple[int, ...]
-  scheduler: Scheduler | None
-
-
-def _pretraining_rows(t: _Transfer, objective: str, named: dict[str, Any], start: Any,
-                      task_specific: bool) -> tuple[list[dict[str, Any]], list[float]]:
-  """One pre-training's dense θ_p, tickets (and the baselines given) and, when asked, its
-  task-specific IMP, on one task: (rows with their method, the dense runs' values)."""
-  metric, dense_runs, specific = t.metric, None, []
-  if task_specific:
-    records = _task_specific(t.config, os.path.join(t.folder, TASK_SPECIFIC), start,
-                             t.finetune, metric, t.scheduler)
-    # Round 0 is this pre-training's dense transfer: same θ_p, seeds and recipe.
-    dense_runs = results.dense_runs(records[0], f'Round 0 of the task-specific IMP on '
-                                    f'{t.task}')
-    specific = [{'method': TASK_SPECIFIC, **r,
-                 'ticket': f'{TASK_SPECIFIC}_{paths.round_name(r["round"])}'} for r in records[1:]]
-  found = run_transfer(
-      os.path.join(t.folder, objective), named, start, t.finetune, t.seeds,
-      metric=metric.key, policy=t.config.imp.policy, dense_runs=dense_runs,
-      scheduler=t.scheduler, on_result=lambda r: console.say(
-          f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
-          f'{results.shown(r, metric.test)}'))
-  dense = [r[metric.test] for r in results.dense_runs(
-      found[0], f'The dense transfer of {objective} to {t.task}')]
-  return [{'method': _method(r['ticket'], objective), **r} for r in found] + specific, dense
-
-
-def _judged(task_name: str, objective: str, methods: list[str], rows: list[dict[str, Any]],
-            dense: list[float], scratch: list[float], metric: Metric,
-            num_seeds: int) -> list[dict[str, Any]]:
-  """Marks one pre-training's rows matching; its extreme-sparsity rows, one per method.
-
-  `num_seeds` is the task's fine-tuning seeds: whether the claim can be tested is unknown
-  with one, however many runs the dense point has.
-  """
-  gain = results.mean_std(dense)[0] - results.mean_std(scratch)[0]
-  # With one seed there is no spread to compare the gain with: unknown.
-  noise = max(results.mean_std(dense)[1], results.mean_std(scratch)[1])
-  can_test = gain > noise if num_seeds > 1 else None
-  if can_test is False:
-    console.say(f'  θ_p ({objective}) beats training from scratch on {task_name} by '
-                f'{100 * gain:+.2f} points, not more than the dense std: this task cannot '
-                'show whether its tickets keep what pre-training gives.')
-  extreme = []
-  for method in methods:
-    curve = [r for r in rows if r['method'] == method]
-    value = results.mark_matching(curve, dense, metric.test)
-    at = next((r for r in curve if r['sparsity'] == value), {}) if value is not None else {}
-    extreme.append({'task': task_name, 'method': method, 'pretraining': objective,
-                    'metric': metric.key, 'dense': results.mean_std(dense)[0],
-                    'dense_std': results.std_over_runs(dense),
-                    'scratch': results.mean_std(scratch)[0], 'pretraining_gain': gain,
-                    'can_test_claim': can_test, 'extreme_sparsity': value,
-                    **{f'extreme_{k}': v for k, v in at.items()
-                       if k.startswith('sparsity_layer')}})
-  return extreme
-
-
-def _transfer_to_task(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
-                      task_name: str, tickets: dict[str, dict[str, Any]],
-                      thetas: dict[str, Any], baselines: dict[str, Any],
-                      scheduler: Scheduler | None) -> tuple[list, list, Metric]:
-  """Scratch, then each pre-training's transfer (the first's with the baselines and the
-  task-specific IMP) to one task: (rows, extreme-sparsity rows, the task's metric)."""
-  task, info = wiring.task_and_data(config, task_name)
-  model = wiring.build_model(config, task, info)
-  t = _Transfer(config, task_name, paths.transfer_dir(workdir, task_name),
-                wiring.make_finetune(config, model, task, info, mesh), task.headline(info),
-                imp.seeds(config), scheduler)
-  console.say(f'== Dense training from scratch on {task_name} ({len(t.seeds)} seeds)')
-  scratch = run_transfer(
-      os.path.join(t.folder, SCRATCH), {},
-      lambda seed: init_variables(model, jax.random.key(seed), task.image_size(info)),
-      t.finetune, t.seeds, metric=t.metric.key, policy=config.imp.policy,
-      scheduler=scheduler)[0]
-  scratch_values = [r[t.metric.test] for r in scratch['runs']]
-  rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
-           'ticket': SCRATCH}]
-  extreme, first = [], next(iter(tickets))
-  derived = [*config_lib.split_names(config.paper.random_baselines),
-             *([TASK_SPECIFIC] if config.paper.task_imp_rounds else [])]
-  for objective, chosen in tickets.items():
-    console.say(f'== Transfer of the {objective} tickets to {task_name} ({len(t.seeds)} '
-                'seeds)')
-    start = functools.lru_cache(maxsize=None)(
-        lambda seed, theta=thetas[objective]: sources.transplant(theta, model,
-                                                                  jax.random.key(seed)))
-    found, dense = _pretraining_rows(
-        t, objective, {**chosen, **(baselines if objective == first else {})}, start,
-        task_specific=objective == first and config.paper.task_imp_rounds > 0)
-    found = [{'task': task_name, 'pretraining': objective, **r} for r in found]
-    methods = [objective, *(derived if objective == first else [])]
-    extreme += _judged(task_name, objective, methods, found, dense, scratch_values, t.metric,
-                       len(t.seeds))
-    rows += found
-  return rows, extreme, t.metric
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
+def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any]:
   """Upstream tickets of several pre-trainings and their transfer (see the module).
 
   Args:
-    config: the paper config (mode 'paper').
+    experiment: the paper experiment (mode 'paper', its section a `Spec`).
     workdir: the experiment's workdir.
     mesh: the device mesh.
 
@@ -312,17 +213,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     {'rows': every transfer row, 'extreme': rows of extreme matching sparsity,
     'verdicts': one line per task}.
   """
-  tickets, thetas = paper_upstream.tickets(config, workdir, mesh)
-  baselines = random_masks(workdir, config.seed, next(iter(tickets.values())),
-                           config.imp.policy,
-                           tuple(config_lib.split_names(config.paper.random_baselines)))
-  task_names = config_lib.split_names(config.paper.tasks)
-  runs = wiring.scheduler(config, mesh, total_runs=len(task_names) * config.num_seeds * (
-      _transfer_units(tickets, baselines, config.paper.task_imp_rounds)))
+  paper: Spec = experiment.section
+  tickets, thetas = paper_upstream.tickets(experiment, workdir, mesh)
+  baselines = random_masks(workdir, experiment.seed, next(iter(tickets.values())),
+                           experiment.imp.policy, paper.random_baselines)
+  runs = wiring.scheduler(
+      experiment, mesh, total_runs=len(paper.tasks) * len(experiment.seeds) * (
+          _transfer_units(tickets, baselines, paper.task_imp_rounds)))
   rows, extreme, verdicts = [], [], []
-  for task_name in task_names:
-    task_rows, task_extreme, metric = _transfer_to_task(config, workdir, mesh, task_name,
-                                                        tickets, thetas, baselines, runs)
+  for task_name in paper.tasks:
+    task_rows, task_extreme, metric = paper_transfer.transfer_to_task(
+        experiment, workdir, mesh, task_name, tickets, thetas, baselines, runs)
     rows += task_rows
     extreme += task_extreme
     verdicts.append(verdict(task_name, metric, task_extreme))
@@ -366,13 +267,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     'are matched against, and prune_first would prune it before training; '
                     'set --config.imp.prune_first=False (upstream IMP keeps its recipe\'s '
                     'first prune), or --config.paper.task_imp_rounds=0.')
-  criterion = config_lib.criterion(config)
-  if p.task_imp_rounds and criterion in pruning.CRITERIA and pruning.get(
-      criterion).needs_gradient:
-    config_lib.fail('imp.pruning', config.imp.pruning,
-                    'scores by the loss gradient, which task-specific IMP does not compute; '
-                    'choose a criterion of the weights (--config.imp.pruning=magnitude), or '
-                    '--config.paper.task_imp_rounds=0.')
   chosen = config_lib.split_names(p.random_baselines)
   if not set(chosen) <= set(RANDOM_BASELINES):
     config_lib.fail('paper.random_baselines', p.random_baselines,
@@ -393,7 +287,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 modes.register(modes.Mode(
-    'paper', run=run, validate=validate, section=section,
+    'paper', run=run, validate=validate, section=section, spec=spec,
     datasets=lambda c: [c.pretrain.dataset, *config_lib.split_names(c.paper.tasks)],
     # The upstream experiments' own training is checked with their configs (`validate`).
     training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)],

@@ -1,17 +1,22 @@
 """Paper mode's upstream experiments: θ_p and upstream tickets of each pre-training.
 
     sub = paper_upstream.upstream_config(config, 'moco')   # the upstream config it runs
-    tickets, thetas = paper_upstream.tickets(config, workdir, mesh)
+    subs = paper_upstream.experiments(config)               # their specs, in `paper.Spec`
+    tickets, thetas = paper_upstream.tickets(experiment, workdir, mesh)
 
 Each pre-training of `config.paper.pretrainings` is an upstream experiment (mode
 'upstream', in `<workdir>/upstream/<pretraining>/`) made from its `:demo` recipe
 (`lth_jax.experiments.presets.upstream_imp`, what configs/<objective>_imp.py:demo
 gives), sized by the paper config; its every `paper.transfer_every`-th ticket is
-transferred (see `lth_jax.experiments.paper`).
+transferred (see `lth_jax.experiments.paper`). Each one's config is checked with the
+paper config (`validate`) and its specs built once from it (`experiments`), with the
+paper experiment's (`lth_jax.experiments.specs`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import ml_collections
@@ -19,7 +24,7 @@ from jax.sharding import Mesh
 
 from lth_jax import errors
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import presets, upstream, wiring
+from lth_jax.experiments import presets, specs, upstream, wiring
 from lth_jax.lottery import rounds
 from lth_jax.runtime import console, paths
 
@@ -53,27 +58,39 @@ def upstream_config(config: ml_collections.ConfigDict,
   return sub
 
 
-def tickets(config: ml_collections.ConfigDict, workdir: str,
+def experiments(config: ml_collections.ConfigDict) -> dict[str, specs.Experiment]:
+  """The specs of each pre-training's upstream experiment (`upstream_config`'s).
+
+  Args:
+    config: the paper config (`validate` has checked the upstream configs).
+
+  Returns:
+    pretraining -> its upstream experiment, in the order of `config.paper.pretrainings`.
+  """
+  return {objective: specs.build(upstream_config(config, objective))
+          for objective in config_lib.split_names(config.paper.pretrainings)}
+
+
+def tickets(experiment: specs.Experiment, workdir: str,
             mesh: Mesh) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
   """Runs (or reads back) each pre-training's upstream IMP.
 
   Args:
-    config: the paper config.
+    experiment: the paper experiment (its section a `paper.Spec`).
     workdir: the paper experiment's workdir.
     mesh: the device mesh.
 
   Returns:
     (pretraining -> {ticket name -> mask} of the tickets to transfer, pretraining -> θ_p
-    variables), in the order of `config.paper.pretrainings`.
+    variables), in the order of `paper.pretrainings`.
   """
   chosen_tickets, thetas = {}, {}
-  for objective in config_lib.split_names(config.paper.pretrainings):
-    sub = upstream_config(config, objective)
+  every = experiment.section.transfer_every
+  for objective, sub in experiment.section.upstream.items():
     subdir = paths.upstream_dir(workdir, objective)
     console.say(f'== Pre-training {objective}: θ_p and upstream IMP in {subdir}')
     out = upstream.run(sub, subdir, mesh)
-    chosen = [r['round'] for r in out['records']][config.paper.transfer_every - 1::
-                                                   config.paper.transfer_every]
+    chosen = [r['round'] for r in out['records']][every - 1::every]
     chosen_tickets[objective] = {paths.round_name(k): rounds.load_round_mask(out['run_dir'], k)
                                  for k in chosen}
     thetas[objective] = out['start']
@@ -91,30 +108,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.fail('paper.pretrainings', config.paper.pretrainings,
                     'a comma-separated list of objectives with an upstream recipe '
                     f'(configs/<objective>_imp.py): some of {tuple(presets.UPSTREAM)}.')
-  _for_each(config, config_lib.validate)
+  for objective in names:
+    with _naming(objective):
+      config_lib.validate(upstream_config(config, objective))
 
 
-def check_devices(config: ml_collections.ConfigDict) -> None:
+def check_devices(experiment: specs.Experiment) -> None:
   """Fails unless each upstream experiment's batches split over the devices.
 
   Their batch size is their recipe's, which `experiments.run`'s own mesh check does not
   see; checked with the devices, before the workdir is claimed.
 
+  Args:
+    experiment: the paper experiment (its section a `paper.Spec`).
+
   Raises:
     ConfigError: naming the upstream experiment, its batch size and the device count.
   """
-  _for_each(config, wiring.mesh_for)
+  for objective, sub in experiment.section.upstream.items():
+    with _naming(objective):
+      wiring.mesh_for(sub)
 
 
-def _for_each(config: ml_collections.ConfigDict, check: Any) -> None:
-  """Runs `check` on each upstream config; its ConfigError names the experiment."""
-  for objective in config_lib.split_names(config.paper.pretrainings):
-    try:
-      check(upstream_config(config, objective))
-    except errors.ConfigError as e:
-      raise errors.ConfigError(
-          f'The upstream experiment of {objective!r} (paper.pretrainings) fails: {e} '
-          f'(It is configs/{objective}_imp.py:demo with this config\'s model, seed, '
-          'num_devices, pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
-          'pretrain.optim.num_epochs, and paper.upstream_epochs as its optim.num_epochs; '
-          "the rest, its batch size included, is the recipe's.)") from None
+@contextlib.contextmanager
+def _naming(objective: str) -> Iterator[None]:
+  """A check of an upstream experiment, whose ConfigError names the experiment."""
+  try:
+    yield
+  except errors.ConfigError as e:
+    raise errors.ConfigError(
+        f'The upstream experiment of {objective!r} (paper.pretrainings) fails: {e} '
+        f'(It is configs/{objective}_imp.py:demo with this config\'s model, seed, '
+        'num_devices, pretrain.dataset as its dataset, imp.num_rounds, imp.fraction, '
+        'pretrain.optim.num_epochs, and paper.upstream_epochs as its optim.num_epochs; '
+        "the rest, its batch size included, is the recipe's.)") from None

@@ -1,12 +1,14 @@
-"""Presets the package itself builds on: the upstream recipes and the canvas studies.
+"""Presets the package itself builds on: the upstream experiments and the canvas studies.
 
     sub = presets.upstream_imp('moco', 'demo')       # configs/moco_imp.py:demo
     c = presets.canvas_study('digit_canvas_seg', '')  # what the canvas configs share
 
 Config files import these (configs/{supervised,simclr,moco}_imp.py,
 configs/{segmentation,detection}_offline.py); paper mode sizes each pre-training's
-upstream experiment from `upstream_imp(objective, 'demo')`. Nothing here reads a file
-from configs/, so the package never depends on a checkout's config files.
+upstream experiment from `upstream_imp(objective, 'demo')`: an objective's recipe
+(`UPSTREAM`) in the shape of the paper's experiment (`paper_setting`) or its offline
+miniature (`demo_setting`). Nothing here reads a file from configs/, so the package
+never depends on a checkout's config files.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from lth_jax.experiments import upstream
+from lth_jax import objectives
 from lth_jax.experiments.config import base_config
 
 
@@ -30,7 +32,7 @@ class UpstreamRecipe:
     paper: the optimizer fields of the paper's rounds (learning rate, weight decay).
     demo: those of the demo's rounds and of θ_p's pre-training in the workdir.
     fields: the objective's own `config.upstream` fields (a temperature, ...), set
-      before `upstream.demo_setting`, which may override them offline.
+      before `demo_setting`, which may override them offline.
   """
   optimizer: str
   paper: Mapping[str, Any]
@@ -54,6 +56,63 @@ UPSTREAM = {
 }
 
 
+def paper_setting(c: ml_collections.ConfigDict, objective: str) -> ml_collections.ConfigDict:
+  """The paper's upstream experiment around an objective's recipe (`presets.UPSTREAM`).
+
+  ResNet-50 (ImageNet stem) on imagenet2012, batch 256, 10 epochs per round at a
+  constant learning rate, the first mask one-shot pruned from θ_p, 18 masks (20% to
+  98.2% sparsity).
+
+  Args:
+    c: a base config.
+    objective: the registered objective (θ_p is its released checkpoint, read as its
+      spec's `checkpoint_source`).
+
+  Returns:
+    `c`, updated.
+  """
+  c.mode = 'upstream'
+  c.upstream.objective = objective
+  c.pretrained.source = objectives.get(objective).checkpoint_source
+  c.model.update(arch='resnet50', stem='imagenet')
+  c.data.update(dataset='imagenet2012', batch_size=256)
+  c.upstream.knn_bank_size = 100_000
+  c.optim.update(schedule='constant', warmup_epochs=0, num_epochs=10, momentum=0.9)
+  c.imp.update(num_rounds=18, prune_first=True)
+  return c
+
+
+def demo_setting(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The offline version of `paper_setting`: Animal-MNIST, a small ResNet-18, minutes.
+
+  θ_p is pre-trained with the objective in the workdir (so it sees normalised inputs,
+  as every transfer of it does), ResNet-18 of width 1/4 with a CIFAR stem, batch 128,
+  5 rounds of one epoch; MoCo's queue and momentum and the views fitted to 28-pixel
+  images and a few hundred steps.
+
+  Args:
+    c: a config set up by `paper_setting`.
+
+  Returns:
+    `c`, updated.
+  """
+  c.pretrained.source = 'pretrain'
+  c.pretrain.dataset = c.data.dataset = 'animal_mnist'
+  c.model.update(arch='resnet18', stem='cifar', width_multiplier=0.25)
+  c.data.batch_size = 128
+  c.upstream.update(normalize=True, knn_bank_size=0, queue_size=2048,
+                    # 0.999 suits ImageNet's 5k steps per epoch; a few hundred steps need
+                    # a faster key encoder (the usual CIFAR-scale MoCo setting).
+                    moco_momentum=0.99,
+                    # A blur of sigma 0.1-2 px is meant for 224 px images (SimCLR drops
+                    # it on CIFAR).
+                    blur=False)
+  c.pretrain.optim.update(schedule='cosine', warmup_epochs=0, num_epochs=6, momentum=0.9)
+  c.optim.num_epochs = 1
+  c.imp.num_rounds = 5
+  return c
+
+
 def upstream_imp(objective: str, variant: str = '') -> ml_collections.ConfigDict:
   """Upstream IMP on a pre-training objective: configs/<objective>_imp.py[:variant].
 
@@ -74,11 +133,11 @@ def upstream_imp(objective: str, variant: str = '') -> ml_collections.ConfigDict
     raise ValueError(f'Unknown variant {variant!r}: use configs/{objective}_imp.py for the '
                      f'paper or configs/{objective}_imp.py:demo for the offline demo.')
   recipe = UPSTREAM[objective]
-  c = upstream.paper_setting(base_config(), objective)
+  c = paper_setting(base_config(), objective)
   c.upstream.update(recipe.fields)
   c.optim.update(optimizer=recipe.optimizer, **recipe.paper)
   if variant == 'demo':
-    upstream.demo_setting(c)
+    demo_setting(c)
     for optim in (c.optim, c.pretrain.optim):
       optim.update(optimizer=recipe.optimizer, **recipe.demo)
   return c

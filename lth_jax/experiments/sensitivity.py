@@ -26,7 +26,7 @@ import ml_collections
 from lth_jax import analysis
 from lth_jax.analysis import imp_runs
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import wiring
+from lth_jax.experiments import modes, specs, wiring
 from lth_jax.lottery import rounds as run_files
 from lth_jax.models import init_variables
 from lth_jax.runtime import console, paths
@@ -49,7 +49,8 @@ def experiment_config(workdir: str) -> ml_collections.ConfigDict:
   Raises:
     FileNotFoundError: the folder holds no experiment.json.
     WorkdirError: its experiment.json cannot be read.
-    ValueError: it holds an experiment of another mode than 'imp'.
+    ValueError: it holds an experiment of a mode whose rounds cannot be perturbed
+      (`modes.Mode.perturbable`).
   """
   recorded = workdir_lib.read_experiment(workdir)
   if recorded is None:
@@ -57,9 +58,11 @@ def experiment_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f'{path} does not exist: point --workdir at a folder written by '
                             '`python -m lth_jax.main`.')
   config = config_lib.from_record(recorded)
-  if config.mode != 'imp':
+  if not modes.get(config.mode).perturbable:
+    able = [name for name in modes.MODES if modes.get(name).perturbable]
     raise ValueError(f'{workdir} holds a {config.mode!r} experiment; perturbation runs '
-                     'need the ticket and recipe of an IMP experiment (mode imp).')
+                     'need the tickets and recipe of IMP rounds on one task (mode '
+                     f'{" or ".join(able)}).')
   return config
 
 
@@ -106,15 +109,16 @@ def run(workdir: str, *, level: int | None = None,
     ({kind: {ticket name: sweep rows}}, {ticket name: connectivity result}): what
     `analysis.write_report` takes as `perturbation` and `connectivity`.
   """
-  config = experiment_config(workdir)
+  experiment = specs.build(experiment_config(workdir))
   if sizes is None:
     sizes = {k: DEFAULT_SIZES[k] for k in ('mask_swap', 'weight_noise')}
   unknown = set(sizes) - set(analysis.PERTURBATIONS)
   if unknown:
     raise ValueError(f'Unknown perturbation(s) {sorted(unknown)}; choose from '
                      f'{analysis.PERTURBATIONS}.')
-  run_dir = os.path.join(workdir, config.imp.pruning)
-  rounds = analysis.discover_runs([workdir]).get(config.imp.pruning, {})
+  method = experiment.imp.pruning  # the IMP branch's folder
+  run_dir = os.path.join(workdir, method)
+  rounds = analysis.discover_runs([workdir]).get(method, {})
   finished = [k for k, d in rounds.items() if imp_runs.round_record(d) is not None]
   if level is None:
     if not finished:
@@ -123,20 +127,20 @@ def run(workdir: str, *, level: int | None = None,
   elif level not in rounds:
     raise ValueError(f'{run_dir} has no round {level}; it has rounds {sorted(rounds)}.')
   ticket = run_files.load_round_mask(run_dir, level)
-  name = f'{config.imp.pruning} round {level}'
+  name = f'{method} round {level}'
 
-  task, info = wiring.task_and_data(config, config.data.dataset)
-  model = wiring.build_model(config, task, info)
+  task, info = wiring.task_and_data(experiment.data, experiment.data.dataset)
+  model = task.build_model(experiment.model, info)
   # The run's own devices, or as many as divide its batch sizes (they were chosen for
   # the devices the run had).
-  mesh = wiring.mesh_for(config, fit_batch_sizes=True)
+  mesh = wiring.mesh_for(experiment, fit_batch_sizes=True)
   # What the run rewound to: each seed's θ_p, or the late-rewinding point of
   # imp.rewind='step'.
   theta = run_files.rewind_point(
-      run_dir, wiring.theta_p(config, model, task.image_size(info), workdir, mesh),
-      config.seed)
-  finetune = wiring.make_finetune(config, model, task, info, mesh)
-  fresh = init_variables(model, jax.random.key(config.seed + 1),
+      run_dir, wiring.theta_p(experiment, model, task.image_size(info), workdir, mesh),
+      experiment.seed)
+  finetune = wiring.make_finetune(experiment, model, task, info, mesh)
+  fresh = init_variables(model, jax.random.key(experiment.seed + 1),
                          task.image_size(info))['params']
   root = paths.analysis_runs_dir(workdir, level)
   perturbation = {}
@@ -145,13 +149,13 @@ def run(workdir: str, *, level: int | None = None,
                 'seed(s).')
     perturbation[kind] = {name: analysis.sweep(kind, kind_sizes, theta, ticket, finetune,
                                                root, seeds=seeds, fresh_params=fresh,
-                                               policy=config.imp.policy)}
+                                               policy=experiment.imp.policy)}
   connectivity = {}
   if lmc_seeds:
     console.say(f'Linear mode connectivity of {name}: seeds {list(lmc_seeds)}.')
 
-    evaluate = task.evaluator(model, info, batch_size=config.data.eval_batch_size,
-                              data_dir=config.data.data_dir, mesh=mesh)
+    evaluate = task.evaluator(model, info, batch_size=experiment.data.eval_batch_size,
+                              data_dir=experiment.data.data_dir, mesh=mesh)
 
     def metric(variables: Mapping[str, Any]) -> float:
       return evaluate(variables, 'test')[task.metric.key]

@@ -1,6 +1,6 @@
 """θ_p's sources: where the weights every run starts from come from (`config.pretrained.source`).
 
-    source = sources.get(config.pretrained.source)
+    source = sources.get(experiment.pretrained.source)
     start = source.start(sources.Origin(model, image_size, seed, path, pretrained))
     start(seed)   # {'params', 'batch_stats'}
 
@@ -8,7 +8,8 @@
 the workdir on `config.pretrain.dataset` with `config.pretrain.optim`; every checkpoint
 format `lth_jax.interop.checkpoints` reads ('torchvision', 'moco', 'simclr', 'auto') is a
 source reading `config.pretrained.path`. Each says what it reads (datasets, trainings,
-files) so that the experiment layer checks and loads it before the workdir is claimed.
+files) so that the experiment layer checks and loads it before the workdir is claimed:
+its checks and lists take the config, its loading the experiment's `specs.Pretrained`.
 A new source is one `register` call (a new checkpoint format: one entry of
 `checkpoints.SOURCES`).
 """
@@ -25,6 +26,7 @@ import jax
 import ml_collections
 
 from lth_jax.experiments import config as config_lib
+from lth_jax.experiments import specs
 from lth_jax.interop import checkpoints
 from lth_jax.models import init_variables
 from lth_jax.registry import Registry
@@ -60,8 +62,8 @@ def _no_fields(config: ml_collections.ConfigDict) -> list[Any]:
   return []
 
 
-def _no_files(config: ml_collections.ConfigDict, model: Callable[[], Any]) -> dict[str, str]:
-  del config, model
+def _no_files(pretrained: specs.Pretrained, model: Callable[[], Any]) -> dict[str, str]:
+  del pretrained, model
   return {}
 
 
@@ -76,8 +78,8 @@ class Source:
     validate: raises `ConfigError` for a field the source reads.
     datasets: config -> the datasets it reads (checked to exist before the claim).
     trainings: config -> the (recipe section, dataset) it trains with (checked too).
-    load: (config, () -> the model θ_p is for) -> fingerprints of the files it reads
-      ({field: SHA-256}), each loaded first, raising if missing or unfit.
+    load: (`specs.Pretrained`, () -> the model θ_p is for) -> fingerprints of the
+      files it reads ({field: SHA-256}), each loaded first, raising if missing or unfit.
   """
   name: str
   start: Callable[[Origin], SeedVariables]
@@ -85,7 +87,7 @@ class Source:
   validate: Callable[[ml_collections.ConfigDict], None] = lambda config: None
   datasets: Callable[[ml_collections.ConfigDict], list[str]] = _no_fields
   trainings: Callable[[ml_collections.ConfigDict], list[tuple[str, str]]] = _no_fields
-  load: Callable[[ml_collections.ConfigDict, Callable[[], Any]], dict[str, str]] = _no_files
+  load: Callable[[specs.Pretrained, Callable[[], Any]], dict[str, str]] = _no_files
 
 
 SOURCES: Registry[Source] = Registry('pretrained source')
@@ -191,9 +193,9 @@ def checkpoint_source(name: str) -> Source:
         lambda seed: checkpoints.load_pytorch(read_checkpoint(origin.path), origin.model,
                                               source=name, rng=jax.random.key(seed)))
 
-  def load(config: ml_collections.ConfigDict, model: Callable[[], Any]) -> dict[str, str]:
-    checkpoints.load_pytorch(read_checkpoint(config.pretrained.path), model(), source=name)
-    return {'pretrained.path': workdir_lib.file_sha256(config.pretrained.path)}
+  def load(pretrained: specs.Pretrained, model: Callable[[], Any]) -> dict[str, str]:
+    checkpoints.load_pytorch(read_checkpoint(pretrained.path), model(), source=name)
+    return {'pretrained.path': workdir_lib.file_sha256(pretrained.path)}
 
   return Source(name, start, validate=_check_path, load=load)
 

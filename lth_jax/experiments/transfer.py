@@ -14,6 +14,7 @@ is always fine-tuned too; each ticket is marked matching against its seeds. Work
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,7 @@ from jax.sharding import Mesh
 from lth_jax import errors, masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import imp
-from lth_jax.experiments import modes, wiring
+from lth_jax.experiments import modes, specs, wiring
 from lth_jax.interop import mask_files
 from lth_jax.lottery import DENSE, results, run_transfer
 from lth_jax.models import init_variables
@@ -45,6 +46,31 @@ def section() -> ml_collections.ConfigDict:
   c.variant = 'ticket'         # see VARIANTS
   c.omp_rounds = 8             # 'omp': one-shot masks at 1 - 0.8^k, k = 1..omp_rounds
   return c
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What mode 'transfer' transfers where (`config.transfer`, see `section`).
+
+  Attributes:
+    masks: the tickets' mask paths.
+    imp_workdir: an IMP workdir whose every round is a ticket too ('': none).
+    datasets: the tasks' datasets.
+    variant: the tickets themselves or a baseline made from them (`VARIANTS`).
+    omp_rounds: variant 'omp': one-shot masks at 1 - 0.8^k, k = 1..omp_rounds.
+  """
+  masks: tuple[str, ...]
+  imp_workdir: str
+  datasets: tuple[str, ...]
+  variant: str
+  omp_rounds: int
+
+
+def spec(config: ml_collections.ConfigDict) -> Spec:
+  """The `Spec` of `config.transfer` (`specs.Experiment.section` in this mode)."""
+  t = config.transfer
+  return specs.from_section(Spec, t, masks=tuple(config_lib.split_names(t.masks)),
+                            datasets=tuple(config_lib.split_names(t.datasets)))
 
 
 def ticket_names(paths: Sequence[str]) -> list[str]:
@@ -99,11 +125,11 @@ def ticket_names(paths: Sequence[str]) -> list[str]:
   return names
 
 
-def load_tickets(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The tickets named by `config.transfer.masks` and `config.transfer.imp_workdir`.
+def load_tickets(transfer: Spec) -> dict[str, Any]:
+  """The tickets named by `transfer.masks` and `transfer.imp_workdir`.
 
   Args:
-    config: the experiment config.
+    transfer: the transfer spec.
 
   Returns:
     name -> mask tree (orbax mask folders of this project, or the reference's
@@ -113,10 +139,9 @@ def load_tickets(config: ml_collections.ConfigDict) -> dict[str, Any]:
   Raises:
     ConfigError: two tickets would share a name, or none is given.
   """
-  paths = config_lib.split_names(config.transfer.masks)
-  sources = dict(zip(ticket_names(paths), paths))
-  if config.transfer.imp_workdir:
-    root = config.transfer.imp_workdir
+  sources = dict(zip(ticket_names(transfer.masks), transfer.masks))
+  if transfer.imp_workdir:
+    root = transfer.imp_workdir
     for path in sorted(glob.glob(round_masks_glob(root), recursive=True)):
       name = os.path.relpath(os.path.dirname(path), root).replace(os.sep, '/')
       if name in sources:
@@ -127,7 +152,7 @@ def load_tickets(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if DENSE in sources:
     raise errors.ConfigError(f'The ticket {sources[DENSE]!r} would be named '
                              f'{DENSE!r}, the name of the dense run; rename it.')
-  if not sources and config.transfer.variant != 'omp':
+  if not sources and transfer.variant != 'omp':
     raise errors.ConfigError(
         'No tickets found: set --config.transfer.masks or --config.transfer.imp_workdir '
         '(a workdir with round_XX/mask folders).')
@@ -135,41 +160,42 @@ def load_tickets(config: ml_collections.ConfigDict) -> dict[str, Any]:
           for name, path in sources.items()}
 
 
-def _baseline_tickets(config: ml_collections.ConfigDict, tickets: dict[str, Any],
+def _baseline_tickets(experiment: specs.Experiment, tickets: dict[str, Any],
                       start: Mapping[str, Any]) -> dict[str, Any]:
-  variant = config.transfer.variant
+  variant, policy = experiment.section.variant, experiment.imp.policy
   if variant == 'omp':
-    dense = masks_lib.init(start['params'], config.imp.policy)
+    dense = masks_lib.init(start['params'], policy)
     return {f'omp_{k:02d}': pruning.to_sparsity(start['params'], dense,
-                                                1 - (1 - config.imp.fraction) ** k,
-                                                config.imp.policy)
-            for k in range(1, config.transfer.omp_rounds + 1)}
+                                                1 - (1 - experiment.imp.spec.fraction) ** k,
+                                                policy)
+            for k in range(1, experiment.section.omp_rounds + 1)}
   if variant in pruning.RANDOM_BASELINES:
     # Paper mode draws its baselines of the same tickets alike.
-    return pruning.random_baselines(config.seed, tickets, variant, config.imp.policy)
+    return pruning.random_baselines(experiment.seed, tickets, variant, policy)
   return tickets
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
+def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any]:
   """Fine-tunes tickets (or a baseline made from them) on each dataset with N seeds.
 
   Args:
-    config: the experiment config (`transfer` fields).
+    experiment: the experiment (its section a `Spec`).
     workdir: the experiment's workdir.
     mesh: the device mesh.
 
   Returns:
     {dataset: {'rows': rows, 'extreme_sparsity': value or None}}.
   """
-  tickets = load_tickets(config)
-  variant = config.transfer.variant
+  transfer: Spec = experiment.section
+  tickets = load_tickets(transfer)
+  variant, num_seeds = transfer.variant, len(experiment.seeds)
   out = {}
-  for dataset in config_lib.split_names(config.transfer.datasets):
-    task, info = wiring.task_and_data(config, dataset)
+  for dataset in transfer.datasets:
+    task, info = wiring.task_and_data(experiment.data, dataset)
     metric = task.headline(info)
-    model = wiring.build_model(config, task, info)
-    start = wiring.theta_p(config, model, task.image_size(info), workdir, mesh)
-    chosen = _baseline_tickets(config, tickets, start(config.seed))
+    model = task.build_model(experiment.model, info)
+    start = wiring.theta_p(experiment, model, task.image_size(info), workdir, mesh)
+    chosen = _baseline_tickets(experiment, tickets, start(experiment.seed))
     reinit = {}
     if variant == 'reinit':
       # Each seed's re-initialisation is an independent draw.
@@ -177,12 +203,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
                                           task.image_size(info))
       reinit = {name: fresh for name in chosen}
     console.say(f'Transfer ({variant}) to {dataset}: {len(chosen)} ticket(s) + dense x '
-                f'{config.num_seeds} seed(s).')
+                f'{num_seeds} seed(s).')
     rows = run_transfer(
         transfer_dir(workdir, dataset), chosen, start,
-        wiring.make_finetune(config, model, task, info, mesh), imp.seeds(config),
-        metric=metric.key, init_variables=reinit, policy=config.imp.policy,
-        scheduler=wiring.scheduler(config, mesh, total_runs=(len(chosen) + 1) * config.num_seeds),
+        wiring.make_finetune(experiment, model, task, info, mesh), experiment.seeds,
+        metric=metric.key, init_variables=reinit, policy=experiment.imp.policy,
+        scheduler=wiring.scheduler(experiment, mesh,
+                                   total_runs=(len(chosen) + 1) * num_seeds),
         on_result=lambda r, m=metric: console.say(
             f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
             f'{results.shown(r, m.test)}'))
@@ -190,8 +217,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     extreme = results.mark_matching(rows, dense, metric.test)
     for row in rows:
       row['method'] = variant if row['ticket'] != DENSE else DENSE
-    imp.report(workdir, config, metric, rows, {variant: rows}, dense,
-                    f'{variant} tickets on {dataset}', suffix=f'_{dataset}')
+    imp.report(workdir, experiment, metric, rows, {variant: rows}, dense,
+               f'{variant} tickets on {dataset}', suffix=f'_{dataset}')
     console.say(f'Extreme matching sparsity on {dataset}: '
                 f'{"none" if extreme is None else f"{100 * extreme:.2f}%"}')
     out[dataset] = {'rows': rows, 'extreme_sparsity': extreme}
@@ -216,6 +243,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 modes.register(modes.Mode(
-    'transfer', run=run, validate=validate, section=section,
+    'transfer', run=run, validate=validate, section=section, spec=spec,
     datasets=lambda c: config_lib.split_names(c.transfer.datasets),
-    load_inputs=load_tickets, trained=(transfer_runs_glob(),)))
+    load_inputs=lambda experiment: load_tickets(experiment.section),
+    trained=(transfer_runs_glob(),)))

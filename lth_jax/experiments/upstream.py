@@ -18,7 +18,7 @@ objective, prunes 20% of the surviving weights of the trained network and rewind
 θ_p (MoCo: both encoders). The optimizer state and MoCo's queue start fresh every round
 unless `upstream.keep_state` carries them over from the previous round, as the
 reference does. The rest of `config.imp` and the seeds (`num_seeds`, `dense_seeds`)
-mean what they mean in mode 'imp' (`lth_jax.experiments.imp.spec`): another criterion
+mean what they mean in mode 'imp' (`lth_jax.experiments.specs.Imp`): another criterion
 (SNIP scores by the objective's own gradient), `rewind_scope='prunable'`, several seeds
 a round (the first one's weights are pruned).
 
@@ -35,10 +35,9 @@ Workdir layout (besides lth_jax.experiments'):
     theta_p.json                         θ_p's own metric (the plot's dense line)
     results.csv/.json, accuracy_vs_sparsity.png, analysis/report.md
 
-The recipes (optimizer, learning rate, temperature) live in
-`lth_jax.experiments.presets.UPSTREAM` (configs/{supervised,simclr,moco}_imp.py give
-them); `paper_setting` and `demo_setting` here set the shape of the experiment they
-share (data, model, rounds, which checkpoint).
+The recipes (optimizer, learning rate, temperature) and the shape of the experiments
+they share (data, model, rounds, which checkpoint) live in
+`lth_jax.experiments.presets` (configs/{supervised,simclr,moco}_imp.py give them).
 """
 
 from __future__ import annotations
@@ -54,12 +53,13 @@ from jax.sharding import Mesh
 from lth_jax import analysis, data, objectives, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import imp
-from lth_jax.experiments import modes, sources, wiring
-from lth_jax.lottery import results, run_imp
+from lth_jax.experiments import modes, sources, specs, wiring
+from lth_jax.lottery import Finetune, results, run_imp
 from lth_jax.models import create_model, init_variables
 from lth_jax.objectives import views as view_lib
 from lth_jax.runtime import console, files, paths, sharding
 from lth_jax.training import Evaluator
+from lth_jax.training.optim import Recipe
 
 
 def section() -> ml_collections.ConfigDict:
@@ -82,65 +82,41 @@ def section() -> ml_collections.ConfigDict:
   return c
 
 
-def paper_setting(c: ml_collections.ConfigDict, objective: str) -> ml_collections.ConfigDict:
-  """The paper's upstream experiment around an objective's recipe (`presets.UPSTREAM`).
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """Upstream IMP's objective and what it reads (`config.upstream`, see `section`).
 
-  ResNet-50 (ImageNet stem) on imagenet2012, batch 256, 10 epochs per round at a
-  constant learning rate, the first mask one-shot pruned from θ_p, 18 masks (20% to
-  98.2% sparsity).
-
-  Args:
-    c: a base config.
-    objective: the registered objective (θ_p is its released checkpoint, read as its
-      spec's `checkpoint_source`).
-
-  Returns:
-    `c`, updated.
+  Attributes:
+    objective: a registered objective (`lth_jax.objectives`).
+    settings: its settings (`settings`): temperature, queue, views, kNN metric, ...
+    image_size: the side of the raw images its loss reads (0: the dataset's).
+    view_size: the side of the augmented views (0: image_size).
+    normalize: views and the round metric's images normalised with the dataset's
+      mean and std.
+    keep_state: carry the optimizer state and MoCo's queue across rounds.
   """
-  c.mode = 'upstream'
-  c.upstream.objective = objective
-  c.pretrained.source = objectives.get(objective).checkpoint_source
-  c.model.update(arch='resnet50', stem='imagenet')
-  c.data.update(dataset='imagenet2012', batch_size=256)
-  c.upstream.knn_bank_size = 100_000
-  c.optim.update(schedule='constant', warmup_epochs=0, num_epochs=10, momentum=0.9)
-  c.imp.update(num_rounds=18, prune_first=True)
-  return c
+  objective: str
+  settings: objectives.Settings
+  image_size: int
+  view_size: int
+  normalize: bool
+  keep_state: bool
 
-
-def demo_setting(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The offline version of `paper_setting`: Animal-MNIST, a small ResNet-18, minutes.
-
-  θ_p is pre-trained with the objective in the workdir (so it sees normalised inputs,
-  as every transfer of it does), ResNet-18 of width 1/4 with a CIFAR stem, batch 128,
-  5 rounds of one epoch; MoCo's queue and momentum and the views fitted to 28-pixel
-  images and a few hundred steps.
-
-  Args:
-    c: a config set up by `paper_setting`.
-
-  Returns:
-    `c`, updated.
-  """
-  c.pretrained.source = 'pretrain'
-  c.pretrain.dataset = c.data.dataset = 'animal_mnist'
-  c.model.update(arch='resnet18', stem='cifar', width_multiplier=0.25)
-  c.data.batch_size = 128
-  c.upstream.update(normalize=True, knn_bank_size=0, queue_size=2048,
-                    # 0.999 suits ImageNet's 5k steps per epoch; a few hundred steps need
-                    # a faster key encoder (the usual CIFAR-scale MoCo setting).
-                    moco_momentum=0.99,
-                    # A blur of sigma 0.1-2 px is meant for 224 px images (SimCLR drops
-                    # it on CIFAR).
-                    blur=False)
-  c.pretrain.optim.update(schedule='cosine', warmup_epochs=0, num_epochs=6, momentum=0.9)
-  c.optim.num_epochs = 1
-  c.imp.num_rounds = 5
-  return c
+  @property
+  def raw_size(self) -> int | None:
+    """The side of the images θ_p and the round metric see (None: the dataset's)."""
+    return self.view_size or self.image_size or None
 
 
 def settings(config: ml_collections.ConfigDict) -> objectives.Settings:
-  """The objective's settings of `config.upstream`."""
+  """The objective's settings of `config.upstream`.
+
+  Args:
+    config: the experiment config (`upstream`, `data.dataset`'s mean and std).
+
+  Returns:
+    The settings its spec builds the objective, head and round metric with.
+  """
   c, spec = config.upstream, objectives.get(config.upstream.objective)
   views = view_lib.PRESETS[c.views or spec.views] if (c.views or spec.views) else None
   if views is not None:
@@ -156,89 +132,98 @@ def settings(config: ml_collections.ConfigDict) -> objectives.Settings:
                              **({'views': views} if views else {}))
 
 
-def build_model(config: ml_collections.ConfigDict) -> Any:
+def spec(config: ml_collections.ConfigDict) -> Spec:
+  """The `Spec` of `config.upstream` (`specs.Experiment.section` in this mode)."""
+  return specs.from_section(Spec, config.upstream, settings=settings(config))
+
+
+def build_model(experiment: specs.Experiment) -> Any:
   """The ResNet of the pre-training task, with the head its objective trains.
 
   Args:
-    config: the experiment config (`model`, `data.dataset`, `upstream`).
+    experiment: the experiment (`model`, `data.dataset`, its upstream `Spec`).
 
   Returns:
     The Flax module with the objective's head (`objectives.Head`): `fc` over the labels,
     or the projection head (`fc_0`, `fc_2`; hidden = feature size, e.g. 2048-2048-128
     for ResNet-50).
   """
-  head, info = objectives.get(config.upstream.objective).head, data.get_info(config.data.dataset)
-  model = wiring.model_spec(config)
+  u, model = experiment.section, experiment.model
+  head, info = objectives.get(u.objective).head, data.get_info(experiment.data.dataset)
   return create_model(
       model.arch, stem=model.stem, in_channels=info.image_shape[-1],
       width_multiplier=model.width_multiplier, head=head.kind, dtype=model.dtype,
-      num_classes=head.outputs(settings(config), info.num_classes))
+      num_classes=head.outputs(u.settings, info.num_classes))
 
 
-def _raw_size(config: ml_collections.ConfigDict) -> int | None:
-  return config.upstream.view_size or config.upstream.image_size or None
-
-
-def make_evaluator(config: ml_collections.ConfigDict, model: Any, mesh: Mesh) -> Evaluator:
+def make_evaluator(experiment: specs.Experiment, model: Any, mesh: Mesh) -> Evaluator:
   """The per-round metric of the objective (`objectives.RoundMetric`), e.g. kNN top-1.
 
   Args:
-    config: the experiment config.
+    experiment: the experiment.
     model: the upstream model.
     mesh: the device mesh.
 
   Returns:
     evaluator(variables, split) -> {'accuracy', 'loss'}.
   """
-  task, info = wiring.task_and_data(config, config.data.dataset)
-  source = objectives.EvalData(task, info, batch_size=config.data.eval_batch_size,
-                               data_dir=config.data.data_dir,
-                               normalize=config.upstream.normalize,
-                               image_size=_raw_size(config))
-  return objectives.get(config.upstream.objective).evaluator.build(
-      model, source, settings(config), mesh)
+  u, d = experiment.section, experiment.data
+  task, info = wiring.task_and_data(d, d.dataset)
+  source = objectives.EvalData(task, info, batch_size=d.eval_batch_size, data_dir=d.data_dir,
+                               normalize=u.normalize, image_size=u.raw_size)
+  return objectives.get(u.objective).evaluator.build(model, source, u.settings, mesh)
 
 
-def make_finetune(config: ml_collections.ConfigDict, model: Any, evaluator: Evaluator,
-                  mesh: Mesh, recipe: Any = None) -> Any:
+def make_finetune(experiment: specs.Experiment, model: Any, evaluator: Evaluator,
+                  mesh: Mesh, recipe: Recipe | None = None) -> Finetune:
   """`wiring.make_finetune` on the pre-training task with the objective's loss.
 
   Objectives with views get raw [0, 1] images and draw the views on the device; the
   supervised one reads the dataset's own augmented pipeline.
+
+  Args:
+    experiment: the experiment.
+    model: the upstream model.
+    evaluator: the per-round metric (`make_evaluator`).
+    mesh: the device mesh.
+    recipe: the optimizer recipe (default the experiment's fine-tuning recipe).
+
+  Returns:
+    The fine-tune.
   """
-  task, info = wiring.task_and_data(config, config.data.dataset)
+  task, info = wiring.task_and_data(experiment.data, experiment.data.dataset)
   return wiring.make_finetune(
-      config, model, task, info, mesh, recipe=recipe, evaluator=evaluator, metric='accuracy',
-      carry_state=config.upstream.keep_state, **_loss(config))
+      experiment, model, task, info, mesh, recipe=recipe, evaluator=evaluator,
+      metric='accuracy', carry_state=experiment.section.keep_state, **_loss(experiment.section))
 
 
-def _loss(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _loss(u: Spec) -> dict[str, Any]:
   """The objective's loss and what it reads, as `wiring.make_finetune` takes them."""
-  spec = objectives.get(config.upstream.objective)
-  return {'objective': spec.build(settings(config)), 'raw_images': spec.raw_images,
-          'raw_size': config.upstream.image_size or None}
+  spec = objectives.get(u.objective)
+  return {'objective': spec.build(u.settings), 'raw_images': spec.raw_images,
+          'raw_size': u.image_size or None}
 
 
-def _gradient(config: ml_collections.ConfigDict, model: Any, mesh: Mesh,
+def _gradient(experiment: specs.Experiment, model: Any, mesh: Mesh,
               start: dict[str, Any]) -> Any:
   """The objective's gradient for a criterion that scores by it (SNIP), else None."""
-  if not pruning.get(config_lib.criterion(config)).needs_gradient:
+  if not pruning.get(experiment.imp.spec.pruning).needs_gradient:
     return None
-  task, info = wiring.task_and_data(config, config.data.dataset)
-  return wiring.loss_gradient(config, model, task, info, mesh, start['batch_stats'],
-                              **_loss(config))
+  task, info = wiring.task_and_data(experiment.data, experiment.data.dataset)
+  return wiring.loss_gradient(experiment, model, task, info, mesh, start['batch_stats'],
+                              **_loss(experiment.section))
 
 
-def theta_p(config: ml_collections.ConfigDict, model: Any, evaluator: Evaluator,
+def theta_p(experiment: specs.Experiment, model: Any, evaluator: Evaluator,
             workdir: str, mesh: Mesh) -> sources.SeedVariables:
   """θ_p for the upstream model, with the head its objective trains, per seed.
 
   A released checkpoint keeps its heads (a fresh one where it has none, SimCLR's, drawn
   from the seed), a random init is θ_0, and source 'pretrain' trains θ_p with the
-  objective in the workdir (`config.pretrain.optim`).
+  objective in the workdir (the source's recipe).
 
   Args:
-    config: the experiment config.
+    experiment: the experiment.
     model: the upstream model (`build_model`).
     evaluator: the per-round metric (`make_evaluator`), for the pre-training run.
     workdir: the experiment's workdir.
@@ -247,21 +232,29 @@ def theta_p(config: ml_collections.ConfigDict, model: Any, evaluator: Evaluator,
   Returns:
     seed -> {'params', 'batch_stats'} as numpy trees.
   """
-  size = _raw_size(config) or data.get_info(config.data.dataset).image_shape[0]
+  u, seed, recipe = experiment.section, experiment.seed, experiment.pretrained.recipe
+  dataset = experiment.data.dataset
+  size = u.raw_size or data.get_info(dataset).image_shape[0]
   return wiring.theta_p(
-      config, model, size, workdir, mesh, keep_head=True,
+      experiment, model, size, workdir, mesh, keep_head=True,
       pretrained=lambda: wiring.pretrain_once(
-          workdir, init_variables(model, jax.random.key(config.seed), size),
-          make_finetune(config, model, evaluator, mesh,
-                        recipe=config_lib.recipe(config.pretrain.optim)),
-          seed=config.seed, description=f'{config.model.arch} with {config.upstream.objective} '
-          f'on {config.data.dataset} for {config.pretrain.optim.num_epochs} epochs'))
+          workdir, init_variables(model, jax.random.key(seed), size),
+          make_finetune(experiment, model, evaluator, mesh, recipe=recipe),
+          seed=seed, description=f'{experiment.model.arch} with {u.objective} '
+          f'on {dataset} for {recipe.num_epochs} epochs'))
 
 
-def start_variables(config: ml_collections.ConfigDict, model: Any, evaluator: Evaluator,
+def start_variables(experiment: specs.Experiment, model: Any, evaluator: Evaluator,
                     workdir: str, mesh: Mesh) -> dict[str, Any]:
-  """`theta_p` of the experiment's seed: the variables its θ_p metric is measured on."""
-  return theta_p(config, model, evaluator, workdir, mesh)(config.seed)
+  """`theta_p` of the experiment's seed: the variables its θ_p metric is measured on.
+
+  Args:
+    experiment, model, evaluator, workdir, mesh: as for `theta_p`.
+
+  Returns:
+    {'params', 'batch_stats'} as numpy trees.
+  """
+  return theta_p(experiment, model, evaluator, workdir, mesh)(experiment.seed)
 
 
 def _theta_p_metric(workdir: str, evaluator: Evaluator,
@@ -278,11 +271,11 @@ def _theta_p_metric(workdir: str, evaluator: Evaluator,
   return metric
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str, Any]:
+def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any]:
   """Upstream IMP on the pre-training task (see the module docstring).
 
   Args:
-    config: the experiment config (mode 'upstream').
+    experiment: the experiment (mode 'upstream', its section a `Spec`).
     workdir: the experiment's workdir.
     mesh: the device mesh.
 
@@ -290,23 +283,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
     {'records': round records, 'theta_p': θ_p's metric, 'run_dir': the IMP folder,
     'start': θ_p's variables}.
   """
-  c = config.upstream
-  model = build_model(config)
-  evaluator = make_evaluator(config, model, mesh)
-  start_for = theta_p(config, model, evaluator, workdir, mesh)
-  start = start_for(config.seed)
+  c, dataset = experiment.section, experiment.data.dataset
+  model = build_model(experiment)
+  evaluator = make_evaluator(experiment, model, mesh)
+  start_for = theta_p(experiment, model, evaluator, workdir, mesh)
+  start = start_for(experiment.seed)
   metric = _theta_p_metric(workdir, evaluator, start)
   name = objectives.get(c.objective).evaluator.label
-  console.say(f'θ_p {name} on {config.data.dataset}: '
-              f'test {100 * metric["test_accuracy"]:.2f}%.')
+  console.say(f'θ_p {name} on {dataset}: test {100 * metric["test_accuracy"]:.2f}%.')
 
-  run_spec = imp.spec(config)
+  run_spec = experiment.imp.spec
   run_dir = os.path.join(workdir, c.objective)
-  finetune = make_finetune(config, model, evaluator, mesh)
+  finetune = make_finetune(experiment, model, evaluator, mesh)
   carried = ', optimizer and queue carried across rounds' if c.keep_state else ''
   seeds = f', {len(run_spec.seeds)} seeds a round' if len(run_spec.seeds) > 1 else ''
-  console.say(f'Upstream IMP ({c.objective}) on {config.data.dataset}: '
-              f'{run_spec.num_rounds} rounds x {config.optim.num_epochs} epochs{seeds}'
+  console.say(f'Upstream IMP ({c.objective}) on {dataset}: '
+              f'{run_spec.num_rounds} rounds x {experiment.recipe.num_epochs} epochs{seeds}'
               f'{carried}.')
 
   def on_round(record: dict[str, Any]) -> None:
@@ -314,18 +306,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict[str
                 f'{100 * record["sparsity"]:.2f}%, {name} {100 * record["test_accuracy"]:.2f}%')
 
   records = run_imp(run_dir, run_spec, start_for, finetune, on_round=on_round,
-                        gradient=_gradient(config, model, mesh, start))
+                    gradient=_gradient(experiment, model, mesh, start))
   if sharding.is_chief():
     rows = [{'method': c.objective, **r} for r in records]
     std = ('test_accuracy_std',) if len(run_spec.seeds) > 1 else ()
     console.say(results.report(
         workdir, rows, {c.objective: records}, [metric['test_accuracy']],
-        f'Upstream {c.objective} IMP: {config.model.arch} on {config.data.dataset} ({name})',
+        f'Upstream {c.objective} IMP: {experiment.model.arch} on {dataset} ({name})',
         ('method', 'round', 'sparsity', 'test_accuracy', *std, 'best_epoch'),
-        metric=wiring.task_and_data(config, config.data.dataset)[0].metric))
+        metric=wiring.task_and_data(experiment.data, dataset)[0].metric))
     console.say(f'Tickets: {run_dir}/round_XX/mask (and mask_torch.npz/.pth for the '
                 'reference).')
-    report = analysis.analyze_workdirs([workdir], policy=config.imp.policy)
+    report = analysis.analyze_workdirs([workdir], policy=experiment.imp.policy)
     console.say(f'Ticket analysis (overlap, layer and kernel structure): {report}')
   return {'records': records, 'theta_p': metric, 'run_dir': run_dir, 'start': start}
 
@@ -357,11 +349,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.fail('imp.random_baseline', config.imp.random_baseline,
                     'upstream IMP runs no random-pruning branch (mode paper compares upstream '
                     'tickets with random masks); set --config.imp.random_baseline=False.')
-  if config.dense_seeds and config.imp.prune_first:
-    config_lib.fail('dense_seeds', config.dense_seeds,
-                    'imp.prune_first prunes θ_p before round 0, so no round is dense; set '
-                    '--config.dense_seeds=0, or --config.imp.prune_first=False for a dense '
-                    'round 0 with its own seeds.')
   if config.pretrain.dataset in sources.get(config.pretrained.source).datasets(config) and (
       config.pretrain.dataset != config.data.dataset):
     config_lib.fail('pretrain.dataset', config.pretrain.dataset,
@@ -370,5 +357,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 modes.register(modes.Mode(
-    'upstream', run=run, validate=validate, section=section,
+    'upstream', run=run, validate=validate, section=section, spec=spec,
     datasets=lambda c: [c.data.dataset], model=build_model))

@@ -104,6 +104,9 @@ class ImpSpec:
                        'cannot be combined with prune_first or include_dense=False.')
     if not self.seeds or self.dense_seeds == ():
       raise ValueError('seeds and dense_seeds must name at least one seed.')
+    if self.dense_seeds and self.prune_first:
+      raise ValueError('dense_seeds are the seeds of a dense round 0, and prune_first prunes '
+                       'θ_p before it, so no round is dense: drop one of the two.')
     if self.dense_seeds and self.dense_seeds[0] != self.seeds[0]:
       raise ValueError('dense_seeds must start with seeds[0]: the first seed\'s weights '
                        'are pruned in every round.')

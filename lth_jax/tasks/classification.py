@@ -77,6 +77,7 @@ class Classification(Task):
   """Image classification (see the module docstring)."""
   name = 'classification'
   metric = ACCURACY
+  labels = data.CLASS_LABELS
 
   def build_model(self, spec: ModelSpec, dataset: data.DatasetInfo) -> nn.Module:
     return create_model(spec.arch, num_classes=dataset.num_classes, stem=spec.stem,

@@ -150,6 +150,7 @@ class Detection(Task):
   """Object detection with YOLOv4 heads (see the module docstring)."""
   name = 'detection'
   metric = MAP50
+  labels = data.BOX_LABELS
   options = ('neck_width',)
 
   def build_model(self, spec: ModelSpec, dataset: DatasetInfo) -> nn.Module:

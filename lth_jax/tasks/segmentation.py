@@ -151,6 +151,7 @@ class Segmentation(Task):
   """Semantic segmentation with DeepLabV3+ (see the module docstring)."""
   name = 'segmentation'
   metric = MIOU
+  labels = data.PIXEL_LABELS
   options = ('output_stride', 'aspp_rates', 'head_channels', 'low_level_channels',
              'bn_momentum')
 

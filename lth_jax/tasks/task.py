@@ -57,12 +57,16 @@ class Task(abc.ABC):
   Attributes:
     name: the registry key.
     metric: the headline metric (picks the best epoch, judges matching, names results).
+    labels: the labels it reads, one of `lth_jax.data.LABELS`: 'class' (one integer class
+      per example, what `lth_jax.data`'s in-memory and device pipelines serve without
+      TensorFlow), 'pixels' or 'boxes'. Pipelines are chosen by it, never by its name.
     is_head: top-level parameter name -> whether it is the head's (for per-group
       learning rates); a module-level function.
     options: the `ModelSpec.options` its model reads (experiments refuse others).
   """
   name: str
   metric: Metric
+  labels: str
   options: tuple[str, ...] = ()
   is_head: Callable[[str], bool] = staticmethod(is_head)
 

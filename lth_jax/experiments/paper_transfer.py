@@ -1,0 +1,191 @@
+"""Paper mode's runs on one task: scratch, each pre-training's tickets, the baselines.
+
+    rows, extreme, metric = paper_transfer.transfer_to_task(
+        experiment, workdir, mesh, 'mnist5k', tickets, thetas, baselines, scheduler)
+
+On one task of `paper.tasks`, every network is fine-tuned with the experiment's seeds
+and recipe: dense training from a random init ('scratch'), then each pre-training's
+dense θ_p and upstream tickets, the first pre-training's also with the random baselines
+and (`paper.task_imp_rounds` > 0) task-specific IMP from its θ_p. `judged` marks a
+pre-training's rows matching against its dense transfer and says, per method, how
+sparse its tickets match (see `lth_jax.experiments.paper`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from lth_jax import pruning
+from lth_jax.experiments import sources, specs, wiring
+from lth_jax.lottery import results, run_imp, run_transfer
+from lth_jax.models import init_variables
+from lth_jax.runtime import console, paths
+from lth_jax.runtime.scheduler import Scheduler
+from lth_jax.tasks import Metric
+
+# Dense training from a random init: what pre-training must beat to matter on a task.
+SCRATCH = 'scratch'
+# IMP on the downstream task itself, from the first pre-training's θ_p.
+TASK_SPECIFIC = 'task_specific'
+
+
+def _method(ticket: str, objective: str) -> str:
+  return next((m for m in pruning.RANDOM_BASELINES if ticket.startswith(f'{m}_')), objective)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Transfer:
+  """What every pre-training's transfer to one task shares."""
+  experiment: specs.Experiment
+  task: str
+  folder: str                         # transfer/<task>/
+  finetune: Callable[..., Any]
+  metric: Metric
+  scheduler: Scheduler | None
+  loss_gradient: Callable[[Any], Callable[[Any], Any]]  # batch_stats -> params -> gradient
+
+
+def _task_specific(t: _Transfer, run_dir: str, start: Any) -> list[dict[str, Any]]:
+  """IMP on the task from the first pre-training's θ_p: every round's record."""
+  experiment, metric = t.experiment, t.metric
+  spec = dataclasses.replace(experiment.imp.spec,
+                             num_rounds=experiment.section.task_imp_rounds, dense_seeds=None)
+  # A criterion of the gradient (SNIP) scores by the task's own loss, as in mode imp.
+  gradient = (t.loss_gradient(start(experiment.seed)['batch_stats'])
+              if pruning.get(spec.pruning).needs_gradient else None)
+  console.say(f'== Task-specific IMP ({spec.num_rounds} rounds incl. the dense one) in '
+              f'{run_dir}')
+  records = run_imp(
+      run_dir, spec, start, t.finetune, gradient=gradient, scheduler=t.scheduler,
+      on_round=lambda r: console.say(
+          f'  round {r["round"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
+          f'{results.shown(r, metric.test)}'))
+  return records
+
+
+def _pretraining_rows(t: _Transfer, objective: str, named: dict[str, Any], start: Any,
+                      task_specific: bool) -> tuple[list[dict[str, Any]], list[float]]:
+  """One pre-training's dense θ_p, tickets (and the baselines given) and, when asked, its
+  task-specific IMP, on one task: (rows with their method, the dense runs' values)."""
+  metric, dense_runs, specific = t.metric, None, []
+  if task_specific:
+    records = _task_specific(t, os.path.join(t.folder, TASK_SPECIFIC), start)
+    # Round 0 is this pre-training's dense transfer: same θ_p, seeds and recipe.
+    dense_runs = results.dense_runs(records[0], f'Round 0 of the task-specific IMP on '
+                                    f'{t.task}')
+    specific = [{'method': TASK_SPECIFIC, **r,
+                 'ticket': f'{TASK_SPECIFIC}_{paths.round_name(r["round"])}'} for r in records[1:]]
+  found = run_transfer(
+      os.path.join(t.folder, objective), named, start, t.finetune, t.experiment.seeds,
+      metric=metric.key, policy=t.experiment.imp.policy, dense_runs=dense_runs,
+      scheduler=t.scheduler, on_result=lambda r: console.say(
+          f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
+          f'{results.shown(r, metric.test)}'))
+  dense = [r[metric.test] for r in results.dense_runs(
+      found[0], f'The dense transfer of {objective} to {t.task}')]
+  return [{'method': _method(r['ticket'], objective), **r} for r in found] + specific, dense
+
+
+def judged(task_name: str, objective: str, methods: list[str], rows: list[dict[str, Any]],
+           dense: list[float], scratch: list[float], metric: Metric,
+           num_seeds: int) -> list[dict[str, Any]]:
+  """Marks one pre-training's rows matching; its extreme-sparsity rows, one per method.
+
+  Args:
+    task_name: the task.
+    objective: the pre-training.
+    methods: its methods (the pre-training's own tickets, then those derived from them).
+    rows: its rows on the task, each marked matching in place.
+    dense: the values of its dense transfer's runs.
+    scratch: the values of the dense runs from scratch.
+    metric: the task's headline metric.
+    num_seeds: the task's fine-tuning seeds: whether the claim can be tested is unknown
+      with one, however many runs the dense point has.
+
+  Returns:
+    One row per method: its extreme matching sparsity and what judges it.
+  """
+  gain = results.mean_std(dense)[0] - results.mean_std(scratch)[0]
+  # With one seed there is no spread to compare the gain with: unknown.
+  noise = max(results.mean_std(dense)[1], results.mean_std(scratch)[1])
+  can_test = gain > noise if num_seeds > 1 else None
+  if can_test is False:
+    console.say(f'  θ_p ({objective}) beats training from scratch on {task_name} by '
+                f'{100 * gain:+.2f} points, not more than the dense std: this task cannot '
+                'show whether its tickets keep what pre-training gives.')
+  extreme = []
+  for method in methods:
+    curve = [r for r in rows if r['method'] == method]
+    value = results.mark_matching(curve, dense, metric.test)
+    at = next((r for r in curve if r['sparsity'] == value), {}) if value is not None else {}
+    extreme.append({'task': task_name, 'method': method, 'pretraining': objective,
+                    'metric': metric.key, 'dense': results.mean_std(dense)[0],
+                    'dense_std': results.std_over_runs(dense),
+                    'scratch': results.mean_std(scratch)[0], 'pretraining_gain': gain,
+                    'can_test_claim': can_test, 'extreme_sparsity': value,
+                    **{f'extreme_{k}': v for k, v in at.items()
+                       if k.startswith('sparsity_layer')}})
+  return extreme
+
+
+def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, task_name: str,
+                     tickets: dict[str, dict[str, Any]], thetas: dict[str, Any],
+                     baselines: dict[str, Any],
+                     scheduler: Scheduler | None) -> tuple[list, list, Metric]:
+  """Scratch, then each pre-training's transfer (the first's with the baselines and the
+  task-specific IMP) to one task.
+
+  Args:
+    experiment: the paper experiment (its section a `paper.Spec`).
+    workdir: its workdir.
+    mesh: the device mesh.
+    task_name: the task's dataset.
+    tickets: pretraining -> {ticket name -> mask}, the first pre-training first.
+    thetas: pretraining -> its θ_p's variables.
+    baselines: the random baselines' masks (of the first pre-training's tickets).
+    scheduler: the scheduler of the runs, or None for one at a time.
+
+  Returns:
+    (rows, extreme-sparsity rows, the task's metric).
+  """
+  paper = experiment.section
+  task, info = wiring.task_and_data(experiment.data, task_name)
+  model = task.build_model(experiment.model, info)
+  t = _Transfer(experiment, task_name, paths.transfer_dir(workdir, task_name),
+                wiring.make_finetune(experiment, model, task, info, mesh), task.headline(info),
+                scheduler, functools.partial(wiring.loss_gradient, experiment, model, task,
+                                             info, mesh))
+  seeds = experiment.seeds
+  console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
+  scratch = run_transfer(
+      os.path.join(t.folder, SCRATCH), {},
+      lambda seed: init_variables(model, jax.random.key(seed), task.image_size(info)),
+      t.finetune, seeds, metric=t.metric.key, policy=experiment.imp.policy,
+      scheduler=scheduler)[0]
+  scratch_values = [r[t.metric.test] for r in scratch['runs']]
+  rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
+           'ticket': SCRATCH}]
+  extreme, first = [], next(iter(tickets))
+  derived = [*paper.random_baselines, *([TASK_SPECIFIC] if paper.task_imp_rounds else [])]
+  for objective, chosen in tickets.items():
+    console.say(f'== Transfer of the {objective} tickets to {task_name} ({len(seeds)} '
+                'seeds)')
+    start = functools.lru_cache(maxsize=None)(
+        lambda seed, theta=thetas[objective]: sources.transplant(theta, model,
+                                                                  jax.random.key(seed)))
+    found, dense = _pretraining_rows(
+        t, objective, {**chosen, **(baselines if objective == first else {})}, start,
+        task_specific=objective == first and paper.task_imp_rounds > 0)
+    found = [{'task': task_name, 'pretraining': objective, **r} for r in found]
+    methods = [objective, *(derived if objective == first else [])]
+    extreme += judged(task_name, objective, methods, found, dense, scratch_values, t.metric,
+                      len(seeds))
+    rows += found
+  return rows, extreme, t.metric
