@@ -40,6 +40,17 @@ def _objects(out: dict[str, np.ndarray], i: int):
            int(out['source_index'][i, k]))
 
 
+def _assert_pasted_from(out: dict[str, np.ndarray], images: np.ndarray) -> None:
+  """Every object of every canvas is its source image, scaled to some allowed side and cut
+  to its visible box."""
+  lo, hi = cv.DIGIT_SIDES
+  for i in range(len(out['image'])):
+    for x1, y1, x2, y2, _, _, source in _objects(out, i):
+      pasted = out['image'][i, y1:y2 + 1, x1:x2 + 1, 0]
+      assert any(np.array_equal(_visible_crop(cv.scale_digit(images[source, ..., 0], side)),
+                                pasted) for side in range(lo, hi + 1)), (i, source)
+
+
 # ----------------------------------------------------------------------------------
 # Resize: the documented formula, exactly.
 # ----------------------------------------------------------------------------------
@@ -144,12 +155,7 @@ def test_objects_come_from_their_own_split(split):
   np.testing.assert_array_equal(out['classes'][real], labels[sources[real]])
   if split == 'train':
     return  # the pixel check below costs ~1 s for train; val and test are the held-out ones
-  lo, hi = cv.DIGIT_SIDES
-  for i in range(len(sources)):
-    for x1, y1, x2, y2, _, _, source in _objects(out, i):
-      pasted = out['image'][i, y1:y2 + 1, x1:x2 + 1, 0]
-      assert any(np.array_equal(_visible_crop(cv.scale_digit(images[source, ..., 0], side)),
-                                pasted) for side in range(lo, hi + 1)), (i, source)
+  _assert_pasted_from(out, images)
 
 
 # ----------------------------------------------------------------------------------
@@ -241,13 +247,8 @@ def test_animal_canvases_paste_their_own_splits_silhouettes(split):
   np.testing.assert_array_equal(out['classes'][real], labels[out['source_index'][real]])
   assert set(np.unique(out['classes'][real])) == set(range(5))
   assert set(np.unique(out['segmentation'])) <= set(range(6)) | {cv.IGNORE_LABEL}
-  lo, hi = cv.DIGIT_SIDES
-  for i in range(len(real)):
-    for x1, y1, x2, y2, _, _, source in _objects(out, i):
-      pasted = out['image'][i, y1:y2 + 1, x1:x2 + 1, 0]
-      assert any(np.array_equal(_visible_crop(cv.scale_digit(images[source, ..., 0], side)),
-                                pasted) for side in range(lo, hi + 1)), (i, source)
-  # Another source, the same layout stream: the digit canvases are not touched by it.
+  _assert_pasted_from(out, images)
+  # The source is read: these are not the digit canvases.
   assert _digest(out) != _digest(cv.split_canvases(split, num=100))
 
 

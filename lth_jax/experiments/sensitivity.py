@@ -59,7 +59,7 @@ def experiment_config(workdir: str) -> ml_collections.ConfigDict:
                             '`python -m lth_jax.main`.')
   config = config_lib.from_record(recorded)
   if not modes.get(config.mode).perturbable:
-    able = [name for name in modes.MODES if modes.get(name).perturbable]
+    able = [mode.name for mode in modes.MODES.values() if mode.perturbable]
     raise ValueError(f'{workdir} holds a {config.mode!r} experiment; perturbation runs '
                      'need the tickets and recipe of IMP rounds on one task (mode '
                      f'{" or ".join(able)}).')
