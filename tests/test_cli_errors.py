@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging as std_logging
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -250,23 +248,3 @@ def test_the_log_leaves_out_library_chatter_and_echoes_of_a_full_disk(monkeypatc
   for error in (RuntimeError('Event loop is closed'), RuntimeError('other')):
     sys.unraisablehook(types.SimpleNamespace(exc_value=error))
   assert [str(args.exc_value) for args in shown] == ['other']
-
-
-@pytest.mark.slow
-def test_the_log_holds_lth_jax_lines_and_a_recorded_config_reruns(tmp_path):
-  workdir = tmp_path / 'w'
-  # The dense round (one seed) and a pruned round of both branches: three fine-tunes.
-  proc = _main(*TINY, '--config.imp.num_rounds=2', '--config.dense_seeds=1',
-               f'--workdir={workdir}', f'--compilation_cache={CACHE}')
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  own = {p.name for p in (ROOT / 'lth_jax').rglob('*.py')}
-  lines = proc.stderr.splitlines()
-  files = [re.match(r'[IWEF]\d{4} [\d:.]+ +\d+ (\S+):\d+\] ', line) for line in lines]
-  others = [line for line, f in zip(lines, files) if not (f and f[1] in own)]
-  assert lines and not others, f'{len(others)} of {len(lines)} lines: {others[:5]}'
-  # The command that reruns the config the workdir recorded, an override on top.
-  rerun = _main(f'--config={workdir / "experiment.json"}', '--config.checkpoint_every_steps=7',
-                f'--workdir={workdir}', f'--compilation_cache={CACHE}')
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f'Resuming imp in {workdir}' in rerun.stdout
-  assert json.loads((workdir / 'experiment.json').read_text())['checkpoint_every_steps'] == 7
