@@ -28,10 +28,11 @@ No test times this: the benchmark prints, the README reports.
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import shutil
 import time
+
+import config_overrides  # benchmarks/config_overrides.py, beside this script
 
 # The convergence recipe per task: what the studies' configs change for a trained network.
 RECIPES = {
@@ -48,13 +49,6 @@ RECIPES = {
 CONFIGS = {'segmentation': 'configs/segmentation_offline.py',
            'detection': 'configs/detection_offline.py'}
 STARTS = ('theta_p', 'scratch')
-
-
-def _value(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
 
 
 def _set(config, field: str, value) -> None:
@@ -193,7 +187,7 @@ def main() -> None:
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='config overrides for every run, as --config.FIELD=VALUE')
   args = parser.parse_args()
-  args.overrides = [(k, _value(v)) for k, v in (item.split('=', 1) for item in args.set)]
+  args.overrides = config_overrides.parse(args.set)
   os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
   rows = [train(task, start, args, args.workdir)
           for task in args.tasks.split(',') for start in args.starts.split(',')]

@@ -22,7 +22,6 @@ pruning, 3 seeds, 182 epochs each):
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
 import functools
 import os
@@ -30,12 +29,7 @@ import shutil
 import threading
 import time
 
-
-def _value(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+import config_overrides  # benchmarks/config_overrides.py, beside this script
 
 
 def main() -> None:
@@ -83,7 +77,7 @@ def main() -> None:
   from lth_jax.experiments import wiring
   wiring.fit = counting_fit
 
-  overrides = {k: _value(v) for k, v in (s.split('=', 1) for s in args.set)}
+  overrides = dict(config_overrides.parse(args.set))
   batch_size = 0
   walls = {}
   for name, per_run in (('sequential', 0), ('scheduled', args.devices_per_run)):

@@ -7,9 +7,10 @@ the paper's small tasks): the upstream task is Animal-MNIST's classes 0-4
 (`animal_mnist_a`, 3,318 images), the downstream task its other five classes with only
 20 training images each (`animal_mnist_b_few`; whole val and test splits).
 
-1. Pre-trains a ResNet-18 (width 1/4, CIFAR stem) on animal_mnist_a three ways:
-   supervised, SimCLR and MoCo v2 (6 epochs each, batch 128), giving θ_Sup, θ_SimCLR,
-   θ_MoCo.
+1. θ_Sup, θ_SimCLR, θ_MoCo: the ResNet-18s (width 1/4, CIFAR stem) that lth_jax ships,
+   pre-trained on animal_mnist_a supervised, with SimCLR and with MoCo v2
+   (`lth_jax.released`, made by configs/pretrain_offline.py), read as released
+   checkpoints: nothing is pre-trained again.
 2. Upstream IMP there for each (the `:demo` recipes of
    configs/{supervised,simclr,moco}_imp.py): the first mask one-shot from θ_p, 8 masks
    of 20% steps (20% to 83% sparsity), two epochs of the objective per round.
@@ -20,7 +21,7 @@ the paper's small tasks): the upstream task is Animal-MNIST's classes 0-4
 4. results.csv/.json, extreme_sparsity.csv/.json (per pre-training) and
    accuracy_vs_sparsity_animal_mnist_b_few.png (one curve per pre-training, plus random).
 
-About an hour on a 2-core CPU. `:tiny` is a two-minute smoke run (supervised and MoCo,
+`:tiny` is a two-minute smoke run (supervised and MoCo pre-trained in the workdir,
 scikit-learn digits only, width 1/8, 2 rounds, 1 seed).
 """
 
@@ -30,15 +31,15 @@ from lth_jax.experiments.config import base_config
 def get_config(variant: str = ''):
   c = base_config()
   c.mode = 'paper'
-  c.pretrained.source = 'pretrain'
+  c.pretrained.source = 'released'
   c.pretrain.dataset = 'animal_mnist_a'
+  c.pretrain.optim.num_epochs = 6       # with --config.pretrained.source=pretrain
   c.data.dataset = c.paper.tasks = 'animal_mnist_b_few'
   c.model.arch = 'resnet18'
   c.model.stem = 'cifar'
   c.model.width_multiplier = 0.25
   c.data.batch_size = 50                # the downstream task's (upstream keeps 128)
   c.data.eval_batch_size = 500
-  c.pretrain.optim.num_epochs = 6
   c.optim.update(num_epochs=30, learning_rate=0.05, schedule='cosine', warmup_epochs=0,
                  weight_decay=5e-4)
   c.imp.num_rounds = 8
@@ -46,6 +47,7 @@ def get_config(variant: str = ''):
   c.paper.transfer_every = 2
   c.num_seeds = 3
   if variant == 'tiny':
+    c.pretrained.source = 'pretrain'  # θ_p pre-trained in the workdir, on the digits
     c.paper.pretrainings = 'supervised,moco'
     c.pretrain.dataset = c.data.dataset = c.paper.tasks = 'digits'
     c.model.width_multiplier = 0.125

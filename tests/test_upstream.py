@@ -273,7 +273,7 @@ def test_upstream_imp_runs_for_every_objective(tmp_path, objective):
 @pytest.mark.parametrize('field, value, message', [
     ('upstream.objective', 'byol', 'choose one of'),
     ('upstream.queue_size', 32, 'at least one global batch'),
-    ('pretrain.dataset', 'mnist5k', 'pre-trains θ_p on its own task'),
+    ('pretrain.dataset', 'mnist5k', "continues θ_p's pre-training on its own task"),
     ('imp.rewind', 'step', "rewinds to θ_p"),
     ('imp.random_baseline', True, 'runs no random-pruning branch'),
     ('dense_seeds', 2, 'prune_first prunes θ_p before it, so no round is dense'),

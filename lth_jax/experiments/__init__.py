@@ -4,9 +4,9 @@
 
 Modules: `config` (the shared fields, loading configs/*.py, checks), `specs` (the config
 read once, after the checks, into the typed specs everything after them takes), `modes`
-(the registry of modes), one module per mode (`imp`, `transfer`, `upstream`, `paper`;
-each with its config section and its spec, checks and `run`), `sources` (the registry of
-θ_p's sources), `wiring` (the only code turning specs into a task, a model, θ_p, data
+(the registry of modes), one module per mode (`imp`, `transfer`, `upstream`, `paper`,
+`pretrain`; each with its config section and its spec, checks and `run`), `sources` (the
+registry of θ_p's sources), `wiring` (the only code turning specs into a task, a model, θ_p, data
 and a fine-tuning callable) and `sensitivity` (perturbation runs of a workdir's ticket,
 for `python -m lth_jax.analyze`). This is the only package that reads configs; it may
 import everything else. Here the library's messages name settings as the command line's
@@ -27,7 +27,7 @@ import ml_collections
 
 from lth_jax import data, errors
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import imp, modes, paper, sources, transfer, upstream  # noqa: F401
+from lth_jax.experiments import imp, modes, paper, pretrain, sources, transfer, upstream  # noqa: F401
 from lth_jax.experiments import specs, wiring
 from lth_jax.runtime import console
 from lth_jax.runtime import workdir as workdir_lib
@@ -127,9 +127,9 @@ def _load_inputs(experiment: specs.Experiment, mode: modes.Mode,
   for name in names:
     task, _ = wiring.task_and_data(experiment.data, name)
     data.check_available(name, experiment.data.data_dir, task.labels)
-  inputs = sources.get(experiment.pretrained.source).load(
-      experiment.pretrained, lambda: mode.start_model(experiment))
-  mode.load_inputs(experiment)
+  inputs = dict(sources.get(experiment.pretrained.source).load(
+      experiment.pretrained, lambda: mode.start_model(experiment))) if mode.own_theta_p else {}
+  inputs.update(mode.load_inputs(experiment) or {})
   return inputs
 
 

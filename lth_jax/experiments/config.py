@@ -293,8 +293,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       recipe(section)
     except ValueError as e:
       fail(name, dict(section), str(e))
-  sources.validate(config)  # θ_p's source and the fields it reads
   mode = modes.get(config.mode)
+  if mode.own_theta_p:
+    sources.validate(config)  # θ_p's source and the fields it reads
   mode.validate(config)
   # The one check of the IMP spec, after the mode's, which refuse what it does not do
   # more to the point than the spec would (upstream IMP's late rewinding).

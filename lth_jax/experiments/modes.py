@@ -51,6 +51,7 @@ GROWING_FIELDS: Mapping[str, workdir_lib.Growth] = {
 
 def _no_inputs(experiment: specs.Experiment) -> None:
   del experiment
+  return None
 
 
 def flag(setting: str) -> str:
@@ -78,8 +79,12 @@ class Mode:
     spec: config -> the spec of the mode's section (`specs.Experiment.section`), built
       once by `specs.build` after the checks; None: the mode has no section.
     reads: further sections of other modes it reads (recorded in experiment.json).
-    load_inputs: experiment -> None: loads inputs besides datasets and θ_p (e.g.
-      tickets) before the workdir is claimed, raising if one is missing or bad.
+    load_inputs: experiment -> fingerprints ({name: SHA-256}) or None: loads inputs
+      besides datasets and θ_p (e.g. tickets) before the workdir is claimed, raising
+      if one is missing or bad.
+    own_theta_p: its runs start from the experiment's θ_p (`pretrained`), which is
+      checked and loaded before the claim; False: from its sub-experiments' (paper
+      mode: each pre-training's), which the mode checks and loads itself.
     trained: glob patterns (in the workdir) of the training runs that used `optim`;
       a recipe change after a divergence is refused while one exists.
     training: config -> every kind of training run the mode runs (checked before the
@@ -98,13 +103,14 @@ class Mode:
   section: Callable[[], ml_collections.ConfigDict] | None = None
   spec: Callable[[ml_collections.ConfigDict], Any] | None = None
   reads: tuple[str, ...] = ()
-  load_inputs: Callable[[specs.Experiment], None] = _no_inputs
+  load_inputs: Callable[[specs.Experiment], Mapping[str, str] | None] = _no_inputs
   trained: tuple[str, ...] = (paths.imp_runs_glob(),)
   training: Callable[[ml_collections.ConfigDict], list[Training]] | None = None
   model: Callable[[specs.Experiment], Any] | None = None
   growing: Mapping[str, workdir_lib.Growth] = dataclasses.field(
       default_factory=lambda: dict(GROWING_FIELDS))
   perturbable: bool = False
+  own_theta_p: bool = True
 
   def trainings(self, config: ml_collections.ConfigDict) -> list[Training]:
     """Every (recipe section, dataset) the mode trains with, for `config`."""

@@ -291,4 +291,5 @@ modes.register(modes.Mode(
     datasets=lambda c: [c.pretrain.dataset, *config_lib.split_names(c.paper.tasks)],
     # The upstream experiments' own training is checked with their configs (`validate`).
     training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)],
-    load_inputs=paper_upstream.check_devices, trained=(paths.transfer_runs_glob(),)))
+    load_inputs=paper_upstream.load_inputs, trained=(paths.transfer_runs_glob(),),
+    own_theta_p=False))

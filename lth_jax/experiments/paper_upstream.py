@@ -24,9 +24,13 @@ from jax.sharding import Mesh
 
 from lth_jax import errors
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import presets, specs, upstream, wiring
+from lth_jax.experiments import presets, sources, specs, upstream, wiring
 from lth_jax.lottery import rounds
 from lth_jax.runtime import console, paths
+
+
+# Where paper mode's pre-trainings get their θ_p (`config.pretrained.source`).
+THETA_P_SOURCES = ('pretrain', 'released')
 
 
 def upstream_config(config: ml_collections.ConfigDict,
@@ -39,7 +43,8 @@ def upstream_config(config: ml_collections.ConfigDict,
 
   Returns:
     The objective's `:demo` upstream config (its batch size) with this config's dataset,
-    model, seed, device count, rounds and epochs.
+    model, seed, device count, rounds and epochs; with `pretrained.source='released'`,
+    θ_p is the objective's shipped one (`lth_jax.released`) instead of pre-trained.
   """
   sub = presets.upstream_imp(objective, 'demo')
   sub.seed, sub.num_devices = config.seed, config.num_devices
@@ -55,6 +60,8 @@ def upstream_config(config: ml_collections.ConfigDict,
   sub.imp.update(num_rounds=config.imp.num_rounds, fraction=config.imp.fraction,
                  policy=config.imp.policy)
   sub.checkpoint_every_steps = config.checkpoint_every_steps
+  if config.pretrained.source == 'released':  # each pre-training's θ_p as lth_jax ships it
+    sub.pretrained.update(source='released', path=objective)
   return sub
 
 
@@ -108,26 +115,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.fail('paper.pretrainings', config.paper.pretrainings,
                     'a comma-separated list of objectives with an upstream recipe '
                     f'(configs/<objective>_imp.py): some of {tuple(presets.UPSTREAM)}.')
+  if config.pretrained.source not in THETA_P_SOURCES:
+    config_lib.fail('pretrained.source', config.pretrained.source,
+                    "each pre-training's θ_p is pre-trained in its upstream experiment "
+                    "('pretrain') or the one lth_jax ships ('released', lth_jax.released).")
   for objective in names:
     with _naming(objective):
       config_lib.validate(upstream_config(config, objective))
 
 
-def check_devices(experiment: specs.Experiment) -> None:
-  """Fails unless each upstream experiment's batches split over the devices.
+def load_inputs(experiment: specs.Experiment) -> dict[str, str]:
+  """Checks each upstream experiment's devices and loads its θ_p, before the claim.
 
   Their batch size is their recipe's, which `experiments.run`'s own mesh check does not
-  see; checked with the devices, before the workdir is claimed.
+  see; their θ_p files (released ones) are read and checked as `experiments.run` checks
+  an experiment's own.
 
   Args:
     experiment: the paper experiment (its section a `paper.Spec`).
 
+  Returns:
+    Fingerprints of the files read: {'upstream.<pretraining>.pretrained.path': SHA-256}.
+
   Raises:
     ConfigError: naming the upstream experiment, its batch size and the device count.
+    CheckpointError: a θ_p file is missing, changed or does not fit.
   """
+  inputs = {}
   for objective, sub in experiment.section.upstream.items():
     with _naming(objective):
       wiring.mesh_for(sub)
+    loaded = sources.get(sub.pretrained.source).load(
+        sub.pretrained, lambda sub=sub: upstream.build_model(sub))
+    inputs.update({f'upstream.{objective}.{k}': v for k, v in loaded.items()})
+  return inputs
 
 
 @contextlib.contextmanager

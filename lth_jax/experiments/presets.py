@@ -2,6 +2,7 @@
 
     sub = presets.upstream_imp('moco', 'demo')       # configs/moco_imp.py:demo
     c = presets.canvas_study('digit_canvas_seg', '')  # what the canvas configs share
+    c = presets.released_pretraining('moco')          # configs/pretrain_offline.py:moco
 
 Config files import these (configs/{supervised,simclr,moco}_imp.py,
 configs/{segmentation,detection}_offline.py); paper mode sizes each pre-training's
@@ -140,6 +141,45 @@ def upstream_imp(objective: str, variant: str = '') -> ml_collections.ConfigDict
     demo_setting(c)
     for optim in (c.optim, c.pretrain.optim):
       optim.update(optimizer=recipe.optimizer, **recipe.demo)
+  return c
+
+
+# Epochs of the released θ_p's pre-training (`released_pretraining`), per objective: the
+# contrastive objectives need more to become good representations.
+RELEASED_EPOCHS = {'supervised': 15, 'simclr': 40, 'moco': 40}
+
+
+def released_pretraining(objective: str, variant: str = '') -> ml_collections.ConfigDict:
+  """The pre-training of a θ_p lth_jax ships: configs/pretrain_offline.py:<objective>.
+
+  The offline upstream recipe of the objective (`upstream_imp(objective, 'demo')`: its
+  optimizer, learning rate, views, temperature and queue) on Animal-MNIST's classes 0-4,
+  ResNet-18 of width 1/4 with a CIFAR stem, batch 128, for `RELEASED_EPOCHS` epochs of a
+  cosine schedule; mode 'pretrain' measures it and writes the released checkpoint.
+
+  Args:
+    objective: a key of `UPSTREAM`.
+    variant: '' or 'tiny' (the scikit-learn digits, width 1/8, one epoch: a smoke run).
+
+  Returns:
+    The config (mode 'pretrain').
+
+  Raises:
+    ValueError: an unknown objective or variant.
+  """
+  if variant not in ('', 'tiny'):
+    raise ValueError(f'Unknown variant {variant!r}: use configs/pretrain_offline.py:'
+                     f'{objective} or configs/pretrain_offline.py:{objective},tiny.')
+  c = upstream_imp(objective, 'demo')
+  c.mode = 'pretrain'
+  c.pretrain.dataset = c.data.dataset = 'animal_mnist_a'
+  c.pretrain.optim.num_epochs = RELEASED_EPOCHS[objective]
+  if variant == 'tiny':
+    c.pretrain.dataset = c.data.dataset = 'digits'
+    c.model.width_multiplier = 0.125
+    c.data.batch_size = c.data.eval_batch_size = 64
+    c.upstream.queue_size = 256
+    c.pretrain.optim.num_epochs = 1
   return c
 
 

@@ -7,7 +7,9 @@
 'random' is a random init (the classic LTH θ_0); 'pretrain' a network pre-trained inside
 the workdir on `config.pretrain.dataset` with `config.pretrain.optim`; every checkpoint
 format `lth_jax.interop.checkpoints` reads ('torchvision', 'moco', 'simclr', 'auto') is a
-source reading `config.pretrained.path`. Each says what it reads (datasets, trainings,
+source reading `config.pretrained.path`; 'released' reads a θ_p lth_jax ships
+(`lth_jax.released`, named by `config.pretrained.path`), after checking its digest.
+Each says what it reads (datasets, trainings,
 files) so that the experiment layer checks and loads it before the workdir is claimed:
 its checks and lists take the config, its loading the experiment's `specs.Pretrained`.
 A new source is one `register` call (a new checkpoint format: one entry of
@@ -25,6 +27,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from lth_jax import errors, released
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import specs
 from lth_jax.interop import checkpoints
@@ -80,6 +83,10 @@ class Source:
     trainings: config -> the (recipe section, dataset) it trains with (checked too).
     load: (`specs.Pretrained`, () -> the model θ_p is for) -> fingerprints of the
       files it reads ({field: SHA-256}), each loaded first, raising if missing or unfit.
+    path: config -> the file it reads (`specs.Pretrained.path`; by default
+      `config.pretrained.path`).
+    pretrained_on: config -> the dataset θ_p was pre-trained on, where the source
+      knows it ('' otherwise): upstream IMP continues θ_p's pre-training there.
   """
   name: str
   start: Callable[[Origin], SeedVariables]
@@ -88,6 +95,8 @@ class Source:
   datasets: Callable[[ml_collections.ConfigDict], list[str]] = _no_fields
   trainings: Callable[[ml_collections.ConfigDict], list[tuple[str, str]]] = _no_fields
   load: Callable[[specs.Pretrained, Callable[[], Any]], dict[str, str]] = _no_files
+  path: Callable[[ml_collections.ConfigDict], str] = lambda config: config.pretrained.path
+  pretrained_on: Callable[[ml_collections.ConfigDict], str] = lambda config: ''
 
 
 SOURCES: Registry[Source] = Registry('pretrained source')
@@ -161,7 +170,7 @@ def _pretrained(origin: Origin) -> SeedVariables:
 register(Source(
     'pretrain', _pretrained,
     validate=lambda c: config_lib.check_dataset('pretrain.dataset', c.pretrain.dataset),
-    datasets=lambda c: [c.pretrain.dataset],
+    datasets=lambda c: [c.pretrain.dataset], pretrained_on=lambda c: c.pretrain.dataset,
     trainings=lambda c: [('pretrain.optim', c.pretrain.dataset)]))
 
 
@@ -178,6 +187,20 @@ def _check_path(config: ml_collections.ConfigDict) -> None:
                     'be downloaded at run time).')
 
 
+def _read_checkpoint(name: str) -> tuple[Callable[[Origin], SeedVariables],
+                                          Callable[[str, Any], None]]:
+  """How a checkpoint source of format `name` reads its file: (start, check(path, model))."""
+  def start(origin: Origin) -> SeedVariables:
+    return functools.lru_cache(maxsize=None)(
+        lambda seed: checkpoints.load_pytorch(read_checkpoint(origin.path), origin.model,
+                                              source=name, rng=jax.random.key(seed)))
+
+  def check(path: str, model: Any) -> None:
+    checkpoints.load_pytorch(read_checkpoint(path), model, source=name)
+
+  return start, check
+
+
 def checkpoint_source(name: str) -> Source:
   """The source reading `pretrained.path` in a checkpoint format of `checkpoints.SOURCES`.
 
@@ -188,13 +211,10 @@ def checkpoint_source(name: str) -> Source:
     The source: the pre-trained parts from the file, the parts it lacks (a task's head,
     a CIFAR stem) drawn per seed.
   """
-  def start(origin: Origin) -> SeedVariables:
-    return functools.lru_cache(maxsize=None)(
-        lambda seed: checkpoints.load_pytorch(read_checkpoint(origin.path), origin.model,
-                                              source=name, rng=jax.random.key(seed)))
+  start, check = _read_checkpoint(name)
 
   def load(pretrained: specs.Pretrained, model: Callable[[], Any]) -> dict[str, str]:
-    checkpoints.load_pytorch(read_checkpoint(pretrained.path), model(), source=name)
+    check(pretrained.path, model())
     return {'pretrained.path': workdir_lib.file_sha256(pretrained.path)}
 
   return Source(name, start, validate=_check_path, load=load)
@@ -202,3 +222,56 @@ def checkpoint_source(name: str) -> Source:
 
 for _format in checkpoints.SOURCES:
   register(checkpoint_source(_format))
+
+
+# ----------------------------------------------------------------------------- released
+
+def _release(config: ml_collections.ConfigDict) -> released.Released:
+  """The shipped θ_p `pretrained.path` names."""
+  if config.pretrained.path not in released.RELEASED:
+    config_lib.fail('pretrained.path', config.pretrained.path,
+                    f'name a θ_p lth_jax ships (lth_jax.released): one of '
+                    f'{tuple(released.RELEASED)}.')
+  return released.get(config.pretrained.path)
+
+
+def _check_release(config: ml_collections.ConfigDict) -> None:
+  entry = _release(config)
+  for field in ('arch', 'stem', 'width_multiplier'):
+    if config.model[field] != getattr(entry, field):
+      config_lib.fail(f'model.{field}', config.model[field],
+                      f'the released θ_p {entry.name!r} is a {entry.arch} of width '
+                      f'{entry.width_multiplier:g} with a {entry.stem} stem: set '
+                      f'--config.model.{field}={getattr(entry, field)!r}.')
+
+
+def _release_at(path: str) -> released.Released:
+  """The shipped θ_p whose file is `path` (`Source.path` resolved it from the config)."""
+  return next(e for e in released.RELEASED.values() if e.path == path)
+
+
+def _released_start(origin: Origin) -> SeedVariables:
+  if origin.keep_head:  # upstream IMP continues the objective, with its head
+    return _read_checkpoint(_release_at(origin.path).format)[0](origin)
+  # A downstream task's head is drawn per seed, whatever the file's head would fit.
+  backbone = {k: v for k, v in checkpoints.backbone_state_dict(
+      read_checkpoint(origin.path)).items() if not k.startswith('fc')}
+  return functools.lru_cache(maxsize=None)(
+      lambda seed: checkpoints.load_pytorch(backbone, origin.model, rng=jax.random.key(seed)))
+
+
+def _load_release(pretrained: specs.Pretrained, model: Callable[[], Any]) -> dict[str, str]:
+  entry = _release_at(pretrained.path)
+  digest = workdir_lib.file_sha256(entry.path)
+  if digest != entry.sha256:
+    raise errors.CheckpointError(
+        f'The released θ_p {entry.name!r} ({entry.path}) has SHA-256 {digest}, not the '
+        f'{entry.sha256} lth_jax.released records: the file was changed; reinstall lth_jax.')
+  _read_checkpoint(entry.format)[1](entry.path, model())
+  return {'pretrained.path': digest}
+
+
+register(Source(
+    'released', _released_start, validate=_check_release, load=_load_release,
+    path=lambda c: released.get(c.pretrained.path).path if c.pretrained.path else '',
+    pretrained_on=lambda c: _release(c).dataset))

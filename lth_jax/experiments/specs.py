@@ -59,7 +59,8 @@ class Pretrained:
 
   Attributes:
     source: a source of `lth_jax.experiments.sources`.
-    path: the checkpoint file ('' for a source that reads none).
+    path: the checkpoint file ('' for a source that reads none; a shipped θ_p's file for
+      source 'released').
     dataset: the dataset source 'pretrain' trains θ_p on.
     recipe: the recipe it trains θ_p with.
     datasets: the datasets the source reads.
@@ -199,11 +200,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   # Imported here: both registries build on this module.
   from lth_jax.experiments import modes, sources
 
-  mode = modes.get(config.mode)
+  mode, source = modes.get(config.mode), sources.get(config.pretrained.source)
   pretrained = Pretrained(
-      source=config.pretrained.source, path=config.pretrained.path,
+      source=config.pretrained.source, path=source.path(config),
       dataset=config.pretrain.dataset, recipe=config_lib.recipe(config.pretrain.optim),
-      datasets=tuple(sources.get(config.pretrained.source).datasets(config)))
+      datasets=tuple(source.datasets(config)))
   return Experiment(
       mode=config.mode, seed=config.seed,
       seeds=tuple(range(config.seed, config.seed + config.num_seeds)),

@@ -242,8 +242,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.fail('transfer.imp_workdir', t.imp_workdir, 'no such directory.')
 
 
+def _check_tickets(transfer: Spec) -> None:
+  """Loads every ticket before the claim: a missing or bad one stops the run there."""
+  load_tickets(transfer)
+
+
 modes.register(modes.Mode(
     'transfer', run=run, validate=validate, section=section, spec=spec,
     datasets=lambda c: config_lib.split_names(c.transfer.datasets),
-    load_inputs=lambda experiment: load_tickets(experiment.section),
+    load_inputs=lambda experiment: _check_tickets(experiment.section),
     trained=(transfer_runs_glob(),)))

@@ -156,13 +156,15 @@ def build_model(experiment: specs.Experiment) -> Any:
       num_classes=head.outputs(u.settings, info.num_classes))
 
 
-def make_evaluator(experiment: specs.Experiment, model: Any, mesh: Mesh) -> Evaluator:
+def make_evaluator(experiment: specs.Experiment, model: Any, mesh: Mesh,
+                   metric: objectives.RoundMetric | None = None) -> Evaluator:
   """The per-round metric of the objective (`objectives.RoundMetric`), e.g. kNN top-1.
 
   Args:
     experiment: the experiment.
     model: the upstream model.
     mesh: the device mesh.
+    metric: another metric than the objective's (e.g. `objectives.KNN_TOP1` for any).
 
   Returns:
     evaluator(variables, split) -> {'accuracy', 'loss'}.
@@ -171,7 +173,8 @@ def make_evaluator(experiment: specs.Experiment, model: Any, mesh: Mesh) -> Eval
   task, info = wiring.task_and_data(d, d.dataset)
   source = objectives.EvalData(task, info, batch_size=d.eval_batch_size, data_dir=d.data_dir,
                                normalize=u.normalize, image_size=u.raw_size)
-  return objectives.get(u.objective).evaluator.build(model, source, u.settings, mesh)
+  metric = metric or objectives.get(u.objective).evaluator
+  return metric.build(model, source, u.settings, mesh)
 
 
 def make_finetune(experiment: specs.Experiment, model: Any, evaluator: Evaluator,
@@ -322,8 +325,17 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   return {'records': records, 'theta_p': metric, 'run_dir': run_dir, 'start': start}
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """The checks of mode 'upstream'."""
+def validate_objective(config: ml_collections.ConfigDict) -> None:
+  """The checks of `config.upstream`: the objective and its settings.
+
+  Modes 'upstream' and 'pretrain' make them.
+
+  Args:
+    config: the experiment config.
+
+  Raises:
+    ConfigError: naming the field and the fix.
+  """
   u = config.upstream
   config_lib.check_dataset('data.dataset', config.data.dataset)
   if u.objective not in objectives.OBJECTIVES:
@@ -342,6 +354,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if u.knn_k < 1 or u.knn_temperature <= 0 or u.knn_bank_size < 0:
     config_lib.fail('upstream.knn_k', u.knn_k, 'knn_k must be >= 1, knn_temperature > 0 '
                     'and knn_bank_size >= 0.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The checks of mode 'upstream'."""
+  validate_objective(config)
   if config.imp.rewind != 'start':
     config_lib.fail('imp.rewind', config.imp.rewind,
                     "upstream IMP rewinds to θ_p: use 'start'.")
@@ -349,11 +366,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.fail('imp.random_baseline', config.imp.random_baseline,
                     'upstream IMP runs no random-pruning branch (mode paper compares upstream '
                     'tickets with random masks); set --config.imp.random_baseline=False.')
-  if config.pretrain.dataset in sources.get(config.pretrained.source).datasets(config) and (
-      config.pretrain.dataset != config.data.dataset):
-    config_lib.fail('pretrain.dataset', config.pretrain.dataset,
-                    'upstream IMP pre-trains θ_p on its own task: set it to data.dataset '
-                    f'({config.data.dataset!r}).')
+  source = sources.get(config.pretrained.source)
+  pretrained_on = source.pretrained_on(config)
+  if pretrained_on and pretrained_on != config.data.dataset:
+    # The field to fix: the pre-training's dataset where θ_p is trained here.
+    trained_here = bool(source.trainings(config))
+    config_lib.fail('pretrain.dataset' if trained_here else 'data.dataset',
+                    config.pretrain.dataset if trained_here else config.data.dataset,
+                    "upstream IMP continues θ_p's pre-training on its own task: θ_p is "
+                    f'pre-trained on {pretrained_on!r}, IMP runs on data.dataset '
+                    f'({config.data.dataset!r}); set both to one dataset.')
 
 
 modes.register(modes.Mode(

@@ -8,7 +8,8 @@ Reading is split in three steps; the first two live in `lth_jax.interop.state_di
                        the key encoder
   load_pytorch         torchvision keys -> {'params', 'batch_stats'} checked against a model
 
-`to_pytorch` is the inverse of `load_pytorch`. The key map and the layout transposes
+`to_pytorch` is the inverse of `load_pytorch`; `to_released` writes θ_p as a released
+checkpoint of its objective's kind (torchvision, SimCLR, MoCo v2). The key map and the layout transposes
 live in `lth_jax.interop.torch_names`.
 """
 
@@ -315,3 +316,27 @@ def to_pytorch(variables: Mapping[str, Any], *, backbone_prefix: str = '') -> St
     out[prefix + torch_names.flax_to_torch_key(path)] = np.ascontiguousarray(
         torch_names.to_torch_value(path, np.asarray(value)))
   return out
+
+
+def to_released(variables: Mapping[str, Any], source: str) -> StateDict:
+  """θ_p as a released checkpoint of its kind holds it: `load_pytorch(..., source=source)`
+  reads it back.
+
+  Args:
+    variables: {'params', 'batch_stats'} of a ResNet with its objective's head.
+    source: 'torchvision' (a supervised network: torchvision keys, `fc` included),
+      'simclr' (the backbone only: SimCLR's released files have no projection head) or
+      'moco' (every key behind 'module.encoder_q.': MoCo v2's query encoder with its
+      MLP head).
+
+  Returns:
+    key -> numpy array in PyTorch layout.
+  """
+  state_dict = to_pytorch(variables)
+  if source == 'torchvision':
+    return state_dict
+  if source == 'simclr':
+    return {k: v for k, v in state_dict.items() if not k.startswith('fc')}
+  if source == 'moco':
+    return {QUERY_PREFIXES[0] + k: v for k, v in state_dict.items()}
+  raise ValueError(f"Unknown source {source!r}; choose 'torchvision', 'simclr' or 'moco'.")

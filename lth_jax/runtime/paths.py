@@ -21,7 +21,9 @@ is the model). An IMP run and a set of transfer runs look like:
     WORKDIR/pretrain/variables  θ_p pre-trained in the workdir (its checkpoints: train/)
     WORKDIR/upstream/OBJECTIVE/ paper mode's upstream experiment of one pre-training
     WORKDIR/random_masks/NAME/  paper mode's random baselines (NAME: <method>_<ticket>)
-    WORKDIR/theta_p.json        upstream mode's θ_p metric (the plot's dense line)
+    WORKDIR/theta_p.json        upstream mode's θ_p metric (the plot's dense line); pretrain
+                                mode's record of θ_p (metrics, format, SHA-256)
+    WORKDIR/theta_p.npz         pretrain mode's θ_p as a released checkpoint
     WORKDIR/results[_S].csv/.json  a mode's table (S: a dataset or task), and its plot
     WORKDIR/METRIC_vs_sparsity[_S].png
     WORKDIR/extreme_sparsity.csv/.json, verdict.txt  paper mode's summary
@@ -75,8 +77,9 @@ _UPSTREAM = 'upstream'
 _RANDOM_MASKS = 'random_masks'
 _EXTREME_SPARSITY = 'extreme_sparsity'
 _VERDICT = 'verdict.txt'
-# Upstream mode: θ_p's own metric.
+# Upstream mode: θ_p's own metric; pretrain mode: θ_p's record and released checkpoint.
 _THETA_P_METRIC = 'theta_p.json'
+_RELEASED_CHECKPOINT = 'theta_p.npz'
 # A mode's table of results (csv and json) and its plot.
 _RESULTS = 'results'
 _PLOT = '{}_vs_sparsity{}.png'
@@ -210,8 +213,13 @@ def random_mask(workdir: str, name: str) -> str:
 
 
 def theta_p_metric(workdir: str) -> str:
-  """Upstream mode's record of θ_p's own metric."""
+  """Upstream mode's record of θ_p's own metric (pretrain mode's of θ_p)."""
   return os.path.join(workdir, _THETA_P_METRIC)
+
+
+def released_checkpoint(workdir: str) -> str:
+  """Pretrain mode's θ_p as a released checkpoint."""
+  return os.path.join(workdir, _RELEASED_CHECKPOINT)
 
 
 def results_table(workdir: str, suffix: str = '') -> str:
