@@ -187,6 +187,20 @@ def test_a_downstream_task_draws_its_own_head_per_seed_from_a_released_theta_p()
   np.testing.assert_array_equal(a['conv1']['kernel'], b['conv1']['kernel'])
 
 
+def test_upstream_imp_from_a_released_theta_p_keeps_the_files_head():
+  config = experiments.presets.upstream_imp('moco', 'demo')
+  config.update_from_flattened_dict({'num_devices': 1, 'pretrained.source': 'released',
+                                     'pretrained.path': 'moco',
+                                     'data.dataset': 'animal_mnist_a'})
+  defaults.validate(config)
+  experiment = experiments.specs.build(config)
+  model = upstream.build_model(experiment)
+  start = experiments.wiring.theta_p(experiment, model, 28, '', None, keep_head=True)
+  shipped = checkpoints.load_pytorch(released.get('moco').path, model, source='moco')
+  jax.tree.map(np.testing.assert_array_equal, start(0), shipped)
+  jax.tree.map(np.testing.assert_array_equal, start(1), shipped)  # the same for every seed
+
+
 def _changed_copy(tmp_path, monkeypatch, name: str) -> None:
   """Every shipped file, copied to a folder the registry reads, `name`'s changed."""
   for entry in ENTRIES:

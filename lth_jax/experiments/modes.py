@@ -51,7 +51,6 @@ GROWING_FIELDS: Mapping[str, workdir_lib.Growth] = {
 
 def _no_inputs(experiment: specs.Experiment) -> None:
   del experiment
-  return None
 
 
 def flag(setting: str) -> str:

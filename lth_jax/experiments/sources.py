@@ -9,8 +9,8 @@ the workdir on `config.pretrain.dataset` with `config.pretrain.optim`; every che
 format `lth_jax.interop.checkpoints` reads ('torchvision', 'moco', 'simclr', 'auto') is a
 source reading `config.pretrained.path`; 'released' reads a θ_p lth_jax ships
 (`lth_jax.released`, named by `config.pretrained.path`), after checking its digest.
-Each says what it reads (datasets, trainings,
-files) so that the experiment layer checks and loads it before the workdir is claimed:
+Each says what it reads (datasets, trainings, files) so that the experiment layer checks
+and loads it before the workdir is claimed:
 its checks and lists take the config, its loading the experiment's `specs.Pretrained`.
 A new source is one `register` call (a new checkpoint format: one entry of
 `checkpoints.SOURCES`).
@@ -187,20 +187,6 @@ def _check_path(config: ml_collections.ConfigDict) -> None:
                     'be downloaded at run time).')
 
 
-def _read_checkpoint(name: str) -> tuple[Callable[[Origin], SeedVariables],
-                                          Callable[[str, Any], None]]:
-  """How a checkpoint source of format `name` reads its file: (start, check(path, model))."""
-  def start(origin: Origin) -> SeedVariables:
-    return functools.lru_cache(maxsize=None)(
-        lambda seed: checkpoints.load_pytorch(read_checkpoint(origin.path), origin.model,
-                                              source=name, rng=jax.random.key(seed)))
-
-  def check(path: str, model: Any) -> None:
-    checkpoints.load_pytorch(read_checkpoint(path), model, source=name)
-
-  return start, check
-
-
 def checkpoint_source(name: str) -> Source:
   """The source reading `pretrained.path` in a checkpoint format of `checkpoints.SOURCES`.
 
@@ -211,10 +197,13 @@ def checkpoint_source(name: str) -> Source:
     The source: the pre-trained parts from the file, the parts it lacks (a task's head,
     a CIFAR stem) drawn per seed.
   """
-  start, check = _read_checkpoint(name)
+  def start(origin: Origin) -> SeedVariables:
+    return functools.lru_cache(maxsize=None)(
+        lambda seed: checkpoints.load_pytorch(read_checkpoint(origin.path), origin.model,
+                                              source=name, rng=jax.random.key(seed)))
 
   def load(pretrained: specs.Pretrained, model: Callable[[], Any]) -> dict[str, str]:
-    check(pretrained.path, model())
+    checkpoints.load_pytorch(read_checkpoint(pretrained.path), model(), source=name)
     return {'pretrained.path': workdir_lib.file_sha256(pretrained.path)}
 
   return Source(name, start, validate=_check_path, load=load)
@@ -251,8 +240,8 @@ def _release_at(path: str) -> released.Released:
 
 
 def _released_start(origin: Origin) -> SeedVariables:
-  if origin.keep_head:  # upstream IMP continues the objective, with its head
-    return _read_checkpoint(_release_at(origin.path).format)[0](origin)
+  if origin.keep_head:  # upstream IMP continues the objective: its format's source
+    return get(_release_at(origin.path).format).start(origin)
   # A downstream task's head is drawn per seed, whatever the file's head would fit.
   backbone = {k: v for k, v in checkpoints.backbone_state_dict(
       read_checkpoint(origin.path)).items() if not k.startswith('fc')}
@@ -267,7 +256,7 @@ def _load_release(pretrained: specs.Pretrained, model: Callable[[], Any]) -> dic
     raise errors.CheckpointError(
         f'The released θ_p {entry.name!r} ({entry.path}) has SHA-256 {digest}, not the '
         f'{entry.sha256} lth_jax.released records: the file was changed; reinstall lth_jax.')
-  _read_checkpoint(entry.format)[1](entry.path, model())
+  checkpoints.load_pytorch(read_checkpoint(entry.path), model(), source=entry.format)
   return {'pretrained.path': digest}
 
 
