@@ -26,7 +26,8 @@ from lth_jax.runtime import sharding
 from lth_jax.tasks.classification import cross_entropy
 from lth_jax.training import optim
 from lth_jax.training import steps as train
-from lth_jax.training.evaluators import knn_evaluator
+from lth_jax.training import evaluators
+from lth_jax.training.evaluators import knn_evaluator, linear_probe_evaluator
 from lth_jax.models import create_model, init_variables
 
 IMAGE, BATCH, QUEUE = 12, 16, 40  # 40 is no multiple of 16: batches wrap around the queue
@@ -153,6 +154,56 @@ def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
   assert not np.allclose(loaded['params']['fc_0']['kernel'], query['params']['fc_0']['kernel'])
   np.testing.assert_array_equal(loaded['params']['layer4_1']['conv2']['kernel'],
                                 query['params']['layer4_1']['conv2']['kernel'])
+
+
+def test_the_linear_probe_fit_is_scikit_learns_logistic_regression():
+  from sklearn.linear_model import LogisticRegression
+  rng = np.random.RandomState(0)
+  x = rng.randn(400, 12).astype(np.float32)
+  y = (x @ rng.randn(12, 4) + rng.randn(400, 4)).argmax(1)   # not separable
+  for weight_decay in evaluators.PROBE_WEIGHT_DECAYS:
+    weights, bias = evaluators._fit_probe(x, y, 4, weight_decay, 100)
+    # sklearn minimises C * sum(loss) + |W|^2 / 2 (the bias free), ours mean(loss) + wd |W|^2.
+    reference = LogisticRegression(C=1 / (2 * len(x) * weight_decay), tol=1e-10,
+                                   max_iter=10_000).fit(x, y)
+    np.testing.assert_allclose(np.asarray(weights), reference.coef_.T, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(bias), reference.intercept_, atol=2e-3)
+
+
+def test_the_linear_probe_picks_its_penalty_on_val_and_fits_once_per_variables(monkeypatch):
+  model = create_model('resnet18', num_classes=16, stem='cifar', in_channels=1,
+                       width_multiplier=0.125, head='mlp')
+  variables = jax.device_get(init_variables(model, jax.random.key(7), 8))
+  reads, fits = [], []
+  real_eval_batches, real_fit = data.eval_batches, evaluators._fit_probe
+  read = lambda split: reads.append(split) or real_eval_batches('digits', split, batch_size=64)
+  monkeypatch.setattr(evaluators, '_fit_probe', lambda *a: fits.append(a[3]) or real_fit(*a))
+  evaluate = linear_probe_evaluator(model, read, num_classes=10, mesh=sharding.make_mesh(),
+                                    weight_decays=(1e-4, 1e-1))
+  # As fit calls it: 'val' and 'test' of one epoch with the same replicated variables.
+  placed = sharding.replicate(variables, sharding.make_mesh())
+  got = {split: evaluate(placed, split) for split in ('val', 'test')}
+  assert reads == ['train', 'val', 'test'] and len(fits) == 1   # one (vmapped) fit, traced once
+
+  def features(split):
+    batches = list(data.eval_batches('digits', split, batch_size=64))
+    image, label, mask = (np.concatenate([b[k] for b in batches])
+                          for k in ('image', 'label', 'mask'))
+    f = np.asarray(model.clone(head='none').apply(variables, image), np.float64)[mask > 0]
+    return f / np.linalg.norm(f, axis=1, keepdims=True), label[mask > 0]
+
+  x, y = features('train')
+  mean, std = x.mean(0), x.std(0) + 1e-6
+  fitted = [real_fit(((x - mean) / std).astype(np.float32), y, 10, wd, 100)
+            for wd in (1e-4, 1e-1)]
+  accuracy = {split: [np.mean(np.argmax(((f - mean) / std) @ np.asarray(w) + np.asarray(b), 1)
+                              == label) for w, b in fitted]
+              for split, (f, label) in ((s, features(s)) for s in ('val', 'test'))}
+  best = int(np.argmax(accuracy['val']))
+  assert accuracy['val'][0] != accuracy['val'][1]   # the choice matters here
+  for split in ('val', 'test'):
+    assert got[split]['weight_decay'] == (1e-4, 1e-1)[best]
+    assert got[split]['accuracy'] == pytest.approx(accuracy[split][best], abs=1e-9)
 
 
 def test_knn_evaluator_equals_numpy(monkeypatch):

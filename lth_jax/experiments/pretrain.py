@@ -6,8 +6,10 @@ Pre-trains the model on `config.data.dataset` with the objective of `config.upst
 (its views, temperature, queue) and the recipe `config.pretrain.optim`, as upstream mode's
 source 'pretrain' does (`lth_jax.experiments.upstream.theta_p`), then measures θ_p by the
 weighted kNN top-1 accuracy of its pooled backbone features (the train split as memory
-bank, `upstream.knn_*`) on the val and test splits, whatever its objective (so that the
-three pre-trainings compare), and by the objective's own metric. It writes:
+bank, `upstream.knn_*`) and by a linear probe on them (a softmax classifier fitted to the
+frozen train features, SimCLR's and MoCo's linear evaluation) on the val and test splits,
+whatever its objective (so that the three pre-trainings compare), and by the objective's
+own metric. It writes:
 
     pretrain/variables        θ_p (its checkpoints in pretrain/train/ while it trains)
     theta_p.npz               θ_p as its objective's released checkpoint
@@ -36,7 +38,7 @@ from lth_jax.runtime import workdir as workdir_lib
 
 def measure(experiment: specs.Experiment, model: Any, variables: Any,
             mesh: Mesh) -> dict[str, float]:
-  """θ_p's kNN top-1 accuracy and its objective's own metric on the val and test splits.
+  """θ_p's kNN and linear-probe top-1 and its objective's own metric on val and test.
 
   Args:
     experiment: the experiment (its section an `upstream.Spec`).
@@ -45,10 +47,15 @@ def measure(experiment: specs.Experiment, model: Any, variables: Any,
     mesh: the device mesh.
 
   Returns:
-    {'knn_test', 'knn_val', 'objective_test', 'objective_val'} (fractions).
+    {'knn_val', 'knn_test', 'probe_val', 'probe_test', 'probe_weight_decay' (the probe's
+    L2 penalty, chosen on val), 'objective_val', 'objective_test'} (fractions).
   """
   knn = upstream.make_evaluator(experiment, model, mesh, metric=objectives.KNN_TOP1)
+  probe = upstream.make_evaluator(experiment, model, mesh, metric=objectives.LINEAR_PROBE)
   metrics = {f'knn_{split}': knn(variables, split)['accuracy'] for split in ('val', 'test')}
+  probed = {split: probe(variables, split) for split in ('val', 'test')}
+  metrics.update({f'probe_{split}': probed[split]['accuracy'] for split in probed},
+                 probe_weight_decay=probed['val']['weight_decay'])
   if objectives.get(experiment.section.objective).evaluator is objectives.KNN_TOP1:
     own = lambda split: metrics[f'knn_{split}']  # the same measurement: made once
   else:
@@ -79,7 +86,8 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
          f', {spec.evaluator.label} test {100 * metrics["objective_test"]:.2f}%')
   console.say(
       f'θ_p ({u.objective} on {dataset}): kNN top-1 test {100 * metrics["knn_test"]:.2f}% '
-      f'(val {100 * metrics["knn_val"]:.2f}%){own}.\nReleased checkpoint '
+      f'(val {100 * metrics["knn_val"]:.2f}%), linear-probe top-1 test '
+      f'{100 * metrics["probe_test"]:.2f}% (val {100 * metrics["probe_val"]:.2f}%){own}.\nReleased checkpoint '
       f'({spec.checkpoint_source} format, SHA-256 {record["sha256"]}): {path}\n  '
       f'--config.pretrained.source={spec.checkpoint_source} --config.pretrained.path={path}')
   return record

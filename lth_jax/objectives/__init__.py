@@ -4,8 +4,8 @@
     loss = spec.build(objectives.Settings(temperature=0.2, views=views.MOCO_V2))
 
 Modules: `spec` (`ObjectiveSpec`: head, views, per-round metric, checkpoint source, loss
-builder; the heads `LINEAR`, `PROJECTION` and the metrics `HEAD_TOP1`, `KNN_TOP1`),
-`contrastive` (NT-Xent, InfoNCE, MoCo's queue and momentum encoder, the
+builder; the heads `LINEAR`, `PROJECTION` and the metrics `HEAD_TOP1`, `KNN_TOP1`,
+`LINEAR_PROBE`), `contrastive` (NT-Xent, InfoNCE, MoCo's queue and momentum encoder, the
 stateful `SimCLR` and `MoCo` objectives), `views` (SimCLR / MoCo v2 views drawn on the
 accelerator). A new objective is one module and one `register` call. May import
 `lth_jax.masks`, `lth_jax.training` and `lth_jax.tasks` (supervised pre-training is
@@ -15,8 +15,8 @@ classification).
 from __future__ import annotations
 
 from lth_jax.objectives.contrastive import MoCo, SimCLR
-from lth_jax.objectives.spec import (HEAD_TOP1, KNN_TOP1, LINEAR, PROJECTION, EvalData, Head,
-                                     ObjectiveSpec, RoundMetric, Settings)
+from lth_jax.objectives.spec import (HEAD_TOP1, KNN_TOP1, LINEAR, LINEAR_PROBE, PROJECTION,
+                                     EvalData, Head, ObjectiveSpec, RoundMetric, Settings)
 from lth_jax.registry import Registry
 from lth_jax.tasks.classification import cross_entropy
 
@@ -41,5 +41,6 @@ register(ObjectiveSpec(
                          queue_size=s.queue_size, views=s.views, mean=s.mean, std=s.std),
     queue=True))
 
-__all__ = ['HEAD_TOP1', 'KNN_TOP1', 'LINEAR', 'OBJECTIVES', 'PROJECTION', 'EvalData', 'Head',
-           'MoCo', 'ObjectiveSpec', 'RoundMetric', 'Settings', 'SimCLR', 'get', 'register']
+__all__ = ['HEAD_TOP1', 'KNN_TOP1', 'LINEAR', 'LINEAR_PROBE', 'OBJECTIVES', 'PROJECTION',
+           'EvalData', 'Head', 'MoCo', 'ObjectiveSpec', 'RoundMetric', 'Settings', 'SimCLR', 'get',
+           'register']

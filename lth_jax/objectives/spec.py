@@ -20,7 +20,7 @@ from lth_jax.data import DatasetInfo
 from lth_jax.objectives import views as view_lib
 from lth_jax.tasks import Task
 from lth_jax.training import Evaluator
-from lth_jax.training.evaluators import knn_evaluator
+from lth_jax.training.evaluators import knn_evaluator, linear_probe_evaluator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,13 +108,22 @@ def _head_accuracy(model: Any, source: EvalData, settings: Settings, mesh: Mesh)
                                data_dir=source.data_dir, mesh=mesh)
 
 
-def _knn_accuracy(model: Any, source: EvalData, settings: Settings, mesh: Mesh) -> Evaluator:
-  read = lambda split: data.eval_batches(
+def _read(source: EvalData) -> Callable[[str], Any]:
+  return lambda split: data.eval_batches(
       source.dataset, split, batch_size=source.batch_size, data_dir=source.data_dir,
       normalize=source.normalize, image_size=source.image_size)
-  return knn_evaluator(model, read, num_classes=source.dataset.num_classes, mesh=mesh,
+
+
+def _knn_accuracy(model: Any, source: EvalData, settings: Settings, mesh: Mesh) -> Evaluator:
+  return knn_evaluator(model, _read(source), num_classes=source.dataset.num_classes, mesh=mesh,
                        k=settings.knn_k, temperature=settings.knn_temperature,
                        bank_size=settings.knn_bank_size)
+
+
+def _probe_accuracy(model: Any, source: EvalData, settings: Settings, mesh: Mesh) -> Evaluator:
+  del settings
+  return linear_probe_evaluator(model, _read(source), num_classes=source.dataset.num_classes,
+                                mesh=mesh)
 
 
 # Top-1 of the model's own classifier head on the labels.
@@ -122,6 +131,9 @@ HEAD_TOP1 = RoundMetric('top-1', _head_accuracy)
 # Weighted kNN top-1 of the backbone's pooled features (MoCo's kNN monitor), the train
 # split as memory bank.
 KNN_TOP1 = RoundMetric('kNN top-1', _knn_accuracy)
+# Top-1 of a softmax classifier fitted to the frozen pooled features of the train split
+# (the linear evaluation of SimCLR and MoCo), its L2 penalty chosen on val.
+LINEAR_PROBE = RoundMetric('linear-probe top-1', _probe_accuracy)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,7 @@
 Each file is the `theta_p.npz` that `python -m lth_jax.main
 --config=configs/pretrain_offline.py:<objective>` (mode 'pretrain') writes, and its
 record here is that run's `theta_p.json`: the SHA-256 of the file, and θ_p's weighted
-kNN top-1 accuracy on `animal_mnist_a`'s test split. Source 'released' of
+kNN and linear-probe top-1 accuracies on `animal_mnist_a`'s test split. Source 'released' of
 `lth_jax.experiments.sources` reads them as a user reads a released checkpoint, after
 checking the file's digest. A new one is a file in this folder and one `register` call.
 """
@@ -35,6 +35,7 @@ class Released:
     arch, stem, width_multiplier: the model it is for (`config.model`).
     epochs: epochs of its pre-training.
     knn_test: its weighted kNN top-1 accuracy on the dataset's test split.
+    probe_test: its linear-probe top-1 accuracy there (`objectives.LINEAR_PROBE`).
     sha256: the file's digest.
     file: the file's name in this folder.
   """
@@ -46,6 +47,7 @@ class Released:
   width_multiplier: float
   epochs: int
   knn_test: float
+  probe_test: float
   sha256: str
   file: str
 
@@ -78,16 +80,17 @@ def register(entry: Released) -> Released:
 get = RELEASED.get
 
 
-def _animal_mnist_a(objective: str, epochs: int, knn_test: float, sha256: str) -> Released:
+def _animal_mnist_a(objective: str, epochs: int, knn_test: float, probe_test: float,
+                    sha256: str) -> Released:
   """A θ_p of configs/pretrain_offline.py: ResNet-18, width 1/4, CIFAR stem."""
   return register(Released(
       objective, objective, 'animal_mnist_a', 'resnet18', 'cifar', 0.25, epochs, knn_test,
-      sha256, f'{objective}_animal_mnist_a.npz'))
+      probe_test, sha256, f'{objective}_animal_mnist_a.npz'))
 
 
-_animal_mnist_a('supervised', 15, 0.9725,
+_animal_mnist_a('supervised', 15, 0.9725, 0.9799,
                 'ddca7e7c874a7eca29e38529bc13ce66d8644670ad7ee5a0df84408caf440d9e')
-_animal_mnist_a('simclr', 40, 0.7947,
+_animal_mnist_a('simclr', 40, 0.7947, 0.8868,
                 'ba93c92402c5055a21846c12d9b3e4811d418e46987d9cdef9bf84e2d6363762')
-_animal_mnist_a('moco', 40, 0.8307,
+_animal_mnist_a('moco', 40, 0.8307, 0.9164,
                 'c46cbddfe69d662bea65dd2759da529e261d3dbb1d8745753a089d26a5bd0c8c')
