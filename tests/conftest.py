@@ -62,12 +62,6 @@ def trim_cache(folder: pathlib.Path, limit: int = CACHE_LIMIT_BYTES) -> None:
     total -= size
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-  # The slow tests first, in their order: on xdist's workers the long end-to-end runs then
-  # overlap the many short tests instead of leaving one worker idle at the end.
-  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
-
-
 def pytest_sessionfinish(session) -> None:
   # Once per run: in pytest itself, or xdist's controller (not in each worker).
   if not hasattr(session.config, 'workerinput') and (

@@ -82,12 +82,15 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   if record is None:
     record = _pretrain_and_write(experiment, workdir, mesh)
   path, metrics = paths.released_checkpoint(workdir), record['metrics']
+  # A workdir finished before the probe existed has no probe metrics: it is read as is.
+  probe = ('' if 'probe_test' not in metrics else
+           f', linear-probe top-1 test {100 * metrics["probe_test"]:.2f}% '
+           f'(val {100 * metrics["probe_val"]:.2f}%)')
   own = ('' if spec.evaluator is objectives.KNN_TOP1 else
          f', {spec.evaluator.label} test {100 * metrics["objective_test"]:.2f}%')
   console.say(
       f'θ_p ({u.objective} on {dataset}): kNN top-1 test {100 * metrics["knn_test"]:.2f}% '
-      f'(val {100 * metrics["knn_val"]:.2f}%), linear-probe top-1 test '
-      f'{100 * metrics["probe_test"]:.2f}% (val {100 * metrics["probe_val"]:.2f}%){own}.\nReleased checkpoint '
+      f'(val {100 * metrics["knn_val"]:.2f}%){probe}{own}.\nReleased checkpoint '
       f'({spec.checkpoint_source} format, SHA-256 {record["sha256"]}): {path}\n  '
       f'--config.pretrained.source={spec.checkpoint_source} --config.pretrained.path={path}')
   return record
