@@ -156,6 +156,15 @@ def test_checkpoints_load_with_the_heads_the_objective_needs(tmp_path):
                                 query['params']['layer4_1']['conv2']['kernel'])
 
 
+def _numpy_features(model, variables, split):
+  """The digits split's L2-normalised pooled features (float64) and labels, in numpy."""
+  batches = list(data.eval_batches('digits', split, batch_size=64))
+  image, label, mask = (np.concatenate([b[k] for b in batches])
+                        for k in ('image', 'label', 'mask'))
+  f = np.asarray(model.clone(head='none').apply(variables, image), np.float64)[mask > 0]
+  return f / np.linalg.norm(f, axis=1, keepdims=True), label[mask > 0]
+
+
 def test_the_linear_probe_fit_is_scikit_learns_logistic_regression():
   from sklearn.linear_model import LogisticRegression
   rng = np.random.RandomState(0)
@@ -185,20 +194,14 @@ def test_the_linear_probe_picks_its_penalty_on_val_and_fits_once_per_variables(m
   got = {split: evaluate(placed, split) for split in ('val', 'test')}
   assert reads == ['train', 'val', 'test'] and len(fits) == 1   # one (vmapped) fit, traced once
 
-  def features(split):
-    batches = list(data.eval_batches('digits', split, batch_size=64))
-    image, label, mask = (np.concatenate([b[k] for b in batches])
-                          for k in ('image', 'label', 'mask'))
-    f = np.asarray(model.clone(head='none').apply(variables, image), np.float64)[mask > 0]
-    return f / np.linalg.norm(f, axis=1, keepdims=True), label[mask > 0]
-
-  x, y = features('train')
+  x, y = _numpy_features(model, variables, 'train')
   mean, std = x.mean(0), x.std(0) + 1e-6
   fitted = [real_fit(((x - mean) / std).astype(np.float32), y, 10, wd, 100)
             for wd in (1e-4, 1e-1)]
   accuracy = {split: [np.mean(np.argmax(((f - mean) / std) @ np.asarray(w) + np.asarray(b), 1)
                               == label) for w, b in fitted]
-              for split, (f, label) in ((s, features(s)) for s in ('val', 'test'))}
+              for split, (f, label) in ((s, _numpy_features(model, variables, s))
+                                        for s in ('val', 'test'))}
   best = int(np.argmax(accuracy['val']))
   assert accuracy['val'][0] != accuracy['val'][1]   # the choice matters here
   for split in ('val', 'test'):
@@ -230,15 +233,8 @@ def test_knn_evaluator_equals_numpy(monkeypatch):
   evaluate(sharding.replicate(jax.tree.map(lambda x: x * 1.5, variables), mesh), 'val')
   assert reads == ['train', 'val', 'test', 'train', 'val']
 
-  def features(split):
-    batches = list(data.eval_batches('digits', split, batch_size=64))
-    image, label, mask = (np.concatenate([b[k] for b in batches])
-                          for k in ('image', 'label', 'mask'))
-    f = np.asarray(model.clone(head='none').apply(variables, image), np.float64)[mask > 0]
-    return f / np.linalg.norm(f, axis=1, keepdims=True), label[mask > 0]
-
-  bank, bank_labels = (x[:300] for x in features('train'))
-  query, labels = features('test')
+  bank, bank_labels = (x[:300] for x in _numpy_features(model, variables, 'train'))
+  query, labels = _numpy_features(model, variables, 'test')
   similarity = query @ bank.T
   nearest = np.argsort(-similarity, axis=1)[:, :5]
   votes = np.zeros((len(query), 10))
