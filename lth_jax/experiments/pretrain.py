@@ -50,6 +50,9 @@ def measure(experiment: specs.Experiment, model: Any, variables: Any,
     {'knn_val', 'knn_test', 'probe_val', 'probe_test', 'probe_weight_decay' (the probe's
     L2 penalty, chosen on val), 'objective_val', 'objective_test'} (fractions).
   """
+  # Placed once: the kNN bank and the probe's fit are kept for the same device arrays,
+  # so val and test share them (numpy variables would be placed anew on every call).
+  variables = sharding.replicate(dict(variables), mesh)
   knn = upstream.make_evaluator(experiment, model, mesh, metric=objectives.KNN_TOP1)
   probe = upstream.make_evaluator(experiment, model, mesh, metric=objectives.LINEAR_PROBE)
   metrics = {f'knn_{split}': knn(variables, split)['accuracy'] for split in ('val', 'test')}
