@@ -11,7 +11,7 @@ Needs only jax (with CUDA on a GPU), flax, optax, orbax-checkpoint, numpy and to
 tensorflow-datasets, clu or ml_collections, and no network: the data are synthetic or
 the offline sets shipped in lth_jax/data/offline. JAX runs on its default backend's
 first device, torch on 'cuda' when it has one, else on the CPU. `--smoke` runs the same
-code at tiny sizes (ResNet-18 of width 1/8, batches 8 and 16, a 20-step fine-tune) to
+code at tiny sizes (ResNet-18 of width 1/8, batch 8, a 20-step fine-tune) to
 check the machinery, on whatever backend there is. Progress and the elapsed time go to
 stdout as it runs; the tables at the end are markdown (paste them into the README), and
 `--json` gets every number, the devices, the versions and each part's elapsed time.
@@ -146,7 +146,7 @@ FULL = Sizes(arch='resnet50', width=1.0, batches=(128, 512), warmup_steps=3, chu
              finetune_arch='resnet18', finetune_width=0.5, finetune_batch=128,
              finetune_epochs=8, finetune_train_images=0, finetune_test_images=0,
              loss_every=53)  # an epoch of Animal-MNIST's 6,807 at batch 128
-SMOKE = Sizes(arch='resnet18', width=0.125, batches=(8, 16), warmup_steps=2, chunks=2,
+SMOKE = Sizes(arch='resnet18', width=0.125, batches=(8,), warmup_steps=2, chunks=2,
               chunk_steps=2, pipeline_images=2_048, pipeline_epochs=1, prune_repeats=2,
               finetune_arch='resnet18', finetune_width=0.125, finetune_batch=16,
               finetune_epochs=1, finetune_train_images=320, finetune_test_images=256,

@@ -18,6 +18,7 @@ backbone's parameters at the root of their tree, named exactly as here (see
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -311,5 +312,12 @@ def init_variables(model: ResNet, rng: jax.Array, image_size: int) -> dict[str, 
   Returns:
     The variables as plain nested dicts.
   """
-  dummy = jnp.zeros((1, image_size, image_size, model.in_channels), jnp.float32)
-  return dict(jax.jit(lambda r: model.init(r, dummy, train=False))(rng))
+  return dict(_init(model, rng, (1, image_size, image_size, model.in_channels)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(model: ResNet, rng: jax.Array, shape: tuple[int, ...]) -> Any:
+  # One program per (model, input shape), compiled on the first call and reused by every
+  # later one: a study initialises the same model many times (θ_p, scratch, each
+  # pre-training), and the compile, not the init, is what takes seconds.
+  return model.init(rng, jnp.zeros(shape, jnp.float32), train=False)
