@@ -310,14 +310,14 @@ def test_nms_hand_cases():
     nms(boxes, scores[:3], classes)
 
 
-def test_nms_matches_reference_loop_on_random_boxes():
+@pytest.mark.parametrize('n, num_classes', [(300, 4), (700, 2)])  # 2: blocks of 128 and more
+def test_nms_matches_reference_loop_on_random_boxes(n, num_classes):
   rng = np.random.default_rng(1)
   for trial in range(5):
-    n = 300
     boxes = _random_boxes(rng, n, image=100, min_size=5)
     scores = rng.uniform(0, 1, n)
     scores[:20] = rng.uniform(0, 0.01, 20)
-    classes = rng.integers(0, 4, n)
+    classes = rng.integers(0, num_classes, n)
     keep = nms(boxes, scores, classes)
     rows = np.concatenate([boxes, scores[:, None], classes[:, None]], axis=1)
     expected = _ref_nms(rows[scores > 0.005], 0.005, 0.45)

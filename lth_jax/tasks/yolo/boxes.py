@@ -134,6 +134,10 @@ def ciou(boxes1: Any, boxes2: Any) -> Any:
   return ious - (distance / diagonal + alpha * v)
 
 
+# Boxes whose GIoUs with the later boxes of their class `nms` computes at once.
+_NMS_BLOCK = 128
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, *,
         iou_threshold: float = NMS_IOU_THRESHOLD, score_threshold: float = SCORE_THRESHOLD,
         max_det: int | None = None) -> np.ndarray:
@@ -168,12 +172,18 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, *,
   for cls in np.unique(classes[candidates]):
     order = candidates[classes[candidates] == cls]
     order = order[np.argsort(-scores[order], kind='stable')]
-    while order.size:
-      best, order = order[0], order[1:]
-      kept.append(best)
+    ranked, alive = boxes[order], np.ones(len(order), bool)
+    # The GIoUs of a block of surviving boxes with every later box at once (the same
+    # float64 arithmetic as one box at a time, in bounded memory); the greedy pass
+    # then only reads rows of it.
+    for start in range(0, len(order), _NMS_BLOCK):
+      rows = start + np.flatnonzero(alive[start:start + _NMS_BLOCK])
       with np.errstate(invalid='ignore', divide='ignore'):
-        overlap = giou(boxes[best][None], boxes[order])
-      order = order[~(overlap > iou_threshold)]
+        spared = ~(giou(ranked[rows][:, None], ranked[None, start:]) > iou_threshold)
+      for row, i in zip(spared, rows.tolist()):
+        if alive[i]:
+          kept.append(order[i])
+          alive[i + 1:] &= row[i + 1 - start:]
   kept = np.asarray(kept, np.int64)
   if max_det is not None and len(kept) > max_det:
     best = np.sort(np.argsort(-scores[kept], kind='stable')[:max_det])
