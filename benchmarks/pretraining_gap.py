@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
-
 import config_overrides  # benchmarks/config_overrides.py, beside this script
 
 # Task -> (dataset, headline metric, the config whose recipe it trains with, that recipe's
@@ -75,6 +73,7 @@ def main() -> None:
   overrides = dict(config_overrides.parse(args.set))
 
   from lth_jax import experiments
+  from lth_jax.lottery import results
 
   values, key = {}, f'test_{TASKS[args.task][1]}'
   for start in args.starts.split(','):
@@ -89,14 +88,13 @@ def main() -> None:
   print('| start | mean ± std | gain over scratch | 2 x larger std | pre-training matters |')
   print('|---|---|---|---|---|')
   for start, v in values.items():
-    mean, std = np.mean(v), np.std(v, ddof=1) if len(v) > 1 else 0.0
+    mean, std = results.mean_std(v)
     if scratch is None or start == 'scratch':
       print(f'| {start} | {mean:.2f} ± {std:.2f} | | | |')
       continue
-    gain = mean - np.mean(scratch)
-    bar = 2 * max(std, np.std(scratch, ddof=1) if len(scratch) > 1 else 0.0)
+    gain, bar, matters = results.pretraining_gain(v, scratch)
     print(f'| {start} | {mean:.2f} ± {std:.2f} | {gain:+.2f} | {bar:.2f} | '
-          f'{"yes" if gain > bar else "no"} |')
+          f'{ {True: "yes", False: "no", None: "unknown (one seed)"}[matters]} |')
 
 
 if __name__ == '__main__':

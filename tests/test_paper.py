@@ -224,6 +224,19 @@ def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
   assert judged[0]['can_test_claim'] is True
 
 
+def test_the_gain_over_scratch_must_clear_twice_the_larger_seed_std():
+  # Issue 22's bar: a gain of 0.10 over scratch with a dense std of 0.0707 clears one std
+  # but not two, so the task cannot test the claim; the bar is in the row.
+  metric = Metric('accuracy', 'accuracy', 'accuracy')
+  rows = [{'method': 'supervised', 'ticket': 'dense', 'sparsity': 0.0, 'test_accuracy': 0.75}]
+  for scratch, can_test in (([0.65, 0.65], False), ([0.60, 0.60], True)):
+    [row] = paper_transfer.judged('digits', 'supervised', ['supervised'], rows, [0.8, 0.7],
+                                  scratch, metric, num_seeds=2)
+    assert row['pretraining_bar'] == pytest.approx(2 * np.std([0.8, 0.7], ddof=1))
+    assert row['pretraining_gain'] == pytest.approx(0.75 - scratch[0])
+    assert row['can_test_claim'] is can_test, scratch
+
+
 # ------------------------------------------------------------- random baselines, presets
 
 

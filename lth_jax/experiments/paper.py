@@ -12,9 +12,9 @@
    seeds (`lth_jax.experiments.paper_transfer`, recipe `config.optim`); a ticket is matching when
    its mean metric reaches the dense mean minus one std of the same pre-training.
 3. The same networks trained from scratch (a random init per seed, 'scratch'): a task
-   where θ_p does not beat scratch by more than the dense std cannot show whether
-   tickets keep what pre-training gives, and the table says so ('pretraining_gain',
-   'can_test_claim').
+   where θ_p does not beat scratch by more than twice the larger of the two seed stds
+   cannot show whether tickets keep what pre-training gives, and the table says so
+   ('pretraining_gain', 'pretraining_bar', 'can_test_claim').
 4. Two random baselines on the first pre-training's θ_p, at the sparsities of its
    tickets: random global pruning at the ticket's total sparsity (the paper's "random
    pruning", method 'random_global'), and random masks with the ticket's layer profile
@@ -188,7 +188,7 @@ def verdict(task: str, metric: Metric, extreme: list[dict[str, Any]]) -> str:
   weak = [r['pretraining'] for r in upstream if r['can_test_claim'] is False]
   if weak:
     parts.append(f'θ_p of {", ".join(weak)} does not beat training from scratch by more than '
-                 'the dense std, so its tickets cannot show the claim here')
+                 'twice the larger seed std, so its tickets cannot show the claim here')
   return f'{task} ({metric.label}): ' + '; '.join(parts) + '.'
 
 

@@ -112,14 +112,14 @@ def judged(task_name: str, objective: str, methods: list[str], rows: list[dict[s
   Returns:
     One row per method: its extreme matching sparsity and what judges it.
   """
-  gain = results.mean_std(dense)[0] - results.mean_std(scratch)[0]
+  gain, bar, can_test = results.pretraining_gain(dense, scratch)
   # With one seed there is no spread to compare the gain with: unknown.
-  noise = max(results.mean_std(dense)[1], results.mean_std(scratch)[1])
-  can_test = gain > noise if num_seeds > 1 else None
+  can_test = can_test if num_seeds > 1 else None
   if can_test is False:
     console.say(f'  θ_p ({objective}) beats training from scratch on {task_name} by '
-                f'{100 * gain:+.2f} points, not more than the dense std: this task cannot '
-                'show whether its tickets keep what pre-training gives.')
+                f'{100 * gain:+.2f} points, not more than {100 * bar:.2f} (twice the larger '
+                'std): this task cannot show whether its tickets keep what pre-training '
+                'gives.')
   extreme = []
   for method in methods:
     curve = [r for r in rows if r['method'] == method]
@@ -129,7 +129,7 @@ def judged(task_name: str, objective: str, methods: list[str], rows: list[dict[s
                     'metric': metric.key, 'dense': results.mean_std(dense)[0],
                     'dense_std': results.std_over_runs(dense),
                     'scratch': results.mean_std(scratch)[0], 'pretraining_gain': gain,
-                    'can_test_claim': can_test, 'extreme_sparsity': value,
+                    'pretraining_bar': bar, 'can_test_claim': can_test, 'extreme_sparsity': value,
                     **{f'extreme_{k}': v for k, v in at.items()
                        if k.startswith('sparsity_layer')}})
   return extreme

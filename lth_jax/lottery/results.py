@@ -105,6 +105,28 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
+# How many times the larger seed std a pre-training's gain over training from scratch
+# must exceed before a task can show whether tickets keep that gain.
+CLAIM_BAR_STDS = 2
+
+
+def pretraining_gain(dense: Sequence[float],
+                     scratch: Sequence[float]) -> tuple[float, float, bool | None]:
+  """Does pre-training matter on a task? The gain of θ_p's dense runs over scratch.
+
+  Args:
+    dense: the metric of the dense runs from θ_p, one per seed.
+    scratch: the metric of the dense runs from a random init, one per seed.
+
+  Returns:
+    (gain of the means, bar = CLAIM_BAR_STDS x the larger of the two stds, gain > bar);
+    the last is None when either side has one run (no spread to judge the gain by).
+  """
+  (dense_mean, dense_std), (scratch_mean, scratch_std) = mean_std(dense), mean_std(scratch)
+  gain, bar = dense_mean - scratch_mean, CLAIM_BAR_STDS * max(dense_std, scratch_std)
+  return gain, bar, (gain > bar if min(len(dense), len(scratch)) > 1 else None)
+
+
 def summarize(runs: Sequence[Mapping[str, Any]], metric: str) -> dict[str, float]:
   """Mean and std over seeds of a set of runs' test and validation values.
 
