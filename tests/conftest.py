@@ -77,7 +77,7 @@ class FakeFinetunes:
   A fine-tune returns its start variables, and as its headline metric `value(seed,
   sparsity)`, by default 0.5 + 0.01 * seed - 0.1 * the mask's sparsity (seeds differ,
   pruning costs); `extra(value)` adds the task's other test metrics. Every call is
-  recorded: its dataset, checkpoint folder and seed.
+  recorded: its dataset, checkpoint folder, seed, epochs and batch size.
   """
 
   def __init__(self):
@@ -90,13 +90,15 @@ class FakeFinetunes:
                **kwargs):
     from lth_jax import masks as masks_lib, training
 
-    del experiment, model, mesh, kwargs
+    del model, mesh, kwargs
     key = metric or task.headline(dataset).key
 
     def finetune(variables, masks, *, seed, checkpoint_dir, rewind_step=None,
                  continue_from=None, mesh=None):
       del continue_from, mesh
-      self.calls.append({'dataset': dataset.name, 'dir': checkpoint_dir, 'seed': seed})
+      self.calls.append({'dataset': dataset.name, 'dir': checkpoint_dir, 'seed': seed,
+                         'num_epochs': experiment.recipe.num_epochs,
+                         'batch_size': experiment.data.batch_size})
       sparsity = 0.0 if masks is None else masks_lib.sparsity(masks)  # None: pre-training
       value = self.value(seed, sparsity)
       variables = jax.device_get(dict(variables))

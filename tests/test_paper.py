@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import jax
@@ -22,6 +23,7 @@ from lth_jax.metrics.headline import Metric
 def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
   """What the study runs and writes (its real run is the test below)."""
   config = defaults.load_config('paper_offline:tiny')
+  config.paper.task_recipes.digits = {'optim': {'num_epochs': 2}, 'data': {'batch_size': 32}}
   out = experiments.run(config, str(tmp_path))
   rows = out['rows']
   by_key = {(r['method'], r['ticket']): r for r in rows}
@@ -78,6 +80,9 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
   # The experiment ETA counts every transfer fine-tune: one each.
   trained = [c for c in fake_finetunes.calls
              if os.path.relpath(c['dir'], tmp_path).startswith('transfer' + os.sep)]
+  # Each trains with the task's recipe; the upstream runs with theirs.
+  assert {(c['num_epochs'], c['batch_size']) for c in trained} == {(2, 32)}
+  assert all(c['batch_size'] != 32 for c in fake_finetunes.calls if c not in trained)
   assert len(trained) == len(rows) == paper._transfer_units(
       {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0, 'round_01': 0}},
       dict.fromkeys(range(4)), task_imp_rounds=0)
@@ -222,6 +227,50 @@ def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
   judged = paper_transfer.judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8],
                                  [0.5, 0.5], metric, num_seeds=2)
   assert judged[0]['can_test_claim'] is True
+
+
+@pytest.mark.parametrize('task, recipe, message', [
+    ('mnist5k', {'optim': {'num_epochs': 2}},
+     r"paper\.task_recipes\.mnist5k=.*not a task of paper\.tasks \('digits'\)"),
+    ('digits', {'model': {'width_multiplier': 0.5}},
+     r"paper\.task_recipes\.digits\.model\.width_multiplier=0\.5: a task's recipe sets how"),
+    ('digits', {'data': {'dataset': 'mnist5k'}}, r'task_recipes\.digits\.data\.dataset='),
+    ('digits', {'optim': {'lr': 0.1}}, r'task_recipes\.digits\.optim\.lr='),
+    ('digits', {'optim': {'warmup_epochs': 3}},
+     r"The recipe of 'digits' \(paper\.task_recipes\.digits over this config\) fails: "
+     r'config\.optim: .*warm'),
+    ('digits', {'data': {'batch_size': 5000}},
+     r"The recipe of 'digits' .*config\.data\.batch_size=5000: must be in \[1, 1266\]"),
+])
+def test_a_bad_task_recipe_is_refused_naming_its_field(task, recipe, message):
+  config = defaults.load_config('paper_offline:tiny')
+  config.paper.task_recipes[task] = recipe
+  with pytest.raises(errors.ConfigError, match=message):
+    defaults.validate(config)
+
+
+def test_a_task_recipe_is_its_tasks_training_and_a_record_reads_it_back():
+  config = defaults.load_config('paper_offline:tiny')
+  config.paper.task_recipes.digits = {'optim': {'num_epochs': 4, 'learning_rate': 0.2},
+                                      'data': {'batch_size': 32}}
+  defaults.validate(config)
+  experiment = experiments.specs.build(config)
+  trained = paper_transfer.for_task(experiment, 'digits')
+  assert (trained.recipe.num_epochs, trained.recipe.learning_rate,
+          trained.data.batch_size) == (4, 0.2, 32)
+  assert (experiment.recipe.num_epochs, experiment.data.batch_size) == (1, 64)  # the rest
+  assert trained.model == experiment.model and trained.imp == experiment.imp
+  recorded = json.loads(json.dumps(config.to_dict()))  # as experiment.json holds it
+  assert defaults.from_record(recorded).to_dict() == config.to_dict()
+
+
+def test_a_task_batch_that_does_not_divide_over_the_devices_stops_before_the_claim(tmp_path):
+  config = defaults.load_config('paper_offline:tiny')
+  config.paper.task_recipes.digits = {'data': {'batch_size': 12}}  # 8 devices here
+  with pytest.raises(errors.ConfigError, match=r"Training on 'digits' fails: config\.data\."
+                     r'batch_size=12 must be a multiple of the 8 devices'):
+    experiments.run(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
 
 
 def test_the_gain_over_scratch_must_clear_twice_the_larger_seed_std():

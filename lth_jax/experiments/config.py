@@ -389,7 +389,12 @@ def from_record(recorded: dict) -> ml_collections.ConfigDict:
   """
   config = base_config()
   recorded = {k: v for k, v in recorded.items() if k != workdir_lib.ENVIRONMENT}
-  flat = traverse_util.flatten_dict(recorded, sep='.')
+  # A section with no fields of its own (paper.task_recipes: task -> recipe) is a
+  # mapping whose keys the record names: it is set whole, not field by field.
+  mappings = {'.'.join(path) for path, value in traverse_util.flatten_dict(
+      config.to_dict(), keep_empty_nodes=True).items() if value == traverse_util.empty_node}
+  flat = traverse_util.flatten_dict(recorded, sep='.',
+                                    is_leaf=lambda path, _: '.'.join(path) in mappings)
   config.update_from_flattened_dict(
       {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()})
   return config

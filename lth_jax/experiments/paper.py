@@ -9,7 +9,8 @@
    with this config's model, rounds and epochs).
 2. Every `config.paper.transfer_every`-th ticket of each pre-training, and its dense
    θ_p, is fine-tuned on each task of `config.paper.tasks` with `config.num_seeds`
-   seeds (`lth_jax.experiments.paper_transfer`, recipe `config.optim`); a ticket is matching when
+   seeds (`lth_jax.experiments.paper_transfer`, recipe `config.optim`, or what
+   `config.paper.task_recipes.<task>` sets for that task); a ticket is matching when
    its mean metric reaches the dense mean minus one std of the same pre-training.
 3. The same networks trained from scratch (a random init per seed, 'scratch'): a task
    where θ_p does not beat scratch by more than twice the larger of the two seed stds
@@ -58,7 +59,7 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from lth_jax import masks as masks_lib, pruning
+from lth_jax import errors, masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import modes, paper_transfer, paper_upstream, specs, wiring
 from lth_jax.lottery import DENSE, results
@@ -79,6 +80,10 @@ def section() -> ml_collections.ConfigDict:
   c.transfer_every = 2         # transfer every N-th upstream ticket
   c.task_imp_rounds = 0        # > 0: also IMP on each task (rounds, the dense one included)
   c.random_baselines = 'random_global,random_layerwise'  # of RANDOM_BASELINES
+  # task -> how it trains, over this config's: optim.<field>, data.batch_size,
+  # data.eval_batch_size, model.<a task option> (e.g. {'optim': {'num_epochs': 40},
+  # 'model': {'neck_width': 1 / 16}}); a task without one trains with config.optim.
+  c.task_recipes = ml_collections.ConfigDict()
   return c
 
 
@@ -90,12 +95,14 @@ class Spec:
     upstream: pretraining -> its upstream experiment (`paper_upstream.experiments`),
       in the order of `paper.pretrainings`.
     tasks: the transfer tasks' datasets.
+    training: task -> how it trains (`paper_transfer.task_training`).
     transfer_every: every N-th upstream ticket is transferred.
     task_imp_rounds: rounds of task-specific IMP, the dense one included (0: none).
     random_baselines: the random baselines made of the first pre-training's tickets.
   """
   upstream: Mapping[str, specs.Experiment]
   tasks: tuple[str, ...]
+  training: Mapping[str, paper_transfer.TaskTraining]
   transfer_every: int
   task_imp_rounds: int
   random_baselines: tuple[str, ...]
@@ -112,8 +119,10 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
     Its paper spec, each upstream experiment's specs built from its config.
   """
   p = config.paper
-  return Spec(upstream=paper_upstream.experiments(config),
-              tasks=tuple(config_lib.split_names(p.tasks)), transfer_every=p.transfer_every,
+  tasks = tuple(config_lib.split_names(p.tasks))
+  return Spec(upstream=paper_upstream.experiments(config), tasks=tasks,
+              training={t: paper_transfer.task_training(config, t) for t in tasks},
+              transfer_every=p.transfer_every,
               task_imp_rounds=p.task_imp_rounds,
               random_baselines=tuple(config_lib.split_names(p.random_baselines)))
 
@@ -283,13 +292,53 @@ def validate(config: ml_collections.ConfigDict) -> None:
     logging.warning('config.imp.pruning=%r is unused: only task-specific IMP '
                     '(paper.task_imp_rounds > 0) prunes by it; upstream IMP uses its '
                     "pre-training's recipe.", config.imp.pruning)
+  for task in p.task_recipes:
+    _check_task_recipe(config, task, tasks)
   paper_upstream.validate(config)
+
+
+def _check_task_recipe(config: ml_collections.ConfigDict, task: str, tasks: list[str]) -> None:
+  """Fails unless `paper.task_recipes.<task>` names a task and sets how it trains, validly."""
+  field = f'paper.task_recipes.{task}'
+  if task not in tasks:
+    config_lib.fail(field, config.paper.task_recipes[task].to_dict(),
+                    f'not a task of paper.tasks ({config.paper.tasks!r}); name one of them.')
+  sub = paper_transfer.task_config(config, task)
+  task_obj, info = wiring.task_and_data(specs.data_spec(sub), task)
+  for key, value in paper_transfer.recipe_fields(config, task).items():
+    section_name, _, name = key.partition('.')
+    allowed = {'optim': name in config.optim,
+               'data': name in paper_transfer.RECIPE_DATA_FIELDS,
+               'model': name in task_obj.options}.get(section_name, False)
+    if not allowed:
+      config_lib.fail(f'{field}.{key}', value,
+                      "a task's recipe sets how it trains: optim.<field>, data.batch_size, "
+                      f'data.eval_batch_size or model.<an option of its task: '
+                      f'{sorted(task_obj.options)}>; the backbone is the tickets\'.')
+  try:
+    config_lib.check_training(sub, 'optim', task)
+    task_obj.build_model(specs.model_spec(sub), info)
+  except (errors.ConfigError, ValueError) as e:
+    raise errors.ConfigError(f'The recipe of {task!r} ({field} over this config) fails: '
+                             f'{e}') from None
+
+
+def _load_inputs(experiment: specs.Experiment) -> dict[str, str]:
+  """Checks each task's batch sizes over the devices, then `paper_upstream.load_inputs`."""
+  for task in experiment.section.tasks:
+    try:
+      wiring.mesh_for(paper_transfer.for_task(experiment, task))
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f'Training on {task!r} fails: {e} (paper.task_recipes.{task} '
+                               'can set its data.batch_size.)') from None
+  return paper_upstream.load_inputs(experiment)
 
 
 modes.register(modes.Mode(
     'paper', run=run, validate=validate, section=section, spec=spec,
     datasets=lambda c: [c.pretrain.dataset, *config_lib.split_names(c.paper.tasks)],
-    # The upstream experiments' own training is checked with their configs (`validate`).
-    training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)],
-    load_inputs=paper_upstream.load_inputs, trained=(paths.transfer_runs_glob(),),
-    own_theta_p=False))
+    # The upstream experiments' own training is checked with their configs, and a task
+    # with its own recipe with that (`validate`).
+    training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)
+                        if task not in c.paper.task_recipes],
+    load_inputs=_load_inputs, trained=(paths.transfer_runs_glob(),), own_theta_p=False))

@@ -4,7 +4,8 @@
         experiment, workdir, mesh, 'mnist5k', tickets, thetas, baselines, scheduler)
 
 On one task of `paper.tasks`, every network is fine-tuned with the experiment's seeds
-and recipe: dense training from a random init ('scratch'), then each pre-training's
+and the task's recipe (`config.optim`, `config.data`'s batch sizes and `config.model`'s
+task options, with what `paper.task_recipes.<task>` sets on top: `task_config`): dense training from a random init ('scratch'), then each pre-training's
 dense θ_p and upstream tickets, the first pre-training's also with the random baselines
 and (`paper.task_imp_rounds` > 0) task-specific IMP from its θ_p. `judged` marks a
 pre-training's rows matching against its dense transfer and says, per method, how
@@ -20,20 +21,78 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
+from flax import traverse_util
 from jax.sharding import Mesh
 
-from lth_jax import pruning
+from lth_jax import pruning, tasks
+from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import sources, specs, wiring
 from lth_jax.lottery import results, run_imp, run_transfer
 from lth_jax.models import init_variables
 from lth_jax.runtime import console, paths
 from lth_jax.runtime.scheduler import Scheduler
 from lth_jax.tasks import Metric
+from lth_jax.training.optim import Recipe
 
 # Dense training from a random init: what pre-training must beat to matter on a task.
 SCRATCH = 'scratch'
 # IMP on the downstream task itself, from the first pre-training's θ_p.
 TASK_SPECIFIC = 'task_specific'
+
+
+# What a task's recipe (`paper.task_recipes.<task>`) may set: how the task trains. The
+# backbone (`config_lib.MODEL_FIELDS`) is the one its tickets were found in.
+RECIPE_DATA_FIELDS = ('batch_size', 'eval_batch_size')
+
+
+def recipe_fields(config: ml_collections.ConfigDict, task: str) -> dict[str, Any]:
+  """The fields a task's recipe sets, as 'optim.learning_rate' -> value ({}: none)."""
+  recipe = config.paper.task_recipes.get(task)
+  return {} if recipe is None else traverse_util.flatten_dict(recipe.to_dict(), sep='.')
+
+
+def task_config(config: ml_collections.ConfigDict, task: str) -> ml_collections.ConfigDict:
+  """The paper config as one of its tasks trains: its recipe's fields set on a copy.
+
+  Args:
+    config: the paper config.
+    task: one of `paper.tasks`.
+
+  Returns:
+    A copy of `config` with `paper.task_recipes.<task>`'s fields (e.g.
+    `optim.num_epochs`, `data.batch_size`, `model.neck_width`) in place.
+  """
+  sub = config.copy_and_resolve_references()
+  sub.update_from_flattened_dict(recipe_fields(config, task))
+  return sub
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTraining:
+  """How the networks train on one task (`task_config`'s specs).
+
+  Attributes:
+    data: its batch sizes and how data is read.
+    model: the backbone and the task's model options.
+    recipe: its fine-tuning recipe.
+  """
+  data: specs.Data
+  model: tasks.ModelSpec
+  recipe: Recipe
+
+
+def task_training(config: ml_collections.ConfigDict, task: str) -> TaskTraining:
+  """The `TaskTraining` of one task of a (validated) paper config."""
+  sub = task_config(config, task)
+  return TaskTraining(data=specs.data_spec(sub), model=specs.model_spec(sub),
+                      recipe=config_lib.recipe(sub.optim))
+
+
+def for_task(experiment: specs.Experiment, task: str) -> specs.Experiment:
+  """The paper experiment as it trains on one task (its section's `training[task]`)."""
+  t = experiment.section.training[task]
+  return dataclasses.replace(experiment, data=t.data, model=t.model, recipe=t.recipe)
 
 
 def _method(ticket: str, objective: str) -> str:
@@ -143,7 +202,8 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
   task-specific IMP) to one task.
 
   Args:
-    experiment: the paper experiment (its section a `paper.Spec`).
+    experiment: the paper experiment (its section a `paper.Spec`); the task trains as
+      `for_task` gives it.
     workdir: its workdir.
     mesh: the device mesh.
     task_name: the task's dataset.
@@ -155,7 +215,7 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
   Returns:
     (rows, extreme-sparsity rows, the task's metric).
   """
-  paper = experiment.section
+  paper, experiment = experiment.section, for_task(experiment, task_name)
   task, info = wiring.task_and_data(experiment.data, task_name)
   model = task.build_model(experiment.model, info)
   t = _Transfer(experiment, task_name, paths.transfer_dir(workdir, task_name),
