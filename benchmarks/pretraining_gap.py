@@ -8,9 +8,10 @@ something. For one of the miniature's downstream tasks (`TASKS`: Animal-MNIST's 
 5-9 with 20 training images a class, or segmentation and detection canvases of their
 silhouettes with 200 training canvases), this fine-tunes the dense network from each θ_p
 lth_jax ships (`lth_jax.released`: supervised, SimCLR, MoCo v2) and from a random init
-('scratch'), `--seeds` seeds each, with the task's recipe (configs/paper_offline.py's for
-classification, the canvas studies' configs for segmentation and detection, at the
-miniature's model and with more epochs: `TASKS`), and prints, per start, the test metric
+('scratch'), `--seeds` seeds each, with the task's recipe in
+configs/paper_offline.py:all_tasks (its own for classification, the canvas studies' heads
+and optimizers with more epochs for segmentation and detection:
+`lth_jax.experiments.presets.FEW_SHOT_RECIPES`), and prints, per start, the test metric
 at the best validation epoch (mean ± std over the seeds), its gain over scratch, and
 whether that gain is more than twice the larger of the two stds (the bar of issue 22:
 "can test the claim").
@@ -26,32 +27,27 @@ import os
 
 import config_overrides  # benchmarks/config_overrides.py, beside this script
 
-# Task -> (dataset, headline metric, the config whose recipe it trains with, that recipe's
-# changes). The canvas studies' recipes run 1-2 epochs over 2,000 canvases with a backbone
-# of width 1/8; on 200 canvases the epochs are longer, and the shipped θ_p are of width 1/4:
-# the detection neck is widened to match (1/16 of the reference's ResNet-50 neck, as 1/32
-# matches width 1/8), and trains at twice the study's learning rate after a warmup (at the
-# study's 0.01 for 20 epochs the dense θ_Sup reached 0.31-0.34 mAP@0.5).
+# Task -> (dataset, headline metric). Each trains with configs/paper_offline.py's recipe
+# at the shipped θ_p's model, a dense task with its recipe over it
+# (`lth_jax.experiments.presets.FEW_SHOT_RECIPES`, what paper_offline.py:all_tasks uses).
 TASKS = {
-    'classification': ('animal_mnist_b_few', 'accuracy', 'paper_offline', {}),
-    'segmentation': ('animal_canvas_seg_few', 'miou', 'segmentation_offline',
-                     {'optim.num_epochs': 20}),
-    'detection': ('animal_canvas_det_few', 'map50', 'detection_offline',
-                  {'optim.num_epochs': 40, 'optim.learning_rate': 0.02,
-                   'optim.warmup_epochs': 2, 'model.neck_width': 1 / 16}),
+    'classification': ('animal_mnist_b_few', 'accuracy'),
+    'segmentation': ('animal_canvas_seg_few', 'miou'),
+    'detection': ('animal_canvas_det_few', 'map50'),
 }
 
 
 def _config(task: str, start: str, seeds: int, overrides: dict):
   from lth_jax import experiments, released
+  from lth_jax.experiments import paper_transfer
 
-  dataset, _, recipe, changes = TASKS[task]
-  c = experiments.load_config(recipe)
+  dataset, _ = TASKS[task]
+  c = experiments.load_config('paper_offline:all_tasks')
+  c = paper_transfer.task_config(c, dataset) if dataset in c.paper.task_recipes else c
   c.mode = 'imp'
   c.data.dataset = dataset
   model = released.get('supervised')  # every shipped θ_p is this model
   c.model.update(arch=model.arch, stem=model.stem, width_multiplier=model.width_multiplier)
-  c.update_from_flattened_dict(changes)
   if start == 'scratch':
     c.pretrained.source = 'random'
   else:

@@ -22,9 +22,14 @@ the paper's small tasks): the upstream task is Animal-MNIST's classes 0-4
    accuracy_vs_sparsity_animal_mnist_b_few.png (one curve per pre-training, plus random).
 
 `:tiny` is a two-minute smoke run (supervised and MoCo pre-trained in the workdir,
-scikit-learn digits only, width 1/8, 2 rounds, 1 seed).
+scikit-learn digits only, width 1/8, 2 rounds, 1 seed). `:all_tasks` also transfers the
+tickets to the few-shot segmentation and detection canvases of the same five classes
+(`animal_canvas_seg_few`, `animal_canvas_det_few`), each with its recipe
+(`lth_jax.experiments.presets.FEW_SHOT_RECIPES`, `config.paper.task_recipes`): hours on a
+2-core CPU, not yet measured whole.
 """
 
+from lth_jax.experiments import presets
 from lth_jax.experiments.config import base_config
 
 
@@ -57,7 +62,11 @@ def get_config(variant: str = ''):
     c.imp.num_rounds = 2
     c.paper.transfer_every = 1
     c.num_seeds = 1
+  elif variant == 'all_tasks':
+    # The three kinds of task in one run, each dense task with its own recipe.
+    c.paper.tasks = ','.join(['animal_mnist_b_few', *presets.FEW_SHOT_RECIPES])
+    c.paper.task_recipes = presets.FEW_SHOT_RECIPES
   elif variant:
-    raise ValueError(f'Unknown variant {variant!r}: use configs/paper_offline.py or '
-                     'configs/paper_offline.py:tiny.')
+    raise ValueError(f'Unknown variant {variant!r}: use configs/paper_offline.py, '
+                     'configs/paper_offline.py:tiny or configs/paper_offline.py:all_tasks.')
   return c

@@ -13,7 +13,7 @@ import pytest
 
 from lth_jax import data, errors, experiments, masks as masks_lib, objectives, pruning
 from lth_jax.experiments import config as defaults
-from lth_jax.experiments import paper, paper_transfer, paper_upstream, upstream
+from lth_jax.experiments import paper, paper_transfer, paper_upstream, presets, upstream
 from lth_jax.experiments import transfer as transfer_mode
 from lth_jax.lottery import rounds
 from lth_jax.metrics.headline import Metric
@@ -262,6 +262,22 @@ def test_a_task_recipe_is_its_tasks_training_and_a_record_reads_it_back():
   assert trained.model == experiment.model and trained.imp == experiment.imp
   recorded = json.loads(json.dumps(config.to_dict()))  # as experiment.json holds it
   assert defaults.from_record(recorded).to_dict() == config.to_dict()
+
+
+def test_all_tasks_trains_each_dense_task_with_its_few_shot_recipe():
+  config = defaults.load_config('paper_offline:all_tasks')
+  defaults.validate(config)
+  experiment = experiments.specs.build(config)
+  assert experiment.section.tasks == (
+      'animal_mnist_b_few', 'animal_canvas_seg_few', 'animal_canvas_det_few')
+  for task in experiment.section.tasks:
+    trained = paper_transfer.for_task(experiment, task)
+    recipe = presets.FEW_SHOT_RECIPES.get(task, {})
+    want = {**{'num_epochs': 30, 'learning_rate': 0.05}, **recipe.get('optim', {})}
+    assert (trained.recipe.num_epochs, trained.recipe.learning_rate) == (
+        want['num_epochs'], want['learning_rate']), task
+    assert trained.data.batch_size == recipe.get('data', {}).get('batch_size', 50), task
+    assert dict(trained.model.options) == recipe.get('model', {}), task
 
 
 def test_a_task_batch_that_does_not_divide_over_the_devices_stops_before_the_claim(tmp_path):

@@ -14,7 +14,7 @@ from flax import traverse_util
 
 from lth_jax import errors, experiments, objectives, released
 from lth_jax.experiments import config as defaults
-from lth_jax.experiments import pretrain, upstream
+from lth_jax.experiments import presets, pretrain, upstream
 from lth_jax.interop import checkpoints
 from lth_jax.models import create_model, init_variables
 from lth_jax.runtime import paths, tree_io
@@ -261,13 +261,15 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
       'pretraining_gap', ROOT / 'benchmarks' / 'pretraining_gap.py')
   gap = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(gap)
-  for task, (dataset, metric, _, changes) in gap.TASKS.items():
+  for task, (dataset, metric) in gap.TASKS.items():
+    recipe = traverse_util.flatten_dict(presets.FEW_SHOT_RECIPES.get(dataset, {}), sep='.')
+    assert (task == 'classification') == (not recipe)
     for start in (*(e.name for e in ENTRIES), 'scratch'):
       config = gap._config(task, start, 3, {'optim.num_epochs': 3})
       defaults.validate(config)
       experiment = experiments.specs.build(config)
       assert (experiment.data.dataset, experiment.imp.spec.num_rounds) == (dataset, 1)
-      for field, value in changes.items():   # each change reached the config
+      for field, value in recipe.items():   # the task's recipe, and the override on top
         assert config[field] == (3 if field == 'optim.num_epochs' else value), field
       assert experiment.pretrained.source == ('random' if start == 'scratch' else 'released')
       task_, info = experiments.wiring.task_and_data(experiment.data, dataset)
