@@ -97,6 +97,20 @@ def test_mlp_head_logits_match_pytorch():
 
 
 @needs_torch
+def test_init_variables_is_model_init_and_takes_modules_with_list_fields():
+  from lth_jax.models import ResNet
+  kw = dict(block='basic', num_classes=3, stem='cifar', in_channels=1, width_multiplier=0.125)
+  listed = init_variables(ResNet(stage_sizes=[1, 1, 1, 1], **kw), jax.random.key(0), 8)
+  model = ResNet(stage_sizes=(1, 1, 1, 1), **kw)
+  cached = init_variables(model, jax.random.key(0), 8)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(listed),
+                                                   jax.tree.leaves(cached)))
+  again = jax.jit(lambda r: model.init(r, np.zeros((1, 8, 8, 1), np.float32), train=False))
+  assert all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(init_variables(model, jax.random.key(1), 8)),
+      jax.tree.leaves(again(jax.random.key(1)))))
+
+
 def test_round_trip_is_exact():
   state_dict = _state_dict()
   model = create_model('resnet18', num_classes=10, **TINY)

@@ -72,7 +72,8 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
     assert r['extreme_sparsity'] == (max(matching) if matching else None)
     assert r['scratch'] == scratch and r['metric'] == 'accuracy'
     assert r['pretraining_gain'] == pytest.approx(dense[pretraining] - scratch)
-    assert r['can_test_claim'] is None  # one seed: no spread to judge the gain by
+    assert r['can_test_claim'] is None  # one seed: no spread to judge the gain by ...
+    assert r['pretraining_bar'] is None  # ... and no bar (std 0 would read as one)
   for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
                'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
     assert os.path.exists(tmp_path / name), name
@@ -82,7 +83,8 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
              if os.path.relpath(c['dir'], tmp_path).startswith('transfer' + os.sep)]
   # Each trains with the task's recipe; the upstream runs with theirs.
   assert {(c['num_epochs'], c['batch_size']) for c in trained} == {(2, 32)}
-  assert all(c['batch_size'] != 32 for c in fake_finetunes.calls if c not in trained)
+  upstream_runs = [c for c in fake_finetunes.calls if c not in trained]
+  assert upstream_runs and all(c['batch_size'] != 32 for c in upstream_runs)
   assert len(trained) == len(rows) == paper._transfer_units(
       {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0, 'round_01': 0}},
       dict.fromkeys(range(4)), task_imp_rounds=0)
@@ -230,8 +232,12 @@ def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
 
 
 @pytest.mark.parametrize('task, recipe, message', [
-    ('mnist5k', {'optim': {'num_epochs': 2}},
-     r"paper\.task_recipes\.mnist5k=.*not a task of paper\.tasks \('digits'\)"),
+    ('digitz', {'optim': {'num_epochs': 2}},
+     r"paper\.task_recipes\.digitz=.*a task's recipe is keyed by a dataset"),
+    ('digits', {'optim': {'num_epochs': 'two'}},
+     r"paper\.task_recipes\.digits=\{'optim': \{'num_epochs': 'two'\}\}: .*num_epochs"),
+    ('digits', {'data': {'eval_batch_size': 0}},
+     r'paper\.task_recipes\.digits\.data\.eval_batch_size=0: must be >= 1'),
     ('digits', {'model': {'width_multiplier': 0.5}},
      r"paper\.task_recipes\.digits\.model\.width_multiplier=0\.5: a task's recipe sets how"),
     ('digits', {'data': {'dataset': 'mnist5k'}}, r'task_recipes\.digits\.data\.dataset='),
@@ -247,6 +253,13 @@ def test_a_bad_task_recipe_is_refused_naming_its_field(task, recipe, message):
   config.paper.task_recipes[task] = recipe
   with pytest.raises(errors.ConfigError, match=message):
     defaults.validate(config)
+
+
+def test_the_recipe_of_a_dataset_outside_paper_tasks_is_unused_not_refused():
+  config = defaults.load_config('paper_offline:all_tasks')
+  config.paper.tasks = 'animal_mnist_b_few'   # narrowed below the preset's three tasks
+  defaults.validate(config)
+  assert set(experiments.specs.build(config).section.training) == {'animal_mnist_b_few'}
 
 
 def test_a_task_recipe_is_its_tasks_training_and_a_record_reads_it_back():

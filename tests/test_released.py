@@ -264,6 +264,15 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
   for task, (dataset, metric) in gap.TASKS.items():
     recipe = traverse_util.flatten_dict(presets.FEW_SHOT_RECIPES.get(dataset, {}), sep='.')
     assert (task == 'classification') == (not recipe)
+    # What the README's gaps were measured with.
+    assert {k: recipe.get(k) for k in ('optim.num_epochs', 'optim.learning_rate',
+                                       'model.neck_width')} == {
+        'classification': {'optim.num_epochs': None, 'optim.learning_rate': None,
+                           'model.neck_width': None},
+        'segmentation': {'optim.num_epochs': 20, 'optim.learning_rate': 0.01,
+                         'model.neck_width': None},
+        'detection': {'optim.num_epochs': 40, 'optim.learning_rate': 0.02,
+                      'model.neck_width': 1 / 16}}[task]
     for start in (*(e.name for e in ENTRIES), 'scratch'):
       config = gap._config(task, start, 3, {'optim.num_epochs': 3})
       defaults.validate(config)

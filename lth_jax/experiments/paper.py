@@ -59,7 +59,7 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from lth_jax import errors, masks as masks_lib, pruning
+from lth_jax import data, errors, masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import modes, paper_transfer, paper_upstream, specs, wiring
 from lth_jax.lottery import DENSE, results
@@ -298,13 +298,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_task_recipe(config: ml_collections.ConfigDict, task: str, tasks: list[str]) -> None:
-  """Fails unless `paper.task_recipes.<task>` names a task and sets how it trains, validly."""
-  field = f'paper.task_recipes.{task}'
-  if task not in tasks:
-    config_lib.fail(field, config.paper.task_recipes[task].to_dict(),
-                    f'not a task of paper.tasks ({config.paper.tasks!r}); name one of them.')
-  sub = paper_transfer.task_config(config, task)
-  task_obj, info = wiring.task_and_data(specs.data_spec(sub), task)
+  """Fails unless `paper.task_recipes.<task>` names a dataset and sets how it trains,
+  validly; the recipe of a dataset that is not one of `paper.tasks` is unused (logged)."""
+  field, recipe = f'paper.task_recipes.{task}', config.paper.task_recipes[task]
+  is_mapping = isinstance(recipe, ml_collections.ConfigDict)
+  if task not in data.DATASETS or not is_mapping:
+    config_lib.fail(field, recipe.to_dict() if is_mapping else recipe, 'a task\'s recipe is keyed by a dataset '
+                    f'({sorted(data.DATASETS)}) and holds sections optim, data or model.')
+  if task not in tasks:  # e.g. --config.paper.tasks narrowed below a preset's tasks
+    logging.warning('config.%s is unused: %r is not one of paper.tasks (%r).', field, task,
+                    config.paper.tasks)
+    return
+  try:
+    sub = paper_transfer.task_config(config, task)
+    task_obj, info = wiring.task_and_data(specs.data_spec(sub), task)
+  except (TypeError, ValueError, AttributeError) as e:
+    raise errors.ConfigError(f'config.{field}={recipe.to_dict()!r}: {e}') from None
   for key, value in paper_transfer.recipe_fields(config, task).items():
     section_name, _, name = key.partition('.')
     allowed = {'optim': name in config.optim,
@@ -315,10 +324,12 @@ def _check_task_recipe(config: ml_collections.ConfigDict, task: str, tasks: list
                       "a task's recipe sets how it trains: optim.<field>, data.batch_size, "
                       f'data.eval_batch_size or model.<an option of its task: '
                       f'{sorted(task_obj.options)}>; the backbone is the tickets\'.')
+  if sub.data.eval_batch_size < 1:  # the config's own is checked with the shared fields
+    config_lib.fail(f'{field}.data.eval_batch_size', sub.data.eval_batch_size, 'must be >= 1.')
   try:
     config_lib.check_training(sub, 'optim', task)
     task_obj.build_model(specs.model_spec(sub), info)
-  except (errors.ConfigError, ValueError) as e:
+  except (errors.ConfigError, TypeError, ValueError) as e:
     raise errors.ConfigError(f'The recipe of {task!r} ({field} over this config) fails: '
                              f'{e}') from None
 

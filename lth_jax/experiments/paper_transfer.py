@@ -188,7 +188,9 @@ def judged(task_name: str, objective: str, methods: list[str], rows: list[dict[s
                     'metric': metric.key, 'dense': results.mean_std(dense)[0],
                     'dense_std': results.std_over_runs(dense),
                     'scratch': results.mean_std(scratch)[0], 'pretraining_gain': gain,
-                    'pretraining_bar': bar, 'can_test_claim': can_test, 'extreme_sparsity': value,
+                    # One seed: no spread, so no bar (std 0 would read as one).
+                    'pretraining_bar': bar if can_test is not None else None,
+                    'can_test_claim': can_test, 'extreme_sparsity': value,
                     **{f'extreme_{k}': v for k, v in at.items()
                        if k.startswith('sparsity_layer')}})
   return extreme

@@ -312,7 +312,12 @@ def init_variables(model: ResNet, rng: jax.Array, image_size: int) -> dict[str, 
   Returns:
     The variables as plain nested dicts.
   """
-  return dict(_init(model, rng, (1, image_size, image_size, model.in_channels)))
+  shape = (1, image_size, image_size, model.in_channels)
+  try:
+    hash(model)
+  except TypeError:  # a module built with list fields (stage_sizes=[2, 2, 2, 2]): no cache
+    return dict(jax.jit(functools.partial(_init.__wrapped__, model, shape=shape))(rng))
+  return dict(_init(model, rng, shape))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
