@@ -65,6 +65,8 @@ class DivergenceError(RuntimeError):
     moved_to: where the experiment layer moved the run's checkpoints (None: in place).
     half_precision: whether the run computed in bfloat16 (None: not known here); the
       advice suggests float32 only where it did.
+    recipe: the config section of the recipe it trained with, which the advice names
+      ('optim'; a paper task's own: 'paper.task_recipes.<task>.optim').
   """
 
   def __init__(self, checkpoint_dir: str, epoch: int, step: int, learning_rate: float):
@@ -76,6 +78,7 @@ class DivergenceError(RuntimeError):
     self.where: list[str] = []
     self.moved_to: str | None = None
     self.half_precision: bool | None = None
+    self.recipe = 'optim'
 
   def within(self, context: str) -> DivergenceError:
     """Adds what an outer layer knows of the run (e.g. 'round 3, seed 0'); returns self."""
@@ -85,15 +88,15 @@ class DivergenceError(RuntimeError):
   def __str__(self) -> str:
     run = ', '.join([*self.where, f'epoch {self.epoch}, step {self.step}'])
     folder = self.moved_to or self.checkpoint_dir
-    fixes = [f'a lower learning rate ({setting("optim.learning_rate")})',
-             f'a longer warm-up ({setting("optim.warmup_epochs")})']
+    fixes = [f'a lower learning rate ({setting(f"{self.recipe}.learning_rate")})',
+             f'a longer warm-up ({setting(f"{self.recipe}.warmup_epochs")})']
     if self.half_precision:
       fixes.append(f'float32 instead of bfloat16 ({setting("model.half_precision=False")})')
     return (f'Training diverged ({run}; its checkpoints are in {folder}): the loss or '
             f'the weights became NaN or infinite at learning rate {self.learning_rate:g}. '
             f'Nothing was recorded for this run. Likely fixes: {", ".join(fixes)}, or a '
-            f'smaller weight decay ({setting("optim.weight_decay")}). Then rerun the same '
-            'command with the fix: finished work is kept and this run starts again.')
+            f'smaller weight decay ({setting(f"{self.recipe}.weight_decay")}). Then rerun '
+            'the same command with the fix: finished work is kept and this run starts again.')
 
 
 class NoSpaceError(OSError):

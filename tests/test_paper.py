@@ -293,6 +293,43 @@ def test_all_tasks_trains_each_dense_task_with_its_few_shot_recipe():
     assert dict(trained.model.options) == recipe.get('model', {}), task
 
 
+def test_after_a_divergence_a_rerun_may_change_the_recipe_of_a_task_not_yet_trained(tmp_path):
+  from lth_jax.runtime import paths, workdir as workdir_lib
+
+  def config(digits_lr, mnist_lr):
+    c = defaults.load_config('paper_offline:tiny')
+    c.paper.tasks = 'digits,mnist5k'
+    c.paper.task_recipes.digits = {'optim': {'learning_rate': digits_lr}}
+    c.paper.task_recipes.mnist5k = {'optim': {'learning_rate': mnist_lr}}
+    return c
+
+  workdir = str(tmp_path)
+  assert not experiments.claim(workdir, config(0.05, 0.05))
+  os.makedirs(os.path.join(workdir, 'transfer', 'digits', 'scratch', 'seed_0'))  # trained
+  error = errors.DivergenceError(os.path.join(workdir, 'transfer', 'mnist5k', 'scratch',
+                                              'seed_0'), epoch=1, step=3, learning_rate=0.05)
+  workdir_lib.record_divergence(workdir, error)
+  assert os.path.exists(paths.diverged_record(workdir))
+  with pytest.raises(errors.WorkdirError, match=r'transfer/digits/scratch/seed_0'):
+    experiments.claim(workdir, config(0.01, 0.05))   # digits trained with 0.05 already
+  assert experiments.claim(workdir, config(0.05, 0.01))   # mnist5k's runs start again
+
+
+def test_a_divergence_on_a_task_with_its_own_recipe_names_that_recipe():
+  error = errors.DivergenceError('/w/transfer/mnist5k/scratch/seed_0', epoch=1, step=3,
+                                 learning_rate=0.05)
+  assert 'optim.learning_rate' in str(error)
+  error.recipe = 'paper.task_recipes.mnist5k.optim'
+  assert 'paper.task_recipes.mnist5k.optim.learning_rate' in str(error)
+  assert 'paper.task_recipes.mnist5k.optim.weight_decay' in str(error)
+  config = defaults.load_config('paper_offline:tiny')
+  config.paper.tasks = 'digits,mnist5k'
+  config.paper.task_recipes.mnist5k = {'optim': {'learning_rate': 0.1}}
+  training = experiments.specs.build(config).section.training
+  assert (training['digits'].recipe_section, training['mnist5k'].recipe_section) == (
+      'optim', 'paper.task_recipes.mnist5k.optim')
+
+
 def test_a_task_batch_that_does_not_divide_over_the_devices_stops_before_the_claim(tmp_path):
   config = defaults.load_config('paper_offline:tiny')
   config.paper.task_recipes.digits = {'data': {'batch_size': 12}}  # 8 devices here

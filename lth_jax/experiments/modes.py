@@ -94,6 +94,9 @@ class Mode:
       recorded ones (see `lth_jax.runtime.workdir.ResumeRules`).
     perturbable: its workdir holds IMP rounds on one task whose tickets and recipe the
       perturbation runs of `python -m lth_jax.analyze --sensitivity` train again.
+    more_recipes: config -> its other recipe field prefixes and the training folders
+      (globs) each one's runs are in (paper mode's task recipes); a rerun may change one
+      only after a divergence, for training not started with it (`recipe_work`).
   """
   name: str
   run: Callable[[specs.Experiment, str, Mesh], dict[str, Any]]
@@ -110,6 +113,7 @@ class Mode:
       default_factory=lambda: dict(GROWING_FIELDS))
   perturbable: bool = False
   own_theta_p: bool = True
+  more_recipes: Callable[[ml_collections.ConfigDict], Mapping[str, Sequence[str]]] | None = None
 
   def trainings(self, config: ml_collections.ConfigDict) -> list[Training]:
     """Every (recipe section, dataset) the mode trains with, for `config`."""
@@ -130,16 +134,17 @@ class Mode:
     own = (self.name,) if self.section is not None else ()
     return (*common, *own, *self.reads)
 
-  def recipe_work(self) -> Mapping[str, Sequence[str]]:
+  def recipe_work(self, config: ml_collections.ConfigDict) -> Mapping[str, Sequence[str]]:
     """Recipe field prefix -> the training folders (globs) that used it."""
     pretrain = paths.pretrain_globs()
     return {'optim.': self.trained, 'pretrain.optim.': pretrain,
-            'model.half_precision': (paths.any_runs_glob(), *pretrain)}
+            'model.half_precision': (paths.any_runs_glob(), *pretrain),
+            **(self.more_recipes(config) if self.more_recipes is not None else {})}
 
-  def resume_rules(self) -> workdir_lib.ResumeRules:
+  def resume_rules(self, config: ml_collections.ConfigDict) -> workdir_lib.ResumeRules:
     """What a rerun of the mode's experiments may change (`workdir.claim`'s rules)."""
     return workdir_lib.ResumeRules(
-        neutral=NEUTRAL_FIELDS, growing=self.growing, recipe_work=self.recipe_work(),
+        neutral=NEUTRAL_FIELDS, growing=self.growing, recipe_work=self.recipe_work(config),
         devices_fix=_device_flags, rerun_fix=lambda path: f'--config={path}')
 
 

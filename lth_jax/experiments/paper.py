@@ -231,8 +231,12 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
           _transfer_units(tickets, baselines, paper.task_imp_rounds)))
   rows, extreme, verdicts = [], [], []
   for task_name in paper.tasks:
-    task_rows, task_extreme, metric = paper_transfer.transfer_to_task(
-        experiment, workdir, mesh, task_name, tickets, thetas, baselines, runs)
+    try:
+      task_rows, task_extreme, metric = paper_transfer.transfer_to_task(
+          experiment, workdir, mesh, task_name, tickets, thetas, baselines, runs)
+    except errors.DivergenceError as e:
+      e.recipe = paper.training[task_name].recipe_section
+      raise
     rows += task_rows
     extreme += task_extreme
     verdicts.append(verdict(task_name, metric, task_extreme))
@@ -352,4 +356,7 @@ modes.register(modes.Mode(
     # with its own recipe with that (`validate`).
     training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)
                         if task not in c.paper.task_recipes],
-    load_inputs=_load_inputs, trained=(paths.transfer_runs_glob(),), own_theta_p=False))
+    load_inputs=_load_inputs, trained=(paths.transfer_runs_glob(),), own_theta_p=False,
+    # A task's own recipe trained that task's runs only.
+    more_recipes=lambda c: {f'paper.task_recipes.{task}.': (paths.transfer_runs_glob(task),)
+                            for task in c.paper.task_recipes}))

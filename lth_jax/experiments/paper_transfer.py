@@ -76,17 +76,22 @@ class TaskTraining:
     data: its batch sizes and how data is read.
     model: the backbone and the task's model options.
     recipe: its fine-tuning recipe.
+    recipe_section: the config section a change of that recipe goes to: 'optim', or
+      'paper.task_recipes.<task>.optim' where the task's recipe sets optim fields.
   """
   data: specs.Data
   model: tasks.ModelSpec
   recipe: Recipe
+  recipe_section: str = 'optim'
 
 
 def task_training(config: ml_collections.ConfigDict, task: str) -> TaskTraining:
   """The `TaskTraining` of one task of a (validated) paper config."""
   sub = task_config(config, task)
+  own = any(k.startswith('optim.') for k in recipe_fields(config, task))
   return TaskTraining(data=specs.data_spec(sub), model=specs.model_spec(sub),
-                      recipe=config_lib.recipe(sub.optim))
+                      recipe=config_lib.recipe(sub.optim),
+                      recipe_section=f'paper.task_recipes.{task}.optim' if own else 'optim')
 
 
 def for_task(experiment: specs.Experiment, task: str) -> specs.Experiment:

@@ -116,9 +116,10 @@ def imp_runs_glob() -> str:
   return os.path.join('*', _ROUND_GLOB, _SEED_GLOB)
 
 
-def transfer_runs_glob() -> str:
-  """The folders of every transfer run, relative to the workdir ('transfer/**/seed_*')."""
-  return os.path.join(TRANSFER, '**', _SEED_GLOB)
+def transfer_runs_glob(task: str | None = None) -> str:
+  """The folders of every transfer run, relative to the workdir ('transfer/**/seed_*'),
+  or of those on one task of paper mode ('transfer/<task>/**/seed_*')."""
+  return os.path.join(TRANSFER, *([task] if task else []), '**', _SEED_GLOB)
 
 
 def any_runs_glob() -> str:
