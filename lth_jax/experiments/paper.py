@@ -307,7 +307,8 @@ def _check_task_recipe(config: ml_collections.ConfigDict, task: str, tasks: list
   field, recipe = f'paper.task_recipes.{task}', config.paper.task_recipes[task]
   is_mapping = isinstance(recipe, ml_collections.ConfigDict)
   if task not in data.DATASETS or not is_mapping:
-    config_lib.fail(field, recipe.to_dict() if is_mapping else recipe, 'a task\'s recipe is keyed by a dataset '
+    config_lib.fail(field, recipe.to_dict() if is_mapping else recipe,
+                    "a task's recipe is keyed by a dataset "
                     f'({sorted(data.DATASETS)}) and holds sections optim, data or model.')
   if task not in tasks:  # e.g. --config.paper.tasks narrowed below a preset's tasks
     logging.warning('config.%s is unused: %r is not one of paper.tasks (%r).', field, task,

@@ -5,9 +5,10 @@
 
 On one task of `paper.tasks`, every network is fine-tuned with the experiment's seeds
 and the task's recipe (`config.optim`, `config.data`'s batch sizes and `config.model`'s
-task options, with what `paper.task_recipes.<task>` sets on top: `task_config`): dense training from a random init ('scratch'), then each pre-training's
-dense θ_p and upstream tickets, the first pre-training's also with the random baselines
-and (`paper.task_imp_rounds` > 0) task-specific IMP from its θ_p. `judged` marks a
+task options, with what `paper.task_recipes.<task>` sets on top: `task_config`): dense
+training from a random init ('scratch'), then each pre-training's dense θ_p and upstream
+tickets, the first pre-training's also with the random baselines and
+(`paper.task_imp_rounds` > 0) task-specific IMP from its θ_p. `judged` marks a
 pre-training's rows matching against its dense transfer and says, per method, how
 sparse its tickets match (see `lth_jax.experiments.paper`).
 """
