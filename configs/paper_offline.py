@@ -25,8 +25,9 @@ the paper's small tasks): the upstream task is Animal-MNIST's classes 0-4
 scikit-learn digits only, width 1/8, 2 rounds, 1 seed). `:all_tasks` also transfers the
 tickets to the few-shot segmentation and detection canvases of the same five classes
 (`animal_canvas_seg_few`, `animal_canvas_det_few`), each with its recipe
-(`lth_jax.experiments.presets.FEW_SHOT_RECIPES`, `config.paper.task_recipes`): hours on a
-2-core CPU, not yet measured whole.
+(`lth_jax.experiments.presets.FEW_SHOT_RECIPES`, `config.paper.task_recipes`) and, there
+only, task-specific tickets (3 rounds of IMP on the task): hours on a 2-core CPU, not yet
+measured whole.
 """
 
 from lth_jax.experiments import presets
@@ -63,9 +64,11 @@ def get_config(variant: str = ''):
     c.paper.transfer_every = 1
     c.num_seeds = 1
   elif variant == 'all_tasks':
-    # The three kinds of task in one run, each dense task with its own recipe.
+    # The three kinds of task in one run, each dense task with its own recipe and, as in
+    # the paper, task-specific tickets (IMP on the task: 20% and 36% sparsity).
     c.paper.tasks = ','.join(['animal_mnist_b_few', *presets.FEW_SHOT_RECIPES])
-    c.paper.task_recipes = presets.FEW_SHOT_RECIPES
+    c.paper.task_recipes = {task: {**recipe, 'paper': {'task_imp_rounds': 3}}
+                            for task, recipe in presets.FEW_SHOT_RECIPES.items()}
   elif variant:
     raise ValueError(f'Unknown variant {variant!r}: use configs/paper_offline.py, '
                      'configs/paper_offline.py:tiny or configs/paper_offline.py:all_tasks.')

@@ -23,7 +23,9 @@ from lth_jax.metrics.headline import Metric
 def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
   """What the study runs and writes (its real run is the test below)."""
   config = defaults.load_config('paper_offline:tiny')
-  config.paper.task_recipes.digits = {'optim': {'num_epochs': 2}, 'data': {'batch_size': 32}}
+  assert config.paper.task_imp_rounds == 0  # task-specific IMP on this task only:
+  config.paper.task_recipes.digits = {'optim': {'num_epochs': 2}, 'data': {'batch_size': 32},
+                                      'paper': {'task_imp_rounds': 2}}
   out = experiments.run(config, str(tmp_path))
   rows = out['rows']
   by_key = {(r['method'], r['ticket']): r for r in rows}
@@ -33,7 +35,8 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
       ('random_global', 'random_global_round_01'),
       ('random_layerwise', 'random_layerwise_round_00'),
       ('random_layerwise', 'random_layerwise_round_01'), ('moco', 'dense'),
-      ('moco', 'round_00'), ('moco', 'round_01')}
+      ('moco', 'round_00'), ('moco', 'round_01'),
+      ('task_specific', 'task_specific_round_01')}
   assert all(r['task'] == 'digits' and 0 < r['test_accuracy'] <= 1 for r in rows)
   np.testing.assert_allclose([by_key['supervised', 'round_00']['sparsity'],
                               by_key['moco', 'round_01']['sparsity']], [0.2, 0.36], atol=1e-4)
@@ -62,7 +65,8 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
   # The extreme sparsity of every curve, recomputed from the rows (dense mean - 1 std).
   extreme = {(r['method'], r['pretraining']): r for r in out['extreme']}
   assert set(extreme) == {('supervised', 'supervised'), ('random_global', 'supervised'),
-                          ('random_layerwise', 'supervised'), ('moco', 'moco')}
+                          ('random_layerwise', 'supervised'), ('task_specific', 'supervised'),
+                          ('moco', 'moco')}
   for (method, pretraining), r in extreme.items():
     runs = [x['test_accuracy'] for x in by_key[pretraining, 'dense']['runs']]
     floor = np.mean(runs) - (np.std(runs, ddof=1) if len(runs) > 1 else 0.0)
@@ -87,7 +91,7 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
   assert upstream_runs and all(c['batch_size'] != 32 for c in upstream_runs)
   assert len(trained) == len(rows) == paper._transfer_units(
       {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0, 'round_01': 0}},
-      dict.fromkeys(range(4)), task_imp_rounds=0)
+      dict.fromkeys(range(4)), task_imp_rounds=2)
   assert paper._transfer_units({'a': {'r': 0}}, {}, task_imp_rounds=3) == 1 + 2 + 2
 
   calls = len(fake_finetunes.calls)
@@ -187,6 +191,11 @@ def test_task_specific_imp_refuses_prune_first_before_any_compute(tmp_path):
   assert not os.listdir(tmp_path)
   config.paper.task_imp_rounds = 0  # no task-specific IMP: the field is not read
   defaults.validate(config)
+  task = config.paper.tasks.split(',')[0]  # ... unless one task's recipe asks for it
+  config.paper.task_recipes[task] = {'paper': {'task_imp_rounds': 2}}
+  with pytest.raises(errors.ConfigError, match=rf'config\.imp\.prune_first=True.*'
+                     rf'--config\.paper\.task_recipes\.{task}\.paper\.task_imp_rounds=0'):
+    defaults.validate(config)
 
 
 def test_imp_pruning_unused_without_task_specific_imp_is_said(caplog):
@@ -242,6 +251,10 @@ def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
      r"paper\.task_recipes\.digits\.model\.width_multiplier=0\.5: a task's recipe sets how"),
     ('digits', {'data': {'dataset': 'mnist5k'}}, r'task_recipes\.digits\.data\.dataset='),
     ('digits', {'optim': {'lr': 0.1}}, r'task_recipes\.digits\.optim\.lr='),
+    ('digits', {'paper': {'task_imp_rounds': 1}},
+     r'paper\.task_recipes\.digits\.paper\.task_imp_rounds=1: 0 \(no task-specific IMP\)'),
+    ('digits', {'paper': {'transfer_every': 1}},
+     r"task_recipes\.digits\.paper\.transfer_every=1: a task's recipe sets how"),
     ('digits', {'optim': {'warmup_epochs': 3}},
      r"The recipe of 'digits' \(paper\.task_recipes\.digits over this config\) fails: "
      r'config\.optim: .*warm'),
@@ -291,6 +304,10 @@ def test_all_tasks_trains_each_dense_task_with_its_few_shot_recipe():
         want['num_epochs'], want['learning_rate']), task
     assert trained.data.batch_size == recipe.get('data', {}).get('batch_size', 50), task
     assert dict(trained.model.options) == recipe.get('model', {}), task
+  # Task-specific tickets on the dense tasks only (the paper's segmentation and detection).
+  assert {t: experiment.section.training[t].task_imp_rounds
+          for t in experiment.section.tasks} == {
+              'animal_mnist_b_few': 0, 'animal_canvas_seg_few': 3, 'animal_canvas_det_few': 3}
 
 
 def test_after_a_divergence_a_rerun_may_change_the_recipe_of_a_task_not_yet_trained(tmp_path):

@@ -24,8 +24,9 @@
    `lth_jax.pruning.random_baselines`, as transfer mode draws them: the same tickets
    and seed give the same masks in both modes. A ticket's two baselines share their
    random scores: each is a fair random draw, their overlap is not meaningful.
-5. With `config.paper.task_imp_rounds` > 0, task-specific tickets (method
-   'task_specific'): IMP on each task itself from the first pre-training's θ_p, the
+5. With `config.paper.task_imp_rounds` > 0 (for one task:
+   `paper.task_recipes.<task>.paper.task_imp_rounds`), task-specific tickets (method
+   'task_specific'): IMP on the task itself from the first pre-training's θ_p, the
    backbone rewound to θ_p and the task's head to its initial weights every round
    (`config.imp` fraction, pruning and policy). Its dense round 0 is that pre-training's
    dense transfer (same θ_p, seeds and recipe), trained once; `imp.prune_first`, which
@@ -81,8 +82,9 @@ def section() -> ml_collections.ConfigDict:
   c.task_imp_rounds = 0        # > 0: also IMP on each task (rounds, the dense one included)
   c.random_baselines = 'random_global,random_layerwise'  # of RANDOM_BASELINES
   # task -> how it trains, over this config's: optim.<field>, data.batch_size,
-  # data.eval_batch_size, model.<a task option> (e.g. {'optim': {'num_epochs': 40},
-  # 'model': {'neck_width': 1 / 16}}); a task without one trains with config.optim.
+  # data.eval_batch_size, model.<a task option>, paper.task_imp_rounds (e.g.
+  # {'optim': {'num_epochs': 40}, 'model': {'neck_width': 1 / 16}}); a task without one
+  # trains with config.optim.
   c.task_recipes = ml_collections.ConfigDict()
   return c
 
@@ -95,16 +97,15 @@ class Spec:
     upstream: pretraining -> its upstream experiment (`paper_upstream.experiments`),
       in the order of `paper.pretrainings`.
     tasks: the transfer tasks' datasets.
-    training: task -> how it trains (`paper_transfer.task_training`).
+    training: task -> how it trains and its task-specific IMP's rounds
+      (`paper_transfer.task_training`).
     transfer_every: every N-th upstream ticket is transferred.
-    task_imp_rounds: rounds of task-specific IMP, the dense one included (0: none).
     random_baselines: the random baselines made of the first pre-training's tickets.
   """
   upstream: Mapping[str, specs.Experiment]
   tasks: tuple[str, ...]
   training: Mapping[str, paper_transfer.TaskTraining]
   transfer_every: int
-  task_imp_rounds: int
   random_baselines: tuple[str, ...]
 
 
@@ -123,7 +124,6 @@ def spec(config: ml_collections.ConfigDict) -> Spec:
   return Spec(upstream=paper_upstream.experiments(config), tasks=tasks,
               training={t: paper_transfer.task_training(config, t) for t in tasks},
               transfer_every=p.transfer_every,
-              task_imp_rounds=p.task_imp_rounds,
               random_baselines=tuple(config_lib.split_names(p.random_baselines)))
 
 
@@ -227,8 +227,9 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   baselines = random_masks(workdir, experiment.seed, next(iter(tickets.values())),
                            experiment.imp.policy, paper.random_baselines)
   runs = wiring.scheduler(
-      experiment, mesh, total_runs=len(paper.tasks) * len(experiment.seeds) * (
-          _transfer_units(tickets, baselines, paper.task_imp_rounds)))
+      experiment, mesh, total_runs=len(experiment.seeds) * sum(
+          _transfer_units(tickets, baselines, paper.training[task].task_imp_rounds)
+          for task in paper.tasks))
   rows, extreme, verdicts = [], [], []
   for task_name in paper.tasks:
     try:
@@ -270,16 +271,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in tasks:
     config_lib.check_dataset('paper.tasks', name)
   config_lib.check_dataset('pretrain.dataset', config.pretrain.dataset)
-  if p.task_imp_rounds < 0 or p.task_imp_rounds == 1:
-    config_lib.fail('paper.task_imp_rounds', p.task_imp_rounds,
-                    '0 (no task-specific IMP) or >= 2 (the dense round and at least one '
-                    'pruned one).')
-  if p.task_imp_rounds and config.imp.prune_first:
-    config_lib.fail('imp.prune_first', config.imp.prune_first,
-                    "task-specific IMP's round 0 is the dense transfer of θ_p that tickets "
-                    'are matched against, and prune_first would prune it before training; '
-                    'set --config.imp.prune_first=False (upstream IMP keeps its recipe\'s '
-                    'first prune), or --config.paper.task_imp_rounds=0.')
+  _check_task_imp_rounds(config, 'paper.task_imp_rounds', p.task_imp_rounds)
   chosen = config_lib.split_names(p.random_baselines)
   if not set(chosen) <= set(RANDOM_BASELINES):
     config_lib.fail('paper.random_baselines', p.random_baselines,
@@ -291,14 +283,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_lib.fail('paper.transfer_every', p.transfer_every,
                     f'must be <= imp.num_rounds ({config.imp.num_rounds}), or no ticket is '
                     'transferred.')
-  if not p.task_imp_rounds and config.imp.pruning != config_lib.base_config().imp.pruning:
+  for task in p.task_recipes:
+    _check_task_recipe(config, task, tasks)
+  task_imp = any(paper_transfer.task_config(config, task).paper.task_imp_rounds
+                 for task in tasks)
+  if not task_imp and config.imp.pruning != config_lib.base_config().imp.pruning:
     # Logged, not refused: a workdir recorded with it still resumes.
     logging.warning('config.imp.pruning=%r is unused: only task-specific IMP '
                     '(paper.task_imp_rounds > 0) prunes by it; upstream IMP uses its '
                     "pre-training's recipe.", config.imp.pruning)
-  for task in p.task_recipes:
-    _check_task_recipe(config, task, tasks)
   paper_upstream.validate(config)
+
+
+def _check_task_imp_rounds(config: ml_collections.ConfigDict, field: str, rounds: int) -> None:
+  """Fails unless `rounds` (of config field `field`) is a valid task-specific IMP."""
+  if rounds < 0 or rounds == 1:
+    config_lib.fail(field, rounds, '0 (no task-specific IMP) or >= 2 (the dense round and at '
+                    'least one pruned one).')
+  if rounds and config.imp.prune_first:
+    config_lib.fail('imp.prune_first', config.imp.prune_first,
+                    "task-specific IMP's round 0 is the dense transfer of θ_p that tickets "
+                    'are matched against, and prune_first would prune it before training; '
+                    'set --config.imp.prune_first=False (upstream IMP keeps its recipe\'s '
+                    f'first prune), or --config.{field}=0.')
 
 
 def _check_task_recipe(config: ml_collections.ConfigDict, task: str, tasks: list[str]) -> None:
@@ -309,7 +316,8 @@ def _check_task_recipe(config: ml_collections.ConfigDict, task: str, tasks: list
   if task not in data.DATASETS or not is_mapping:
     config_lib.fail(field, recipe.to_dict() if is_mapping else recipe,
                     "a task's recipe is keyed by a dataset "
-                    f'({sorted(data.DATASETS)}) and holds sections optim, data or model.')
+                    f'({sorted(data.DATASETS)}) and holds sections optim, data, model or '
+                    'paper.')
   if task not in tasks:  # e.g. --config.paper.tasks narrowed below a preset's tasks
     logging.warning('config.%s is unused: %r is not one of paper.tasks (%r).', field, task,
                     config.paper.tasks)
@@ -319,16 +327,21 @@ def _check_task_recipe(config: ml_collections.ConfigDict, task: str, tasks: list
     task_obj, info = wiring.task_and_data(specs.data_spec(sub), task)
   except (TypeError, ValueError, AttributeError) as e:
     raise errors.ConfigError(f'config.{field}={recipe.to_dict()!r}: {e}') from None
-  for key, value in paper_transfer.recipe_fields(config, task).items():
+  fields = paper_transfer.recipe_fields(config, task)
+  for key, value in fields.items():
     section_name, _, name = key.partition('.')
     allowed = {'optim': name in config.optim,
                'data': name in paper_transfer.RECIPE_DATA_FIELDS,
-               'model': name in task_obj.options}.get(section_name, False)
+               'model': name in task_obj.options,
+               'paper': name in paper_transfer.RECIPE_PAPER_FIELDS}.get(section_name, False)
     if not allowed:
       config_lib.fail(f'{field}.{key}', value,
                       "a task's recipe sets how it trains: optim.<field>, data.batch_size, "
-                      f'data.eval_batch_size or model.<an option of its task: '
-                      f'{sorted(task_obj.options)}>; the backbone is the tickets\'.')
+                      f'data.eval_batch_size, model.<an option of its task: '
+                      f'{sorted(task_obj.options)}> or paper.task_imp_rounds; the backbone '
+                      "is the tickets'.")
+  if 'paper.task_imp_rounds' in fields:
+    _check_task_imp_rounds(config, f'{field}.paper.task_imp_rounds', sub.paper.task_imp_rounds)
   if sub.data.eval_batch_size < 1:  # the config's own is checked with the shared fields
     config_lib.fail(f'{field}.data.eval_batch_size', sub.data.eval_batch_size, 'must be >= 1.')
   try:

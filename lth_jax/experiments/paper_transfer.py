@@ -7,8 +7,8 @@ On one task of `paper.tasks`, every network is fine-tuned with the experiment's 
 and the task's recipe (`config.optim`, `config.data`'s batch sizes and `config.model`'s
 task options, with what `paper.task_recipes.<task>` sets on top: `task_config`): dense
 training from a random init ('scratch'), then each pre-training's dense θ_p and upstream
-tickets, the first pre-training's also with the random baselines and
-(`paper.task_imp_rounds` > 0) task-specific IMP from its θ_p. `judged` marks a
+tickets, the first pre-training's also with the random baselines and (the task's
+`paper.task_imp_rounds` > 0) task-specific IMP from its θ_p. `judged` marks a
 pre-training's rows matching against its dense transfer and says, per method, how
 sparse its tickets match (see `lth_jax.experiments.paper`).
 """
@@ -42,9 +42,11 @@ SCRATCH = 'scratch'
 TASK_SPECIFIC = 'task_specific'
 
 
-# What a task's recipe (`paper.task_recipes.<task>`) may set: how the task trains. The
-# backbone (`config_lib.MODEL_FIELDS`) is the one its tickets were found in.
+# What a task's recipe (`paper.task_recipes.<task>`) may set: how the task trains and
+# how many rounds of task-specific IMP it gets. The backbone (`config_lib.MODEL_FIELDS`)
+# is the one its tickets were found in.
 RECIPE_DATA_FIELDS = ('batch_size', 'eval_batch_size')
+RECIPE_PAPER_FIELDS = ('task_imp_rounds',)
 
 
 def recipe_fields(config: ml_collections.ConfigDict, task: str) -> dict[str, Any]:
@@ -62,7 +64,8 @@ def task_config(config: ml_collections.ConfigDict, task: str) -> ml_collections.
 
   Returns:
     A copy of `config` with `paper.task_recipes.<task>`'s fields (e.g.
-    `optim.num_epochs`, `data.batch_size`, `model.neck_width`) in place.
+    `optim.num_epochs`, `data.batch_size`, `model.neck_width`,
+    `paper.task_imp_rounds`) in place.
   """
   sub = config.copy_and_resolve_references()
   sub.update_from_flattened_dict(recipe_fields(config, task))
@@ -79,11 +82,13 @@ class TaskTraining:
     recipe: its fine-tuning recipe.
     recipe_section: the config section a change of that recipe goes to: 'optim', or
       'paper.task_recipes.<task>.optim' where the task's recipe sets optim fields.
+    task_imp_rounds: rounds of task-specific IMP on it, the dense one included (0: none).
   """
   data: specs.Data
   model: tasks.ModelSpec
   recipe: Recipe
   recipe_section: str = 'optim'
+  task_imp_rounds: int = 0
 
 
 def task_training(config: ml_collections.ConfigDict, task: str) -> TaskTraining:
@@ -92,7 +97,8 @@ def task_training(config: ml_collections.ConfigDict, task: str) -> TaskTraining:
   own = any(k.startswith('optim.') for k in recipe_fields(config, task))
   return TaskTraining(data=specs.data_spec(sub), model=specs.model_spec(sub),
                       recipe=config_lib.recipe(sub.optim),
-                      recipe_section=f'paper.task_recipes.{task}.optim' if own else 'optim')
+                      recipe_section=f'paper.task_recipes.{task}.optim' if own else 'optim',
+                      task_imp_rounds=sub.paper.task_imp_rounds)
 
 
 def for_task(experiment: specs.Experiment, task: str) -> specs.Experiment:
@@ -115,13 +121,14 @@ class _Transfer:
   metric: Metric
   scheduler: Scheduler | None
   loss_gradient: Callable[[Any], Callable[[Any], Any]]  # batch_stats -> params -> gradient
+  task_imp_rounds: int                # the task's (0: no task-specific IMP)
 
 
 def _task_specific(t: _Transfer, run_dir: str, start: Any) -> list[dict[str, Any]]:
   """IMP on the task from the first pre-training's θ_p: every round's record."""
   experiment, metric = t.experiment, t.metric
   spec = dataclasses.replace(experiment.imp.spec,
-                             num_rounds=experiment.section.task_imp_rounds, dense_seeds=None)
+                             num_rounds=t.task_imp_rounds, dense_seeds=None)
   # A criterion of the gradient (SNIP) scores by the task's own loss, as in mode imp.
   gradient = (t.loss_gradient(start(experiment.seed)['batch_stats'])
               if pruning.get(spec.pruning).needs_gradient else None)
@@ -224,12 +231,13 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
     (rows, extreme-sparsity rows, the task's metric).
   """
   paper, experiment = experiment.section, for_task(experiment, task_name)
+  rounds = paper.training[task_name].task_imp_rounds
   task, info = wiring.task_and_data(experiment.data, task_name)
   model = task.build_model(experiment.model, info)
   t = _Transfer(experiment, task_name, paths.transfer_dir(workdir, task_name),
                 wiring.make_finetune(experiment, model, task, info, mesh), task.headline(info),
                 scheduler, functools.partial(wiring.loss_gradient, experiment, model, task,
-                                             info, mesh))
+                                             info, mesh), rounds)
   seeds = experiment.seeds
   console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
   scratch = run_transfer(
@@ -241,7 +249,7 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
   rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
            'ticket': SCRATCH}]
   extreme, first = [], next(iter(tickets))
-  derived = [*paper.random_baselines, *([TASK_SPECIFIC] if paper.task_imp_rounds else [])]
+  derived = [*paper.random_baselines, *([TASK_SPECIFIC] if rounds else [])]
   for objective, chosen in tickets.items():
     console.say(f'== Transfer of the {objective} tickets to {task_name} ({len(seeds)} '
                 'seeds)')
@@ -250,7 +258,7 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
                                                                   jax.random.key(seed)))
     found, dense = _pretraining_rows(
         t, objective, {**chosen, **(baselines if objective == first else {})}, start,
-        task_specific=objective == first and paper.task_imp_rounds > 0)
+        task_specific=objective == first and rounds > 0)
     found = [{'task': task_name, 'pretraining': objective, **r} for r in found]
     methods = [objective, *(derived if objective == first else [])]
     extreme += judged(task_name, objective, methods, found, dense, scratch_values, t.metric,
