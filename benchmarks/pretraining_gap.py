@@ -6,7 +6,7 @@ r"""Does pre-training matter on a task? Each released θ_p against training from
 A ticket can only show that it keeps what pre-training gives where pre-training gives
 something. For one of the miniature's downstream tasks (`TASKS`: Animal-MNIST's classes
 5-9 with 20 training images a class, or segmentation and detection canvases of their
-silhouettes with 200 training canvases), this fine-tunes the dense network from each θ_p
+silhouettes with 200 and 100 training canvases), this fine-tunes the dense network from each θ_p
 lth_jax ships (`lth_jax.released`: supervised, SimCLR, MoCo v2) and from a random init
 ('scratch'), `--seeds` seeds each, with the task's recipe in
 configs/paper_offline.py:all_tasks (its own for classification, the canvas studies' heads

@@ -40,7 +40,7 @@ Segmentation (`segmentation.train_batches` / `eval_batches`, labels per pixel, 2
 Detection (`detection.train_batches` / `eval_batches`, boxes padded to max_boxes):
   digit_canvas_det   the same canvases' digit boxes, 10 classes; crop and shift keeping
                      the boxes, letterbox 56
-  animal_canvas_det_few  the Animal-MNIST canvases' boxes, 200 / 300 / 500, 5 classes
+  animal_canvas_det_few  the Animal-MNIST canvases' boxes, 100 / 100 / 500, 5 classes
   voc0712_det        VOCdevkit (data_dir): VOC07+12 trainval 16,051 / 500, VOC07 test
                      4,952; 20 classes; flip, crop, shift, letterbox 416
 
