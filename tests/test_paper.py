@@ -196,6 +196,10 @@ def test_task_specific_imp_refuses_prune_first_before_any_compute(tmp_path):
   with pytest.raises(errors.ConfigError, match=rf'config\.imp\.prune_first=True.*'
                      rf'--config\.paper\.task_recipes\.{task}\.paper\.task_imp_rounds=0'):
     defaults.validate(config)
+  # A global value that every task's recipe overrides is not read: not refused.
+  config.paper.task_recipes[task].paper.task_imp_rounds = 0
+  config.paper.tasks, config.paper.task_imp_rounds = task, 3
+  defaults.validate(config)
 
 
 def test_imp_pruning_unused_without_task_specific_imp_is_said(caplog):

@@ -79,7 +79,9 @@ def section() -> ml_collections.ConfigDict:
   c.tasks = 'mnist5k,digits'   # transfer tasks (comma-separated)
   c.upstream_epochs = 1        # epochs of each upstream IMP round
   c.transfer_every = 2         # transfer every N-th upstream ticket
-  c.task_imp_rounds = 0        # > 0: also IMP on each task (rounds, the dense one included)
+  # > 0: also IMP on each task (rounds, the dense one included); a task's recipe may set
+  # its own (task_recipes.<task>.paper.task_imp_rounds).
+  c.task_imp_rounds = 0
   c.random_baselines = 'random_global,random_layerwise'  # of RANDOM_BASELINES
   # task -> how it trains, over this config's: optim.<field>, data.batch_size,
   # data.eval_batch_size, model.<a task option>, paper.task_imp_rounds (e.g.
@@ -271,7 +273,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in tasks:
     config_lib.check_dataset('paper.tasks', name)
   config_lib.check_dataset('pretrain.dataset', config.pretrain.dataset)
-  _check_task_imp_rounds(config, 'paper.task_imp_rounds', p.task_imp_rounds)
   chosen = config_lib.split_names(p.random_baselines)
   if not set(chosen) <= set(RANDOM_BASELINES):
     config_lib.fail('paper.random_baselines', p.random_baselines,
@@ -285,12 +286,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     'transferred.')
   for task in p.task_recipes:
     _check_task_recipe(config, task, tasks)
+  # The global value serves the tasks whose recipe does not set their own.
+  if any('paper.task_imp_rounds' not in paper_transfer.recipe_fields(config, task)
+         for task in tasks):
+    _check_task_imp_rounds(config, 'paper.task_imp_rounds', p.task_imp_rounds)
   task_imp = any(paper_transfer.task_config(config, task).paper.task_imp_rounds
                  for task in tasks)
   if not task_imp and config.imp.pruning != config_lib.base_config().imp.pruning:
     # Logged, not refused: a workdir recorded with it still resumes.
     logging.warning('config.imp.pruning=%r is unused: only task-specific IMP '
-                    '(paper.task_imp_rounds > 0) prunes by it; upstream IMP uses its '
+                    '(paper.task_imp_rounds or a task\'s paper.task_recipes.<task>.paper.'
+                    'task_imp_rounds > 0) prunes by it; upstream IMP uses its '
                     "pre-training's recipe.", config.imp.pruning)
   paper_upstream.validate(config)
 
