@@ -219,9 +219,10 @@ _DATASETS = (
     # 1-3 silhouettes of Animal-MNIST's classes 5-9 (`animal_mnist_b`, none of them seen by
     # the upstream task), made as the digit canvases are. Segmentation: the first 200
     # training canvases, whole val and test, background + 5 classes. Detection: the first
-    # 100 training canvases with a box that is not difficult (with 200, about 500 boxes,
-    # a detector trained from scratch is as good as one from any θ_p), the first 100 val
-    # canvases (the detector is evaluated every epoch) and the whole test; 5 classes.
+    # 100 training canvases with a box that is not difficult, the first 100 val canvases
+    # (the detector is evaluated every epoch) and the whole test; 5 classes. (With 100 or
+    # 200 training canvases a detector from scratch is as good as one from any θ_p: README,
+    # "The paper in miniature".)
     DatasetInfo(
         name='animal_canvas_seg_few', source='canvases', task='segmentation', num_classes=6,
         image_shape=(56, 56, 1), split_sizes={'train': 200, 'val': 300, 'test': 500},

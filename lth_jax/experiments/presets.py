@@ -236,8 +236,8 @@ def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
 # and the detection neck widened to match the backbone (1/16 of the reference's ResNet-50
 # neck, as 1/32 matches width 1/8; at 1/32 and 20 epochs the dense θ_Sup reached 0.31-0.34
 # mAP@0.5 on 200 canvases). Detection's 100 canvases take 60 epochs (as many steps as 30
-# on 200) at 0.01 after an 8-epoch warm-up, the recipe the 100-canvas gap was measured
-# with (README, "The paper in miniature").
+# on 200) at 0.01 after an 8-epoch warm-up (README, "The paper in miniature": the gap
+# measured with it).
 # benchmarks/pretraining_gap.py measures the pre-training gap with them, and
 # `configs/paper_offline.py:all_tasks` trains its dense tasks with them
 # (`config.paper.task_recipes`).
