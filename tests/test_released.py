@@ -271,15 +271,15 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
                            'model.neck_width': None},
         'segmentation': {'optim.num_epochs': 20, 'optim.learning_rate': 0.01,
                          'model.neck_width': None},
-        'detection': {'optim.num_epochs': 40, 'optim.learning_rate': 0.02,
+        'detection': {'optim.num_epochs': 60, 'optim.learning_rate': 0.01,
                       'model.neck_width': 1 / 16}}[task]
     for start in (*(e.name for e in ENTRIES), 'scratch'):
-      config = gap._config(task, start, 3, {'optim.num_epochs': 3})
+      config = gap._config(task, start, 3, {'optim.num_epochs': 9})  # > any warm-up
       defaults.validate(config)
       experiment = experiments.specs.build(config)
       assert (experiment.data.dataset, experiment.imp.spec.num_rounds) == (dataset, 1)
       for field, value in recipe.items():   # the task's recipe, and the override on top
-        assert config[field] == (3 if field == 'optim.num_epochs' else value), field
+        assert config[field] == (9 if field == 'optim.num_epochs' else value), field
       assert experiment.pretrained.source == ('random' if start == 'scratch' else 'released')
       task_, info = experiments.wiring.task_and_data(experiment.data, dataset)
       assert task_.headline(info).key == metric
