@@ -43,7 +43,7 @@ def _config(task: str, start: str, seeds: int, overrides: dict):
 
   dataset, _ = TASKS[task]
   c = experiments.load_config('paper_offline:all_tasks')
-  c = paper_transfer.task_config(c, dataset) if dataset in c.paper.task_recipes else c
+  c = paper_transfer.task_config(c, dataset)  # classification has no recipe of its own
   c.mode = 'imp'
   c.data.dataset = dataset
   model = released.get('supervised')  # every shipped θ_p is this model
