@@ -269,7 +269,7 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
                                        'model.neck_width')} == {
         'classification': {'optim.num_epochs': None, 'optim.learning_rate': None,
                            'model.neck_width': None},
-        'segmentation': {'optim.num_epochs': 20, 'optim.learning_rate': 0.01,
+        'segmentation': {'optim.num_epochs': 30, 'optim.learning_rate': 0.01,
                          'model.neck_width': None},
         'detection': {'optim.num_epochs': 60, 'optim.learning_rate': 0.01,
                       'model.neck_width': 1 / 16}}[task]
