@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import importlib.metadata
 import json
 import math
@@ -72,7 +71,6 @@ os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.45')
 
 import flax  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import traverse_util  # noqa: E402
 

@@ -4,8 +4,10 @@ fine-tuning of the YOLO detector, and the offline study."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -22,6 +24,7 @@ from lth_jax.runtime import sharding
 from lth_jax.tasks import detection as det_task
 from lth_jax.tasks import yolo
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = data.get_info('digit_canvas_det_small')
 
 
@@ -296,6 +299,17 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
     kernels = [a for a in jax.tree.leaves(trained[part]) if a.ndim == 4]
     assert kernels and all((np.asarray(a) != 0).mean() > 0.99 for a in kernels)
   assert set(result.test_metrics) == {'map50', 'map', 'detections'}
+  # benchmarks/detection_errors.py reads back the final weights the run saved and scores
+  # them as the run's own test (its one epoch is its best).
+  spec = importlib.util.spec_from_file_location(
+      'detection_errors', ROOT / 'benchmarks' / 'detection_errors.py')
+  errors_benchmark = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(errors_benchmark)
+  restored = errors_benchmark.final_variables(str(tmp_path / 'run'), start)
+  jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(result.variables))
+  got = errors_benchmark.breakdown(model, restored, info, experiment.data.eval_batch_size)
+  assert got['map50'] == pytest.approx(result.test_metrics['map50'], abs=1e-12)
+  assert set(got) == {'map50', 'agnostic_map', 'located', 'class_accuracy'}
 
 
 # -------------------------------------------------------------------- the offline study

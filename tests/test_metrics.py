@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from lth_jax.metrics import (COCO_THRESHOLDS, confusion_matrix, confusion_matrix_jax, mean_iou,
-                             pixel_accuracy, voc_map, voc_map_range)
+from lth_jax.metrics import (COCO_THRESHOLDS, confusion_matrix, confusion_matrix_jax,
+                             error_breakdown, mean_iou, pixel_accuracy, voc_map, voc_map_range)
 
 # ----------------------------------------------------------------------------- segmentation
 
@@ -165,6 +165,31 @@ def test_voc_map_hand_worked_tp_fp_tp():
   np.testing.assert_allclose(r07['ap'], [6 / 11, 1.0], atol=1e-15)
   np.testing.assert_allclose(area['ap'], [5 / 9, 1.0], atol=1e-15)
   assert r07['map'] == pytest.approx((6 / 11 + 1) / 2, abs=1e-15)
+
+
+def test_error_breakdown_hand_worked():
+  """A is located by a wrong-class box that outscores a right-class one (named wrong), B is
+  located and named, the difficult C counts nowhere, D is missed. Merged into one class,
+  in score order: TP (A), TP (B), neither (C), FP (far), FP (A again): recall 1/3, 2/3 at
+  precision 1, so 7 of the 11 recall levels reach precision 1."""
+  a, b, c = (0, 0, 9, 9), (20, 20, 29, 29), (40, 40, 49, 49)
+  dets = [_dets((a, 0.9, 1), (a, 0.5, 0), (b, 0.8, 1), (c, 0.7, 2)),
+          _dets(((30, 30, 39, 39), 0.6, 0))]
+  gts = [_gt(a, b, c, classes=[0, 1, 2], difficult=[False, False, True]), _gt(a)]
+  out = error_breakdown(dets, gts, num_classes=3)
+  assert out['located'] == pytest.approx(2 / 3, abs=1e-15)
+  assert out['class_accuracy'] == 0.5
+  assert out['agnostic_map'] == pytest.approx(7 / 11, abs=1e-15)
+  np.testing.assert_array_equal(out['confusion'], [[0, 1, 0], [0, 1, 0], [0, 0, 0]])
+  # The same boxes, each named right: accuracy 1 and an unchanged class-agnostic mAP; a
+  # box at IoU exactly 0.5 (10 x 10 against 10 x 20 sharing half) locates nothing.
+  right = [_dets((a, 0.9, 0), (b, 0.8, 1)), np.zeros((0, 6))]
+  out = error_breakdown(right, [_gt(a, b, classes=[0, 1]), _gt(a)], num_classes=3)
+  assert (out['located'], out['class_accuracy']) == (2 / 3, 1.0)
+  half = error_breakdown([_dets(((0, 0, 9, 19), 0.9))], [_gt(a)], num_classes=1)
+  assert (half['located'], np.isnan(half['class_accuracy'])) == (0.0, True)
+  with pytest.raises(ValueError, match='class ids in'):
+    error_breakdown([_dets((a, 0.9, 3))], [_gt(a)], num_classes=3)
 
 
 def test_voc_map_difficult_match_is_neither_tp_nor_fp():

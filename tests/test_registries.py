@@ -18,7 +18,7 @@ import pytest
 from lth_jax import data, errors, experiments, masks, objectives, pruning, tasks, training
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import sources, upstream, wiring
-from lth_jax.lottery import iterative_pruning as imp, results, rounds
+from lth_jax.lottery import results, rounds
 from lth_jax.models import init_variables
 from lth_jax.objectives import contrastive
 from lth_jax.runtime import workdir as workdir_lib

@@ -87,11 +87,8 @@ def _as_ground_truth(gt: Any, image: int, num_classes: int) -> tuple[np.ndarray,
   return boxes, classes.astype(np.int64), difficult.astype(bool)
 
 
-def _best_overlaps(dets: np.ndarray, gt_boxes: np.ndarray,
-                   gt_classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per detection: IoU with its best same-class ground truth (-inf if none), and its index."""
-  if len(gt_boxes) == 0:
-    return np.full(len(dets), -np.inf), np.zeros(len(dets), np.int64)
+def _iou(dets: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
+  """IoU [N, M] of detection rows and ground-truth boxes, with the +1 pixel convention."""
   ix1 = np.maximum(dets[:, None, 0], gt_boxes[None, :, 0])
   iy1 = np.maximum(dets[:, None, 1], gt_boxes[None, :, 1])
   ix2 = np.minimum(dets[:, None, 2], gt_boxes[None, :, 2])
@@ -99,7 +96,15 @@ def _best_overlaps(dets: np.ndarray, gt_boxes: np.ndarray,
   inter = np.maximum(ix2 - ix1 + 1.0, 0.0) * np.maximum(iy2 - iy1 + 1.0, 0.0)
   det_area = (dets[:, 2] - dets[:, 0] + 1.0) * (dets[:, 3] - dets[:, 1] + 1.0)
   gt_area = (gt_boxes[:, 2] - gt_boxes[:, 0] + 1.0) * (gt_boxes[:, 3] - gt_boxes[:, 1] + 1.0)
-  iou = inter / (det_area[:, None] + gt_area[None, :] - inter)
+  return inter / (det_area[:, None] + gt_area[None, :] - inter)
+
+
+def _best_overlaps(dets: np.ndarray, gt_boxes: np.ndarray,
+                   gt_classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per detection: IoU with its best same-class ground truth (-inf if none), and its index."""
+  if len(gt_boxes) == 0:
+    return np.full(len(dets), -np.inf), np.zeros(len(dets), np.int64)
+  iou = _iou(dets, gt_boxes)
   iou = np.where(dets[:, None, 5].astype(np.int64) == gt_classes[None, :], iou, -np.inf)
   # argmax returns the first maximum, as voc_eval's; a row of -inf gives index 0, unused.
   best = iou.argmax(axis=1)
@@ -253,4 +258,58 @@ def voc_map_range(detections: Sequence[np.ndarray], ground_truths: Sequence[Mapp
       'map_per_threshold': per_threshold,
       'ap_per_threshold': table,
       'thresholds': thresholds,
+  }
+
+
+def error_breakdown(detections: Sequence[np.ndarray], ground_truths: Sequence[Mapping[str, Any]],
+                    num_classes: int, iou_threshold: float = 0.5) -> dict[str, Any]:
+  """Where a detector's mAP goes: finding the objects, or naming them.
+
+  Per non-difficult ground truth, the detections of any class whose IoU is strictly above
+  `iou_threshold` (the `voc_map` convention) locate it; the highest-scoring of them (the
+  first on a score tie) names its class.
+
+  Args:
+    detections: per image, float [N, 6] rows [x1, y1, x2, y2, score, class].
+    ground_truths: per image, {'boxes': [M, 4], 'classes': [M], 'difficult': [M]}.
+    num_classes: C.
+    iou_threshold: the IoU a detection must exceed to locate a ground truth.
+
+  Returns:
+    {'located': share of the non-difficult ground truths that some detection locates;
+     'class_accuracy': share of the located ones whose best detection has their class
+       (NaN if none is located);
+     'agnostic_map': `voc_map` at `iou_threshold` with every class merged into one, the
+       mAP a detector would have if it named every class right;
+     'confusion': int64 [C, C], located ground truths by (true class, named class)}.
+
+  Raises:
+    ValueError: as `voc_map`.
+  """
+  if len(detections) != len(ground_truths):
+    raise ValueError(f'got detections for {len(detections)} images and ground truths for '
+                     f'{len(ground_truths)}; give one entry per image to both.')
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  total = 0
+  merged_dets, merged_gts = [], []
+  for image, (dets, gt) in enumerate(zip(detections, ground_truths)):
+    dets = _as_detections(dets, image, num_classes)
+    boxes, classes, difficult = _as_ground_truth(gt, image, num_classes)
+    total += int((~difficult).sum())
+    if len(dets) and len(boxes):
+      iou = _iou(dets, boxes[~difficult])
+      located = np.flatnonzero((iou > iou_threshold).any(axis=0))
+      by_score = np.argsort(-dets[:, 4], kind='stable')
+      # The first row in score order among those above the threshold.
+      best = by_score[(iou[by_score][:, located] > iou_threshold).argmax(axis=0)]
+      np.add.at(confusion, (classes[~difficult][located], dets[best, 5].astype(np.int64)), 1)
+    merged_dets.append(np.concatenate([dets[:, :5], np.zeros((len(dets), 1))], axis=1))
+    merged_gts.append({'boxes': boxes, 'classes': np.zeros(len(boxes), np.int64),
+                       'difficult': difficult})
+  found = int(confusion.sum())
+  return {
+      'located': found / total if total else float('nan'),
+      'class_accuracy': np.trace(confusion) / found if found else float('nan'),
+      'agnostic_map': voc_map(merged_dets, merged_gts, 1, iou_threshold)['map'],
+      'confusion': confusion,
   }
