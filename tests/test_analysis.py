@@ -403,6 +403,7 @@ def _write_round(run_dir, k, m, accuracy=None):
                  'test_accuracy_std': 0.0}, f)
 
 
+@pytest.mark.slow
 def test_cli_compares_runs_at_equal_sparsity(tmp_path, params):
   main, other = tmp_path / 'sup', tmp_path / 'moco'
   imp = [masks.init(params)]
@@ -449,6 +450,7 @@ def test_cli_compares_runs_at_equal_sparsity(tmp_path, params):
   assert '| sup/imp | 2 | 36.00 | - | - |' in text  # a mask not trained yet
 
 
+@pytest.mark.slow
 def test_cli_names_the_missing_runs(tmp_path):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   out = subprocess.run([sys.executable, '-m', 'lth_jax.analyze', f'--workdir={tmp_path}'],
@@ -457,6 +459,7 @@ def test_cli_names_the_missing_runs(tmp_path):
   assert 'No IMP round under' in out.stderr
 
 
+@pytest.mark.slow
 def test_analysis_does_not_load_the_tasks():
   # The analysis reads results back: it names a round's metric (`lth_jax.metrics.headline`)
   # without loading the tasks, their data and models' training code (issue 21, layering).

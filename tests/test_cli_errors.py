@@ -51,6 +51,7 @@ def _message(proc: subprocess.CompletedProcess) -> str:
   return proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_config_file_that_is_not_there_lists_the_configs(tmp_path):
   # A wheel user's folder has no configs/: the command line copied from the README fails.
   proc = _main('--config=configs/demo.py:tiny', '--workdir=w', cwd=tmp_path)
@@ -64,12 +65,14 @@ def test_a_config_file_that_is_not_there_lists_the_configs(tmp_path):
   assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
 
 
+@pytest.mark.slow
 def test_a_variant_typo_is_the_configs_own_message(tmp_path):
   message = _message(_main('--config=demo:tyny', f'--workdir={tmp_path / "w"}'))
   assert message == ("ConfigError: --config=demo:tyny: Unknown demo variant 'tyny': use "
                      'configs/demo.py or configs/demo.py:tiny.')
 
 
+@pytest.mark.slow
 def test_a_field_typo_names_the_flag_and_the_field_meant(tmp_path):
   message = _message(_main(*TINY, '--config.optim.learning_rat=0.1',
                            f'--workdir={tmp_path / "w"}'))
@@ -82,6 +85,7 @@ def test_a_field_typo_names_the_flag_and_the_field_meant(tmp_path):
     ('', 'WorkdirError: --workdir is empty: pass the folder'),
     ('{file}', 'WorkdirError: --workdir={file}: {file} is a file, not a folder; pass'),
 ])
+@pytest.mark.slow
 def test_an_unusable_workdir_stops_before_anything_runs(tmp_path, workdir, says):
   file = tmp_path / 'notes.txt'
   file.write_text('not a folder')
@@ -107,6 +111,7 @@ def test_a_workdir_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch, rea
   assert errors.user_error(caught.value) is caught.value
 
 
+@pytest.mark.slow
 def test_a_pth_checkpoint_without_torch_says_how_to_install_it(tmp_path):
   checkpoint = tmp_path / 'resnet18.pth'
   checkpoint.write_bytes(b'PK\x03\x04 not really a zip archive')

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 
+@pytest.mark.slow
 def test_every_process_of_the_run_compiles_into_one_cache(tmp_path):
   folder = os.environ['JAX_COMPILATION_CACHE_DIR']
   if not folder:

@@ -256,6 +256,7 @@ def test_random_layerwise_names_the_ticket_baseline_only():
   defaults.validate(tiny(**{'imp.pruning': 'snip'}))  # scores by the data: a baseline helps
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_bad_value_with_a_message(tmp_path):
   proc = subprocess.run(_cli(str(tmp_path / 'w'), '--config.imp.fraction=1.5'), cwd=ROOT,
                         capture_output=True, text=True, env={**os.environ, 'XLA_FLAGS': ''})

@@ -181,6 +181,7 @@ def test_install_cell_clones_a_git_url_into_a_folder_of_its_name(url, name, tmp_
   assert f'FILE {os.path.join(clone, "lth_jax", "__init__.py")}' in out.stdout
 
 
+@pytest.mark.slow
 def test_install_cell_installs_a_wheel_that_carries_the_configs(tmp_path):
   # Built from a copy of the repository's files: a build/ folder in the checkout could hold
   # stale files, and the checkout stays as it is.
