@@ -13,6 +13,7 @@ run compiles only what changed (about a third faster); CI names a fresh folder p
 none. A cached program is the program XLA compiled: results are the same either way.
 """
 
+import importlib.util
 import os
 import pathlib
 from collections.abc import Callable
@@ -36,6 +37,17 @@ import pytest  # noqa: E402
 
 # Tests use tiny models; skipping optimisation passes makes compiles much faster.
 jax.config.update('jax_disable_most_optimizations', True)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_script(path: str) -> Any:
+  """A script of the repository that is not a package module (`benchmarks/x.py`,
+  `scripts/x.py`), imported by its path relative to the repository's root."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, REPO / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def trim_cache(folder: pathlib.Path, limit: int = CACHE_LIMIT_BYTES) -> None:

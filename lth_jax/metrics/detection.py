@@ -99,6 +99,13 @@ def _iou(dets: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
   return inter / (det_area[:, None] + gt_area[None, :] - inter)
 
 
+def _check_same_length(detections: Sequence[Any], ground_truths: Sequence[Any]) -> None:
+  if len(detections) != len(ground_truths):
+    raise ValueError(f'got detections for {len(detections)} images and ground truths for '
+                     f'{len(ground_truths)}; give one entry per image to both (empty arrays '
+                     'for an image without boxes).')
+
+
 def _best_overlaps(dets: np.ndarray, gt_boxes: np.ndarray,
                    gt_classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Per detection: IoU with its best same-class ground truth (-inf if none), and its index."""
@@ -133,10 +140,7 @@ def _average_precision(tp: np.ndarray, fp: np.ndarray, npos: int,
 def _ap_table(detections: Sequence[Any], ground_truths: Sequence[Any], num_classes: int,
               thresholds: np.ndarray, use_07_metric: bool) -> np.ndarray:
   """AP [T, C] for every IoU threshold and class; NaN for a class without npos."""
-  if len(detections) != len(ground_truths):
-    raise ValueError(f'got detections for {len(detections)} images and ground truths for '
-                     f'{len(ground_truths)}; give one entry per image to both (empty arrays '
-                     'for an image without boxes).')
+  _check_same_length(detections, ground_truths)
   if num_classes < 1:
     raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
   thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
@@ -286,23 +290,22 @@ def error_breakdown(detections: Sequence[np.ndarray], ground_truths: Sequence[Ma
   Raises:
     ValueError: as `voc_map`.
   """
-  if len(detections) != len(ground_truths):
-    raise ValueError(f'got detections for {len(detections)} images and ground truths for '
-                     f'{len(ground_truths)}; give one entry per image to both.')
+  _check_same_length(detections, ground_truths)
   confusion = np.zeros((num_classes, num_classes), np.int64)
   total = 0
   merged_dets, merged_gts = [], []
   for image, (dets, gt) in enumerate(zip(detections, ground_truths)):
     dets = _as_detections(dets, image, num_classes)
     boxes, classes, difficult = _as_ground_truth(gt, image, num_classes)
-    total += int((~difficult).sum())
+    counted = ~difficult
+    total += int(counted.sum())
     if len(dets) and len(boxes):
-      iou = _iou(dets, boxes[~difficult])
+      iou = _iou(dets, boxes[counted])
       located = np.flatnonzero((iou > iou_threshold).any(axis=0))
       by_score = np.argsort(-dets[:, 4], kind='stable')
       # The first row in score order among those above the threshold.
       best = by_score[(iou[by_score][:, located] > iou_threshold).argmax(axis=0)]
-      np.add.at(confusion, (classes[~difficult][located], dets[best, 5].astype(np.int64)), 1)
+      np.add.at(confusion, (classes[counted][located], dets[best, 5].astype(np.int64)), 1)
     merged_dets.append(np.concatenate([dets[:, :5], np.zeros((len(dets), 1))], axis=1))
     merged_gts.append({'boxes': boxes, 'classes': np.zeros(len(boxes), np.int64),
                        'difficult': difficult})
