@@ -161,11 +161,6 @@ def momentum_update(target: Any, online: Any, momentum: float) -> Any:
 # Stateful objectives for lth_jax.training.
 # ----------------------------------------------------------------------------------
 
-def _prepare(images: jax.Array, mean: tuple[float, ...] | None,
-             std: tuple[float, ...] | None) -> jax.Array:
-  return images if mean is None else view_lib.normalize(images, mean, std)
-
-
 def _forward(model: nn.Module, params: Any, batch_stats: Any,
              images: jax.Array) -> tuple[jax.Array, Any]:
   out, updates = model.apply({'params': params, 'batch_stats': batch_stats}, images,
@@ -173,38 +168,49 @@ def _forward(model: nn.Module, params: Any, batch_stats: Any,
   return out, updates['batch_stats']
 
 
-def _check_shared(objective: SimCLR | MoCo) -> None:
-  """Checks what SimCLR and MoCo share: the temperature and the views' normalisation."""
-  if objective.temperature <= 0:
-    raise ValueError(f'temperature must be > 0, got {objective.temperature}.')
-  mean, std = objective.mean, objective.std
-  if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
-    raise ValueError(f'mean {mean} and std {std} must both be None (images stay in [0, 1]) '
-                     'or both name one value per channel.')
+@dataclasses.dataclass(frozen=True)
+class _Contrastive:
+  """What SimCLR and MoCo share: a loss temperature and two views, normalised alike.
+
+  Attributes:
+    temperature: the loss's softmax temperature (> 0).
+    views: the augmentation of the two views.
+    mean: per-channel mean subtracted from the views; None keeps [0, 1] inputs (the
+      converted SimCLR checkpoints expect them).
+    std: per-channel std the views are divided by (None with mean=None).
+  """
+  temperature: float
+  views: view_lib.ViewConfig
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
+
+  def __post_init__(self):
+    if self.temperature <= 0:
+      raise ValueError(f'temperature must be > 0, got {self.temperature}.')
+    mean, std = self.mean, self.std
+    if (mean is None) != (std is None) or (mean is not None and len(mean) != len(std)):
+      raise ValueError(f'mean {mean} and std {std} must both be None (images stay in [0, 1]) '
+                       'or both name one value per channel.')
+
+  def normalize(self, images: jax.Array) -> jax.Array:
+    """The views as the network takes them (unchanged when `mean` is None)."""
+    return images if self.mean is None else view_lib.normalize(images, self.mean, self.std)
 
 
 @dataclasses.dataclass(frozen=True)
-class SimCLR:
+class SimCLR(_Contrastive):
   """SimCLR: NT-Xent between two views of each image, both through one network.
 
   The model's output is the projection (a ResNet with head='mlp'). Both views go
   through the network in one batch, so BatchNorm statistics are global over 2N views
   (SimCLR's global BN).
 
-  Attributes:
+  Attributes (and `mean`, `std`: see `_Contrastive`):
     temperature: NT-Xent temperature (the reference: 0.5).
     views: the augmentation (`views.SIMCLR`).
-    mean: per-channel mean subtracted from the views; None keeps [0, 1] inputs (the
-      converted SimCLR checkpoints expect them).
-    std: per-channel std the views are divided by (None with mean=None).
   """
   temperature: float = 0.5
   views: view_lib.ViewConfig = view_lib.SIMCLR
-  mean: tuple[float, ...] | None = None
-  std: tuple[float, ...] | None = None
-
-  def __post_init__(self):
-    _check_shared(self)
 
   def init_extra(self, model: nn.Module, params: Any, batch_stats: Any, rng: jax.Array,
                  carry: Extra | None = None) -> Extra:
@@ -229,7 +235,7 @@ class SimCLR:
     key, following = next_keys(extra)
     first, second = view_lib.two_views(key, batch['image'], self.views)
     z, batch_stats = _forward(model, params, batch_stats,
-                              _prepare(jnp.concatenate([first, second]), self.mean, self.std))
+                              self.normalize(jnp.concatenate([first, second])))
     loss, accuracy = nt_xent(*jnp.split(z, 2), self.temperature)
     return loss, (batch_stats, {**extra, 'rng': following},
                   {'loss': loss, 'contrastive_accuracy': accuracy})
@@ -241,7 +247,7 @@ class SimCLR:
 
 
 @dataclasses.dataclass(frozen=True)
-class MoCo:
+class MoCo(_Contrastive):
   """MoCo v2: InfoNCE of queries against a momentum encoder's keys and a queue.
 
   The query encoder is the trained model (ResNet with head='mlp'); the key encoder
@@ -252,23 +258,19 @@ class MoCo:
   every batch sees the same keys as in MoCo. BatchNorm statistics are global over the
   batch (as SimCLR's global BN), which stands in for MoCo's shuffled per-GPU BN.
 
-  Attributes:
+  Attributes (and `mean`, `std`: see `_Contrastive`):
     temperature: InfoNCE temperature (MoCo v2: 0.2).
+    views: the augmentation (`views.MOCO_V2`).
     momentum: m of the key encoder (0.999).
     queue_size: K, the number of negative keys (65,536); >= the global batch.
-    views: the augmentation (`views.MOCO_V2`).
-    mean: per-channel mean subtracted from the views; None keeps [0, 1].
-    std: per-channel std the views are divided by.
   """
   temperature: float = 0.2
+  views: view_lib.ViewConfig = view_lib.MOCO_V2
   momentum: float = 0.999
   queue_size: int = 65536
-  views: view_lib.ViewConfig = view_lib.MOCO_V2
-  mean: tuple[float, ...] | None = None
-  std: tuple[float, ...] | None = None
 
   def __post_init__(self):
-    _check_shared(self)
+    super().__post_init__()
     if not 0.0 <= self.momentum <= 1.0:
       raise ValueError(f'momentum must be in [0, 1], got {self.momentum}.')
     if self.queue_size < 1:
@@ -311,9 +313,9 @@ class MoCo:
     key, following = next_keys(extra)
     query_views, key_views = view_lib.two_views(key, batch['image'], self.views)
     q, batch_stats = _forward(model, params, batch_stats,
-                              _prepare(query_views, self.mean, self.std))
+                              self.normalize(query_views))
     k, key_batch_stats = _forward(model, extra['key_params'], extra['key_batch_stats'],
-                                  _prepare(key_views, self.mean, self.std))
+                                  self.normalize(key_views))
     k = jax.lax.stop_gradient(k)
     loss, accuracy = info_nce(q, k, extra['queue'], self.temperature)
     queue, pointer = enqueue(extra['queue'], extra['queue_pointer'],
