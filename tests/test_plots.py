@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from lth_jax.lottery import results
+from lth_jax.lottery import result_files
 from lth_jax.tasks.classification import ACCURACY
 
 
 def test_ticks_are_one_imp_round_apart():
-  assert results.remaining_ticks(100.0) == [100.0]
-  ticks = results.remaining_ticks(16.8)
+  assert result_files.remaining_ticks(100.0) == [100.0]
+  ticks = result_files.remaining_ticks(16.8)
   assert ticks == pytest.approx([100 * 0.8 ** k for k in range(9)])
   assert ticks[-2] > 16.8 >= ticks[-1]
-  assert results.remaining_ticks(50, fraction=0.5) == [100.0, 50.0]
+  assert result_files.remaining_ticks(50, fraction=0.5) == [100.0, 50.0]
   # 36% sparsity as an exact count (63.99998% remaining) ends at the 64 tick, not 51.2.
-  assert results.remaining_ticks(100 * (1 - 0.36000022944)) == pytest.approx([100, 80, 64])
+  assert result_files.remaining_ticks(100 * (1 - 0.36000022944)) == pytest.approx([100, 80, 64])
 
 
 def test_figure_is_written_as_png_and_pdf(tmp_path):
   rows = [{'sparsity': 1 - 0.8 ** k, 'test_accuracy': 0.9 - 0.01 * k,
            'test_accuracy_std': 0.005} for k in range(6)]
   random = [{**r, 'test_accuracy': r['test_accuracy'] - 0.03} for r in rows]
-  path = results.plot_vs_sparsity(str(tmp_path / 'accuracy_vs_sparsity.png'),
+  path = result_files.plot_vs_sparsity(str(tmp_path / 'accuracy_vs_sparsity.png'),
                                   {'magnitude': rows, 'random_global': random},
                                   dense=[0.9, 0.91, 0.89], title='test', metric=ACCURACY)
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
@@ -32,8 +32,8 @@ def test_figure_is_written_as_png_and_pdf(tmp_path):
 def _drawn(monkeypatch, tmp_path, curves, **kwargs):
   """Plots `curves` and returns the figure's axes (captured before it is closed)."""
   figures = []
-  monkeypatch.setattr(results.files, 'save_figure', lambda fig, path: figures.append(fig))
-  results.plot_vs_sparsity(str(tmp_path / 'p.png'), curves, metric=ACCURACY, **kwargs)
+  monkeypatch.setattr(result_files.files, 'save_figure', lambda fig, path: figures.append(fig))
+  result_files.plot_vs_sparsity(str(tmp_path / 'p.png'), curves, metric=ACCURACY, **kwargs)
   return figures[0].axes[0]
 
 

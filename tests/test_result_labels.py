@@ -19,7 +19,7 @@ import pytest
 from lth_jax import data, experiments, masks, pruning, tasks
 from lth_jax.analysis import imp_runs, plots
 from lth_jax.experiments import config as config_lib
-from lth_jax.lottery import results
+from lth_jax.lottery import result_files, results
 from lth_jax.models import create_model
 from lth_jax.tasks.classification import ACCURACY
 
@@ -63,7 +63,7 @@ def test_the_engine_has_no_metric_of_its_own():
   from lth_jax import lottery
   assert not hasattr(lottery, 'Metric') and not hasattr(results, 'ACCURACY')
   assert not hasattr(results, 'with_chance')
-  for fn, name in ((results.report, 'metric'), (results.plot_vs_sparsity, 'metric'),
+  for fn, name in ((result_files.write, 'metric'), (result_files.plot_vs_sparsity, 'metric'),
                    (results.extreme_sparsity, 'key'), (lottery.run_transfer, 'metric')):
     assert inspect.signature(fn).parameters[name].default is inspect.Parameter.empty, fn
   assert isinstance(tasks.get('detection').metric, tasks.Metric)
@@ -103,9 +103,9 @@ def test_untrained_rule(dense, smoke, why):
 
 
 def test_smoke_run_is_flagged_in_csv_json_console_and_plot(tmp_path, monkeypatch):
-  figures = _figure(monkeypatch, results)
+  figures = _figure(monkeypatch, result_files)
   rows = _rows([0.07, 0.31], [0.17, 0.12])
-  text = results.report(str(tmp_path), rows, {'magnitude': rows}, [0.07, 0.31], 'tiny',
+  text = result_files.write(str(tmp_path), rows, {'magnitude': rows}, [0.07, 0.31], 'tiny',
                         ['method', 'round', 'test_accuracy', 'test_accuracy_std'],
                         metric=TEN_CLASSES)
   note = results.untrained([0.07, 0.31], TEN_CLASSES)
@@ -123,9 +123,9 @@ def test_smoke_run_is_flagged_in_csv_json_console_and_plot(tmp_path, monkeypatch
 
 def test_trained_run_has_no_note_and_chance_below_the_curves_keeps_their_range(
     tmp_path, monkeypatch):
-  figures = _figure(monkeypatch, results)
+  figures = _figure(monkeypatch, result_files)
   rows = _rows([0.95, 0.96], [0.955, 0.94])
-  text = results.report(str(tmp_path), rows, {'magnitude': rows}, [0.95, 0.96], 'demo',
+  text = result_files.write(str(tmp_path), rows, {'magnitude': rows}, [0.95, 0.96], 'demo',
                         ['method', 'test_accuracy'], metric=TEN_CLASSES)
   assert 'note' not in open(tmp_path / 'results.csv').readline().split(',')
   assert 'moke run' not in text
@@ -137,7 +137,7 @@ def test_trained_run_has_no_note_and_chance_below_the_curves_keeps_their_range(
 
 def test_single_run_std_reads_one_run_in_the_table_as_in_the_log(tmp_path):
   rows = _rows([0.95, 0.96], [0.94])
-  text = results.report(str(tmp_path), rows, {'magnitude': rows}, [0.95, 0.96], 'demo',
+  text = result_files.write(str(tmp_path), rows, {'magnitude': rows}, [0.95, 0.96], 'demo',
                         ['round', 'test_accuracy', 'test_accuracy_std'], metric=TEN_CLASSES)
   line = next(s for s in text.splitlines() if s.startswith('1 '))
   assert line.split()[-2:] == ['(one', 'run)']
@@ -150,11 +150,11 @@ def test_single_run_std_reads_one_run_in_the_table_as_in_the_log(tmp_path):
 
 
 def test_plot_x_axis_is_sparsity_and_the_std_band_is_in_the_legend(tmp_path, monkeypatch):
-  figures = _figure(monkeypatch, results)
+  figures = _figure(monkeypatch, result_files)
   rows = _rows([0.90, 0.92], [0.91, 0.90, 0.89, 0.85, 0.80])
   for r in rows[1:]:
     r['test_accuracy_std'] = 0.01
-  results.plot_vs_sparsity(str(tmp_path / 'p.png'), {'magnitude': rows}, dense=[0.90, 0.92],
+  result_files.plot_vs_sparsity(str(tmp_path / 'p.png'), {'magnitude': rows}, dense=[0.90, 0.92],
                            metric=ACCURACY)
   ax = figures[0].axes[0]
   assert ax.get_xlabel() == 'sparsity (%)'
@@ -165,9 +165,9 @@ def test_plot_x_axis_is_sparsity_and_the_std_band_is_in_the_legend(tmp_path, mon
 
 
 def test_sparsity_labels_keep_three_digits_of_the_weights_remaining():
-  ticks = results.remaining_ticks(2.9)
-  assert [results.sparsity_label(t) for t in ticks][-4:] == ['94.5', '95.6', '96.48', '97.19']
-  assert results.sparsity_label(0.5) == '99.5'
+  ticks = result_files.remaining_ticks(2.9)
+  assert [result_files.sparsity_label(t) for t in ticks][-4:] == ['94.5', '95.6', '96.48', '97.19']
+  assert result_files.sparsity_label(0.5) == '99.5'
 
 
 def test_overlap_plot_names_the_expectation_once_on_the_results_axis(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from absl import logging
 from lth_jax import masks as masks_lib
 from lth_jax.analysis import report, structure
 from lth_jax.errors import setting
-from lth_jax.lottery import results
+from lth_jax.lottery import result_files, results
 from lth_jax.metrics.headline import Metric
 from lth_jax.runtime import files, paths
 
@@ -145,7 +145,7 @@ def _runs_section(out_dir: str, runs: dict[str, dict[int, str]],
             for run, rounds in runs.items()}
   curves = {run: rows for run, rows in curves.items() if rows}
   if curves:
-    path = results.plot_vs_sparsity(os.path.join(out_dir, f'{metric.file}.png'), curves,
+    path = result_files.plot_vs_sparsity(os.path.join(out_dir, f'{metric.file}.png'), curves,
                                     title=f'Test {metric.label} of every round', metric=metric)
     lines.append(report.image_link(path, f'{metric.label} against sparsity'))
   return lines

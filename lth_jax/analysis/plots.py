@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from lth_jax.analysis.structure import short_name
-from lth_jax.lottery.results import sparsity_axis
+from lth_jax.lottery.result_files import sparsity_axis
 from lth_jax.runtime import files
 
 # A measured IoU equal to its random expectation (a pair with a random-pruning run) would
@@ -120,7 +120,7 @@ def layer_overlap(path: str, overlaps: Mapping[str, Mapping[str, Mapping[str, An
 def overlap_vs_sparsity(path: str, rows: Sequence[Mapping[str, Any]], title: str = '') -> str:
   """Total IoU of each pair of runs against sparsity, with the random expectation.
 
-  The x axis is the results plot's (`lth_jax.lottery.results.sparsity_axis`). Each pair's
+  The x axis is the results plot's (`lth_jax.lottery.result_files.sparsity_axis`). Each pair's
   expectation is a thin dashed line of its colour over the measured one, and one
   legend entry names them all: a pair with a random-pruning run lies on its dashed line by
   construction, since random pruning keeps weights independently of the other run.

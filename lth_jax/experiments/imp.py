@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from lth_jax import analysis, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import modes, sources, specs, wiring
-from lth_jax.lottery import ImpSpec, results, rounds, run_imp
+from lth_jax.lottery import ImpSpec, result_files, results, rounds, run_imp
 from lth_jax.runtime import console, sharding
 
 COLUMNS = ('method', 'round', 'ticket', 'sparsity', 'test_{}', 'test_{}_std', 'matching')
@@ -103,7 +103,7 @@ def report(workdir: str, experiment: specs.Experiment, metric: results.Headline,
   """
   if sharding.is_chief():
     columns = [c.format(metric.key) for c in COLUMNS]
-    console.say(results.report(workdir, rows, curves, dense, title, columns, suffix,
+    console.say(result_files.write(workdir, rows, curves, dense, title, columns, suffix,
                                metric=metric, labels=labels(experiment)))
 
 

@@ -63,7 +63,7 @@ from jax.sharding import Mesh
 from lth_jax import data, errors, masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import modes, paper_transfer, paper_upstream, specs, wiring
-from lth_jax.lottery import DENSE, results
+from lth_jax.lottery import DENSE, result_files
 from lth_jax.runtime import console, files, paths, sharding
 from lth_jax.tasks import Metric
 
@@ -245,7 +245,7 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
     verdicts.append(verdict(task_name, metric, task_extreme))
     console.say(f'Verdict: {verdicts[-1]}')
     if sharding.is_chief():
-      console.say(results.report(
+      console.say(result_files.write(
           workdir, task_rows, _curves(task_rows), [],
           f'Upstream tickets transferred to {task_name}',
           [c.format(metric.key) for c in COLUMNS], suffix=f'_{task_name}', metric=metric,

@@ -52,9 +52,8 @@ from jax.sharding import Mesh
 
 from lth_jax import analysis, data, objectives, pruning
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import imp
 from lth_jax.experiments import modes, sources, specs, wiring
-from lth_jax.lottery import Finetune, results, run_imp
+from lth_jax.lottery import Finetune, result_files, run_imp
 from lth_jax.models import create_model, init_variables
 from lth_jax.objectives import views as view_lib
 from lth_jax.runtime import console, files, paths, sharding
@@ -313,7 +312,7 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   if sharding.is_chief():
     rows = [{'method': c.objective, **r} for r in records]
     std = ('test_accuracy_std',) if len(run_spec.seeds) > 1 else ()
-    console.say(results.report(
+    console.say(result_files.write(
         workdir, rows, {c.objective: records}, [metric['test_accuracy']],
         f'Upstream {c.objective} IMP: {experiment.model.arch} on {dataset} ({name})',
         ('method', 'round', 'sparsity', 'test_accuracy', *std, 'best_epoch'),
