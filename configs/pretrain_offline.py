@@ -6,7 +6,7 @@ r"""The θ_p lth_jax ships: one pre-training on Animal-MNIST's classes 0-4 per o
 
 Each pre-trains a ResNet-18 (width 1/4, CIFAR stem) on `animal_mnist_a` with the
 objective's offline recipe (supervised: SGD 0.05, 15 epochs; SimCLR: LARS 0.5,
-temperature 0.5, 40 epochs; MoCo v2: SGD 0.06, temperature 0.2, queue 2,048, momentum
+temperature 0.5, 150 epochs; MoCo v2: SGD 0.06, temperature 0.2, queue 2,048, momentum
 0.99, 40 epochs; batch 128, cosine schedule), measures its kNN and linear-probe top-1
 accuracies on the test split, and writes `theta_p.npz` in the objective's released format (torchvision,
 SimCLR, MoCo v2) with its SHA-256 in `theta_p.json`. The files shipped in

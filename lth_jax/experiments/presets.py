@@ -146,7 +146,7 @@ def upstream_imp(objective: str, variant: str = '') -> ml_collections.ConfigDict
 
 # Epochs of the released θ_p's pre-training (`released_pretraining`), per objective: the
 # contrastive objectives need more to become good representations.
-RELEASED_EPOCHS = {'supervised': 15, 'simclr': 40, 'moco': 40}
+RELEASED_EPOCHS = {'supervised': 15, 'simclr': 150, 'moco': 40}
 
 
 def released_pretraining(objective: str, variant: str = '') -> ml_collections.ConfigDict:
