@@ -23,8 +23,8 @@ def test_figure_is_written_as_png_and_pdf(tmp_path):
            'test_accuracy_std': 0.005} for k in range(6)]
   random = [{**r, 'test_accuracy': r['test_accuracy'] - 0.03} for r in rows]
   path = result_files.plot_vs_sparsity(str(tmp_path / 'accuracy_vs_sparsity.png'),
-                                  {'magnitude': rows, 'random_global': random},
-                                  dense=[0.9, 0.91, 0.89], title='test', metric=ACCURACY)
+                                       {'magnitude': rows, 'random_global': random},
+                                       dense=[0.9, 0.91, 0.89], title='test', metric=ACCURACY)
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
   assert (tmp_path / 'accuracy_vs_sparsity.pdf').read_bytes()[:4] == b'%PDF'
 

@@ -106,8 +106,8 @@ def test_smoke_run_is_flagged_in_csv_json_console_and_plot(tmp_path, monkeypatch
   figures = _figure(monkeypatch, result_files)
   rows = _rows([0.07, 0.31], [0.17, 0.12])
   text = result_files.write(str(tmp_path), rows, {'magnitude': rows}, [0.07, 0.31], 'tiny',
-                        ['method', 'round', 'test_accuracy', 'test_accuracy_std'],
-                        metric=TEN_CLASSES)
+                            ['method', 'round', 'test_accuracy', 'test_accuracy_std'],
+                            metric=TEN_CLASSES)
   note = results.untrained([0.07, 0.31], TEN_CLASSES)
   with open(tmp_path / 'results.csv') as f:
     table = list(csv.DictReader(f))
@@ -126,7 +126,7 @@ def test_trained_run_has_no_note_and_chance_below_the_curves_keeps_their_range(
   figures = _figure(monkeypatch, result_files)
   rows = _rows([0.95, 0.96], [0.955, 0.94])
   text = result_files.write(str(tmp_path), rows, {'magnitude': rows}, [0.95, 0.96], 'demo',
-                        ['method', 'test_accuracy'], metric=TEN_CLASSES)
+                            ['method', 'test_accuracy'], metric=TEN_CLASSES)
   assert 'note' not in open(tmp_path / 'results.csv').readline().split(',')
   assert 'moke run' not in text
   ax = figures[0].axes[0]
@@ -138,7 +138,7 @@ def test_trained_run_has_no_note_and_chance_below_the_curves_keeps_their_range(
 def test_single_run_std_reads_one_run_in_the_table_as_in_the_log(tmp_path):
   rows = _rows([0.95, 0.96], [0.94])
   text = result_files.write(str(tmp_path), rows, {'magnitude': rows}, [0.95, 0.96], 'demo',
-                        ['round', 'test_accuracy', 'test_accuracy_std'], metric=TEN_CLASSES)
+                            ['round', 'test_accuracy', 'test_accuracy_std'], metric=TEN_CLASSES)
   line = next(s for s in text.splitlines() if s.startswith('1 '))
   assert line.split()[-2:] == ['(one', 'run)']
   assert results.shown(rows[1], 'test_accuracy') == '94.00% (one run)'
@@ -154,8 +154,8 @@ def test_plot_x_axis_is_sparsity_and_the_std_band_is_in_the_legend(tmp_path, mon
   rows = _rows([0.90, 0.92], [0.91, 0.90, 0.89, 0.85, 0.80])
   for r in rows[1:]:
     r['test_accuracy_std'] = 0.01
-  result_files.plot_vs_sparsity(str(tmp_path / 'p.png'), {'magnitude': rows}, dense=[0.90, 0.92],
-                           metric=ACCURACY)
+  result_files.plot_vs_sparsity(str(tmp_path / 'p.png'), {'magnitude': rows},
+                                dense=[0.90, 0.92], metric=ACCURACY)
   ax = figures[0].axes[0]
   assert ax.get_xlabel() == 'sparsity (%)'
   labels = [ax.xaxis.get_major_formatter()(t, i) for i, t in enumerate(ax.get_xticks())]

@@ -145,8 +145,9 @@ def _runs_section(out_dir: str, runs: dict[str, dict[int, str]],
             for run, rounds in runs.items()}
   curves = {run: rows for run, rows in curves.items() if rows}
   if curves:
-    path = result_files.plot_vs_sparsity(os.path.join(out_dir, f'{metric.file}.png'), curves,
-                                    title=f'Test {metric.label} of every round', metric=metric)
+    path = result_files.plot_vs_sparsity(
+        os.path.join(out_dir, f'{metric.file}.png'), curves,
+        title=f'Test {metric.label} of every round', metric=metric)
     lines.append(report.image_link(path, f'{metric.label} against sparsity'))
   return lines
 

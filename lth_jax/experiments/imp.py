@@ -104,7 +104,7 @@ def report(workdir: str, experiment: specs.Experiment, metric: results.Headline,
   if sharding.is_chief():
     columns = [c.format(metric.key) for c in COLUMNS]
     console.say(result_files.write(workdir, rows, curves, dense, title, columns, suffix,
-                               metric=metric, labels=labels(experiment)))
+                                   metric=metric, labels=labels(experiment)))
 
 
 def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any]:

@@ -8,9 +8,9 @@ Modules: `protocol` (the `Finetune` callable the engines take, per-seed start
 variables), `imp` (the IMP spec and `run_imp`), `plan` (IMP as idempotent steps,
 prune(round k) and train(round k, seed s), executed by a scheduler), `rounds` (a run's
 masks, rewind point and round records on disk), `transfer` (tickets fine-tuned with
-several seeds), `results` (per-seed summaries, matching, extreme
-sparsity, tables and plots, named by the task's headline metric). Knows nothing of
-configs, data or models; may import `lth_jax.masks`, `lth_jax.pruning`,
+several seeds), `results` (per-seed summaries, matching, extreme sparsity, named by the
+task's headline metric), `result_files` (the table and the plot they are written as).
+Knows nothing of configs, data or models; may import `lth_jax.masks`, `lth_jax.pruning`,
 `lth_jax.training` (types), `lth_jax.interop` (mask files) and `lth_jax.runtime`.
 """
 

@@ -169,9 +169,9 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
 
 
 def write(workdir: str, rows: Sequence[Mapping[str, Any]],
-           curves: Mapping[str, Sequence[Mapping[str, Any]]], dense: Sequence[float],
-           title: str, columns: Sequence[str], suffix: str = '', *,
-           metric: Headline, labels: Mapping[str, str] | None = None) -> str:
+          curves: Mapping[str, Sequence[Mapping[str, Any]]], dense: Sequence[float],
+          title: str, columns: Sequence[str], suffix: str = '', *,
+          metric: Headline, labels: Mapping[str, str] | None = None) -> str:
   """Writes results{suffix}.csv/.json and <metric>_vs_sparsity{suffix}.png in `workdir`.
 
   When the dense runs did not train (`untrained`), every row of the CSV and JSON gets

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import numpy as np
 
 
-
 class Headline(Protocol):
   """What results read of a task's headline metric (a `lth_jax.tasks.Metric`).
 
