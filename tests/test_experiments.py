@@ -51,7 +51,7 @@ def test_every_config_has_its_command_line_and_validates(path, tmp_path):
   text = path.read_text()
   assert f'--config=configs/{path.name}' in text, 'the docstring must hold the command line'
   config = defaults.load_config(str(path))
-  if config.pretrained.source not in ('random', 'pretrain'):
+  if config.pretrained.source not in ('random', 'pretrain', 'released'):  # a file's path
     config.pretrained.path = str(tmp_path / 'weights.pth')
     (tmp_path / 'weights.pth').write_bytes(b'')
   if config.mode == 'transfer' and config.transfer.variant != 'omp':
@@ -451,6 +451,7 @@ def test_the_specs_hold_every_value_a_run_reads_from_the_config():
   config = tiny(**{'seed': 3, 'num_seeds': 2, 'dense_seeds': 3, 'imp.fraction': 0.3,
                    'imp.pruning': 'random_layerwise', 'imp.random_baseline': False,
                    'pretrained.source': 'pretrain', 'pretrain.optim.num_epochs': 2,
+                   'pretrain.optim.schedule': 'cosine',
                    'model.half_precision': True, 'data.batch_size': 32})
   defaults.validate(config)
   experiment = experiments.specs.build(config)

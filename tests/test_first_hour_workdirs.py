@@ -88,6 +88,7 @@ def test_values_that_failed_after_the_claim_stop_before_it_and_the_fix_runs(afte
 
 def test_the_pretraining_recipe_is_checked_on_its_dataset():
   c = tiny(**{'pretrained.source': 'pretrain', 'pretrain.dataset': 'digits',
+              'pretrain.optim.schedule': 'cosine', 'pretrain.optim.num_epochs': 3,
               'pretrain.optim.warmup_epochs': 5})
   with pytest.raises(errors.ConfigError, match=r"config\.pretrain\.optim: warmup_epochs \(5\)"
                      r".*θ_p's pre-training on 'digits'"):
