@@ -1,7 +1,7 @@
 r"""Does pre-training matter on a task? Each released θ_p against training from scratch.
 
     python benchmarks/pretraining_gap.py --task=classification [--seeds=3] \
-        [--workdir=/tmp/pretraining_gap] [--set optim.num_epochs=40 ...]
+        [--workdir=/tmp/pretraining_gap] [--set optim.num_epochs=40 ...] [--shots=10]
 
 A ticket can only show that it keeps what pre-training gives where pre-training gives
 something. For one of the miniature's downstream tasks (`TASKS`: Animal-MNIST's classes
@@ -16,13 +16,19 @@ at the best validation epoch (mean ± std over the seeds), its gain over scratch
 whether that gain is more than twice the larger of the two stds (the bar of issue 22:
 "can test the claim").
 
-Each run is an imp-mode workdir of one dense round under --workdir (rerunning resumes and
-reads the finished ones back). No test times this: the benchmark prints, the README reports.
+`--shots=N` (classification) trains on the first N training images of each class of
+`animal_mnist_b_few` instead of its 20 (a dataset registered for the run,
+`animal_mnist_b_<N>shot`: the same val and test splits and normalisation).
+
+Each run is an imp-mode workdir of one dense round, `<task>/<start>` under --workdir
+(`classification_<N>shot/<start>` with --shots); rerunning resumes and reads the finished
+ones back. No test times this: the benchmark prints, the README reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 import config_overrides  # benchmarks/config_overrides.py, beside this script
@@ -37,11 +43,34 @@ TASKS = {
 }
 
 
-def _config(task: str, start: str, seeds: int, overrides: dict):
+def few_shot(shots: int) -> str:
+  """Registers `animal_mnist_b_few` with `shots` training images a class (once a process).
+
+  Args:
+    shots: training images a class, at least 1.
+
+  Returns:
+    The dataset's name, `animal_mnist_b_<shots>shot`.
+  """
+  from lth_jax.data import registry
+
+  if shots < 1:
+    raise ValueError(f'--shots={shots}: give at least one training image a class.')
+  base = registry.get_info(TASKS['classification'][0])
+  name = f'animal_mnist_b_{shots}shot'
+  if name not in registry.DATASETS:
+    train = base.num_classes * shots
+    registry.register(dataclasses.replace(
+        base, name=name, train_per_class=shots, shuffle_buffer=train,
+        split_sizes={**base.split_sizes, 'train': train}))
+  return name
+
+
+def _config(task: str, start: str, seeds: int, overrides: dict, dataset: str = ''):
   from lth_jax import experiments, released
   from lth_jax.experiments import paper_transfer
 
-  dataset, _ = TASKS[task]
+  dataset = dataset or TASKS[task][0]
   c = experiments.load_config('paper_offline:all_tasks')
   c = paper_transfer.task_config(c, dataset)  # classification has no recipe of its own
   c.mode = 'imp'
@@ -65,21 +94,27 @@ def main() -> None:
   parser.add_argument('--seeds', type=int, default=3)
   parser.add_argument('--workdir', default='/tmp/pretraining_gap')
   parser.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE')
+  parser.add_argument('--shots', type=int, default=0,
+                      help='classification: training images a class (0: the task\'s 20)')
   args = parser.parse_args()
+  if args.shots and args.task != 'classification':
+    parser.error('--shots is for --task=classification.')
   overrides = dict(config_overrides.parse(args.set))
 
   from lth_jax import experiments
   from lth_jax.lottery import results
 
+  dataset = few_shot(args.shots) if args.shots else TASKS[args.task][0]
+  folder = args.task + (f'_{args.shots}shot' if args.shots else '')
   values, key = {}, f'test_{TASKS[args.task][1]}'
   for start in args.starts.split(','):
-    config = _config(args.task, start, args.seeds, overrides)
-    out = experiments.run(config, os.path.join(args.workdir, args.task, start))
+    config = _config(args.task, start, args.seeds, overrides, dataset)
+    out = experiments.run(config, os.path.join(args.workdir, folder, start))
     dense = out['curves'][config.imp.pruning][0]   # round 0 of the IMP branch
     values[start] = [100 * run[key] for run in dense['runs']]
 
   scratch = values.get('scratch')
-  print(f'\n{args.task} on {TASKS[args.task][0]} ({key} at the best val epoch, '
+  print(f'\n{args.task} on {dataset} ({key} at the best val epoch, '
         f'{args.seeds} seeds)')
   print('| start | mean ± std | gain over scratch | 2 x larger std | pre-training matters |')
   print('|---|---|---|---|---|')

@@ -14,6 +14,8 @@ from flax import traverse_util
 import conftest
 
 from lth_jax import errors, experiments, objectives, released
+from lth_jax.data import offline
+from lth_jax.data import registry as data_registry
 from lth_jax.experiments import config as defaults
 from lth_jax.experiments import presets, pretrain, upstream
 from lth_jax.interop import checkpoints
@@ -281,3 +283,27 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
       assert experiment.pretrained.source == ('random' if start == 'scratch' else 'released')
       task_, info = experiments.wiring.task_and_data(experiment.data, dataset)
       assert task_.headline(info).key == metric
+
+
+def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(
+    monkeypatch):
+  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
+  gap = conftest.load_script('benchmarks/pretraining_gap.py')
+  name = gap.few_shot(10)
+  assert gap.few_shot(10) == name == 'animal_mnist_b_10shot'   # once a process
+  config = gap._config('classification', 'scratch', 3, {}, name)
+  defaults.validate(config)
+  few, full = (data_registry.get_info(n) for n in (name, 'animal_mnist_b_few'))
+  ten, twenty = offline.arrays(few, 'train'), offline.arrays(full, 'train')
+  assert len(ten['label']) == few.split_sizes['train'] == 50
+  assert np.bincount(ten['label']).tolist() == [10] * 5
+  # The first ten of each class of the 20-shot split, in its order; val and test unchanged.
+  first = np.sort(np.concatenate([np.flatnonzero(twenty['label'] == k)[:10]
+                                  for k in range(5)]))
+  for field in ('image', 'label'):
+    np.testing.assert_array_equal(ten[field], twenty[field][first])
+  for split in ('val', 'test'):
+    np.testing.assert_array_equal(offline.arrays(few, split)['label'],
+                                  offline.arrays(full, split)['label'])
+  with pytest.raises(ValueError, match='--shots=0'):
+    gap.few_shot(0)
