@@ -16,9 +16,11 @@ at the best validation epoch (mean ± std over the seeds), its gain over scratch
 whether that gain is more than twice the larger of the two stds (the bar of issue 22:
 "can test the claim").
 
-`--shots=N` (classification) trains on the first N training images of each class of
-`animal_mnist_b_few` instead of its 20 (a dataset registered for the run,
-`animal_mnist_b_<N>shot`: the same val and test splits and normalisation).
+`--shots=N` (classification) trains on the first N training images of each of
+Animal-MNIST's classes 5-9 instead of `animal_mnist_b_few`'s 20 (a dataset this script
+registers, `animal_mnist_b_<N>shot`: the same val and test splits and normalisation; under
+10 shots the recipe's batch of 50 needs `--set data.batch_size=...`). Only this script
+knows that dataset, so only it resumes such a workdir.
 
 Each run is an imp-mode workdir of one dense round, `<task>/<start>` under --workdir
 (`classification_<N>shot/<start>` with --shots); rerunning resumes and reads the finished
@@ -44,19 +46,25 @@ TASKS = {
 
 
 def few_shot(shots: int) -> str:
-  """Registers `animal_mnist_b_few` with `shots` training images a class (once a process).
+  """Registers `animal_mnist_b_<shots>shot` (once a process): `animal_mnist_b_few` with the
+  first `shots` training images of each class instead of 20.
 
   Args:
-    shots: training images a class, at least 1.
+    shots: training images a class, from 1 to the smallest class of `animal_mnist_b`.
 
   Returns:
-    The dataset's name, `animal_mnist_b_<shots>shot`.
+    The dataset's name.
   """
-  from lth_jax.data import registry
+  import numpy as np
 
-  if shots < 1:
-    raise ValueError(f'--shots={shots}: give at least one training image a class.')
+  from lth_jax.data import offline, registry
+
   base = registry.get_info(TASKS['classification'][0])
+  smallest = np.bincount(offline.split_arrays(base.derived_from, 'train')[1])[
+      list(base.classes)].min()
+  if not 1 <= shots <= smallest:
+    raise ValueError(f'--shots={shots}: give from 1 to {smallest} training images a class '
+                     f'(the smallest class of {base.derived_from!r}).')
   name = f'animal_mnist_b_{shots}shot'
   if name not in registry.DATASETS:
     train = base.num_classes * shots
@@ -70,9 +78,10 @@ def _config(task: str, start: str, seeds: int, overrides: dict, dataset: str = '
   from lth_jax import experiments, released
   from lth_jax.experiments import paper_transfer
 
-  dataset = dataset or TASKS[task][0]
   c = experiments.load_config('paper_offline:all_tasks')
-  c = paper_transfer.task_config(c, dataset)  # classification has no recipe of its own
+  # classification has no recipe of its own
+  c = paper_transfer.task_config(c, TASKS[task][0])
+  dataset = dataset or TASKS[task][0]
   c.mode = 'imp'
   c.data.dataset = dataset
   model = released.get('supervised')  # every shipped θ_p is this model

@@ -51,7 +51,7 @@ def test_every_config_has_its_command_line_and_validates(path, tmp_path):
   text = path.read_text()
   assert f'--config=configs/{path.name}' in text, 'the docstring must hold the command line'
   config = defaults.load_config(str(path))
-  if config.pretrained.source not in ('random', 'pretrain', 'released'):  # a file's path
+  if config.pretrained.source not in ('random', 'pretrain', 'released'):  # read from a file
     config.pretrained.path = str(tmp_path / 'weights.pth')
     (tmp_path / 'weights.pth').write_bytes(b'')
   if config.mode == 'transfer' and config.transfer.variant != 'omp':

@@ -286,10 +286,11 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
 
 
 def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(
-    monkeypatch):
+    monkeypatch, request):
   monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
   gap = conftest.load_script('benchmarks/pretraining_gap.py')
   name = gap.few_shot(10)
+  request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
   assert gap.few_shot(10) == name == 'animal_mnist_b_10shot'   # once a process
   config = gap._config('classification', 'scratch', 3, {}, name)
   defaults.validate(config)
@@ -305,5 +306,9 @@ def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(
   for split in ('val', 'test'):
     np.testing.assert_array_equal(offline.arrays(few, split)['label'],
                                   offline.arrays(full, split)['label'])
-  with pytest.raises(ValueError, match='--shots=0'):
-    gap.few_shot(0)
+  # Classes 5-9 hold 700, 700, 699, 690 and 700 training images.
+  assert len(offline.arrays(data_registry.get_info(gap.few_shot(690)), 'train')['label']) == 3450
+  data_registry.DATASETS.unregister('animal_mnist_b_690shot')
+  for shots in (0, 691):
+    with pytest.raises(ValueError, match=f'--shots={shots}: give from 1 to 690'):
+      gap.few_shot(shots)

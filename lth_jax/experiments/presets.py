@@ -26,12 +26,12 @@ from lth_jax.experiments.config import base_config
 
 @dataclasses.dataclass(frozen=True)
 class UpstreamRecipe:
-  """One objective's upstream IMP recipe, on ImageNet (the paper's) and offline (the demo's).
+  """One objective's upstream IMP recipe, on ImageNet (the paper's) and offline (`:demo`'s).
 
   Attributes:
     optimizer: the optimizer (`config.optim.optimizer`) of both.
     paper: the optimizer fields of the paper's rounds (learning rate, weight decay).
-    demo: those of the demo's rounds and of θ_p's pre-training in the workdir.
+    demo: those of the `:demo` variant's rounds and of θ_p's pre-training in its workdir.
     fields: the objective's own `config.upstream` fields (a temperature, ...), set
       before `demo_setting`, which may override them offline.
   """
