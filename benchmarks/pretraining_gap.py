@@ -2,6 +2,7 @@ r"""Does pre-training matter on a task? Each released θ_p against training from
 
     python benchmarks/pretraining_gap.py --task=classification [--seeds=3] \
         [--workdir=/tmp/pretraining_gap] [--set optim.num_epochs=40 ...] [--shots=10]
+    python benchmarks/pretraining_gap.py --task=detection --object_sides=24,40
 
 A ticket can only show that it keeps what pre-training gives where pre-training gives
 something. For one of the miniature's downstream tasks (`TASKS`: Animal-MNIST's classes
@@ -16,14 +17,17 @@ at the best validation epoch (mean ± std over the seeds), its gain over scratch
 whether that gain is more than twice the larger of the two stds (the bar of issue 22:
 "can test the claim").
 
-`--shots=N` (classification) trains on the first N training images of each of
-Animal-MNIST's classes 5-9 instead of `animal_mnist_b_few`'s 20 (a dataset this script
-registers, `animal_mnist_b_<N>shot`: the same val and test splits and normalisation; under
-10 shots the recipe's batch of 50 needs `--set data.batch_size=...`). Only this script
-knows that dataset, so only it resumes such a workdir.
+Variants of a task (`variant`; datasets this script registers, the same val and test
+splits, normalisation and recipe): `--shots=N` (classification) trains on the first N
+training images of each of Animal-MNIST's classes 5-9 instead of `animal_mnist_b_few`'s 20
+(under 10 shots the recipe's batch of 50 needs `--set data.batch_size=...`);
+`--object_sides=MIN,MAX` (segmentation, detection) pastes the silhouettes at patch sides
+from MIN to MAX pixels instead of 12 to 40 (at 24-40 they are nearer the 28 pixels θ_p
+was pre-trained at). Only this script knows such a dataset, so only it resumes its
+workdirs.
 
 Each run is an imp-mode workdir of one dense round, `<task>/<start>` under --workdir
-(`classification_<N>shot/<start>` with --shots); rerunning resumes and reads the finished
+(`<variant's dataset>/<start>` for a variant); rerunning resumes and reads the finished
 ones back. No test times this: the benchmark prints, the README reports.
 """
 
@@ -45,32 +49,51 @@ TASKS = {
 }
 
 
-def few_shot(shots: int) -> str:
-  """Registers `animal_mnist_b_<shots>shot` (once a process): `animal_mnist_b_few` with the
-  first `shots` training images of each class instead of 20.
+def variant(task: str, shots: int = 0, sides: tuple[int, ...] = ()) -> str:
+  """The task's dataset, or a variant of it that this script registers (once a process).
 
   Args:
-    shots: training images a class, from 1 to the smallest class of `animal_mnist_b`.
+    task: one of `TASKS`.
+    shots: classification: the first `shots` training images of each class (from 1 to the
+      smallest class of `animal_mnist_b`) instead of 20; 0 keeps the task's.
+    sides: segmentation and detection: (min, max) side of the canvases' object patches
+      instead of `lth_jax.data.canvases.DIGIT_SIDES`; () keeps the task's.
 
   Returns:
-    The dataset's name.
+    The dataset's name: the task's, then `_<shots>shot` and `_sides<min>_<max>` for what
+    the variant changes.
+
+  Raises:
+    ValueError: an option the task has not, or out of its range.
   """
   import numpy as np
 
   from lth_jax.data import offline, registry
 
-  base = registry.get_info(TASKS['classification'][0])
-  smallest = np.bincount(offline.split_arrays(base.derived_from, 'train')[1])[
-      list(base.classes)].min()
-  if not 1 <= shots <= smallest:
-    raise ValueError(f'--shots={shots}: give from 1 to {smallest} training images a class '
-                     f'(the smallest class of {base.derived_from!r}).')
-  name = f'animal_mnist_b_{shots}shot'
-  if name not in registry.DATASETS:
+  base = registry.get_info(TASKS[task][0])
+  name, changes = base.name, {}
+  if shots:
+    if task != 'classification':
+      raise ValueError(f'--shots is for --task=classification, not {task}.')
+    smallest = np.bincount(offline.split_arrays(base.derived_from, 'train')[1])[
+        list(base.classes)].min()
+    if not 1 <= shots <= smallest:
+      raise ValueError(f'--shots={shots}: give from 1 to {smallest} training images a '
+                       f'class (the smallest class of {base.derived_from!r}).')
     train = base.num_classes * shots
-    registry.register(dataclasses.replace(
-        base, name=name, train_per_class=shots, shuffle_buffer=train,
-        split_sizes={**base.split_sizes, 'train': train}))
+    changes.update(train_per_class=shots, shuffle_buffer=train,
+                   split_sizes={**base.split_sizes, 'train': train})
+    name += f'_{shots}shot'
+  if sides:
+    if base.source != 'canvases':
+      raise ValueError(f'--object_sides is for the canvas tasks, not {task}.')
+    if len(sides) != 2 or not 1 <= sides[0] <= sides[1] <= base.image_shape[0]:
+      raise ValueError(f'--object_sides={",".join(map(str, sides))}: give MIN,MAX with '
+                       f'1 <= MIN <= MAX <= {base.image_shape[0]} (the canvas).')
+    changes['object_sides'] = tuple(sides)
+    name += f'_sides{sides[0]}_{sides[1]}'
+  if changes and name not in registry.DATASETS:
+    registry.register(dataclasses.replace(base, name=name, **changes))
   return name
 
 
@@ -105,16 +128,21 @@ def main() -> None:
   parser.add_argument('--set', nargs='*', default=[], metavar='FIELD=VALUE')
   parser.add_argument('--shots', type=int, default=0,
                       help='classification: training images a class (0: the task\'s 20)')
+  parser.add_argument('--object_sides', default='', metavar='MIN,MAX',
+                      help='segmentation, detection: side range of the pasted objects\' '
+                           'patches (default: the canvases\' 12,40)')
   args = parser.parse_args()
-  if args.shots and args.task != 'classification':
-    parser.error('--shots is for --task=classification.')
   overrides = dict(config_overrides.parse(args.set))
 
   from lth_jax import experiments
   from lth_jax.lottery import results
 
-  dataset = few_shot(args.shots) if args.shots else TASKS[args.task][0]
-  folder = args.task + (f'_{args.shots}shot' if args.shots else '')
+  try:
+    dataset = variant(args.task, args.shots,
+                      tuple(int(side) for side in args.object_sides.split(',') if side))
+  except ValueError as e:
+    parser.error(str(e))
+  folder = args.task if dataset == TASKS[args.task][0] else dataset
   values, key = {}, f'test_{TASKS[args.task][1]}'
   for start in args.starts.split(','):
     config = _config(args.task, start, args.seeds, overrides, dataset)

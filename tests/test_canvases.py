@@ -266,3 +266,26 @@ def test_the_few_shot_dense_tasks_serve_their_first_canvases():
   val = cv.split_canvases('val', num=300, source='animal_mnist_b')['image'][:100]
   np.testing.assert_array_equal(detection._held_split(info, 'val')['image'], val)
   assert len(detection._held_split(info, 'test')['image']) == 500
+
+
+
+def test_a_canvas_set_pastes_its_objects_at_its_object_sides():
+  import dataclasses
+
+  from lth_jax import data
+
+  base = data.get_info('animal_canvas_det_few')
+  large = dataclasses.replace(base, name='large', object_sides=(24, 40))
+  out = cv.arrays(large, 'val')
+  made = cv.split_canvases('val', num=100, source='animal_mnist_b', sides=(24, 40))
+  np.testing.assert_array_equal(out['image'], made['image'])
+  np.testing.assert_array_equal(out['boxes'], made['boxes'])
+  # Boxes fit the 24-40 pixel patches, larger than the default's (12-40): 12-40 pixels
+  # high, median 27 against 21 (val's 100 canvases).
+  heights, default = _heights(out), _heights(cv.arrays(base, 'val'))
+  assert (heights.min(), np.median(heights), heights.max()) == (12, 27, 40)
+  assert (default.min(), np.median(default)) == (9, 21)
+
+
+def _heights(out: dict[str, np.ndarray]) -> np.ndarray:
+  return (out['boxes'][..., 3] - out['boxes'][..., 1] + 1)[out['classes'] >= 0]

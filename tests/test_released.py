@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -289,9 +290,10 @@ def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(
     monkeypatch, request):
   monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
   gap = conftest.load_script('benchmarks/pretraining_gap.py')
-  name = gap.few_shot(10)
+  name = gap.variant('classification', shots=10)
   request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
-  assert gap.few_shot(10) == name == 'animal_mnist_b_10shot'   # once a process
+  assert gap.variant('classification', shots=10) == name == 'animal_mnist_b_few_10shot'
+  assert gap.variant('classification') == 'animal_mnist_b_few'
   config = gap._config('classification', 'scratch', 3, {}, name)
   defaults.validate(config)
   few, full = (data_registry.get_info(n) for n in (name, 'animal_mnist_b_few'))
@@ -307,8 +309,32 @@ def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(
     np.testing.assert_array_equal(offline.arrays(few, split)['label'],
                                   offline.arrays(full, split)['label'])
   # Classes 5-9 hold 700, 700, 699, 690 and 700 training images.
-  assert len(offline.arrays(data_registry.get_info(gap.few_shot(690)), 'train')['label']) == 3450
-  data_registry.DATASETS.unregister('animal_mnist_b_690shot')
-  for shots in (0, 691):
+  most = gap.variant('classification', shots=690)
+  request.addfinalizer(lambda: data_registry.DATASETS.unregister(most))
+  assert len(offline.arrays(data_registry.get_info(most), 'train')['label']) == 3450
+  for shots in (-1, 691):
     with pytest.raises(ValueError, match=f'--shots={shots}: give from 1 to 690'):
-      gap.few_shot(shots)
+      gap.variant('classification', shots=shots)
+  with pytest.raises(ValueError, match='--shots is for --task=classification'):
+    gap.variant('detection', shots=10)
+
+
+def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(
+    monkeypatch, request):
+  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
+  gap = conftest.load_script('benchmarks/pretraining_gap.py')
+  name = gap.variant('detection', sides=(24, 40))
+  request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
+  assert name == 'animal_canvas_det_few_sides24_40'
+  info = data_registry.get_info(name)
+  assert info.object_sides == (24, 40)
+  assert dataclasses.replace(info, name='animal_canvas_det_few', object_sides=()) == (
+      data_registry.get_info('animal_canvas_det_few'))
+  config = gap._config('detection', 'supervised', 3, {}, name)
+  defaults.validate(config)
+  assert config.data.dataset == name and config.optim.num_epochs == 60  # the task's recipe
+  for sides in ((0, 40), (30, 24), (24, 57), (24,)):
+    with pytest.raises(ValueError, match='--object_sides=.*1 <= MIN <= MAX <= 56'):
+      gap.variant('segmentation', sides=sides)
+  with pytest.raises(ValueError, match='--object_sides is for the canvas tasks'):
+    gap.variant('classification', sides=(24, 40))

@@ -219,9 +219,11 @@ def arrays(info: DatasetInfo, split: str) -> dict[str, np.ndarray]:
     split: 'train', 'val' or 'test'.
 
   Returns:
-    `split_canvases` of its source: as many canvases as `info.split_sizes[split]`.
+    `split_canvases` of its source: as many canvases as `info.split_sizes[split]`, its
+    objects' sides `info.object_sides` (DIGIT_SIDES where it names none).
   """
-  return split_canvases(split, num=info.split_sizes[split], source=source_of(info))
+  return split_canvases(split, num=info.split_sizes[split], source=source_of(info),
+                        sides=tuple(info.object_sides) or DIGIT_SIDES)
 
 
 def check(info: DatasetInfo, data_dir: str | None, labels: str) -> None:

@@ -100,6 +100,8 @@ class DatasetInfo:
     seg_train_pad: one of SEG_TRAIN_PADS, how segmentation training pads images smaller
       than the crop.
     max_boxes: the boxes of every image are padded to this many (detection).
+    object_sides: canvases: (min, max) side, inclusive, of a pasted object's scaled
+      28 x 28 patch (empty: `lth_jax.data.canvases.DIGIT_SIDES`).
   """
   name: str
   source: str
@@ -123,6 +125,7 @@ class DatasetInfo:
   seg_eval: str = 'pad'
   seg_train_pad: str = 'ignore'
   max_boxes: int = 0
+  object_sides: tuple[int, ...] = ()
 
   def __post_init__(self):
     assert self.augmentation in AUGMENTATIONS
