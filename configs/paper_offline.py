@@ -26,8 +26,9 @@ scikit-learn digits only, width 1/8, 2 rounds, 1 seed). `:all_tasks` also transf
 tickets to the few-shot segmentation and detection canvases of the same five classes
 (`animal_canvas_seg_few`, `animal_canvas_det_few`), each with its recipe
 (`lth_jax.experiments.presets.FEW_SHOT_RECIPES`, `config.paper.task_recipes`) and, there
-only, task-specific tickets (3 rounds of IMP on the task): hours on a 2-core CPU, not yet
-measured whole.
+only, task-specific tickets (3 rounds of IMP on the task): about 14 hours on a 2-core CPU
+by its fine-tunes' measured times (README), not yet run whole. The default run took 66
+minutes there.
 """
 
 from lth_jax.experiments import presets
