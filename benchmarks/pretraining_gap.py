@@ -9,7 +9,7 @@ something. For one of the miniature's downstream tasks (`TASKS`: Animal-MNIST's 
 5-9 with 20 training images a class, or segmentation and detection canvases of their
 silhouettes with 200 and 100 training canvases), this fine-tunes the dense network from each θ_p
 lth_jax ships (`lth_jax.released`: supervised, SimCLR, MoCo v2) and from a random init
-('scratch'), `--seeds` seeds each, with the task's recipe in
+('scratch', a new one per seed as in paper mode), `--seeds` seeds each, with the task's recipe in
 configs/paper_offline.py:all_tasks (its own for classification, the canvas studies' heads
 and optimizers with more epochs for segmentation and detection:
 `lth_jax.experiments.presets.FEW_SHOT_RECIPES`), and prints, per start, the test metric
@@ -97,6 +97,22 @@ def variant(task: str, shots: int = 0, sides: tuple[int, ...] = ()) -> str:
   return name
 
 
+def scratch_source() -> str:
+  """Registers the source 'scratch' (once a process) and returns its name.
+
+  Training from scratch as paper mode does it: an independent random init per seed
+  (`sources.per_seed_init`). An imp-mode run's 'random' source would keep one θ_0, its
+  rewind point, for every seed, which measures a narrower kind of run-to-run spread.
+  """
+  from lth_jax.experiments import sources
+
+  if 'scratch' not in sources.SOURCES:
+    sources.register(sources.Source(
+        'scratch', lambda origin: sources.per_seed_init(origin.model, origin.image_size),
+        point='θ_0 of each seed'))
+  return 'scratch'
+
+
 def _config(task: str, start: str, seeds: int, overrides: dict, dataset: str = ''):
   from lth_jax import experiments, released
   from lth_jax.experiments import paper_transfer
@@ -110,7 +126,7 @@ def _config(task: str, start: str, seeds: int, overrides: dict, dataset: str = '
   model = released.get('supervised')  # every shipped θ_p is this model
   c.model.update(arch=model.arch, stem=model.stem, width_multiplier=model.width_multiplier)
   if start == 'scratch':
-    c.pretrained.source = 'random'
+    c.pretrained.update(source=scratch_source(), path='')
   else:
     c.pretrained.update(source='released', path=start)
   c.imp.num_rounds = 1   # the dense round only (round 1's mask is made, not trained)

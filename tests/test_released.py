@@ -259,7 +259,7 @@ def test_paper_mode_reads_and_checks_each_pretrainings_shipped_theta_p(tmp_path,
 
 
 def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scratch(
-    monkeypatch):
+    monkeypatch, request):
   monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))  # as `python benchmarks/...` runs
   gap = conftest.load_script('benchmarks/pretraining_gap.py')
   for task, (dataset, metric) in gap.TASKS.items():
@@ -281,9 +281,17 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
       assert (experiment.data.dataset, experiment.imp.spec.num_rounds) == (dataset, 1)
       for field, value in recipe.items():   # the task's recipe, and the override on top
         assert config[field] == (9 if field == 'optim.num_epochs' else value), field
-      assert experiment.pretrained.source == ('random' if start == 'scratch' else 'released')
+      assert experiment.pretrained.source == ('scratch' if start == 'scratch' else 'released')
       task_, info = experiments.wiring.task_and_data(experiment.data, dataset)
       assert task_.headline(info).key == metric
+  # Scratch draws an init per seed, as paper mode's scratch does (not one θ_0 for all).
+  request.addfinalizer(lambda: experiments.sources.SOURCES.unregister('scratch'))
+  model = create_model('resnet18', num_classes=5, stem='cifar', width_multiplier=0.125)
+  start = experiments.sources.get('scratch').start(experiments.sources.Origin(model, 28, 0))
+  kernels = [start(seed)['params']['conv1']['kernel'] for seed in (0, 1)]
+  assert not np.array_equal(*kernels)
+  np.testing.assert_array_equal(
+      kernels[1], init_variables(model, jax.random.key(1), 28)['params']['conv1']['kernel'])
 
 
 def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(

@@ -30,7 +30,6 @@ from lth_jax import pruning, tasks
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import sources, specs, wiring
 from lth_jax.lottery import results, run_imp, run_transfer
-from lth_jax.models import init_variables
 from lth_jax.runtime import console, paths
 from lth_jax.runtime.scheduler import Scheduler
 from lth_jax.tasks import Metric
@@ -242,8 +241,7 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
   console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
   scratch = run_transfer(
       os.path.join(t.folder, SCRATCH), {},
-      lambda seed: init_variables(model, jax.random.key(seed), task.image_size(info)),
-      t.finetune, seeds, metric=t.metric.key, policy=experiment.imp.policy,
+      sources.per_seed_init(model, task.image_size(info)), t.finetune, seeds, metric=t.metric.key, policy=experiment.imp.policy,
       scheduler=scheduler)[0]
   scratch_values = [r[t.metric.test] for r in scratch['runs']]
   rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,

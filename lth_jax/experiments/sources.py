@@ -147,6 +147,19 @@ def read_checkpoint(path: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ random
 
+def per_seed_init(model: Any, image_size: int) -> SeedVariables:
+  """Independent random inits, one per seed (`jax.random.key(seed)`): training from scratch.
+
+  Args:
+    model: the model to initialise.
+    image_size: the side of its inputs.
+
+  Returns:
+    seed -> the variables of that seed's init.
+  """
+  return lambda seed: init_variables(model, jax.random.key(seed), image_size)
+
+
 def _random_init(origin: Origin) -> SeedVariables:
   # θ_0 is itself the rewind point: the same for every seed.
   fixed = jax.device_get(init_variables(origin.model, jax.random.key(origin.seed),
