@@ -8,7 +8,8 @@ data-parallel over all devices, one at a time) and 'scheduled' (`devices_per_run
 devices a run, as many runs at once as there are groups). For each it prints the wall
 time, the images/s of training per device, and how the fine-tuning time splits between
 train steps, evaluation and checkpoints (measured around `lth_jax.training.loop`'s
-evaluation and checkpoint calls; θ_p's pre-training where the config has one, pruning and plots are the rest).
+evaluation and checkpoint calls; θ_p's pre-training where the config has one, pruning
+and plots are the rest).
 
 The paper's CIFAR-10 figure on an 8-device accelerator host (IMP levels 0-19 and random
 pruning, 3 seeds, 182 epochs each):

@@ -268,7 +268,6 @@ def test_the_few_shot_dense_tasks_serve_their_first_canvases():
   assert len(detection._held_split(info, 'test')['image']) == 500
 
 
-
 def test_a_canvas_set_pastes_its_objects_at_its_object_sides():
   import dataclasses
 

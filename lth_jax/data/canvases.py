@@ -223,7 +223,7 @@ def arrays(info: DatasetInfo, split: str) -> dict[str, np.ndarray]:
     objects' sides `info.object_sides` (DIGIT_SIDES where it names none).
   """
   return split_canvases(split, num=info.split_sizes[split], source=source_of(info),
-                        sides=tuple(info.object_sides) or DIGIT_SIDES)
+                        sides=info.object_sides or DIGIT_SIDES)
 
 
 def check(info: DatasetInfo, data_dir: str | None, labels: str) -> None:

@@ -241,8 +241,8 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
   console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
   scratch = run_transfer(
       os.path.join(t.folder, SCRATCH), {},
-      sources.per_seed_init(model, task.image_size(info)), t.finetune, seeds, metric=t.metric.key, policy=experiment.imp.policy,
-      scheduler=scheduler)[0]
+      sources.per_seed_init(model, task.image_size(info)), t.finetune, seeds,
+      metric=t.metric.key, policy=experiment.imp.policy, scheduler=scheduler)[0]
   scratch_values = [r[t.metric.test] for r in scratch['runs']]
   rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
            'ticket': SCRATCH}]
