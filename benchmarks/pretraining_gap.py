@@ -2,7 +2,7 @@ r"""Does pre-training matter on a task? Each released θ_p against training from
 
     python benchmarks/pretraining_gap.py --task=classification [--seeds=3] \
         [--workdir=/tmp/pretraining_gap] [--set optim.num_epochs=40 ...] [--shots=10]
-    python benchmarks/pretraining_gap.py --task=detection --object_sides=24,40
+    python benchmarks/pretraining_gap.py --task=detection --object_sides=24,40 [--canvases=50]
 
 A ticket can only show that it keeps what pre-training gives where pre-training gives
 something. For one of the miniature's downstream tasks (`TASKS`: Animal-MNIST's classes
@@ -23,7 +23,8 @@ training images of each of Animal-MNIST's classes 5-9 instead of `animal_mnist_b
 (under 10 shots the recipe's batch of 50 needs `--set data.batch_size=...`);
 `--object_sides=MIN,MAX` (segmentation, detection) pastes the silhouettes at patch sides
 from MIN to MAX pixels instead of 12 to 40 (at 24-40 they are nearer the 28 pixels θ_p
-was pre-trained at). Only this script knows such a dataset, so only it resumes its
+was pre-trained at); `--canvases=N` (segmentation, detection) trains on the first N
+training canvases instead of the task's 200 or 100. Only this script knows such a dataset, so only it resumes its
 workdirs.
 
 Each run is an imp-mode workdir of one dense round, `<task>/<start>` under --workdir
@@ -49,7 +50,7 @@ TASKS = {
 }
 
 
-def variant(task: str, shots: int = 0, sides: tuple[int, ...] = ()) -> str:
+def variant(task: str, shots: int = 0, sides: tuple[int, ...] = (), canvases: int = 0) -> str:
   """The task's dataset, or a variant of it that this script registers (once a process).
 
   Args:
@@ -58,16 +59,19 @@ def variant(task: str, shots: int = 0, sides: tuple[int, ...] = ()) -> str:
       smallest class of `animal_mnist_b`) instead of 20; 0 keeps the task's.
     sides: segmentation and detection: (min, max) side of the canvases' object patches
       instead of `lth_jax.data.canvases.DIGIT_SIDES`; () keeps the task's.
+    canvases: segmentation and detection: train on the first `canvases` training canvases
+      (from 1 to the 2000 the canvases make) instead of the task's; 0 keeps the task's.
 
   Returns:
-    The dataset's name: the task's, then `_<shots>shot` and `_sides<min>_<max>` for what
-    the variant changes.
+    The dataset's name: the task's, then `_<shots>shot`, `_sides<min>_<max>` and
+    `_<canvases>canvases` for what the variant changes.
 
   Raises:
     ValueError: an option the task has not, or out of its range.
   """
   import numpy as np
 
+  from lth_jax.data import canvases as canvases_lib
   from lth_jax.data import offline, registry
 
   base = registry.get_info(TASKS[task][0])
@@ -92,6 +96,15 @@ def variant(task: str, shots: int = 0, sides: tuple[int, ...] = ()) -> str:
                        f'1 <= MIN <= MAX <= {base.image_shape[0]} (the canvas).')
     changes['object_sides'] = tuple(sides)
     name += f'_sides{sides[0]}_{sides[1]}'
+  if canvases:
+    if base.source != 'canvases':
+      raise ValueError(f'--canvases is for the canvas tasks, not {task}.')
+    if not 1 <= canvases <= canvases_lib.SPLIT_SIZES['train']:
+      raise ValueError(f'--canvases={canvases}: give from 1 to '
+                       f'{canvases_lib.SPLIT_SIZES["train"]} training canvases.')
+    changes.update(shuffle_buffer=canvases,
+                   split_sizes={**base.split_sizes, 'train': canvases})
+    name += f'_{canvases}canvases'
   if changes and name not in registry.DATASETS:
     registry.register(dataclasses.replace(base, name=name, **changes))
   return name
@@ -147,6 +160,8 @@ def main() -> None:
   parser.add_argument('--object_sides', default='', metavar='MIN,MAX',
                       help='segmentation, detection: side range of the pasted objects\' '
                            'patches (default: the canvases\' 12,40)')
+  parser.add_argument('--canvases', type=int, default=0,
+                      help='segmentation, detection: training canvases (0: the task\'s)')
   args = parser.parse_args()
   overrides = dict(config_overrides.parse(args.set))
 
@@ -155,7 +170,8 @@ def main() -> None:
 
   try:
     dataset = variant(args.task, args.shots,
-                      tuple(int(side) for side in args.object_sides.split(',') if side))
+                      tuple(int(side) for side in args.object_sides.split(',') if side),
+                      args.canvases)
   except ValueError as e:
     parser.error(str(e))
   folder = args.task if dataset == TASKS[args.task][0] else dataset

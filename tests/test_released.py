@@ -346,3 +346,29 @@ def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(
       gap.variant('segmentation', sides=sides)
   with pytest.raises(ValueError, match='--object_sides is for the canvas tasks'):
     gap.variant('classification', sides=(24, 40))
+
+
+def test_the_gap_benchmark_trains_on_the_first_canvases_given(monkeypatch, request):
+  from lth_jax.data import canvases
+
+  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
+  gap = conftest.load_script('benchmarks/pretraining_gap.py')
+  name = gap.variant('detection', sides=(24, 40), canvases=50)
+  request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
+  assert name == 'animal_canvas_det_few_sides24_40_50canvases'
+  few, sides = data_registry.get_info(name), gap.variant('detection', sides=(24, 40))
+  request.addfinalizer(lambda: data_registry.DATASETS.unregister(sides))
+  hundred = data_registry.get_info(sides)
+  assert few.split_sizes == {**hundred.split_sizes, 'train': 50} and few.shuffle_buffer == 50
+  # The first 50 of the task's 100 training canvases; val and test unchanged.
+  for split, count in (('train', 50), ('val', 100), ('test', 500)):
+    got, task = canvases.arrays(few, split), canvases.arrays(hundred, split)
+    for field in ('image', 'boxes', 'classes'):
+      np.testing.assert_array_equal(got[field], task[field][:count])
+  config = gap._config('detection', 'scratch', 3, {}, name)
+  defaults.validate(config)
+  for count in (-1, 2001):
+    with pytest.raises(ValueError, match=f'--canvases={count}: give from 1 to 2000'):
+      gap.variant('segmentation', canvases=count)
+  with pytest.raises(ValueError, match='--canvases is for the canvas tasks'):
+    gap.variant('classification', canvases=50)
