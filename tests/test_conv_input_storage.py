@@ -31,7 +31,7 @@ def test_the_stored_variant_compiles_a_conditional_per_convolution_and_keeps_the
   convolutions = sum(isinstance(m, nn.Conv) for m in _modules(model, variables))
   assert convolutions == 20   # ResNet-18: the stem, 16 in the blocks, 3 shortcuts
   assert hlo['plain'].count(' conditional(') == 0
-  # One a convolution in the forward pass (the first one's input needs no gradient, so
+  # One per convolution in the forward pass (the first one's input needs no gradient, so
   # its backward conditional may go).
   assert hlo['stored'].count(' conditional(') >= convolutions
   plain, with_stored = (g(variables['params']) for g in grads.values())
