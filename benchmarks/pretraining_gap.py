@@ -24,8 +24,8 @@ training images of each of Animal-MNIST's classes 5-9 instead of `animal_mnist_b
 `--object_sides=MIN,MAX` (segmentation, detection) pastes the silhouettes at patch sides
 from MIN to MAX pixels instead of 12 to 40 (at 24-40 they are nearer the 28 pixels θ_p
 was pre-trained at); `--canvases=N` (segmentation, detection) trains on the first N
-training canvases instead of the task's 200 or 100. Only this script knows such a dataset, so only it resumes its
-workdirs.
+training canvases instead of the task's 200 or 100. Only this script knows such a dataset,
+so only it resumes its workdirs.
 
 Each run is an imp-mode workdir of one dense round, `<task>/<start>` under --workdir
 (`<variant's dataset>/<start>` for a variant); rerunning resumes and reads the finished
