@@ -1,6 +1,6 @@
 r"""Does storing each convolution's input speed up a CPU train step? (issue 22, item 7)
 
-    python benchmarks/conv_input_storage.py [--task=segmentation] [--width=0.25] \
+    python benchmarks/conv_input_storage.py [--task=segmentation] [--width=1] \
         [--batch=16] [--steps=12]
 
 XLA:CPU may recompute a whole BatchNorm/ReLU/residual chain inside the fusions that feed
@@ -8,9 +8,9 @@ a convolution's weight gradient instead of reading the chain's output back. Pass
 every convolution's input through an identity conditional (`lax.cond` on a runtime
 predicate; XLA cannot fuse through one, and `lax.optimization_barrier` is removed on CPU
 before fusion) makes XLA keep that input in memory once. This times lth_jax's jitted
-train step on one of the miniature's tasks (the task's model at the shipped θ_p's
-ResNet-18 and width, its few-shot recipe's model options and batch,
-`lth_jax.experiments.presets.FEW_SHOT_RECIPES`) with and without the conditionals,
+train step on one of the miniature's tasks (the dataset, model and batch that
+benchmarks/pretraining_gap.py trains it with: the shipped θ_p's ResNet-18 and width,
+its few-shot recipe's model options) with and without the conditionals,
 alternating so both see the same machine load, and prints the largest difference of a
 weight after one step of each (float rounding: about 1e-8) and the fastest and the
 median step of each.
@@ -22,6 +22,7 @@ they gain nothing that counts (README, "The paper in miniature"). No test times 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import statistics
 import time
@@ -32,13 +33,12 @@ import numpy as np
 from jax import lax
 
 from lth_jax import data, tasks
-from lth_jax.experiments import presets
+from lth_jax.experiments import specs
 from lth_jax.models import init_variables
 from lth_jax.runtime import sharding
 from lth_jax.training import Recipe, make_train_steps
 
-DATASETS = {'classification': 'animal_mnist_b_few', 'segmentation': 'animal_canvas_seg_few',
-            'detection': 'animal_canvas_det_few'}
+import pretraining_gap  # benchmarks/pretraining_gap.py, beside this script
 
 
 def _stored(x: jax.Array) -> jax.Array:
@@ -72,19 +72,21 @@ class _Storing:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--task', choices=tuple(DATASETS), default='segmentation')
-  parser.add_argument('--width', type=float, default=0.25, help='ResNet-18 width multiplier')
+  parser.add_argument('--task', choices=tuple(pretraining_gap.TASKS), default='segmentation')
+  parser.add_argument('--width', type=float, default=0,
+                      help="ResNet-18 width multiplier (0: the shipped θ_p's, 1/4)")
   parser.add_argument('--batch', type=int, default=0, help="0: the task's recipe's")
   parser.add_argument('--steps', type=int, default=12, help='timed steps per variant')
   args = parser.parse_args()
 
-  info = data.get_info(DATASETS[args.task])
+  # What the gap benchmark trains on the task: its dataset, model and batch.
+  config = pretraining_gap._config(args.task, 'supervised', 1, {})
+  info = data.get_info(config.data.dataset)
   task = tasks.get(info.task)
-  recipe = presets.FEW_SHOT_RECIPES.get(info.name, {})
-  batch_size = args.batch or recipe.get('data', {}).get('batch_size', 50)
-  model = task.build_model(tasks.ModelSpec(
-      'resnet18', stem='cifar', width_multiplier=args.width,
-      options=tuple(sorted(recipe.get('model', {}).items()))), info)
+  batch_size = args.batch or config.data.batch_size
+  spec = specs.model_spec(config)
+  spec = dataclasses.replace(spec, width_multiplier=args.width or spec.width_multiplier)
+  model = task.build_model(spec, info)
   objective = task.objective(model, info)
   variables = init_variables(model, jax.random.key(0), task.image_size(info))
   mesh = sharding.make_mesh()
@@ -107,7 +109,7 @@ def main() -> None:
       states[name], _ = steps[name].train(states[name], None, batches[i % len(batches)])
       jax.block_until_ready(states[name])
       times[name].append(time.perf_counter() - start)
-  print(f'{args.task}, ResNet-18 x{args.width}, batch {batch_size}, '
+  print(f'{args.task}, ResNet-18 x{spec.width_multiplier}, batch {batch_size}, '
         f'{len(jax.devices())} {jax.default_backend()} device(s); largest difference of a '
         f'weight after one step: {difference:.1e}')
   print('| variant | fastest step (s) | median step (s) |')
