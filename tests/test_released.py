@@ -365,7 +365,10 @@ def test_the_gap_benchmark_trains_on_the_first_canvases_given(monkeypatch, reque
     got, task = canvases.arrays(few, split), canvases.arrays(hundred, split)
     for field in ('image', 'boxes', 'classes'):
       np.testing.assert_array_equal(got[field], task[field][:count])
+  registered = 'scratch' in experiments.sources.SOURCES
   config = gap._config('detection', 'scratch', 3, {}, name)
+  if not registered:
+    request.addfinalizer(lambda: experiments.sources.SOURCES.unregister('scratch'))
   defaults.validate(config)
   for count in (-1, 2001):
     with pytest.raises(ValueError, match=f'--canvases={count}: give from 1 to 2000'):
