@@ -1,6 +1,7 @@
 r"""Where a detector's mAP goes: finding the objects, or naming them.
 
-    python benchmarks/detection_errors.py [--workdir=/tmp/pretraining_gap]
+    python benchmarks/detection_errors.py [--workdir=/tmp/pretraining_gap] \
+        [--dataset=animal_a_canvas_det_few]
 
 For the detection runs `benchmarks/pretraining_gap.py --task=detection` wrote under
 --workdir (one folder per start: each θ_p and scratch), this restores each seed's final
@@ -99,12 +100,16 @@ def _start(workdir: str) -> list[dict[str, float]]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', default='/tmp/pretraining_gap')
+  parser.add_argument('--dataset', default='',
+                      help='the runs of pretraining_gap.py --dataset=NAME (or of a variant: '
+                           'the folder it names); default: the detection task\'s')
   args = parser.parse_args()
-  root = os.path.join(args.workdir, 'detection')
+  root = os.path.join(args.workdir, args.dataset or 'detection')
   starts = sorted(os.listdir(root), key=lambda s: (s == 'scratch', s)) if os.path.isdir(root) else []
   if not starts:
+    chosen = f' --dataset={args.dataset}' if args.dataset else ''
     raise SystemExit(f'{root} holds no run: run benchmarks/pretraining_gap.py '
-                     f'--task=detection --workdir={args.workdir} first.')
+                     f'--task=detection{chosen} --workdir={args.workdir} first.')
   print('| start | seeds | ' + ' | '.join(label for _, label in COLUMNS) + ' |')
   print('|---' * (len(COLUMNS) + 2) + '|')
   for start in starts:

@@ -2,7 +2,8 @@ r"""Does pre-training matter on a task? Each released θ_p against training from
 
     python benchmarks/pretraining_gap.py --task=classification [--seeds=3] \
         [--workdir=/tmp/pretraining_gap] [--set optim.num_epochs=40 ...] [--shots=10]
-    python benchmarks/pretraining_gap.py --task=detection --object_sides=24,40 [--canvases=50]
+    python benchmarks/pretraining_gap.py --task=detection [--object_sides=24,40] \
+        [--canvases=50] [--dataset=animal_a_canvas_det_few]
 
 A ticket can only show that it keeps what pre-training gives where pre-training gives
 something. For one of the miniature's downstream tasks (`TASKS`: Animal-MNIST's classes
@@ -22,9 +23,12 @@ splits, normalisation and recipe): `--shots=N` (classification) trains on the fi
 training images of each of Animal-MNIST's classes 5-9 instead of `animal_mnist_b_few`'s 20
 (under 10 shots the recipe's batch of 50 needs `--set data.batch_size=...`);
 `--object_sides=MIN,MAX` (segmentation, detection) pastes the silhouettes at patch sides
-from MIN to MAX pixels instead of 12 to 40 (at 24-40 they are nearer the 28 pixels θ_p
-was pre-trained at); `--canvases=N` (segmentation, detection) trains on the first N
-training canvases instead of the task's 200 or 100. Only this script knows such a dataset,
+from MIN to MAX pixels instead of the task's (12 to 40; at 24-40 they are nearer the 28
+pixels θ_p was pre-trained at); `--canvases=N` (segmentation, detection) trains on the
+first N training canvases instead of the task's 200 or 100; `--dataset=NAME` starts from
+another dataset of the task, trained with the task's recipe
+(`--task=detection --dataset=animal_a_canvas_det_few`: detection on the upstream classes
+0-4). Only this script knows such a dataset,
 so only it resumes its workdirs.
 
 Each run is an imp-mode workdir of one dense round, `<task>/<start>` under --workdir
@@ -50,7 +54,8 @@ TASKS = {
 }
 
 
-def variant(task: str, shots: int = 0, sides: tuple[int, ...] = (), canvases: int = 0) -> str:
+def variant(task: str, shots: int = 0, sides: tuple[int, ...] = (), canvases: int = 0,
+            dataset: str = '') -> str:
   """The task's dataset, or a variant of it that this script registers (once a process).
 
   Args:
@@ -61,20 +66,27 @@ def variant(task: str, shots: int = 0, sides: tuple[int, ...] = (), canvases: in
       instead of `lth_jax.data.canvases.DIGIT_SIDES`; () keeps the task's.
     canvases: segmentation and detection: train on the first `canvases` training canvases
       (from 1 to the 2000 the canvases make) instead of the task's; 0 keeps the task's.
+    dataset: another registered dataset of the same kind of task to start from (e.g.
+      'animal_a_canvas_det_few', detection on the upstream classes 0-4); '' for the task's.
 
   Returns:
-    The dataset's name: the task's, then `_<shots>shot`, `_sides<min>_<max>` and
-    `_<canvases>canvases` for what the variant changes.
+    The dataset's name: the task's (or `dataset`), then `_<shots>shot`,
+    `_sides<min>_<max>` and `_<canvases>canvases` for what the variant changes.
 
   Raises:
-    ValueError: an option the task has not, or out of its range.
+    ValueError: an option the task has not, or out of its range; a dataset of another
+      kind of task.
   """
   import numpy as np
 
   from lth_jax.data import canvases as canvases_lib
   from lth_jax.data import offline, registry
 
-  base = registry.get_info(TASKS[task][0])
+  base = registry.get_info(dataset or TASKS[task][0])
+  if base.task != task:
+    same = sorted(info.name for info in registry.DATASETS.values() if info.task == task)
+    raise ValueError(f'--dataset={dataset} is a {base.task} dataset, not {task}: give one '
+                     f'of {same}.')
   name, changes = base.name, {}
   if shots:
     if task != 'classification':
@@ -159,9 +171,12 @@ def main() -> None:
                       help='classification: training images a class (0: the task\'s 20)')
   parser.add_argument('--object_sides', default='', metavar='MIN,MAX',
                       help='segmentation, detection: side range of the pasted objects\' '
-                           'patches (default: the canvases\' 12,40)')
+                           'patches (default: the task\'s)')
   parser.add_argument('--canvases', type=int, default=0,
                       help='segmentation, detection: training canvases (0: the task\'s)')
+  parser.add_argument('--dataset', default='',
+                      help='another dataset of the task, trained with its recipe (default: '
+                           'the task\'s, see TASKS)')
   args = parser.parse_args()
   overrides = dict(config_overrides.parse(args.set))
 
@@ -171,7 +186,7 @@ def main() -> None:
   try:
     dataset = variant(args.task, args.shots,
                       tuple(int(side) for side in args.object_sides.split(',') if side),
-                      args.canvases)
+                      args.canvases, args.dataset)
   except ValueError as e:
     parser.error(str(e))
   folder = args.task if dataset == TASKS[args.task][0] else dataset

@@ -40,10 +40,11 @@ def _objects(out: dict[str, np.ndarray], i: int):
            int(out['source_index'][i, k]))
 
 
-def _assert_pasted_from(out: dict[str, np.ndarray], images: np.ndarray) -> None:
+def _assert_pasted_from(out: dict[str, np.ndarray], images: np.ndarray,
+                        sides: tuple[int, int] = cv.DIGIT_SIDES) -> None:
   """Every object of every canvas is its source image, scaled to some allowed side and cut
   to its visible box."""
-  lo, hi = cv.DIGIT_SIDES
+  lo, hi = sides
   for i in range(len(out['image'])):
     for x1, y1, x2, y2, _, _, source in _objects(out, i):
       pasted = out['image'][i, y1:y2 + 1, x1:x2 + 1, 0]
@@ -231,10 +232,13 @@ def test_derived_sets_keep_their_classes_counts_and_statistics():
   images = offline.split_arrays('animal_mnist_b', 'train')[0] / 255
   info = data.get_info('animal_mnist_b')
   assert (info.mean[0], info.std[0]) == (round(images.mean(), 4), round(images.std(), 4))
-  canvas = cv.split_canvases('train', source='animal_mnist_b')['image'] / 255
-  for name in ('animal_canvas_seg_few', 'animal_canvas_det_few'):
+  for name, source in (('animal_canvas_seg_few', 'animal_mnist_b'),
+                       ('animal_canvas_det_few', 'animal_mnist_b'),
+                       ('animal_a_canvas_det_few', 'animal_mnist_a')):
     info = data.get_info(name)
-    assert cv.source_of(info) == 'animal_mnist_b'
+    assert cv.source_of(info) == source
+    canvas = cv.split_canvases('train', source=source,
+                               sides=info.object_sides or cv.DIGIT_SIDES)['image'] / 255
     assert (info.mean[0], info.std[0]) == (round(canvas.mean(), 4), round(canvas.std(), 4))
   assert cv.source_of(data.get_info('digit_canvas_seg')) == cv.SOURCE == 'mnist5k'
 
@@ -252,18 +256,41 @@ def test_animal_canvases_paste_their_own_splits_silhouettes(split):
   assert _digest(out) != _digest(cv.split_canvases(split, num=100))
 
 
-def test_the_few_shot_dense_tasks_serve_their_first_canvases():
+@pytest.mark.parametrize('split', SPLITS)
+def test_the_upstream_class_detection_canvases_paste_only_their_splits_silhouettes(split):
+  """animal_a_canvas_det_few pastes the upstream task's classes 0-4 (animal_mnist_a), at
+  24-40 pixels, each split from its own split: no test canvas holds a silhouette that
+  pre-training (animal_mnist_a's train split) saw."""
+  from lth_jax import data
+
+  images, labels = offline.split_arrays('animal_mnist_a', split)
+  source, source_labels = offline.split_arrays('animal_mnist', split)
+  np.testing.assert_array_equal(images, source[source_labels < 5])
+  out = cv.arrays(data.get_info('animal_a_canvas_det_few'), split)
+  real = out['classes'] >= 0
+  np.testing.assert_array_equal(out['classes'][real], labels[out['source_index'][real]])
+  assert set(np.unique(out['classes'][real])) == set(range(5))
+  _assert_pasted_from({k: v[:50] for k, v in out.items()}, images, sides=(24, 40))
+  if split != 'train':
+    train = {im.tobytes() for im in offline.split_arrays('animal_mnist_a', 'train')[0]}
+    assert not any(images[i].tobytes() in train for i in np.unique(out['source_index'][real]))
+
+
+@pytest.mark.parametrize('name,source,sides', [
+    ('animal_canvas_det_few', 'animal_mnist_b', cv.DIGIT_SIDES),
+    ('animal_a_canvas_det_few', 'animal_mnist_a', (24, 40))])
+def test_the_few_shot_detection_tasks_serve_their_first_canvases(name, source, sides):
   from lth_jax import data
   from lth_jax.data import detection
 
-  info = data.get_info('animal_canvas_det_few')
+  info = data.get_info(name)
   train = detection._held_split(info, 'train')
-  made = cv.split_canvases('train', num=300, source='animal_mnist_b')
+  made = cv.split_canvases('train', num=300, source=source, sides=sides)
   trainable = ((made['classes'] >= 0) & ~made['difficult']).any(axis=1)
   first = np.flatnonzero(trainable)[:100]
   np.testing.assert_array_equal(train['image'], made['image'][first])
   assert train['image'].shape == (100, 56, 56, 1)
-  val = cv.split_canvases('val', num=300, source='animal_mnist_b')['image'][:100]
+  val = cv.split_canvases('val', num=300, source=source, sides=sides)['image'][:100]
   np.testing.assert_array_equal(detection._held_split(info, 'val')['image'], val)
   assert len(detection._held_split(info, 'test')['image']) == 500
 

@@ -373,5 +373,25 @@ def test_the_gap_benchmark_trains_on_the_first_canvases_given(monkeypatch, reque
   for count in (-1, 2001):
     with pytest.raises(ValueError, match=f'--canvases={count}: give from 1 to 2000'):
       gap.variant('segmentation', canvases=count)
+
+
+def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(monkeypatch, request):
+  """--dataset: detection on the upstream classes 0-4, with the detection recipe."""
+  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
+  gap = conftest.load_script('benchmarks/pretraining_gap.py')
+  assert gap.variant('detection', dataset='animal_a_canvas_det_few') == (
+      'animal_a_canvas_det_few')
+  name = gap.variant('detection', sides=(12, 40), dataset='animal_a_canvas_det_few')
+  request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
+  assert name == 'animal_a_canvas_det_few_sides12_40'
+  info = data_registry.get_info(name)
+  assert (info.derived_from, info.object_sides) == ('animal_mnist_a', (12, 40))
+  config = gap._config('detection', 'supervised', 3, {}, name)
+  defaults.validate(config)
+  assert config.data.dataset == name and config.optim.num_epochs == 60  # the task's recipe
+  assert config.model.neck_width == 1 / 16
+  with pytest.raises(ValueError, match="--dataset=animal_canvas_seg_few is a segmentation "
+                     "dataset, not detection: give one of .*'animal_canvas_det_few'"):
+    gap.variant('detection', dataset='animal_canvas_seg_few')
   with pytest.raises(ValueError, match='--canvases is for the canvas tasks'):
     gap.variant('classification', canvases=50)

@@ -41,6 +41,8 @@ Detection (`detection.train_batches` / `eval_batches`, boxes padded to max_boxes
   digit_canvas_det   the same canvases' digit boxes, 10 classes; crop and shift keeping
                      the boxes, letterbox 56
   animal_canvas_det_few  the Animal-MNIST canvases' boxes, 100 / 100 / 500, 5 classes
+  animal_a_canvas_det_few  boxes of canvases of Animal-MNIST's classes 0-4 (the upstream
+                     classes; each split's own silhouettes), patches 24-40 px, 100 / 100 / 500
   voc0712_det        VOCdevkit (data_dir): VOC07+12 trainval 16,051 / 500, VOC07 test
                      4,952; 20 classes; flip, crop, shift, letterbox 416
 

@@ -236,6 +236,17 @@ _DATASETS = (
         image_shape=(56, 56, 1), split_sizes={'train': 100, 'val': 100, 'test': 500},
         mean=(0.0978,), std=(0.2592,), augmentation='box_crop', max_boxes=3,
         derived_from='animal_mnist_b'),
+    # Few-shot detection on the upstream task's own classes 0-4 (`animal_mnist_a`, as VOC's
+    # classes are ImageNet's), their patches 24-40 pixels (nearer the 28 of pre-training);
+    # the first 100 training canvases with a box that is not difficult, the first 100 val
+    # canvases and the whole test. Each split's canvases paste that split's silhouettes,
+    # so no test canvas holds one that pre-training saw. (Here too a detector from scratch
+    # does as well as one from θ_Sup: README, "The paper in miniature".)
+    DatasetInfo(
+        name='animal_a_canvas_det_few', source='canvases', task='detection', num_classes=5,
+        image_shape=(56, 56, 1), split_sizes={'train': 100, 'val': 100, 'test': 500},
+        mean=(0.1339,), std=(0.3134,), augmentation='box_crop', max_boxes=3,
+        derived_from='animal_mnist_a', object_sides=(24, 40)),
     # Pascal VOC detection (the reference's recipe): VOC07 + VOC12 trainval (16,551
     # images) less the last 500 held out as 'val' (none has only difficult objects, which
     # training would skip); 'test' is VOC07 test. 416 letterbox, [0, 1] pixels without
