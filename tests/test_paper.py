@@ -294,8 +294,11 @@ def test_a_task_recipe_is_its_tasks_training_and_a_record_reads_it_back():
   assert defaults.from_record(recorded).to_dict() == config.to_dict()
 
 
-def test_all_tasks_trains_each_dense_task_with_its_few_shot_recipe():
+@pytest.mark.parametrize('locked', [False, True])
+def test_all_tasks_trains_each_dense_task_with_its_few_shot_recipe(locked):
   config = defaults.load_config('paper_offline:all_tasks')
+  if locked:  # as `--config=configs/paper_offline.py:all_tasks` gives it
+    config.lock()
   defaults.validate(config)
   experiment = experiments.specs.build(config)
   assert experiment.section.tasks == (

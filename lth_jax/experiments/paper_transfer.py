@@ -67,7 +67,10 @@ def task_config(config: ml_collections.ConfigDict, task: str) -> ml_collections.
     `paper.task_imp_rounds`) in place.
   """
   sub = config.copy_and_resolve_references()
-  sub.update_from_flattened_dict(recipe_fields(config, task))
+  # A task's model options (a detector's neck_width) are in no locked config's model
+  # section (`--config=` locks it); validate checks each field the recipe names.
+  with sub.unlocked():
+    sub.update_from_flattened_dict(recipe_fields(config, task))
   return sub
 
 
