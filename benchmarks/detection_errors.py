@@ -32,8 +32,10 @@ from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import specs, wiring
 from lth_jax.lottery import results
 from lth_jax.models import init_variables
-from lth_jax.runtime import sharding
+from lth_jax.runtime import paths, sharding
 from lth_jax.tasks import detection
+
+import pretraining_gap  # benchmarks/pretraining_gap.py, beside this script
 
 COLUMNS = (('map50', 'mAP@0.5'), ('agnostic_map', 'class-agnostic AP@0.5'),
            ('located', 'objects located'), ('class_accuracy', 'named right when located'))
@@ -85,15 +87,19 @@ def breakdown(model: Any, variables: Any, info: data.DatasetInfo, eval_batch_siz
 
 
 def _start(workdir: str) -> list[dict[str, float]]:
-  """`breakdown` of every seed of the dense round of a gap benchmark's run."""
+  """`breakdown` of every seed of the dense round of a gap benchmark's run; [] while that
+  round is unfinished (its last weights would be a half-trained network's)."""
+  pretraining_gap.scratch_source()  # the source its scratch runs record
   with open(os.path.join(workdir, 'experiment.json')) as f:
     experiment = specs.build(config_lib.from_record(json.load(f)))
   task, info = wiring.task_and_data(experiment.data, experiment.data.dataset)
   model = task.build_model(experiment.model, info)
   like = jax.device_get(init_variables(model, jax.random.key(0), task.image_size(info)))
+  rounds = glob.glob(os.path.join(workdir, '*', 'round_00', paths.ROUND_RECORD))
   return [breakdown(model, final_variables(run, like), info, experiment.data.eval_batch_size,
                     experiment.data.data_dir)
-          for run in sorted(glob.glob(os.path.join(workdir, '*', 'round_00', 'seed_*')))
+          for done in rounds
+          for run in sorted(glob.glob(os.path.join(os.path.dirname(done), 'seed_*')))
           if re.fullmatch(r'seed_\d+', os.path.basename(run))]
 
 
@@ -101,8 +107,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', default='/tmp/pretraining_gap')
   parser.add_argument('--dataset', default='',
-                      help='the runs of pretraining_gap.py --dataset=NAME (or of a variant: '
-                           'the folder it names); default: the detection task\'s')
+                      help='the runs of pretraining_gap.py --dataset=NAME, a registered '
+                           'detection dataset; default: the detection task\'s')
   args = parser.parse_args()
   root = os.path.join(args.workdir, args.dataset or 'detection')
   starts = sorted(os.listdir(root), key=lambda s: (s == 'scratch', s)) if os.path.isdir(root) else []
@@ -114,6 +120,9 @@ def main() -> None:
   print('|---' * (len(COLUMNS) + 2) + '|')
   for start in starts:
     runs = _start(os.path.join(root, start))
+    if not runs:
+      print(f'| {start} | unfinished: rerun pretraining_gap.py to finish it |')
+      continue
     cells = [f'{mean:.2f} ± {std:.2f}' for mean, std in (
         results.mean_std([100 * run[key] for run in runs]) for key, _ in COLUMNS)]
     print(f'| {start} | {len(runs)} | ' + ' | '.join(cells) + ' |')
