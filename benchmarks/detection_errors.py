@@ -95,7 +95,7 @@ def _start(workdir: str) -> list[dict[str, float]]:
   task, info = wiring.task_and_data(experiment.data, experiment.data.dataset)
   model = task.build_model(experiment.model, info)
   like = jax.device_get(init_variables(model, jax.random.key(0), task.image_size(info)))
-  rounds = glob.glob(os.path.join(workdir, '*', 'round_00', paths.ROUND_RECORD))
+  rounds = sorted(glob.glob(os.path.join(workdir, '*', 'round_00', paths.ROUND_RECORD)))
   return [breakdown(model, final_variables(run, like), info, experiment.data.eval_batch_size,
                     experiment.data.data_dir)
           for done in rounds
@@ -107,10 +107,11 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--workdir', default='/tmp/pretraining_gap')
   parser.add_argument('--dataset', default='',
-                      help='the runs of pretraining_gap.py --dataset=NAME, a registered '
-                           'detection dataset; default: the detection task\'s')
+                      help='the runs of pretraining_gap.py --dataset=NAME, a detection '
+                           'dataset lth_jax registers (not a variant); default: the task\'s')
   args = parser.parse_args()
-  root = os.path.join(args.workdir, args.dataset or 'detection')
+  root = os.path.join(args.workdir, pretraining_gap.folder(
+      'detection', args.dataset or pretraining_gap.TASKS['detection'][0]))
   starts = sorted(os.listdir(root), key=lambda s: (s == 'scratch', s)) if os.path.isdir(root) else []
   if not starts:
     chosen = f' --dataset={args.dataset}' if args.dataset else ''

@@ -23,13 +23,15 @@ splits, normalisation and recipe): `--shots=N` (classification) trains on the fi
 training images of each of Animal-MNIST's classes 5-9 instead of `animal_mnist_b_few`'s 20
 (under 10 shots the recipe's batch of 50 needs `--set data.batch_size=...`);
 `--object_sides=MIN,MAX` (segmentation, detection) pastes the silhouettes at patch sides
-from MIN to MAX pixels instead of the task's (12 to 40; at 24-40 they are nearer the 28
-pixels θ_p was pre-trained at); `--canvases=N` (segmentation, detection) trains on the
-first N training canvases instead of the task's 200 or 100; `--dataset=NAME` starts from
-another dataset of the task, trained with the task's recipe
-(`--task=detection --dataset=animal_a_canvas_det_few`: detection on the upstream classes
-0-4). Only this script knows such a dataset,
-so only it resumes its workdirs.
+from MIN to MAX pixels instead of the dataset's (12 to 40 for the tasks'; at 24-40 they are
+nearer the 28 pixels θ_p was pre-trained at); `--canvases=N` (segmentation, detection)
+trains on the first N training canvases instead of the task's 200 or 100. Only this script
+knows such a dataset, so only it resumes its workdirs.
+
+`--dataset=NAME` trains on another dataset lth_jax registers for the same kind of task,
+with the task's recipe, instead of the task's (`--task=detection
+--dataset=animal_a_canvas_det_few`: detection on the upstream classes 0-4); the variants
+above apply to it.
 
 Each run is an imp-mode workdir of one dense round, `<task>/<start>` under --workdir
 (`<variant's dataset>/<start>` for a variant); rerunning resumes and reads the finished
@@ -63,7 +65,7 @@ def variant(task: str, shots: int = 0, sides: tuple[int, ...] = (), canvases: in
     shots: classification: the first `shots` training images of each class (from 1 to the
       smallest class of `animal_mnist_b`) instead of 20; 0 keeps the task's.
     sides: segmentation and detection: (min, max) side of the canvases' object patches
-      instead of `lth_jax.data.canvases.DIGIT_SIDES`; () keeps the task's.
+      instead of the dataset's; () keeps the dataset's.
     canvases: segmentation and detection: train on the first `canvases` training canvases
       (from 1 to the 2000 the canvases make) instead of the task's; 0 keeps the task's.
     dataset: another registered dataset of the same kind of task to start from (e.g.
@@ -122,6 +124,12 @@ def variant(task: str, shots: int = 0, sides: tuple[int, ...] = (), canvases: in
   return name
 
 
+def folder(task: str, dataset: str) -> str:
+  """The folder under --workdir that holds the runs on `dataset` (`variant`'s name): the
+  task's name for the task's own dataset, else the dataset's."""
+  return task if dataset == TASKS[task][0] else dataset
+
+
 def scratch_source() -> str:
   """Registers the source 'scratch' (once a process) and returns its name.
 
@@ -171,7 +179,7 @@ def main() -> None:
                       help='classification: training images a class (0: the task\'s 20)')
   parser.add_argument('--object_sides', default='', metavar='MIN,MAX',
                       help='segmentation, detection: side range of the pasted objects\' '
-                           'patches (default: the task\'s)')
+                           'patches (default: the dataset\'s)')
   parser.add_argument('--canvases', type=int, default=0,
                       help='segmentation, detection: training canvases (0: the task\'s)')
   parser.add_argument('--dataset', default='',
@@ -189,11 +197,10 @@ def main() -> None:
                       args.canvases, args.dataset)
   except ValueError as e:
     parser.error(str(e))
-  folder = args.task if dataset == TASKS[args.task][0] else dataset
   values, key = {}, f'test_{TASKS[args.task][1]}'
   for start in args.starts.split(','):
     config = _config(args.task, start, args.seeds, overrides, dataset)
-    out = experiments.run(config, os.path.join(args.workdir, folder, start))
+    out = experiments.run(config, os.path.join(args.workdir, folder(args.task, dataset), start))
     dense = out['curves'][config.imp.pruning][0]   # round 0 of the IMP branch
     values[start] = [100 * run[key] for run in dense['runs']]
 

@@ -332,6 +332,13 @@ def test_detection_errors_reads_scratch_runs_and_skips_an_unfinished_round(
   (tmp_path / 'magnitude' / 'round_01' / 'seed_0').mkdir(parents=True)  # not the dense round
   (tmp_path / 'magnitude' / 'round_01' / 'round.json').write_text('{}')
   assert errors_benchmark._start(str(tmp_path)) == []
+  # Once the dense round has its record, each of its seeds is scored.
+  (tmp_path / 'magnitude' / 'round_00' / 'seed_1').mkdir()
+  (tmp_path / 'magnitude' / 'round_00' / 'seed_1_tensorboard').mkdir()
+  (tmp_path / 'magnitude' / 'round_00' / 'round.json').write_text('{}')
+  monkeypatch.setattr(errors_benchmark, 'final_variables', lambda run, like: run)
+  monkeypatch.setattr(errors_benchmark, 'breakdown', lambda model, run, *_: os.path.basename(run))
+  assert errors_benchmark._start(str(tmp_path)) == ['seed_0', 'seed_1']
 
 
 # -------------------------------------------------------------------- the offline study

@@ -255,6 +255,8 @@ def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
      r"paper\.task_recipes\.digits\.model\.width_multiplier=0\.5: a task's recipe sets how"),
     ('digits', {'data': {'dataset': 'mnist5k'}}, r'task_recipes\.digits\.data\.dataset='),
     ('digits', {'optim': {'lr': 0.1}}, r'task_recipes\.digits\.optim\.lr='),
+    ('digits', {'modle': {'neck_width': 0.5}},
+     r"paper\.task_recipes\.digits=\{'modle': \{'neck_width': 0\.5\}\}: .*modle"),
     ('digits', {'paper': {'task_imp_rounds': 1}},
      r'paper\.task_recipes\.digits\.paper\.task_imp_rounds=1: 0 \(no task-specific IMP\)'),
     ('digits', {'paper': {'transfer_every': 1}},
@@ -268,6 +270,7 @@ def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
 def test_a_bad_task_recipe_is_refused_naming_its_field(task, recipe, message):
   config = defaults.load_config('paper_offline:tiny')
   config.paper.task_recipes[task] = recipe
+  config.lock()  # as `--config=` gives it
   with pytest.raises(errors.ConfigError, match=message):
     defaults.validate(config)
 

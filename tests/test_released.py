@@ -373,6 +373,8 @@ def test_the_gap_benchmark_trains_on_the_first_canvases_given(monkeypatch, reque
   for count in (-1, 2001):
     with pytest.raises(ValueError, match=f'--canvases={count}: give from 1 to 2000'):
       gap.variant('segmentation', canvases=count)
+  with pytest.raises(ValueError, match='--canvases is for the canvas tasks'):
+    gap.variant('classification', canvases=50)
 
 
 def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(monkeypatch, request):
@@ -384,6 +386,8 @@ def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(monkeypatch, 
   name = gap.variant('detection', sides=(12, 40), dataset='animal_a_canvas_det_few')
   request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
   assert name == 'animal_a_canvas_det_few_sides12_40'
+  assert gap.folder('detection', name) == name
+  assert gap.folder('detection', 'animal_canvas_det_few') == 'detection'
   info = data_registry.get_info(name)
   assert (info.derived_from, info.object_sides) == ('animal_mnist_a', (12, 40))
   config = gap._config('detection', 'supervised', 3, {}, name)
@@ -393,5 +397,3 @@ def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(monkeypatch, 
   with pytest.raises(ValueError, match="--dataset=animal_canvas_seg_few is a segmentation "
                      "dataset, not detection: give one of .*'animal_canvas_det_few'"):
     gap.variant('detection', dataset='animal_canvas_seg_few')
-  with pytest.raises(ValueError, match='--canvases is for the canvas tasks'):
-    gap.variant('classification', canvases=50)

@@ -331,7 +331,7 @@ def _check_task_recipe(config: ml_collections.ConfigDict, task: str, tasks: list
   try:
     sub = paper_transfer.task_config(config, task)
     task_obj, info = wiring.task_and_data(specs.data_spec(sub), task)
-  except (TypeError, ValueError, AttributeError) as e:
+  except (TypeError, ValueError, AttributeError, KeyError) as e:
     raise errors.ConfigError(f'config.{field}={recipe.to_dict()!r}: {e}') from None
   fields = paper_transfer.recipe_fields(config, task)
   for key, value in fields.items():
