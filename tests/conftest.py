@@ -16,6 +16,7 @@ none. A cached program is the program XLA compiled: results are the same either 
 import importlib.util
 import os
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -43,10 +44,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def load_script(path: str) -> Any:
   """A script of the repository that is not a package module (`benchmarks/x.py`,
-  `scripts/x.py`), imported by its path relative to the repository's root."""
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, REPO / path)
+  `scripts/x.py`), imported by its path relative to the repository's root, with its folder
+  on sys.path while it imports, as `python benchmarks/x.py` has it: the scripts beside it
+  that it imports (benchmarks/pretraining_gap.py, config_overrides.py) are found."""
+  file = REPO / path
+  spec = importlib.util.spec_from_file_location(file.stem, file)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  sys.path.insert(0, str(file.parent))
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.path.remove(str(file.parent))
   return module
 
 

@@ -2,8 +2,6 @@
 convolution's input behind a conditional XLA compiles, and its gradients are the plain
 ones up to float rounding."""
 
-import pathlib
-
 import flax.linen as nn
 import jax
 import numpy as np
@@ -13,9 +11,7 @@ from lth_jax.models import create_model, init_variables
 from lth_jax.tasks.classification import cross_entropy
 
 
-def test_the_stored_variant_compiles_a_conditional_per_convolution_and_keeps_the_gradient(
-    monkeypatch):
-  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'))
+def test_the_stored_variant_compiles_a_conditional_per_convolution_and_keeps_the_gradient():
   bench = conftest.load_script('benchmarks/conv_input_storage.py')
   model = create_model('resnet18', num_classes=5, stem='cifar', width_multiplier=1 / 16,
                        in_channels=1)

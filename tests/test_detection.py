@@ -271,8 +271,7 @@ def test_evaluation_is_voc_map_of_every_image_over_padded_batches():
 # -------------------------------------------------------------- masked YOLO training
 
 @pytest.mark.slow
-def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_heads(
-    tmp_path, monkeypatch):
+def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_heads(tmp_path):
   config = defaults.load_config('detection_offline:tiny')
   config.optim.num_epochs = 1  # 8 steps: every kept weight moves
   config.model.width_multiplier = 0.0625  # half the tiny width: faster
@@ -301,7 +300,7 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
   assert set(result.test_metrics) == {'map50', 'map', 'detections'}
   # benchmarks/detection_errors.py reads back the final weights the run saved and scores
   # them as the run's own test (its one epoch is its best).
-  errors_benchmark = _errors_benchmark(monkeypatch)
+  errors_benchmark = conftest.load_script('benchmarks/detection_errors.py')
   restored = errors_benchmark.final_variables(str(tmp_path / 'run'), start)
   jax.tree.map(np.testing.assert_array_equal, restored, jax.device_get(result.variables))
   got = errors_benchmark.breakdown(model, restored, info, experiment.data.eval_batch_size)
@@ -309,17 +308,12 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
   assert set(got) == {'map50', 'agnostic_map', 'located', 'class_accuracy'}
 
 
-def _errors_benchmark(monkeypatch):
-  monkeypatch.syspath_prepend(str(conftest.REPO / 'benchmarks'))  # its pretraining_gap
-  return conftest.load_script('benchmarks/detection_errors.py')
-
-
 def test_detection_errors_reads_scratch_runs_and_skips_an_unfinished_round(
     tmp_path, monkeypatch, request):
   """The gap benchmark's scratch runs record its own source, and a round without its
   record (killed mid-run) holds a half-trained network, not a result."""
   sources = experiments.sources.SOURCES
-  errors_benchmark = _errors_benchmark(monkeypatch)
+  errors_benchmark = conftest.load_script('benchmarks/detection_errors.py')
   registered = 'scratch' in sources
   config = conftest.load_script('benchmarks/pretraining_gap.py')._config(
       'detection', 'scratch', 1, {})

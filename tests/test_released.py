@@ -24,7 +24,6 @@ from lth_jax.models import create_model, init_variables
 from lth_jax.runtime import paths, tree_io
 from lth_jax.runtime import workdir as workdir_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENTRIES = list(released.RELEASED.values())
 
 
@@ -258,9 +257,7 @@ def test_paper_mode_reads_and_checks_each_pretrainings_shipped_theta_p(tmp_path,
     defaults.validate(bad)
 
 
-def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scratch(
-    monkeypatch, request):
-  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))  # as `python benchmarks/...` runs
+def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scratch(request):
   gap = conftest.load_script('benchmarks/pretraining_gap.py')
   for task, (dataset, metric) in gap.TASKS.items():
     recipe = traverse_util.flatten_dict(presets.FEW_SHOT_RECIPES.get(dataset, {}), sep='.')
@@ -294,9 +291,7 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
       kernels[1], init_variables(model, jax.random.key(1), 28)['params']['conv1']['kernel'])
 
 
-def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(
-    monkeypatch, request):
-  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
+def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(request):
   gap = conftest.load_script('benchmarks/pretraining_gap.py')
   name = gap.variant('classification', shots=10)
   request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
@@ -327,9 +322,7 @@ def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(
     gap.variant('detection', shots=10)
 
 
-def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(
-    monkeypatch, request):
-  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
+def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(request):
   gap = conftest.load_script('benchmarks/pretraining_gap.py')
   name = gap.variant('detection', sides=(24, 40))
   request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
@@ -348,10 +341,9 @@ def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(
     gap.variant('classification', sides=(24, 40))
 
 
-def test_the_gap_benchmark_trains_on_the_first_canvases_given(monkeypatch, request):
+def test_the_gap_benchmark_trains_on_the_first_canvases_given(request):
   from lth_jax.data import canvases
 
-  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
   gap = conftest.load_script('benchmarks/pretraining_gap.py')
   name = gap.variant('detection', sides=(24, 40), canvases=50)
   request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
@@ -377,9 +369,8 @@ def test_the_gap_benchmark_trains_on_the_first_canvases_given(monkeypatch, reque
     gap.variant('classification', canvases=50)
 
 
-def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(monkeypatch, request):
+def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(request):
   """--dataset: detection on the upstream classes 0-4, with the detection recipe."""
-  monkeypatch.syspath_prepend(str(ROOT / 'benchmarks'))
   gap = conftest.load_script('benchmarks/pretraining_gap.py')
   assert gap.variant('detection', dataset='animal_a_canvas_det_few') == (
       'animal_a_canvas_det_few')
