@@ -130,6 +130,21 @@ class FakeFinetunes:
 
 
 @pytest.fixture
+def gap_benchmark() -> Any:
+  """benchmarks/pretraining_gap.py; the datasets (`variant`) and the 'scratch' source
+  (`scratch_source`) it registers during the test are unregistered after it."""
+  from lth_jax.data import registry as data_registry
+  from lth_jax.experiments import sources
+
+  registries = (data_registry.DATASETS, sources.SOURCES)
+  before = [set(registry) for registry in registries]
+  yield load_script('benchmarks/pretraining_gap.py')
+  for registry, names in zip(registries, before):
+    for name in set(registry) - names:
+      registry.unregister(name)
+
+
+@pytest.fixture
 def fake_finetunes(monkeypatch) -> FakeFinetunes:
   """`FakeFinetunes` in place of `wiring.make_finetune` for the test."""
   from lth_jax.experiments import wiring

@@ -309,18 +309,14 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
 
 
 def test_detection_errors_reads_scratch_runs_and_skips_an_unfinished_round(
-    tmp_path, monkeypatch, request):
+    tmp_path, monkeypatch, gap_benchmark):
   """The gap benchmark's scratch runs record its own source, and a round without its
   record (killed mid-run) holds a half-trained network, not a result."""
-  sources = experiments.sources.SOURCES
   errors_benchmark = conftest.load_script('benchmarks/detection_errors.py')
-  registered = 'scratch' in sources
-  config = conftest.load_script('benchmarks/pretraining_gap.py')._config(
-      'detection', 'scratch', 1, {})
+  config = gap_benchmark._config('detection', 'scratch', 1, {})
   (tmp_path / 'experiment.json').write_text(json.dumps(config.to_dict()))
-  if not registered:  # as in a process of its own, which the gap benchmark did not start
-    sources.unregister('scratch')
-    request.addfinalizer(lambda: sources.unregister('scratch'))
+  # As in a process of its own, which the gap benchmark did not start.
+  experiments.sources.SOURCES.unregister('scratch')
   (tmp_path / 'magnitude' / 'round_00' / 'seed_0').mkdir(parents=True)
   assert errors_benchmark._start(str(tmp_path)) == []
   (tmp_path / 'magnitude' / 'round_01' / 'seed_0').mkdir(parents=True)  # not the dense round

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-import conftest
-
 from lth_jax import errors, experiments, objectives, released
 from lth_jax.data import offline
 from lth_jax.data import registry as data_registry
@@ -257,9 +255,8 @@ def test_paper_mode_reads_and_checks_each_pretrainings_shipped_theta_p(tmp_path,
     defaults.validate(bad)
 
 
-def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scratch(request):
-  gap = conftest.load_script('benchmarks/pretraining_gap.py')
-  for task, (dataset, metric) in gap.TASKS.items():
+def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scratch(gap_benchmark):
+  for task, (dataset, metric) in gap_benchmark.TASKS.items():
     recipe = traverse_util.flatten_dict(presets.FEW_SHOT_RECIPES.get(dataset, {}), sep='.')
     assert (task == 'classification') == (not recipe)
     # What the README's gaps were measured with.
@@ -272,7 +269,7 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
         'detection': {'optim.num_epochs': 60, 'optim.learning_rate': 0.01,
                       'model.neck_width': 1 / 16}}[task]
     for start in (*(e.name for e in ENTRIES), 'scratch'):
-      config = gap._config(task, start, 3, {'optim.num_epochs': 9})  # > any warm-up
+      config = gap_benchmark._config(task, start, 3, {'optim.num_epochs': 9})  # > any warm-up
       defaults.validate(config)
       experiment = experiments.specs.build(config)
       assert (experiment.data.dataset, experiment.imp.spec.num_rounds) == (dataset, 1)
@@ -282,7 +279,6 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
       task_, info = experiments.wiring.task_and_data(experiment.data, dataset)
       assert task_.headline(info).key == metric
   # Scratch draws an init per seed, as paper mode's scratch does (not one θ_0 for all).
-  request.addfinalizer(lambda: experiments.sources.SOURCES.unregister('scratch'))
   model = create_model('resnet18', num_classes=5, stem='cifar', width_multiplier=0.125)
   start = experiments.sources.get('scratch').start(experiments.sources.Origin(model, 28, 0))
   kernels = [start(seed)['params']['conv1']['kernel'] for seed in (0, 1)]
@@ -291,13 +287,11 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
       kernels[1], init_variables(model, jax.random.key(1), 28)['params']['conv1']['kernel'])
 
 
-def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(request):
-  gap = conftest.load_script('benchmarks/pretraining_gap.py')
-  name = gap.variant('classification', shots=10)
-  request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
-  assert gap.variant('classification', shots=10) == name == 'animal_mnist_b_few_10shot'
-  assert gap.variant('classification') == 'animal_mnist_b_few'
-  config = gap._config('classification', 'scratch', 3, {}, name)
+def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(gap_benchmark):
+  name = gap_benchmark.variant('classification', shots=10)
+  assert gap_benchmark.variant('classification', shots=10) == name == 'animal_mnist_b_few_10shot'
+  assert gap_benchmark.variant('classification') == 'animal_mnist_b_few'
+  config = gap_benchmark._config('classification', 'scratch', 3, {}, name)
   defaults.validate(config)
   few, full = (data_registry.get_info(n) for n in (name, 'animal_mnist_b_few'))
   ten, twenty = offline.arrays(few, 'train'), offline.arrays(full, 'train')
@@ -312,44 +306,38 @@ def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(r
     np.testing.assert_array_equal(offline.arrays(few, split)['label'],
                                   offline.arrays(full, split)['label'])
   # Classes 5-9 hold 700, 700, 699, 690 and 700 training images.
-  most = gap.variant('classification', shots=690)
-  request.addfinalizer(lambda: data_registry.DATASETS.unregister(most))
+  most = gap_benchmark.variant('classification', shots=690)
   assert len(offline.arrays(data_registry.get_info(most), 'train')['label']) == 3450
   for shots in (-1, 691):
     with pytest.raises(ValueError, match=f'--shots={shots}: give from 1 to 690'):
-      gap.variant('classification', shots=shots)
+      gap_benchmark.variant('classification', shots=shots)
   with pytest.raises(ValueError, match='--shots is for --task=classification'):
-    gap.variant('detection', shots=10)
+    gap_benchmark.variant('detection', shots=10)
 
 
-def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(request):
-  gap = conftest.load_script('benchmarks/pretraining_gap.py')
-  name = gap.variant('detection', sides=(24, 40))
-  request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
+def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(gap_benchmark):
+  name = gap_benchmark.variant('detection', sides=(24, 40))
   assert name == 'animal_canvas_det_few_sides24_40'
   info = data_registry.get_info(name)
   assert info.object_sides == (24, 40)
   assert dataclasses.replace(info, name='animal_canvas_det_few', object_sides=()) == (
       data_registry.get_info('animal_canvas_det_few'))
-  config = gap._config('detection', 'supervised', 3, {}, name)
+  config = gap_benchmark._config('detection', 'supervised', 3, {}, name)
   defaults.validate(config)
   assert config.data.dataset == name and config.optim.num_epochs == 60  # the task's recipe
   for sides in ((0, 40), (30, 24), (24, 57), (24,)):
     with pytest.raises(ValueError, match='--object_sides=.*1 <= MIN <= MAX <= 56'):
-      gap.variant('segmentation', sides=sides)
+      gap_benchmark.variant('segmentation', sides=sides)
   with pytest.raises(ValueError, match='--object_sides is for the canvas tasks'):
-    gap.variant('classification', sides=(24, 40))
+    gap_benchmark.variant('classification', sides=(24, 40))
 
 
-def test_the_gap_benchmark_trains_on_the_first_canvases_given(request):
+def test_the_gap_benchmark_trains_on_the_first_canvases_given(gap_benchmark):
   from lth_jax.data import canvases
 
-  gap = conftest.load_script('benchmarks/pretraining_gap.py')
-  name = gap.variant('detection', sides=(24, 40), canvases=50)
-  request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
+  name = gap_benchmark.variant('detection', sides=(24, 40), canvases=50)
   assert name == 'animal_canvas_det_few_sides24_40_50canvases'
-  few, sides = data_registry.get_info(name), gap.variant('detection', sides=(24, 40))
-  request.addfinalizer(lambda: data_registry.DATASETS.unregister(sides))
+  few, sides = data_registry.get_info(name), gap_benchmark.variant('detection', sides=(24, 40))
   hundred = data_registry.get_info(sides)
   assert few.split_sizes == {**hundred.split_sizes, 'train': 50} and few.shuffle_buffer == 50
   # The first 50 of the task's 100 training canvases; val and test unchanged.
@@ -357,34 +345,29 @@ def test_the_gap_benchmark_trains_on_the_first_canvases_given(request):
     got, task = canvases.arrays(few, split), canvases.arrays(hundred, split)
     for field in ('image', 'boxes', 'classes'):
       np.testing.assert_array_equal(got[field], task[field][:count])
-  registered = 'scratch' in experiments.sources.SOURCES
-  config = gap._config('detection', 'scratch', 3, {}, name)
-  if not registered:
-    request.addfinalizer(lambda: experiments.sources.SOURCES.unregister('scratch'))
+  config = gap_benchmark._config('detection', 'scratch', 3, {}, name)
   defaults.validate(config)
   for count in (-1, 2001):
     with pytest.raises(ValueError, match=f'--canvases={count}: give from 1 to 2000'):
-      gap.variant('segmentation', canvases=count)
+      gap_benchmark.variant('segmentation', canvases=count)
   with pytest.raises(ValueError, match='--canvases is for the canvas tasks'):
-    gap.variant('classification', canvases=50)
+    gap_benchmark.variant('classification', canvases=50)
 
 
-def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(request):
+def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(gap_benchmark):
   """--dataset: detection on the upstream classes 0-4, with the detection recipe."""
-  gap = conftest.load_script('benchmarks/pretraining_gap.py')
-  assert gap.variant('detection', dataset='animal_a_canvas_det_few') == (
+  assert gap_benchmark.variant('detection', dataset='animal_a_canvas_det_few') == (
       'animal_a_canvas_det_few')
-  name = gap.variant('detection', sides=(12, 40), dataset='animal_a_canvas_det_few')
-  request.addfinalizer(lambda: data_registry.DATASETS.unregister(name))
+  name = gap_benchmark.variant('detection', sides=(12, 40), dataset='animal_a_canvas_det_few')
   assert name == 'animal_a_canvas_det_few_sides12_40'
-  assert gap.folder('detection', name) == name
-  assert gap.folder('detection', 'animal_canvas_det_few') == 'detection'
+  assert gap_benchmark.folder('detection', name) == name
+  assert gap_benchmark.folder('detection', 'animal_canvas_det_few') == 'detection'
   info = data_registry.get_info(name)
   assert (info.derived_from, info.object_sides) == ('animal_mnist_a', (12, 40))
-  config = gap._config('detection', 'supervised', 3, {}, name)
+  config = gap_benchmark._config('detection', 'supervised', 3, {}, name)
   defaults.validate(config)
   assert config.data.dataset == name and config.optim.num_epochs == 60  # the task's recipe
   assert config.model.neck_width == 1 / 16
   with pytest.raises(ValueError, match="--dataset=animal_canvas_seg_few is a segmentation "
                      "dataset, not detection: give one of .*'animal_canvas_det_few'"):
-    gap.variant('detection', dataset='animal_canvas_seg_few')
+    gap_benchmark.variant('detection', dataset='animal_canvas_seg_few')
