@@ -218,17 +218,19 @@ def test_bad_inputs_raise_clear_errors():
 # ----------------------------------------------------------------------------------
 
 def test_derived_sets_keep_their_classes_counts_and_statistics():
-  """animal_mnist_b is every image of Animal-MNIST's classes 5-9, relabelled 0-4; the
-  registry's mean/std are its train split's and those of its training canvases."""
+  """animal_mnist_a and animal_mnist_b are every image of Animal-MNIST's classes 0-4 and
+  5-9, relabelled 0-4; the registry's mean/std are animal_mnist_b's train split's and
+  those of each canvas set's training canvases."""
   from lth_jax import data
 
-  for split in SPLITS:
-    images, labels = offline.split_arrays('animal_mnist_b', split)
-    source, source_labels = offline.split_arrays('animal_mnist', split)
-    kept = source_labels >= 5
-    np.testing.assert_array_equal(images, source[kept])
-    np.testing.assert_array_equal(labels, source_labels[kept] - 5)
-    assert len(images) == data.get_info('animal_mnist_b').split_sizes[split]
+  for name, first in (('animal_mnist_a', 0), ('animal_mnist_b', 5)):
+    for split in SPLITS:
+      images, labels = offline.split_arrays(name, split)
+      source, source_labels = offline.split_arrays('animal_mnist', split)
+      kept = (source_labels >= first) & (source_labels < first + 5)
+      np.testing.assert_array_equal(images, source[kept])
+      np.testing.assert_array_equal(labels, source_labels[kept] - first)
+      assert len(images) == data.get_info(name).split_sizes[split]
   images = offline.split_arrays('animal_mnist_b', 'train')[0] / 255
   info = data.get_info('animal_mnist_b')
   assert (info.mean[0], info.std[0]) == (round(images.mean(), 4), round(images.std(), 4))
@@ -244,35 +246,23 @@ def test_derived_sets_keep_their_classes_counts_and_statistics():
 
 
 @pytest.mark.parametrize('split', SPLITS)
-def test_animal_canvases_paste_their_own_splits_silhouettes(split):
-  images, labels = offline.split_arrays('animal_mnist_b', split)
-  out = cv.split_canvases(split, num=100, source='animal_mnist_b')
+@pytest.mark.parametrize('source,sides', [('animal_mnist_b', cv.DIGIT_SIDES),
+                                          ('animal_mnist_a', (24, 40))])
+def test_animal_canvases_paste_their_own_splits_silhouettes(source, sides, split):
+  """The canvases of classes 5-9 (the few-shot dense tasks) and of the upstream classes
+  0-4 at 24-40 pixels (animal_a_canvas_det_few) paste only their own split's silhouettes:
+  no val or test canvas holds one that training (pre-training, for classes 0-4) saw."""
+  images, labels = offline.split_arrays(source, split)
+  out = cv.split_canvases(split, num=100, source=source, sides=sides)
   real = out['classes'] >= 0
   np.testing.assert_array_equal(out['classes'][real], labels[out['source_index'][real]])
   assert set(np.unique(out['classes'][real])) == set(range(5))
   assert set(np.unique(out['segmentation'])) <= set(range(6)) | {cv.IGNORE_LABEL}
-  _assert_pasted_from(out, images)
+  _assert_pasted_from(out, images, sides)
   # The source is read: these are not the digit canvases.
   assert _digest(out) != _digest(cv.split_canvases(split, num=100))
-
-
-@pytest.mark.parametrize('split', SPLITS)
-def test_the_upstream_class_detection_canvases_paste_only_their_splits_silhouettes(split):
-  """animal_a_canvas_det_few pastes the upstream task's classes 0-4 (animal_mnist_a), at
-  24-40 pixels, each split from its own split: no test canvas holds a silhouette that
-  pre-training (animal_mnist_a's train split) saw."""
-  from lth_jax import data
-
-  images, labels = offline.split_arrays('animal_mnist_a', split)
-  source, source_labels = offline.split_arrays('animal_mnist', split)
-  np.testing.assert_array_equal(images, source[source_labels < 5])
-  out = cv.arrays(data.get_info('animal_a_canvas_det_few'), split)
-  real = out['classes'] >= 0
-  np.testing.assert_array_equal(out['classes'][real], labels[out['source_index'][real]])
-  assert set(np.unique(out['classes'][real])) == set(range(5))
-  _assert_pasted_from({k: v[:50] for k, v in out.items()}, images, sides=(24, 40))
   if split != 'train':
-    train = {im.tobytes() for im in offline.split_arrays('animal_mnist_a', 'train')[0]}
+    train = {im.tobytes() for im in offline.split_arrays(source, 'train')[0]}
     assert not any(images[i].tobytes() in train for i in np.unique(out['source_index'][real]))
 
 
