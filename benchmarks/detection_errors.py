@@ -1,7 +1,7 @@
 r"""Where a detector's mAP goes: finding the objects, or naming them.
 
     python benchmarks/detection_errors.py [--workdir=/tmp/pretraining_gap] \
-        [--dataset=animal_a_canvas_det_few]
+        [--dataset=animal_canvas_det_few]
 
 For the detection runs `benchmarks/pretraining_gap.py --task=detection` wrote under
 --workdir (one folder per start: each θ_p and scratch), this restores each seed's final

@@ -3,14 +3,15 @@ r"""Does pre-training matter on a task? Each released θ_p against training from
     python benchmarks/pretraining_gap.py --task=classification [--seeds=3] \
         [--workdir=/tmp/pretraining_gap] [--set optim.num_epochs=40 ...] [--shots=10]
     python benchmarks/pretraining_gap.py --task=detection [--object_sides=24,40] \
-        [--canvases=50] [--dataset=animal_a_canvas_det_few]
+        [--canvases=50] [--dataset=animal_canvas_det_few]
 
 A ticket can only show that it keeps what pre-training gives where pre-training gives
 something. For one of the miniature's downstream tasks (`TASKS`: Animal-MNIST's classes
-5-9 with 20 training images a class, or segmentation and detection canvases of their
-silhouettes with 200 and 100 training canvases), this fine-tunes the dense network from each θ_p
-lth_jax ships (`lth_jax.released`: supervised, SimCLR, MoCo v2) and from a random init
-('scratch', a new one per seed as in paper mode), `--seeds` seeds each, with the task's recipe in
+5-9 with 20 training images a class, segmentation canvases of their silhouettes with 200
+training canvases, or detection canvases of the upstream classes 0-4 with 100), this
+fine-tunes the dense network from each θ_p lth_jax ships (`lth_jax.released`:
+supervised, SimCLR, MoCo v2) and from a random init ('scratch', a new one per seed as in
+paper mode), `--seeds` seeds each, with the task's recipe in
 configs/paper_offline.py:all_tasks (its own for classification, the canvas studies' heads
 and optimizers with more epochs for segmentation and detection:
 `lth_jax.experiments.presets.FEW_SHOT_RECIPES`), and prints, per start, the test metric
@@ -23,15 +24,16 @@ splits, normalisation and recipe): `--shots=N` (classification) trains on the fi
 training images of each of Animal-MNIST's classes 5-9 instead of `animal_mnist_b_few`'s 20
 (under 10 shots the recipe's batch of 50 needs `--set data.batch_size=...`);
 `--object_sides=MIN,MAX` (segmentation, detection) pastes the silhouettes at patch sides
-from MIN to MAX pixels instead of the dataset's (12 to 40 for the tasks'; at 24-40 they are
-nearer the 28 pixels θ_p was pre-trained at); `--canvases=N` (segmentation, detection)
+from MIN to MAX pixels instead of the dataset's (12 to 40 for segmentation's, 24 to 40 for
+detection's, nearer the 28 pixels θ_p was pre-trained at); `--canvases=N` (segmentation, detection)
 trains on the first N training canvases instead of the task's 200 or 100. Only this script
 knows such a dataset, so only it resumes its workdirs.
 
 `--dataset=NAME` trains on another dataset lth_jax registers for the same kind of task,
 with the task's recipe, instead of the task's (`--task=detection
---dataset=animal_a_canvas_det_few`: detection on the upstream classes 0-4); the variants
-above apply to it.
+--dataset=animal_canvas_det_few`: detection on classes 5-9, which pre-training never saw);
+the variants above apply to it. `--set model.neck=panet` gives detection the reference's
+SPP + PANet neck instead of the recipe's heads on the backbone's stages.
 
 Each run is an imp-mode workdir of one dense round, `<task>/<start>` under --workdir
 (`<variant's dataset>/<start>` for a variant); rerunning resumes and reads the finished
@@ -52,7 +54,7 @@ import config_overrides  # benchmarks/config_overrides.py, beside this script
 TASKS = {
     'classification': ('animal_mnist_b_few', 'accuracy'),
     'segmentation': ('animal_canvas_seg_few', 'miou'),
-    'detection': ('animal_canvas_det_few', 'map50'),
+    'detection': ('animal_a_canvas_det_few', 'map50'),
 }
 
 
@@ -69,7 +71,7 @@ def variant(task: str, shots: int = 0, sides: tuple[int, ...] = (), canvases: in
     canvases: segmentation and detection: train on the first `canvases` training canvases
       (from 1 to the 2000 the canvases make) instead of the task's; 0 keeps the task's.
     dataset: another registered dataset of the same kind of task to start from (e.g.
-      'animal_a_canvas_det_few', detection on the upstream classes 0-4); '' for the task's.
+      'animal_canvas_det_few', detection on classes 5-9); '' for the task's.
 
   Returns:
     The dataset's name: the task's (or `dataset`), then `_<shots>shot`,

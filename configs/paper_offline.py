@@ -23,10 +23,11 @@ the paper's small tasks): the upstream task is Animal-MNIST's classes 0-4
 
 `:tiny` is a two-minute smoke run (supervised and MoCo pre-trained in the workdir,
 scikit-learn digits only, width 1/8, 2 rounds, 1 seed). `:all_tasks` also transfers the
-tickets to the few-shot segmentation and detection canvases of the same five classes
-(`animal_canvas_seg_few`, `animal_canvas_det_few`), each with its recipe
+tickets to few-shot segmentation canvases of the same five classes (`animal_canvas_seg_few`)
+and detection canvases of the upstream classes 0-4, as VOC's classes are ImageNet's
+(`animal_a_canvas_det_few`, the heads on the backbone's stages), each with its recipe
 (`lth_jax.experiments.presets.FEW_SHOT_RECIPES`, `config.paper.task_recipes`) and, there
-only, task-specific tickets (3 rounds of IMP on the task): about 14 hours on a 2-core CPU
+only, task-specific tickets (3 rounds of IMP on the task): about 11 hours on a 2-core CPU
 by its fine-tunes' measured times (README), not yet run whole. The default run took 66
 minutes there.
 """

@@ -308,6 +308,22 @@ def test_finetune_keeps_pruned_backbone_weights_zero_and_never_prunes_neck_or_he
   assert set(got) == {'map50', 'agnostic_map', 'located', 'class_accuracy'}
 
 
+def test_config_neck_reaches_the_detector_and_a_bad_one_is_refused_before_the_workdir(
+    tmp_path):
+  config = defaults.load_config('detection_offline:tiny')
+  config.model.neck = 'none'
+  experiment = experiments.specs.build(config)
+  task, info = wiring.task_and_data(experiment.data, 'digit_canvas_det_small')
+  model = task.build_model(experiment.model, info)
+  assert (model.neck, model.neck_width) == ('none', config.model.neck_width)
+  params = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 56))['params']
+  assert 'neck' not in params and 'head' in params
+  config.model.neck = 'fpn'
+  with pytest.raises(errors.ConfigError, match="model.*Unknown detector neck 'fpn'"):
+    experiments.run(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def test_detection_errors_reads_scratch_runs_and_skips_an_unfinished_round(
     tmp_path, monkeypatch, gap_benchmark):
   """The gap benchmark's scratch runs record its own source, and a round without its

@@ -305,7 +305,7 @@ def test_all_tasks_trains_each_dense_task_with_its_few_shot_recipe(locked):
   defaults.validate(config)
   experiment = experiments.specs.build(config)
   assert experiment.section.tasks == (
-      'animal_mnist_b_few', 'animal_canvas_seg_few', 'animal_canvas_det_few')
+      'animal_mnist_b_few', 'animal_canvas_seg_few', 'animal_a_canvas_det_few')
   for task in experiment.section.tasks:
     trained = paper_transfer.for_task(experiment, task)
     recipe = presets.FEW_SHOT_RECIPES.get(task, {})
@@ -317,7 +317,7 @@ def test_all_tasks_trains_each_dense_task_with_its_few_shot_recipe(locked):
   # Task-specific tickets on the dense tasks only (the paper's segmentation and detection).
   assert {t: experiment.section.training[t].task_imp_rounds
           for t in experiment.section.tasks} == {
-              'animal_mnist_b_few': 0, 'animal_canvas_seg_few': 3, 'animal_canvas_det_few': 3}
+              'animal_mnist_b_few': 0, 'animal_canvas_seg_few': 3, 'animal_a_canvas_det_few': 3}
 
 
 def test_after_a_divergence_a_rerun_may_change_the_recipe_of_a_task_not_yet_trained(tmp_path):

@@ -268,6 +268,7 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
                          'model.neck_width': None},
         'detection': {'optim.num_epochs': 60, 'optim.learning_rate': 0.01,
                       'model.neck_width': 1 / 16}}[task]
+    assert recipe.get('model.neck') == ('none' if task == 'detection' else None)
     for start in (*(e.name for e in ENTRIES), 'scratch'):
       config = gap_benchmark._config(task, start, 3, {'optim.num_epochs': 9})  # > any warm-up
       defaults.validate(config)
@@ -316,7 +317,7 @@ def test_the_gap_benchmark_trains_on_the_first_images_of_each_class_with_shots(g
 
 
 def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(gap_benchmark):
-  name = gap_benchmark.variant('detection', sides=(24, 40))
+  name = gap_benchmark.variant('detection', sides=(24, 40), dataset='animal_canvas_det_few')
   assert name == 'animal_canvas_det_few_sides24_40'
   info = data_registry.get_info(name)
   assert info.object_sides == (24, 40)
@@ -335,9 +336,11 @@ def test_the_gap_benchmark_pastes_the_canvases_objects_at_the_sides_given(gap_be
 def test_the_gap_benchmark_trains_on_the_first_canvases_given(gap_benchmark):
   from lth_jax.data import canvases
 
-  name = gap_benchmark.variant('detection', sides=(24, 40), canvases=50)
+  name = gap_benchmark.variant('detection', sides=(24, 40), canvases=50,
+                               dataset='animal_canvas_det_few')
   assert name == 'animal_canvas_det_few_sides24_40_50canvases'
-  few, sides = data_registry.get_info(name), gap_benchmark.variant('detection', sides=(24, 40))
+  few, sides = data_registry.get_info(name), gap_benchmark.variant(
+      'detection', sides=(24, 40), dataset='animal_canvas_det_few')
   hundred = data_registry.get_info(sides)
   assert few.split_sizes == {**hundred.split_sizes, 'train': 50} and few.shuffle_buffer == 50
   # The first 50 of the task's 100 training canvases; val and test unchanged.
@@ -355,19 +358,27 @@ def test_the_gap_benchmark_trains_on_the_first_canvases_given(gap_benchmark):
 
 
 def test_the_gap_benchmark_starts_from_another_dataset_of_the_task(gap_benchmark):
-  """--dataset: detection on the upstream classes 0-4, with the detection recipe."""
-  assert gap_benchmark.variant('detection', dataset='animal_a_canvas_det_few') == (
-      'animal_a_canvas_det_few')
-  name = gap_benchmark.variant('detection', sides=(12, 40), dataset='animal_a_canvas_det_few')
+  """--dataset: detection on classes 5-9, with the detection task's recipe (classes 0-4)."""
+  assert gap_benchmark.variant('detection', dataset='animal_canvas_det_few') == (
+      'animal_canvas_det_few')
+  assert gap_benchmark.variant('detection') == 'animal_a_canvas_det_few'
+  name = gap_benchmark.variant('detection', sides=(12, 40))
   assert name == 'animal_a_canvas_det_few_sides12_40'
   assert gap_benchmark.folder('detection', name) == name
-  assert gap_benchmark.folder('detection', 'animal_canvas_det_few') == 'detection'
+  assert gap_benchmark.folder('detection', 'animal_canvas_det_few') == 'animal_canvas_det_few'
+  assert gap_benchmark.folder('detection', 'animal_a_canvas_det_few') == 'detection'
   info = data_registry.get_info(name)
   assert (info.derived_from, info.object_sides) == ('animal_mnist_a', (12, 40))
-  config = gap_benchmark._config('detection', 'supervised', 3, {}, name)
+  for dataset in (name, 'animal_canvas_det_few'):
+    config = gap_benchmark._config('detection', 'supervised', 3, {}, dataset)
+    defaults.validate(config)
+    assert config.data.dataset == dataset and config.optim.num_epochs == 60  # the recipe
+    assert (config.model.neck, config.model.neck_width) == ('none', 1 / 16)
+  # The reference's neck, as the README's earlier detection gaps were measured.
+  config = gap_benchmark._config('detection', 'scratch', 3, {'model.neck': 'panet'},
+                                 'animal_canvas_det_few')
   defaults.validate(config)
-  assert config.data.dataset == name and config.optim.num_epochs == 60  # the task's recipe
-  assert config.model.neck_width == 1 / 16
+  assert config.model.neck == 'panet'
   with pytest.raises(ValueError, match="--dataset=animal_canvas_seg_few is a segmentation "
-                     "dataset, not detection: give one of .*'animal_canvas_det_few'"):
+                     "dataset, not detection: give one of .*'animal_a_canvas_det_few'"):
     gap_benchmark.variant('detection', dataset='animal_canvas_seg_few')

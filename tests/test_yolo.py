@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lth_jax import masks
+from lth_jax.models import create_model
 from lth_jax.models.yolo import (ANCHORS, STRIDES, YoloHead, YoloNeck, create_detector, decode,
                                  neck_channels)
 from lth_jax.tasks.yolo import (build_targets, ciou, giou, grid_sizes, iou, nms, postprocess,
@@ -550,6 +551,33 @@ def test_detector_shapes_and_parameter_names():
                           jnp.zeros((1, 32, 32, 3)))
   assert cifar.strides == (2, 4, 8)
   assert [o.shape[1:3] for o in shapes] == list(grid_sizes(32, cifar.strides))
+
+
+def test_detector_without_neck_feeds_the_backbone_stages_to_the_heads():
+  model = create_detector('resnet18', num_classes=NUM_CLASSES, width_multiplier=0.125,
+                          stem='cifar', neck_width=0.125, neck='none')
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  outputs, variables = jax.jit(lambda r, x: model.init_with_output(r, x, train=False))(
+      jax.random.key(1), images)
+  params = variables['params']
+  assert 'neck' not in params and 'neck' not in variables['batch_stats']
+  channels = neck_channels(0.125)
+  # Each head's 3x3 block reads its stage as it is: layer2/3/4 have 16, 32, 64 channels.
+  for i, width in enumerate((16, 32, 64)):
+    assert params['head'][f'predict_conv{i}_0']['conv']['kernel'].shape == (
+        3, 3, width, channels[i])
+  # The outputs are the heads applied to the backbone's own features.
+  backbone = create_model('resnet18', num_classes=NUM_CLASSES, width_multiplier=0.125,
+                          stem='cifar', head='features')
+  parts = {k: {n: v for n, v in tree.items() if n != 'head'} for k, tree in variables.items()}
+  features = backbone.apply(parts, images, train=False)
+  expected = YoloHead(channels, NUM_CLASSES).apply(
+      {k: tree['head'] for k, tree in variables.items()},
+      [features[k] for k in ('layer2', 'layer3', 'layer4')], False)
+  for got, want in zip(outputs, expected, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="Unknown detector neck 'fpn'.*'panet'"):
+    create_detector('resnet18', num_classes=NUM_CLASSES, neck='fpn')
 
 
 def test_neck_and_head_on_features_of_any_width():

@@ -20,7 +20,12 @@ Channel counts follow the reference's `feature_channels = [512, 1024, 2048]` for
 ResNet-50 backbone, scaled by `width` so that tiny offline models can shrink the neck.
 Parameters live under `neck/...` and `head/...`, outside the backbone pruning policy.
 `YoloDetector` is the whole network: a ResNet whose stages feed the neck, the backbone's
-parameters at the root of the tree with torchvision names, as in a classifier.
+parameters at the root of the tree with torchvision names, as in a classifier. Its
+`neck='none'` (not the reference's) leaves SPP and PANet out: the heads read the
+backbone's layer2/3/4 directly, so that between the backbone and the outputs there are two
+layers, not some 30 that start from random weights (the few-shot miniature's detection
+recipe: with a hundred training canvases the deep neck learns little, and what the
+backbone brings from pre-training does not reach the heads).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ NECK_CHANNELS = (512, 1024, 2048)
 FEATURE_KEYS = ('layer2', 'layer3', 'layer4')
 SPP_POOL_SIZES = (5, 9, 13)
 LEAKY_SLOPE = 0.01
+# YoloDetector.neck: the reference's SPP + PANet, or the heads on the backbone's stages.
+NECKS = ('panet', 'none')
 
 _init = nn.initializers.normal(0.01)
 
@@ -244,10 +251,13 @@ class YoloDetector(ResNet):
 
   Attributes (besides `ResNet`'s; `head` is unused, `num_classes` is the number of
   object classes):
-    neck_width: scales the neck's channels, see `neck_channels`.
+    neck_width: scales the neck's and the heads' channels, see `neck_channels`.
+    neck: one of `NECKS`: 'panet' (the reference's SPP + PANet) or 'none' (the heads read
+      the backbone's layer2/3/4 as they are; no parameters under neck/).
   """
   head: str = 'features'
   neck_width: float = 1.0
+  neck: str = 'panet'
 
   @property
   def strides(self) -> tuple[int, int, int]:
@@ -271,13 +281,17 @@ class YoloDetector(ResNet):
       [batch, height / stride, width / stride, 3, 5 + num_classes]; see `decode`.
     """
     channels = neck_channels(self.neck_width)
-    maps = YoloNeck(channels, dtype=self.dtype, name='neck')(self.features(x, train), train)
+    features = self.features(x, train)
+    if self.neck == 'panet':
+      maps = YoloNeck(channels, dtype=self.dtype, name='neck')(features, train)
+    else:
+      maps = tuple(features[k].astype(self.dtype) for k in FEATURE_KEYS)
     return YoloHead(channels, self.num_classes, dtype=self.dtype, name='head')(maps, train)
 
 
 def create_detector(arch: str, *, num_classes: int, width_multiplier: float = 1.0,
                     stem: str = 'imagenet', in_channels: int = 3, neck_width: float = 1.0,
-                    dtype: Any = jnp.float32) -> YoloDetector:
+                    neck: str = 'panet', dtype: Any = jnp.float32) -> YoloDetector:
   """Builds a YOLOv4 detector on a torchvision-compatible ResNet.
 
   The reference's model is create_detector('resnet50', num_classes=20). Initialise it
@@ -289,14 +303,24 @@ def create_detector(arch: str, *, num_classes: int, width_multiplier: float = 1.
     width_multiplier: > 0, scales the backbone's widths.
     stem: 'imagenet' (strides 8, 16, 32) or 'cifar' (2, 4, 8).
     in_channels: input channels.
-    neck_width: > 0, scales the neck's (512, 1024, 2048) channels.
+    neck_width: > 0, scales the neck's (512, 1024, 2048) channels; the heads widen the
+      neck's halves back to them (with neck='none' too).
+    neck: one of `NECKS`; 'panet' is the reference's.
     dtype: computation dtype.
 
   Returns:
     An unbound `YoloDetector`.
+
+  Raises:
+    ValueError: no object classes, a neck width that leaves no channels, or a neck not
+      in `NECKS`.
   """
   if num_classes < 1:
     raise ValueError(f'num_classes must be >= 1 object classes, got {num_classes}.')
+  if neck not in NECKS:
+    raise ValueError(f'Unknown detector neck {neck!r}; use one of {NECKS} '
+                     "('panet', the reference's SPP + PANet; 'none', the heads on the "
+                     "backbone's layer2/3/4).")
   neck_channels(neck_width)
   # create_model validates the backbone's arguments.
   backbone = create_model(arch, num_classes=num_classes, stem=stem, in_channels=in_channels,
@@ -304,4 +328,4 @@ def create_detector(arch: str, *, num_classes: int, width_multiplier: float = 1.
   return YoloDetector(block=backbone.block, stage_sizes=backbone.stage_sizes,
                       num_classes=num_classes, stem=stem, in_channels=in_channels,
                       width_multiplier=width_multiplier, head='features', dtype=dtype,
-                      neck_width=neck_width)
+                      neck_width=neck_width, neck=neck)

@@ -15,7 +15,8 @@ reference's annotation files leave them out, and are neither true nor false posi
 evaluation.
 
 Model options (`ModelSpec.options`): neck_width, the neck's channels as a fraction of
-the reference's (512, 1024, 2048) for ResNet-50 (1.0).
+the reference's (512, 1024, 2048) for ResNet-50 (1.0); neck, 'panet' (the reference's SPP +
+PANet, the default) or 'none' (the heads on the backbone's stages; `lth_jax.models.yolo`).
 """
 
 from __future__ import annotations
@@ -151,13 +152,14 @@ class Detection(Task):
   name = 'detection'
   metric = MAP50
   labels = data.BOX_LABELS
-  options = ('neck_width',)
+  options = ('neck', 'neck_width')
 
   def build_model(self, spec: ModelSpec, dataset: DatasetInfo) -> nn.Module:
     return create_detector(spec.arch, num_classes=dataset.num_classes,
                            width_multiplier=spec.width_multiplier, stem=spec.stem,
                            in_channels=dataset.image_shape[-1],
-                           neck_width=spec.option('neck_width', 1.0), dtype=spec.dtype)
+                           neck_width=spec.option('neck_width', 1.0),
+                           neck=spec.option('neck', 'panet'), dtype=spec.dtype)
 
   def objective(self, model: nn.Module, dataset: DatasetInfo) -> YoloObjective:
     return YoloObjective(dataset.num_classes, dataset.image_shape[0], tuple(model.strides))
