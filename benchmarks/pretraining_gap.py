@@ -12,12 +12,12 @@ training canvases, or detection canvases of the upstream classes 0-4 with 100), 
 fine-tunes the dense network from each θ_p lth_jax ships (`lth_jax.released`:
 supervised, SimCLR, MoCo v2) and from a random init ('scratch', a new one per seed as in
 paper mode), `--seeds` seeds each, with the task's recipe in
-configs/paper_offline.py:all_tasks (its own for classification, the canvas studies' heads
-and optimizers with more epochs for segmentation and detection:
-`lth_jax.experiments.presets.FEW_SHOT_RECIPES`), and prints, per start, the test metric
-at the best validation epoch (mean ± std over the seeds), its gain over scratch, and
-whether that gain is more than twice the larger of the two stds (the bar of issue 22:
-"can test the claim").
+configs/paper_offline.py:all_tasks (its own for classification, the canvas studies'
+optimizers with more epochs for segmentation and detection, DeepLabV3+'s head, and YOLO's
+heads on the backbone's stages: `lth_jax.experiments.presets.FEW_SHOT_RECIPES`), and
+prints, per start, the test metric at the best validation epoch (mean ± std over the
+seeds), its gain over scratch, and whether that gain is more than twice the larger of the
+two stds (the bar of issue 22: "can test the claim").
 
 Variants of a task (`variant`; datasets this script registers, the same val and test
 splits, normalisation and recipe): `--shots=N` (classification) trains on the first N

@@ -578,6 +578,8 @@ def test_detector_without_neck_feeds_the_backbone_stages_to_the_heads():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="Unknown detector neck 'fpn'.*'panet'"):
     create_detector('resnet18', num_classes=NUM_CLASSES, neck='fpn')
+  with pytest.raises(ValueError, match="Unknown detector neck 'fpn'"):  # built directly
+    jax.eval_shape(lambda x: model.clone(neck='fpn').init(jax.random.key(0), x), images)
 
 
 def test_neck_and_head_on_features_of_any_width():

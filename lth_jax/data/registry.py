@@ -218,14 +218,14 @@ _DATASETS = (
         name='digit_canvas_det_small', source='canvases', task='detection', num_classes=10,
         image_shape=(56, 56, 1), split_sizes={'train': 243, 'val': 64, 'test': 128},
         mean=(0.0593,), std=(0.2032,), augmentation='box_crop', max_boxes=3),
-    # Few-shot dense tasks from the paper in miniature's downstream domain: canvases of
+    # Few-shot dense tasks on the paper in miniature's downstream classes: canvases of
     # 1-3 silhouettes of Animal-MNIST's classes 5-9 (`animal_mnist_b`, none of them seen by
     # the upstream task), made as the digit canvases are. Segmentation: the first 200
     # training canvases, whole val and test, background + 5 classes. Detection: the first
     # 100 training canvases with a box that is not difficult, the first 100 val canvases
     # (the detector is evaluated every epoch) and the whole test; 5 classes. (With 100 or
-    # 200 training canvases a detector from scratch is as good as one from any θ_p: README,
-    # "The paper in miniature".)
+    # 200 training canvases, behind the reference's neck, a detector from scratch is as
+    # good as one from any θ_p: README, "The paper in miniature".)
     DatasetInfo(
         name='animal_canvas_seg_few', source='canvases', task='segmentation', num_classes=6,
         image_shape=(56, 56, 1), split_sizes={'train': 200, 'val': 300, 'test': 500},
@@ -240,8 +240,9 @@ _DATASETS = (
     # classes are ImageNet's), their patches 24-40 pixels (nearer the 28 of pre-training);
     # the first 100 training canvases with a box that is not difficult, the first 100 val
     # canvases and the whole test. Each split's canvases paste that split's silhouettes,
-    # so no test canvas holds one that pre-training saw. (Here too a detector from scratch
-    # does as well as one from θ_Sup: README, "The paper in miniature".)
+    # so no test canvas holds one that pre-training saw. The miniature's detection task:
+    # with the heads on the backbone's stages (`neck='none'`) every θ_p beats scratch here
+    # (behind the reference's neck none did; README, "The paper in miniature").
     DatasetInfo(
         name='animal_a_canvas_det_few', source='canvases', task='detection', num_classes=5,
         image_shape=(56, 56, 1), split_sizes={'train': 100, 'val': 100, 'test': 500},

@@ -231,14 +231,15 @@ def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
 
 
 # The few-shot dense tasks' recipes at the shipped θ_p's width (1/4), over
-# configs/paper_offline.py's: the canvas studies' heads and optimizers (configs/
-# segmentation_offline.py, configs/detection_offline.py) with the epochs few canvases need.
+# configs/paper_offline.py's: the canvas studies' optimizers (configs/
+# segmentation_offline.py, configs/detection_offline.py) with the epochs few canvases need,
+# segmentation's DeepLabV3+ head and detection's YOLO heads without their neck.
 # Segmentation's 200 canvases take 30 epochs (at 20, SimCLR's θ_p stayed under 50% mIoU).
 # Detection is on the upstream classes 0-4 (as VOC's classes are ImageNet's): 100 canvases
 # for 60 epochs at 0.01 after an 8-epoch warm-up, with the heads on the backbone's stages
 # (`neck='none'`, heads 1/16 of the reference's widths, the backbone's): behind the
 # reference's SPP + PANet neck, some 30 layers from random weights, no θ_p beat scratch on
-# any canvas task tried (README, "The paper in miniature": the gaps measured with each).
+# any detection canvases tried (README, "The paper in miniature": the gaps measured with each).
 # benchmarks/pretraining_gap.py measures the pre-training gap with them, and
 # `configs/paper_offline.py:all_tasks` trains its dense tasks with them
 # (`config.paper.task_recipes`).

@@ -19,8 +19,9 @@ Convolutions start from N(0, 0.01) and BatchNorm from (1, 0), as the reference's
 Channel counts follow the reference's `feature_channels = [512, 1024, 2048]` for its
 ResNet-50 backbone, scaled by `width` so that tiny offline models can shrink the neck.
 Parameters live under `neck/...` and `head/...`, outside the backbone pruning policy.
-`YoloDetector` is the whole network: a ResNet whose stages feed the neck, the backbone's
-parameters at the root of the tree with torchvision names, as in a classifier. Its
+`YoloDetector` is the whole network: a ResNet whose stages feed the neck (or the heads),
+the backbone's parameters at the root of the tree with torchvision names, as in a
+classifier. Its
 `neck='none'` (not the reference's) leaves SPP and PANet out: the heads read the
 backbone's layer2/3/4 directly, so that between the backbone and the outputs there are two
 layers, not some 30 that start from random weights (the few-shot miniature's detection
@@ -81,6 +82,21 @@ def neck_channels(width: float) -> tuple[int, int, int]:
         f'neck width {width} gives channels {channels}; use a width >= {2 / NECK_CHANNELS[0]} '
         'so that every neck layer keeps at least one channel.')
   return channels
+
+
+def check_neck(neck: str) -> None:
+  """Fails unless `neck` is one of `NECKS`.
+
+  Args:
+    neck: a `YoloDetector.neck`.
+
+  Raises:
+    ValueError: naming the choices.
+  """
+  if neck not in NECKS:
+    raise ValueError(f'Unknown detector neck {neck!r}; use one of {NECKS} '
+                     "('panet', the reference's SPP + PANet; 'none', the heads on the "
+                     "backbone's layer2/3/4).")
 
 
 class ConvBNLeaky(nn.Module):
@@ -186,7 +202,8 @@ class YoloHead(nn.Module):
   """The reference's PredictNet: per scale a 3x3 block and a 1x1 conv with bias.
 
   Attributes:
-    channels: the neck's (c3, c4, c5); scale i widens c_i / 2 back to c_i.
+    channels: the neck's (c3, c4, c5); scale i's 3x3 block maps its input (the neck's
+      c_i / 2 channels, or a backbone stage's) to c_i.
     num_classes: object classes (20 for VOC).
     dtype: computation dtype.
   """
@@ -199,7 +216,7 @@ class YoloHead(nn.Module):
     """Predicts raw (undecoded) outputs.
 
     Args:
-      maps: the neck's three outputs, strides 8, 16, 32.
+      maps: the neck's three outputs (or the backbone's layer2/3/4), strides 8, 16, 32.
       train: batch statistics when True.
 
     Returns:
@@ -246,8 +263,8 @@ class YoloDetector(ResNet):
   """A ResNet backbone, the YOLOv4 neck and the three heads (the reference's Resnet50-YOLOv4).
 
   The backbone's variables keep a classifier's names at the root (conv1, layer1_0, ...),
-  so checkpoints, masks and pruning policies carry over; the rest sits under neck/ and
-  head/.
+  so checkpoints, masks and pruning policies carry over; the rest sits under neck/ (none
+  with neck='none') and head/.
 
   Attributes (besides `ResNet`'s; `head` is unused, `num_classes` is the number of
   object classes):
@@ -282,6 +299,7 @@ class YoloDetector(ResNet):
     """
     channels = neck_channels(self.neck_width)
     features = self.features(x, train)
+    check_neck(self.neck)
     if self.neck == 'panet':
       maps = YoloNeck(channels, dtype=self.dtype, name='neck')(features, train)
     else:
@@ -303,8 +321,8 @@ def create_detector(arch: str, *, num_classes: int, width_multiplier: float = 1.
     width_multiplier: > 0, scales the backbone's widths.
     stem: 'imagenet' (strides 8, 16, 32) or 'cifar' (2, 4, 8).
     in_channels: input channels.
-    neck_width: > 0, scales the neck's (512, 1024, 2048) channels; the heads widen the
-      neck's halves back to them (with neck='none' too).
+    neck_width: > 0, scales the neck's (512, 1024, 2048) channels, which are also the
+      heads' (with neck='none' too, where the heads read the backbone's stages).
     neck: one of `NECKS`; 'panet' is the reference's.
     dtype: computation dtype.
 
@@ -317,10 +335,7 @@ def create_detector(arch: str, *, num_classes: int, width_multiplier: float = 1.
   """
   if num_classes < 1:
     raise ValueError(f'num_classes must be >= 1 object classes, got {num_classes}.')
-  if neck not in NECKS:
-    raise ValueError(f'Unknown detector neck {neck!r}; use one of {NECKS} '
-                     "('panet', the reference's SPP + PANet; 'none', the heads on the "
-                     "backbone's layer2/3/4).")
+  check_neck(neck)
   neck_channels(neck_width)
   # create_model validates the backbone's arguments.
   backbone = create_model(arch, num_classes=num_classes, stem=stem, in_channels=in_channels,
