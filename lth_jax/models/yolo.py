@@ -21,12 +21,11 @@ ResNet-50 backbone, scaled by `width` so that tiny offline models can shrink the
 Parameters live under `neck/...` and `head/...`, outside the backbone pruning policy.
 `YoloDetector` is the whole network: a ResNet whose stages feed the neck (or the heads),
 the backbone's parameters at the root of the tree with torchvision names, as in a
-classifier. Its
-`neck='none'` (not the reference's) leaves SPP and PANet out: the heads read the
-backbone's layer2/3/4 directly, so that between the backbone and the outputs there are two
-layers, not some 30 that start from random weights (the few-shot miniature's detection
-recipe: with a hundred training canvases the deep neck learns little, and what the
-backbone brings from pre-training does not reach the heads).
+classifier. Its `neck='none'` (not the reference's) leaves SPP and PANet out: the heads
+read the backbone's layer2/3/4 directly, so that between the backbone and the outputs
+there are two layers, not some 30 that start from random weights (the few-shot
+miniature's detection recipe: with a hundred training canvases the deep neck learns
+little, and what the backbone brings from pre-training does not reach the heads).
 """
 
 from __future__ import annotations
