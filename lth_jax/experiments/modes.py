@@ -92,6 +92,8 @@ class Mode:
       the workdir is claimed); None: the task model of the last of `datasets`.
     growing: fields a rerun may change because the change adds runs and keeps the
       recorded ones (see `lth_jax.runtime.workdir.ResumeRules`).
+    unstarted: field prefix -> the runs a change of a field under it would alter
+      (`lth_jax.runtime.workdir.Footprint`); the change is allowed while none exists.
     perturbable: its workdir holds IMP rounds on one task whose tickets and recipe the
       perturbation runs of `python -m lth_jax.analyze --sensitivity` train again.
     more_recipes: config -> its other recipe field prefixes and the training folders
@@ -111,6 +113,7 @@ class Mode:
   model: Callable[[specs.Experiment], Any] | None = None
   growing: Mapping[str, workdir_lib.Growth] = dataclasses.field(
       default_factory=lambda: dict(GROWING_FIELDS))
+  unstarted: Mapping[str, workdir_lib.Footprint] = dataclasses.field(default_factory=dict)
   perturbable: bool = False
   own_theta_p: bool = True
   more_recipes: Callable[[ml_collections.ConfigDict], Mapping[str, Sequence[str]]] | None = None
@@ -144,7 +147,8 @@ class Mode:
   def resume_rules(self, config: ml_collections.ConfigDict) -> workdir_lib.ResumeRules:
     """What a rerun of the mode's experiments may change (`workdir.claim`'s rules)."""
     return workdir_lib.ResumeRules(
-        neutral=NEUTRAL_FIELDS, growing=self.growing, recipe_work=self.recipe_work(config),
+        neutral=NEUTRAL_FIELDS, growing=self.growing, unstarted=self.unstarted,
+        recipe_work=self.recipe_work(config),
         devices_fix=_device_flags, rerun_fix=lambda path: f'--config={path}')
 
 

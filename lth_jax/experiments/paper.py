@@ -369,6 +369,27 @@ def _load_inputs(experiment: specs.Experiment) -> dict[str, str]:
   return paper_upstream.load_inputs(experiment)
 
 
+def _dropped_tasks_runs(field: str, old: Mapping[str, Any],
+                        new: Mapping[str, Any]) -> list[str]:
+  """The runs of the tasks a new `paper.tasks` drops: it may change while they have none
+  (tasks added or reordered alter no run)."""
+  del field
+  kept = set(config_lib.split_names(new['paper.tasks']))
+  return [paths.transfer_runs_glob(task)
+          for task in config_lib.split_names(old.get('paper.tasks') or '') if task not in kept]
+
+
+def _new_task_recipe_runs(field: str, old: Mapping[str, Any],
+                          new: Mapping[str, Any]) -> list[str] | None:
+  """The runs of a task a rerun adds with its recipe, which may be set while the task has
+  none; None for a recorded task, whose recipe changes only after a divergence."""
+  del new
+  task = field.split('.')[2]  # paper.task_recipes.<task>.<section>.<field>
+  if task in config_lib.split_names(old.get('paper.tasks') or ''):
+    return None
+  return [paths.transfer_runs_glob(task)]
+
+
 modes.register(modes.Mode(
     'paper', run=run, validate=validate, section=section, spec=spec,
     datasets=lambda c: [c.pretrain.dataset, *config_lib.split_names(c.paper.tasks)],
@@ -377,6 +398,9 @@ modes.register(modes.Mode(
     training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)
                         if task not in c.paper.task_recipes],
     load_inputs=_load_inputs, trained=(paths.transfer_runs_glob(),), own_theta_p=False,
+    # A transfer task may be dropped, or added with its recipe, while it has no runs.
+    unstarted={'paper.tasks': _dropped_tasks_runs,
+               'paper.task_recipes': _new_task_recipe_runs},
     # A task's own recipe trained that task's runs only.
     more_recipes=lambda c: {f'paper.task_recipes.{task}.': (paths.transfer_runs_glob(task),)
                             for task in c.paper.task_recipes}))

@@ -8,6 +8,8 @@ knows the settings gives (`lth_jax.experiments.modes.Mode.resume_rules`):
   - neutral fields, which cannot change a result (paths to the same inputs: a field of
     `inputs` whose file has the recorded fingerprint is one too);
   - growing fields, whose change adds work and keeps what is recorded (more rounds);
+  - fields whose change alters only work that has not started (a transfer task with no
+    runs yet, dropped or added with its recipe), while none of it exists;
   - after a run diverged (`diverged.json`), new recipe fields, as long as no training
     that used the recorded recipe has started.
 Anything else is refused with the differing fields named. A field missing from the
@@ -55,6 +57,10 @@ VERSIONED_PACKAGES = ('jax', 'jaxlib', 'flax')
 # A growing field's rule: (old, new) flattened records -> whether the change keeps every
 # recorded result (e.g. more rounds).
 Growth = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+# A change's footprint: (field, old, new flattened records) -> glob patterns (relative to
+# the workdir) of the runs that a change of the field would alter, or None where the rule
+# does not apply to that field; the change is allowed while none of those runs exists.
+Footprint = Callable[[str, Mapping[str, Any], Mapping[str, Any]], Sequence[str] | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +73,8 @@ class ResumeRules:
     neutral: fields ('.'-joined paths of the record) whose value never changes a result.
     growing: field -> whether a change of it (old, new: the flattened records) keeps
       every recorded result, e.g. more rounds or more seeds.
+    unstarted: field prefix -> the footprint of a change of a field under it (see
+      `Footprint`): e.g. the runs of the transfer tasks a change of the task list drops.
     recipe_work: field prefix -> glob patterns (relative to the workdir) of the training
       folders that used it: after a divergence such a field may change while none of
       them exists, so that no results mix two recipes.
@@ -76,6 +84,7 @@ class ResumeRules:
   """
   neutral: tuple[str, ...] = ()
   growing: Mapping[str, Growth] = dataclasses.field(default_factory=dict)
+  unstarted: Mapping[str, Footprint] = dataclasses.field(default_factory=dict)
   recipe_work: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
   devices_fix: Callable[[Mapping[str, int]], str] = lambda devices: 'the same devices'
   rerun_fix: Callable[[str], str] = lambda path: f'the settings recorded in {path}'
@@ -149,23 +158,40 @@ def _check_environment(workdir: str, recorded: Mapping[str, Any],
         workdir, shown(recorded['versions']), shown(current))
 
 
+def _existing(workdir: str, patterns: Sequence[str]) -> list[str]:
+  """The folders matching `patterns` (relative to the workdir), outside diverged/."""
+  return sorted({os.path.relpath(p, workdir) for pattern in patterns
+                 for p in glob.glob(os.path.join(workdir, pattern), recursive=True)
+                 if not os.path.relpath(p, workdir).startswith(DIVERGED_DIR + os.sep)})
+
+
+def _shown_runs(runs: Sequence[str]) -> str:
+  return ', '.join(runs[:3]) + (', ...' if len(runs) > 3 else '')
+
+
 def _recipe_change_refusal(workdir: str, fields: Sequence[str],
                            recipe_work: Mapping[str, Sequence[str]]) -> str | None:
   """Why a recipe change after a divergence is refused, or None when it is allowed."""
   if not os.path.exists(paths.diverged_record(workdir)):
     return ('a new recipe is accepted in a workdir only after a run in it diverged, for '
             'the training that has not started yet')
-  started = []
-  for field in fields:
-    for prefix, patterns in recipe_work.items():
-      if field.startswith(prefix):
-        started += [p for pattern in patterns
-                    for p in glob.glob(os.path.join(workdir, pattern), recursive=True)
-                    if not os.path.relpath(p, workdir).startswith(DIVERGED_DIR + os.sep)]
+  started = _existing(workdir, [pattern for field in fields
+                                for prefix, patterns in recipe_work.items()
+                                if field.startswith(prefix) for pattern in patterns])
   if started:
-    shown = ', '.join(os.path.relpath(p, workdir) for p in sorted(set(started))[:3])
-    return (f'training with the recorded recipe has already run here ({shown}, ...), so '
-            'results would mix two recipes')
+    return (f'training with the recorded recipe has already run here '
+            f'({_shown_runs(started)}), so results would mix two recipes')
+  return None
+
+
+def _footprint(field: str, old: Mapping[str, Any], new: Mapping[str, Any],
+               rules: ResumeRules) -> Sequence[str] | None:
+  """The glob patterns of the runs a change of `field` alters, when a rule covers it."""
+  for prefix, footprint in rules.unstarted.items():
+    if field == prefix or field.startswith(prefix + '.'):
+      patterns = footprint(field, old, new)
+      if patterns is not None:
+        return patterns
   return None
 
 
@@ -176,7 +202,13 @@ def _refusals(workdir: str, old: Mapping[str, Any], new: Mapping[str, Any],
   for field in sorted(new):
     if old.get(field) == new[field] or field in rules.neutral or field in same_inputs:
       continue
-    if field.startswith(tuple(rules.recipe_work)):
+    footprint = _footprint(field, old, new, rules)
+    if footprint is not None:
+      started = _existing(workdir, footprint)
+      if started:
+        refused.append(f'{field}: {old.get(field)!r} -> {new[field]!r} (it would alter runs '
+                       f'that have already trained here: {_shown_runs(started)})')
+    elif field.startswith(tuple(rules.recipe_work)):
       recipe.append(field)
     elif field not in rules.growing or not rules.growing[field](old, new):
       refused.append(f'{field}: {old.get(field)!r} -> {new[field]!r}')
