@@ -342,7 +342,7 @@ def test_after_a_divergence_a_rerun_may_change_the_recipe_of_a_task_not_yet_trai
   assert experiments.claim(workdir, config(0.05, 0.01))   # mnist5k's runs start again
 
 
-def test_a_rerun_may_drop_or_add_a_task_while_that_task_has_no_runs(tmp_path):
+def test_a_rerun_may_drop_a_task_or_change_its_recipe_while_that_task_has_no_runs(tmp_path):
   # As when the miniature's detection task changed before any of its runs had trained.
   def config(tasks, **learning_rates):
     c = defaults.load_config('paper_offline:tiny')
@@ -355,20 +355,21 @@ def test_a_rerun_may_drop_or_add_a_task_while_that_task_has_no_runs(tmp_path):
   run = lambda task: os.makedirs(os.path.join(workdir, 'transfer', task, 'scratch', 'seed_0'))
   assert not experiments.claim(workdir, config('digits,mnist5k', mnist5k=0.05))
   run('digits')
-  # mnist5k has no runs: it may go, and a new task come with its own recipe.
+  # mnist5k has no runs: it may go with its recipe, and a new task come with its own.
   assert experiments.claim(workdir, config(f'digits,{few}', **{few: 0.01}))
-  # A recorded task's recipe still changes only after a divergence, runs or none.
-  with pytest.raises(errors.WorkdirError, match=rf'{few}\.optim\.learning_rate: 0\.01 -> '
-                     r'0\.02.*only after a run in it diverged'):
-    experiments.claim(workdir, config(f'digits,{few}', **{few: 0.02}))
+  assert experiments.claim(workdir, config(f'digits,{few}', **{few: 0.02}))  # still none
   run(few)
-  # A task with runs may not go.
+  depends = r'\(runs here depend on its recorded value: transfer/{}/scratch/seed_0\)'
+  # Once a task has runs, it may not go, nor its recipe change or go.
   with pytest.raises(errors.WorkdirError, match=rf"paper\.tasks: 'digits,{few}' -> '{few}' "
-                     r'\(it would alter runs that have already trained here: '
-                     r'transfer/digits/scratch/seed_0\)'):
-    experiments.claim(workdir, config(few, **{few: 0.01}))
-  assert experiments.claim(workdir, config(f'{few},digits', **{few: 0.01}))  # reordered
-  assert experiments.claim(workdir, config(f'{few},digits,mnist5k', **{few: 0.01},
+                     + depends.format('digits')):
+    experiments.claim(workdir, config(few, **{few: 0.02}))
+  for recipe, shown in (({few: 0.01}, r'0\.01'), ({}, 'None')):
+    with pytest.raises(errors.WorkdirError, match=rf'paper\.task_recipes\.{few}\.optim\.'
+                       rf'learning_rate: 0\.02 -> {shown} ' + depends.format(few)):
+      experiments.claim(workdir, config(f'digits,{few}', **recipe))
+  assert experiments.claim(workdir, config(f'{few},digits', **{few: 0.02}))  # reordered
+  assert experiments.claim(workdir, config(f'{few},digits,mnist5k', **{few: 0.02},
                                            mnist5k=0.2))
 
 

@@ -92,7 +92,7 @@ def claim(workdir: str, config: ml_collections.ConfigDict, *,
   record = {k: v for k, v in config_to_dict(config).items() if k in sections}
   defaults = config_lib.base_config()
   defaults.data.pipeline = 'host'  # what workdirs recorded before the field existed ran
-  return workdir_lib.claim(workdir, record, rules=mode.resume_rules(config),
+  return workdir_lib.claim(workdir, record, rules=mode.resume_rules(),
                            defaults=config_to_dict(defaults), inputs=inputs, devices=devices)
 
 

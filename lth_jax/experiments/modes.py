@@ -92,13 +92,11 @@ class Mode:
       the workdir is claimed); None: the task model of the last of `datasets`.
     growing: fields a rerun may change because the change adds runs and keeps the
       recorded ones (see `lth_jax.runtime.workdir.ResumeRules`).
-    unstarted: field prefix -> the runs a change of a field under it would alter
-      (`lth_jax.runtime.workdir.Footprint`); the change is allowed while none exists.
+    unstarted: field prefix -> the runs that depend on a field under it
+      (`lth_jax.runtime.workdir.Footprint`); it may change while none exists (paper
+      mode's tasks and their recipes).
     perturbable: its workdir holds IMP rounds on one task whose tickets and recipe the
       perturbation runs of `python -m lth_jax.analyze --sensitivity` train again.
-    more_recipes: config -> its other recipe field prefixes and the training folders
-      (globs) each one's runs are in (paper mode's task recipes); a rerun may change one
-      only after a divergence, for training not started with it (`recipe_work`).
   """
   name: str
   run: Callable[[specs.Experiment, str, Mesh], dict[str, Any]]
@@ -116,7 +114,6 @@ class Mode:
   unstarted: Mapping[str, workdir_lib.Footprint] = dataclasses.field(default_factory=dict)
   perturbable: bool = False
   own_theta_p: bool = True
-  more_recipes: Callable[[ml_collections.ConfigDict], Mapping[str, Sequence[str]]] | None = None
 
   def trainings(self, config: ml_collections.ConfigDict) -> list[Training]:
     """Every (recipe section, dataset) the mode trains with, for `config`."""
@@ -137,18 +134,17 @@ class Mode:
     own = (self.name,) if self.section is not None else ()
     return (*common, *own, *self.reads)
 
-  def recipe_work(self, config: ml_collections.ConfigDict) -> Mapping[str, Sequence[str]]:
+  def recipe_work(self) -> Mapping[str, Sequence[str]]:
     """Recipe field prefix -> the training folders (globs) that used it."""
     pretrain = paths.pretrain_globs()
     return {'optim.': self.trained, 'pretrain.optim.': pretrain,
-            'model.half_precision': (paths.any_runs_glob(), *pretrain),
-            **(self.more_recipes(config) if self.more_recipes is not None else {})}
+            'model.half_precision': (paths.any_runs_glob(), *pretrain)}
 
-  def resume_rules(self, config: ml_collections.ConfigDict) -> workdir_lib.ResumeRules:
+  def resume_rules(self) -> workdir_lib.ResumeRules:
     """What a rerun of the mode's experiments may change (`workdir.claim`'s rules)."""
     return workdir_lib.ResumeRules(
         neutral=NEUTRAL_FIELDS, growing=self.growing, unstarted=self.unstarted,
-        recipe_work=self.recipe_work(config),
+        recipe_work=self.recipe_work(),
         devices_fix=_device_flags, rerun_fix=lambda path: f'--config={path}')
 
 

@@ -379,15 +379,12 @@ def _dropped_tasks_runs(field: str, old: Mapping[str, Any],
           for task in config_lib.split_names(old.get('paper.tasks') or '') if task not in kept]
 
 
-def _new_task_recipe_runs(field: str, old: Mapping[str, Any],
-                          new: Mapping[str, Any]) -> list[str] | None:
-  """The runs of a task a rerun adds with its recipe, which may be set while the task has
-  none; None for a recorded task, whose recipe changes only after a divergence."""
-  del new
-  task = field.split('.')[2]  # paper.task_recipes.<task>.<section>.<field>
-  if task in config_lib.split_names(old.get('paper.tasks') or ''):
-    return None
-  return [paths.transfer_runs_glob(task)]
+def _task_recipe_runs(field: str, old: Mapping[str, Any],
+                      new: Mapping[str, Any]) -> list[str]:
+  """The runs of the task whose recipe a field sets: it may change (or be set, or go)
+  while the task has none, and not after, lest its results mix two recipes."""
+  del old, new
+  return [paths.transfer_runs_glob(field.split('.')[2])]  # paper.task_recipes.<task>.…
 
 
 modes.register(modes.Mode(
@@ -398,9 +395,5 @@ modes.register(modes.Mode(
     training=lambda c: [('optim', task) for task in config_lib.split_names(c.paper.tasks)
                         if task not in c.paper.task_recipes],
     load_inputs=_load_inputs, trained=(paths.transfer_runs_glob(),), own_theta_p=False,
-    # A transfer task may be dropped, or added with its recipe, while it has no runs.
-    unstarted={'paper.tasks': _dropped_tasks_runs,
-               'paper.task_recipes': _new_task_recipe_runs},
-    # A task's own recipe trained that task's runs only.
-    more_recipes=lambda c: {f'paper.task_recipes.{task}.': (paths.transfer_runs_glob(task),)
-                            for task in c.paper.task_recipes}))
+    # A transfer task may be dropped, and its recipe change, while it has no runs.
+    unstarted={'paper.tasks': _dropped_tasks_runs, 'paper.task_recipes': _task_recipe_runs}))

@@ -8,8 +8,8 @@ knows the settings gives (`lth_jax.experiments.modes.Mode.resume_rules`):
   - neutral fields, which cannot change a result (paths to the same inputs: a field of
     `inputs` whose file has the recorded fingerprint is one too);
   - growing fields, whose change adds work and keeps what is recorded (more rounds);
-  - fields whose change alters only work that has not started (a transfer task with no
-    runs yet, dropped or added with its recipe), while none of it exists;
+  - fields on which no run in the workdir depends yet (a transfer task with no runs,
+    dropped, added or given another recipe);
   - after a run diverged (`diverged.json`), new recipe fields, as long as no training
     that used the recorded recipe has started.
 Anything else is refused with the differing fields named. A field missing from the
@@ -58,8 +58,8 @@ VERSIONED_PACKAGES = ('jax', 'jaxlib', 'flax')
 # recorded result (e.g. more rounds).
 Growth = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
 # A change's footprint: (field, old, new flattened records) -> glob patterns (relative to
-# the workdir) of the runs that a change of the field would alter, or None where the rule
-# does not apply to that field; the change is allowed while none of those runs exists.
+# the workdir) of the runs that depend on the field's recorded value, or None where the
+# rule does not apply to that field; the field may change while none of them exists.
 Footprint = Callable[[str, Mapping[str, Any], Mapping[str, Any]], Sequence[str] | None]
 
 
@@ -74,7 +74,7 @@ class ResumeRules:
     growing: field -> whether a change of it (old, new: the flattened records) keeps
       every recorded result, e.g. more rounds or more seeds.
     unstarted: field prefix -> the footprint of a change of a field under it (see
-      `Footprint`): e.g. the runs of the transfer tasks a change of the task list drops.
+      `Footprint`): e.g. the runs of the transfer tasks a new task list drops.
     recipe_work: field prefix -> glob patterns (relative to the workdir) of the training
       folders that used it: after a divergence such a field may change while none of
       them exists, so that no results mix two recipes.
@@ -186,7 +186,7 @@ def _recipe_change_refusal(workdir: str, fields: Sequence[str],
 
 def _footprint(field: str, old: Mapping[str, Any], new: Mapping[str, Any],
                rules: ResumeRules) -> Sequence[str] | None:
-  """The glob patterns of the runs a change of `field` alters, when a rule covers it."""
+  """The glob patterns of the runs that depend on `field`, when a rule covers it."""
   for prefix, footprint in rules.unstarted.items():
     if field == prefix or field.startswith(prefix + '.'):
       patterns = footprint(field, old, new)
@@ -197,24 +197,31 @@ def _footprint(field: str, old: Mapping[str, Any], new: Mapping[str, Any],
 
 def _refusals(workdir: str, old: Mapping[str, Any], new: Mapping[str, Any],
               rules: ResumeRules, same_inputs: set[str]) -> list[str]:
-  """'field: old -> new' of every change the rules do not allow (flattened records)."""
+  """'field: old -> new' of every change the rules do not allow (flattened records).
+
+  A field the new record lacks is a change too under the footprint prefixes, whose
+  sections are open mappings (a paper task's recipe may go); elsewhere it is a field
+  an older lth_jax wrote."""
   refused, recipe = [], []
-  for field in sorted(new):
-    if old.get(field) == new[field] or field in rules.neutral or field in same_inputs:
+  gone = {field for field in old
+          if field not in new and _footprint(field, old, new, rules) is not None}
+  for field in sorted({*new, *gone}):
+    value = new.get(field)
+    if old.get(field) == value or field in rules.neutral or field in same_inputs:
       continue
     footprint = _footprint(field, old, new, rules)
     if footprint is not None:
-      started = _existing(workdir, footprint)
-      if started:
-        refused.append(f'{field}: {old.get(field)!r} -> {new[field]!r} (it would alter runs '
-                       f'that have already trained here: {_shown_runs(started)})')
+      runs = _existing(workdir, footprint)
+      if runs:
+        refused.append(f'{field}: {old.get(field)!r} -> {value!r} (runs here depend on '
+                       f'its recorded value: {_shown_runs(runs)})')
     elif field.startswith(tuple(rules.recipe_work)):
       recipe.append(field)
     elif field not in rules.growing or not rules.growing[field](old, new):
-      refused.append(f'{field}: {old.get(field)!r} -> {new[field]!r}')
+      refused.append(f'{field}: {old.get(field)!r} -> {value!r}')
   why = recipe and _recipe_change_refusal(workdir, recipe, rules.recipe_work)
   if why:
-    refused += [f'{f}: {old.get(f)!r} -> {new[f]!r}' for f in recipe] + [f'({why})']
+    refused += [f'{f}: {old.get(f)!r} -> {new.get(f)!r}' for f in recipe] + [f'({why})']
   return refused
 
 
