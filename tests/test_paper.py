@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,10 @@ from lth_jax.metrics.headline import Metric
 
 
 @pytest.mark.slow
-def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
+def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, monkeypatch):
   """What the study runs and writes (its real run is the test below)."""
+  said = []
+  monkeypatch.setattr('lth_jax.runtime.console.say', said.append)
   config = defaults.load_config('paper_offline:tiny')
   assert config.paper.task_imp_rounds == 0  # task-specific IMP on this task only:
   config.paper.task_recipes.digits = {'optim': {'num_epochs': 2}, 'data': {'batch_size': 32},
@@ -93,6 +96,11 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes):
       {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0, 'round_01': 0}},
       dict.fromkeys(range(4)), task_imp_rounds=2)
   assert paper._transfer_units({'a': {'r': 0}}, {}, task_imp_rounds=3) == 1 + 2 + 2
+  # Run one after another, they report the experiment's progress as each one ends.
+  progress = [re.search(r'; (\d+)/(\d+) runs done', line) for line in said
+              if line.lstrip().startswith('done ')]
+  assert [(int(m[1]), int(m[2])) for m in progress] == [
+      (k, len(trained)) for k in range(1, len(trained) + 1)]
 
   calls = len(fake_finetunes.calls)
   again = experiments.run(config, str(tmp_path))  # finished: read back, not recomputed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import re
 import threading
 import time
 
@@ -14,6 +15,7 @@ import pytest
 from lth_jax import errors, experiments, masks
 from lth_jax.experiments import config as config_lib
 from lth_jax.lottery import iterative_pruning as imp, rounds
+from lth_jax.runtime import sharding
 from lth_jax.runtime.scheduler import Scheduler
 
 
@@ -134,3 +136,24 @@ def test_progress_names_the_runs_in_flight_and_an_experiment_eta(monkeypatch):
   spec = imp.ImpSpec(num_rounds=3, seeds=(0,), dense_seeds=(0, 1, 2))
   assert spec.num_runs == 5
   assert dataclasses.replace(spec, include_dense=False).num_runs == 2
+
+
+def test_runs_one_at_a_time_report_the_experiment_progress_too(monkeypatch):
+  # Paper mode's :all_tasks runs 200-odd fine-tunes one after another for hours.
+  said = []
+  monkeypatch.setattr('lth_jax.runtime.console.say', said.append)
+  experiment = experiments.specs.build(_tiny())
+  scheduler = experiments.wiring.scheduler(experiment, sharding.make_mesh(jax.devices()[:1]),
+                                           total_runs=4)
+  assert scheduler.concurrent == 1 and scheduler.meshes == [None]  # the caller's own mesh
+  scheduler.count_finished(1)
+  scheduler.map(lambda item, mesh: time.sleep(0.2), ['a', 'b'],
+                names=['dense seed 0', 'dense seed 1'])
+  assert [re.sub(r'\d+m\d+s', 'T', line) for line in said] == [
+      '  done dense seed 0 in T; 2/4 runs done, experiment ETA T',
+      '  done dense seed 1 in T; 3/4 runs done, experiment ETA T']
+  scheduler.map(lambda item, mesh: None, ['c'])
+  assert said[-1] == '  done c in 0m00s; 4/4 runs done'
+  said.clear()
+  Scheduler(None).map(lambda item, mesh: None, ['a'])  # no count given: nothing to report
+  assert said == []

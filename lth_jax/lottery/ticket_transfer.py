@@ -53,7 +53,8 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
       IMP run from the same start variables with the same finetune and seeds, read with
       `results.dense_runs`, which refuses a sparse round), one per seed; they are used
       instead of training it again.
-    scheduler: runs the (ticket, seed) runs side by side, each on its own devices;
+    scheduler: runs the (ticket, seed) runs: side by side when it has several device
+      groups, else one after another, each ticket's row as soon as its runs are done;
       None: one after another on `finetune`'s own mesh.
 
   Returns:
@@ -84,14 +85,16 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
   # A result a crash cut short counts as missing: the run's finished checkpoints give it
   # again without training.
   todo = [(name, seed) for name, seed in units if files.read_json(result(name, seed)) is None]
-  if scheduler:
-    scheduler.count_finished(len(units) - len(todo))
-    scheduler.map(train, todo, [f'{name} seed {seed}' for name, seed in todo])
+  scheduler = scheduler or Scheduler(None)  # one group: one run after another
+  scheduler.count_finished(len(units) - len(todo))
+  named_runs = lambda runs: [f'{name} seed {seed}' for name, seed in runs]
+  if scheduler.concurrent > 1:
+    scheduler.map(train, todo, named_runs(todo))
   rows = []
   for name, masks in conformed.items():
-    if not scheduler:  # one after another, each ticket's row as soon as it is done
-      for unit in [u for u in todo if u[0] == name]:
-        train(unit, None)
+    if scheduler.concurrent == 1:  # one after another, each ticket's row as soon as it is done
+      mine = [u for u in todo if u[0] == name]
+      scheduler.map(train, mine, named_runs(mine))
     runs = ([dict(given[seed]) for seed in seeds] if name == DENSE and given else
             [files.read_json(result(name, seed), fix=(
                 'Rerun the command: the result is recorded again from the run\'s '

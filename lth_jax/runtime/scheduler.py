@@ -152,12 +152,14 @@ class Scheduler:
         self._done += 1
         self._runs_timed += 1
         self._busy_seconds += time.time() - tic
-        if self.concurrent > 1:
+        if self.concurrent > 1 or self.total_runs:
           console.say(f'  done {name} in {_duration(time.time() - tic)}{self._eta()}')
 
   def _eta(self) -> str:
-    if not self.total_runs or self._done >= self.total_runs:
+    if not self.total_runs:
       return ''
+    if self._done >= self.total_runs:
+      return f'; {self._done}/{self.total_runs} runs done'
     left = self.total_runs - self._done
     eta = self._busy_seconds / self._runs_timed * left / self.concurrent
     return f'; {self._done}/{self.total_runs} runs done, experiment ETA {_duration(eta)}'
