@@ -96,16 +96,20 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, mo
       {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0, 'round_01': 0}},
       dict.fromkeys(range(4)), task_imp_rounds=2)
   assert paper._transfer_units({'a': {'r': 0}}, {}, task_imp_rounds=3) == 1 + 2 + 2
-  # Run one after another, they report the experiment's progress as each one ends.
-  progress = [re.search(r'; (\d+)/(\d+) runs done', line) for line in said
-              if line.lstrip().startswith('done ')]
-  assert [(int(m[1]), int(m[2])) for m in progress] == [
-      (k, len(trained)) for k in range(1, len(trained) + 1)]
+  # Run one after another, they report the experiment's progress as each one ends ...
+  progress = lambda: [re.findall(r'; (\d+)/(\d+) runs done', line) for line in said
+                      if line.lstrip().startswith('done ')]
+  assert progress() == [[(str(k), str(len(trained)))] for k in range(1, len(trained) + 1)]
 
   calls = len(fake_finetunes.calls)
+  said.clear()
   again = experiments.run(config, str(tmp_path))  # finished: read back, not recomputed
   assert [r['test_accuracy'] for r in again['rows']] == [r['test_accuracy'] for r in rows]
-  assert len(fake_finetunes.calls) == calls
+  assert len(fake_finetunes.calls) == calls and progress() == []
+  # ... and on a resume, count what finished before it as done.
+  os.remove(tmp_path / 'transfer' / 'digits' / 'moco' / 'round_01' / 'seed_0' / 'result.json')
+  experiments.run(config, str(tmp_path))
+  assert progress() == [[(str(len(trained)), str(len(trained)))]]
 
 
 @pytest.mark.slow

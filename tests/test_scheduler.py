@@ -152,6 +152,9 @@ def test_runs_one_at_a_time_report_the_experiment_progress_too(monkeypatch):
   assert [re.sub(r'\d+m\d+s', 'T', line) for line in said] == [
       '  done dense seed 0 in T; 2/4 runs done, experiment ETA T',
       '  done dense seed 1 in T; 3/4 runs done, experiment ETA T']
+  with pytest.raises(KeyboardInterrupt):  # stopped: neither done nor counted
+    scheduler.map(lambda item, mesh: (_ for _ in ()).throw(KeyboardInterrupt), ['c'])
+  assert len(said) == 2 and scheduler._in_flight == {}
   scheduler.map(lambda item, mesh: None, ['c'])
   assert said[-1] == '  done c in 0m00s; 4/4 runs done'
   said.clear()

@@ -267,8 +267,9 @@ def evaluator(model):
                                            sharding.make_mesh())
 
 
-def run_fit(model, variables, masks, directory, config, crash_at_step=None, **kwargs):
-  return fit_lib.fit(model, variables, masks, config, evaluator=evaluator(model),
+def run_fit(model, variables, masks, directory, config, crash_at_step=None, evaluate=None,
+            **kwargs):
+  return fit_lib.fit(model, variables, masks, config, evaluator=evaluate or evaluator(model),
                      metric='accuracy', objective=cross_entropy,
                      train_batches=train_batches_fn(crash_at_step), steps_per_epoch=SPE,
                      checkpoint_dir=str(directory), **kwargs)
@@ -314,9 +315,9 @@ def test_fit_resumes_bit_identically(tiny, tmp_path, async_checkpoints):
                       (result.rewind_variables, straight.rewind_variables)):
       jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), jax.device_get(want))
   assert [r['epoch'] for r in straight.history] == [1, 2, 3]
-  assert straight.history[0]['step'] == SPE and 'test_accuracy' in straight.history[0]
-  assert straight.test == next(
-      r['test_accuracy'] for r in straight.history if r['epoch'] == straight.best_epoch)
+  assert straight.history[0]['step'] == SPE
+  assert [r['test_accuracy'] for r in straight.history if 'test_accuracy' in r] == [
+      straight.test] == [straight.history[straight.best_epoch - 1]['test_accuracy']]
   assert not np.array_equal(straight.rewind_variables['params']['fc']['kernel'],
                             straight.variables['params']['fc']['kernel'])
 
@@ -326,18 +327,76 @@ def test_a_run_checkpointed_in_the_accuracy_only_format_resumes(tiny, tmp_path):
   model, variables, masks = tiny
   config = recipe()
   straight = run_fit(model, variables, masks, tmp_path / 'straight', config)
-  old = tmp_path / 'old'
+  old, (recording, every_epoch) = tmp_path / 'old', evaluator_testing_every_epoch(model)
   with pytest.raises(SimulatedCrash):
-    run_fit(model, variables, masks, old, config, crash_at_step=SPE + 1)
+    run_fit(model, variables, masks, old, config, crash_at_step=SPE + 1, evaluate=recording)
   (meta_file,) = old.glob('*/meta/metadata')
   meta = json.loads(meta_file.read_text())
-  best, test = meta.pop('best_val'), meta.pop('test_metrics')['accuracy']
+  # That format tested each improvement at once: here the first epoch's test accuracy.
+  del meta['test_pending'], meta['test_metrics']
+  test = every_epoch[0]['accuracy']
+  best = meta.pop('best_val')
   meta.update(best_val_accuracy=best, test_accuracy=test)  # the accuracy-only format's keys
   meta_file.write_text(json.dumps(meta))
   resumed = run_fit(model, variables, masks, old, config)
   assert (resumed.best_val, resumed.best_epoch, resumed.test) == (
       straight.best_val, straight.best_epoch, straight.test)
   assert resumed.history == straight.history
+
+
+def evaluator_testing_every_epoch(model, val_accuracies=None):
+  """An evaluator that also records what testing each validated epoch would give, and
+  optionally reports the given validation accuracies (epoch by epoch) instead of the real."""
+  real, every_epoch = evaluator(model), []
+
+  def evaluate(variables, split):
+    if split == 'test':
+      return real(variables, 'test')
+    every_epoch.append(real(variables, 'test'))
+    if val_accuracies is None:
+      return real(variables, 'val')
+    return {'accuracy': val_accuracies[len(every_epoch) - 1]}
+
+  return evaluate, every_epoch
+
+
+def test_the_test_split_is_evaluated_once_on_the_best_epochs_variables(tiny, tmp_path):
+  model, variables, masks = tiny
+  # Validation peaks at epoch 2.
+  recording, every_epoch = evaluator_testing_every_epoch(model, val_accuracies=[0.5, 0.9, 0.1])
+  calls = []
+
+  def rigged(v, split):
+    calls.append(split)
+    return recording(v, split)
+
+  run = lambda directory, crash_at_step=None: run_fit(
+      model, variables, masks, directory, recipe(), crash_at_step, evaluate=rigged)
+
+  straight = run(tmp_path / 'straight')
+  assert calls == ['val'] * 3 + ['test'] and straight.best_epoch == 2
+  assert every_epoch[1] != every_epoch[2]  # the last epoch's variables would test otherwise
+  assert straight.test_metrics == every_epoch[1] and straight.test == every_epoch[1]['accuracy']
+  assert [r['epoch'] for r in straight.history if 'test_accuracy' in r] == [2]
+  # Killed in epoch 3, the untested best variables come back from the checkpoint.
+  for format in ('today', 'tested at once'):
+    crashed = tmp_path / format
+    calls.clear(), every_epoch.clear()
+    with pytest.raises(SimulatedCrash):
+      run(crashed, crash_at_step=2 * SPE + 1)
+    if format == 'tested at once':  # a checkpoint of lth_jax before tests waited for the end
+      (meta_file,) = crashed.glob('*/meta/metadata')
+      meta = json.loads(meta_file.read_text())
+      assert meta.pop('test_pending') and meta['best_epoch'] == 2
+      meta_file.write_text(json.dumps({**meta, 'test_metrics': every_epoch[1]}))
+    calls.clear()
+    resumed = run(crashed)
+    assert calls == ['val'] + (['test'] if format == 'today' else [])
+    assert (resumed.best_epoch, resumed.test_metrics) == (2, straight.test_metrics)
+    untested = lambda history: [{k: v for k, v in r.items() if not k.startswith('test_')}
+                                for r in history]
+    assert (resumed.history if format == 'today' else untested(resumed.history)) == (
+        straight.history if format == 'today' else untested(straight.history))
 
 
 def test_divergence_stops_before_anything_is_saved_or_evaluated(tiny, tmp_path):

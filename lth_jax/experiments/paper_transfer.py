@@ -121,7 +121,7 @@ class _Transfer:
   folder: str                         # transfer/<task>/
   finetune: Callable[..., Any]
   metric: Metric
-  scheduler: Scheduler | None
+  scheduler: Scheduler | None         # None: one run after another, uncounted
   loss_gradient: Callable[[Any], Callable[[Any], Any]]  # batch_stats -> params -> gradient
   task_imp_rounds: int                # the task's (0: no task-specific IMP)
 
@@ -227,7 +227,8 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
     tickets: pretraining -> {ticket name -> mask}, the first pre-training first.
     thetas: pretraining -> its θ_p's variables.
     baselines: the random baselines' masks (of the first pre-training's tickets).
-    scheduler: the scheduler of the runs, or None for one at a time.
+    scheduler: the scheduler of the runs (one group: one after another), or None for
+      one at a time without the experiment's count.
 
   Returns:
     (rows, extreme-sparsity rows, the task's metric).

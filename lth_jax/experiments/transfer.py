@@ -189,7 +189,7 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   transfer: Spec = experiment.section
   tickets = load_tickets(transfer)
   variant, num_seeds = transfer.variant, len(experiment.seeds)
-  out = {}
+  out, runs = {}, None
   for dataset in transfer.datasets:
     task, info = wiring.task_and_data(experiment.data, dataset)
     metric = task.headline(info)
@@ -202,14 +202,16 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
       fresh = lambda seed: init_variables(model, jax.random.fold_in(jax.random.key(seed), 1),
                                           task.image_size(info))
       reinit = {name: fresh for name in chosen}
+    if runs is None:  # every dataset fine-tunes as many tickets: one count for them all
+      runs = wiring.scheduler(experiment, mesh, total_runs=len(transfer.datasets)
+                              * (len(chosen) + 1) * num_seeds)
     console.say(f'Transfer ({variant}) to {dataset}: {len(chosen)} ticket(s) + dense x '
                 f'{num_seeds} seed(s).')
     rows = run_transfer(
         transfer_dir(workdir, dataset), chosen, start,
         wiring.make_finetune(experiment, model, task, info, mesh), experiment.seeds,
         metric=metric.key, init_variables=reinit, policy=experiment.imp.policy,
-        scheduler=wiring.scheduler(experiment, mesh,
-                                   total_runs=(len(chosen) + 1) * num_seeds),
+        scheduler=runs,
         on_result=lambda r, m=metric: console.say(
             f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
             f'{results.shown(r, m.test)}'))

@@ -145,15 +145,18 @@ class Scheduler:
                     f'{", ".join(self._in_flight)}')
     tic = time.time()
     try:
-      return job(item, mesh)
+      result = job(item, mesh)
     finally:
       with self._lock:
         del self._in_flight[name]
-        self._done += 1
-        self._runs_timed += 1
-        self._busy_seconds += time.time() - tic
-        if self.concurrent > 1 or self.total_runs:
-          console.say(f'  done {name} in {_duration(time.time() - tic)}{self._eta()}')
+    # A run that failed or was interrupted is not done: it neither counts nor times.
+    with self._lock:
+      self._done += 1
+      self._runs_timed += 1
+      self._busy_seconds += time.time() - tic
+      if self.concurrent > 1 or self.total_runs:
+        console.say(f'  done {name} in {_duration(time.time() - tic)}{self._eta()}')
+    return result
 
   def _eta(self) -> str:
     if not self.total_runs:

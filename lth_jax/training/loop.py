@@ -1,11 +1,13 @@
 """The resumable fine-tuning loop: `fit` trains, validates, tests and checkpoints one run.
 
 `fit` is the fine-tuning of one IMP round (or one transfer run): it evaluates on 'val'
-every epoch and on 'test' whenever the validation value of the task's headline metric
-improves (the reported number is the test metric at the best validation epoch), writes
-an orbax checkpoint every epoch (and every N steps if asked) and, called again on the
-same directory, resumes from the latest checkpoint and ends bit-identical to an
-uninterrupted run. A non-finite loss, parameter or BatchNorm statistic stops it with a
+every epoch and keeps the variables of the best epoch so far (by the task's headline
+metric), which it evaluates on 'test' once, after the last epoch (the reported number is
+the test metric at the best validation epoch; testing every improvement instead cost a
+fifth of a few-shot fine-tune, whose test split outnumbers its training set). It writes
+an orbax checkpoint every epoch (and every N steps if asked), the best epoch's variables
+with it, and, called again on the same directory, resumes from the latest checkpoint and
+ends bit-identical to an uninterrupted run. A non-finite loss, parameter or BatchNorm statistic stops it with a
 `DivergenceError` before anything more is saved or evaluated.
 """
 
@@ -47,8 +49,7 @@ class FitResult:
     test: its test value after that epoch (the paper's number).
     test_metrics: every test metric of that epoch (e.g. mAP@0.5 and mAP@[.5:.95]).
     history: one dict per epoch: epoch, step, learning_rate, train_<metric>,
-      val_<metric> for every evaluator metric, and test_<metric> where validation
-      improved.
+      val_<metric> for every evaluator metric, and in the best epoch's, test_<metric>.
     variables: final {'params', 'batch_stats'} (replicated jax arrays).
     rewind_variables: {'params', 'batch_stats'} after `rewind_step` optimizer steps,
       when asked for.
@@ -64,8 +65,9 @@ class FitResult:
 
 
 def _fresh_meta() -> dict[str, Any]:
+  # test_pending: the best epoch's variables are saved with the state, not yet tested.
   return {'epoch': 0, 'step': 0, 'history': [], 'best_val': None, 'best_epoch': 0,
-          'test_metrics': {}, 'train_sums': {}, 'has_rewind': False}
+          'test_metrics': {}, 'test_pending': False, 'train_sums': {}, 'has_rewind': False}
 
 
 def _upgrade(meta: dict[str, Any], metric: str) -> dict[str, Any]:
@@ -73,8 +75,11 @@ def _upgrade(meta: dict[str, Any], metric: str) -> dict[str, Any]:
 
   Checkpoints written before metrics were named by the task (classification only) kept
   `best_val_accuracy` (-1 before the first epoch) and `test_accuracy` (None before it)
-  where today's keep `best_val` and `test_metrics`; such runs still resume.
+  where today's keep `best_val` and `test_metrics`; such runs still resume. Those written
+  while each improvement was tested at once have no `test_pending`: their best epoch's
+  test metrics are in `test_metrics`.
   """
+  meta.setdefault('test_pending', False)
   if 'best_val_accuracy' in meta:
     best, test = meta.pop('best_val_accuracy'), meta.pop('test_accuracy')
     meta['best_val'] = None if best < 0 else best
@@ -83,29 +88,32 @@ def _upgrade(meta: dict[str, Any], metric: str) -> dict[str, Any]:
 
 
 def _save(manager: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any],
-          rewind: Any | None) -> None:
+          rewind: Any | None, best: Any | None) -> None:
   # Host copies: the state is replicated, so one copy is the whole checkpoint, and
   # orbax then need not slice every replicated device array (several times slower).
   items = {'state': ocp.args.StandardSave(jax.device_get(state)),
            'meta': ocp.args.JsonSave(meta)}
-  if rewind is not None:
-    items['rewind'] = ocp.args.StandardSave(jax.device_get(rewind))
+  for name, variables in (('rewind', rewind), ('best', best)):
+    if variables is not None:
+      items[name] = ocp.args.StandardSave(jax.device_get(variables))
   manager.save(meta['step'], args=ocp.args.Composite(**items), force=True)
 
 
-def _restore(manager: ocp.CheckpointManager, state: TrainState, mesh: Mesh,
-             metric: str) -> tuple[TrainState, dict[str, Any], Any | None]:
+def _restore(manager: ocp.CheckpointManager, state: TrainState, mesh: Mesh, metric: str
+             ) -> tuple[TrainState, dict[str, Any], Any | None, Any | None]:
+  """The latest checkpoint's state, meta, rewind point and untested best variables."""
   step = manager.latest_step()
   meta = _upgrade(
       manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'],
       metric)
   host_state = jax.device_get(state)
   items = {'state': ocp.args.StandardRestore(host_state)}
-  if meta['has_rewind']:
-    items['rewind'] = ocp.args.StandardRestore(host_state.variables)
+  for name, present in (('rewind', meta['has_rewind']), ('best', meta['test_pending'])):
+    if present:
+      items[name] = ocp.args.StandardRestore(host_state.variables)
   restored = sharding.replicate(dict(manager.restore(step, args=ocp.args.Composite(**items))),
                                 mesh)
-  return restored['state'], meta, restored.get('rewind')
+  return restored['state'], meta, restored.get('rewind'), restored.get('best')
 
 
 def _restore_final_state(checkpoint_dir: str, like: TrainState, mesh: Mesh,
@@ -188,20 +196,20 @@ def _copy(tree: Any) -> Any:
 def _begin(manager: ocp.CheckpointManager, steps: TrainSteps, start: tuple[Any, ...],
            state: TrainState, *, checkpoint_dir: str, carry_from: str | None,
            rewind_step: int | None, metric: str
-           ) -> tuple[TrainState, dict[str, Any], Any | None]:
-  """The state, meta and rewind point that a run starts from.
+           ) -> tuple[TrainState, dict[str, Any], Any | None, Any | None]:
+  """The state, meta, rewind point and untested best variables that a run starts from.
 
   They are the latest checkpoint's in `manager`; else `state` (fresh from `start`), or
   `start` with the optimizer state of `carry_from`'s last checkpoint.
   """
-  rewind = None
+  rewind = best = None
   if manager.latest_step() is None:
     meta = _fresh_meta()
     if carry_from is not None:
       carry = _restore_final_state(carry_from, state, steps.mesh, metric)
       state = steps.init(*start, carry=carry)
   else:
-    state, meta, rewind = _restore(manager, state, steps.mesh, metric)
+    state, meta, rewind, best = _restore(manager, state, steps.mesh, metric)
     logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
                  meta['step'])
     if rewind is None and rewind_step is not None and rewind_step < meta['step']:
@@ -209,14 +217,15 @@ def _begin(manager: ocp.CheckpointManager, steps: TrainSteps, start: tuple[Any, 
                        f'that is past that step; use a new checkpoint_dir.')
   if rewind_step == 0 and rewind is None:
     rewind = _copy(state.variables)
-  return state, meta, rewind
+  return state, meta, rewind, best
 
 
 @dataclasses.dataclass
 class _Loop:
   """The epochs of one `fit` call: it advances `state`, `meta` and `rewind`, and saves them.
 
-  `step` is the last step trained; `meta['step']` that of the last save.
+  `step` is the last step trained; `meta['step']` that of the last save. `best` holds
+  the variables of the best epoch so far while they are untested (`meta['test_pending']`).
   """
   steps: TrainSteps
   manager: ocp.CheckpointManager
@@ -229,6 +238,7 @@ class _Loop:
   state: TrainState
   meta: dict[str, Any]
   rewind: Any | None
+  best: Any | None
 
   def __post_init__(self):
     self.step = self.meta['step']
@@ -275,7 +285,7 @@ class _Loop:
 
   def _checkpoint(self) -> None:
     self.meta.update(step=self.step, has_rewind=self.rewind is not None)
-    _save(self.manager, self.state, self.meta, self.rewind)
+    _save(self.manager, self.state, self.meta, self.rewind, self.best)
 
   def end_epoch(self, epoch: int, num_epochs: int, evaluator: Evaluator, metric: str,
                 writer: reporting.Writer | None) -> None:
@@ -285,29 +295,46 @@ class _Loop:
               **{f'train_{k}': v / self.steps_per_epoch
                  for k, v in self.meta['train_sums'].items()}}
     with self.report_progress.timed('eval'):
-      record.update(self._evaluate(evaluator, metric))
+      record.update(self._validate(evaluator, metric))
     self.meta['history'].append(record)
     self.meta.update(epoch=epoch + 1, train_sums={})
+    tested = {}
+    if epoch + 1 == num_epochs and self.meta['test_pending']:
+      with self.report_progress.timed('eval'):
+        tested = self._test(evaluator)
     self._checkpoint()
     logging.info('Epoch %d/%d: %s', epoch + 1, num_epochs, record)
+    if tested:
+      logging.info('Test at the best validation epoch (%d): %s', self.meta['best_epoch'],
+                   tested)
     if writer is not None:
-      writer.write_scalars(self.step,
-                           {k: v for k, v in record.items() if k not in ('epoch', 'step')})
+      for step, scalars in ((self.step, record),
+                            (self.meta['history'][self.meta['best_epoch'] - 1]['step'], tested)):
+        if scalars:
+          writer.write_scalars(step, {k: v for k, v in scalars.items()
+                                      if k not in ('epoch', 'step')})
       writer.flush()
 
-  def _evaluate(self, evaluator: Evaluator, metric: str) -> dict[str, float]:
-    """Validates (and tests, when validation improved), updating the best in `meta`."""
+  def _validate(self, evaluator: Evaluator, metric: str) -> dict[str, float]:
+    """Validates; an improvement keeps the variables (untested) as the best in `meta`."""
     val = evaluator(self.state.variables, 'val')
     if metric not in val:
       raise ValueError(f'The evaluator returned {sorted(val)}, not the headline metric '
                        f'{metric!r}.')
-    record = {f'val_{k}': v for k, v in val.items()}
     if self.meta['best_val'] is None or val[metric] > self.meta['best_val']:
-      test = dict(evaluator(self.state.variables, 'test'))
-      record.update({f'test_{k}': v for k, v in test.items()})
+      self.best = _copy(self.state.variables)
       self.meta.update(best_val=val[metric], best_epoch=self.meta['epoch'] + 1,
-                       test_metrics=test)
-    return record
+                       test_metrics={}, test_pending=True)
+    return {f'val_{k}': v for k, v in val.items()}
+
+  def _test(self, evaluator: Evaluator) -> dict[str, float]:
+    """Tests the best epoch's variables; their metrics go to `meta` and that epoch's record."""
+    test = dict(evaluator(self.best, 'test'))
+    tested = {f'test_{k}': v for k, v in test.items()}
+    self.meta['history'][self.meta['best_epoch'] - 1].update(tested)
+    self.meta.update(test_metrics=test, test_pending=False)
+    self.best = None
+    return tested
 
   def result(self, metric: str) -> FitResult:
     meta = self.meta
@@ -385,11 +412,12 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
            sharding.replicate(variables['batch_stats'], steps.mesh), masks, rng)
   state = steps.init(*start)
   with _checkpoint_manager(checkpoint_dir, async_checkpoints) as manager:
-    state, meta, rewind = _begin(manager, steps, start, state, checkpoint_dir=checkpoint_dir,
-                                 carry_from=carry_from, rewind_step=rewind_step, metric=metric)
+    state, meta, rewind, best = _begin(manager, steps, start, state,
+                                       checkpoint_dir=checkpoint_dir, carry_from=carry_from,
+                                       rewind_step=rewind_step, metric=metric)
     loop = _Loop(steps, manager, checkpoint_dir, masks, steps_per_epoch, rewind_step,
                  checkpoint_every_steps, reporting.LogProgress(total_steps, writer),
-                 state, meta, rewind)
+                 state, meta, rewind, best)
     for epoch in range(meta['epoch'], recipe.num_epochs):
       loop.train_epoch(epoch, train_batches)
       loop.end_epoch(epoch, recipe.num_epochs, evaluator, metric, writer)
