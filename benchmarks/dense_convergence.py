@@ -10,8 +10,8 @@ start (the supervised θ_p of the offline studies: the ResNet-18 of width 1/8 pr
 on Animal-MNIST's classes 0-4 exactly as the studies pre-train it; or a random init,
 'scratch'), one dense run with this benchmark's convergence recipe (below) trains on the
 training canvases (2,000 for segmentation; the 1,900 of them with a box that is not
-difficult for detection). Every epoch prints the validation metric, the test metric and
-the wall time since the run started; at the end a table gives, per run, the best
+difficult for detection). Every epoch prints the validation metric and the wall time
+since the run started; at the end a table gives, per run, the best
 validation epoch and the epochs run, the test metric at the best validation epoch
 (mIoU, or mAP@0.5 with mAP@[.5:.95] beside it), the wall time and why the run stopped.
 
@@ -28,6 +28,7 @@ No test times this: the benchmark prints, the README reports.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import time
@@ -67,9 +68,10 @@ class EpochPrinter:
   """A clu-style metric writer that prints each epoch and stops runs that are done.
 
   `lth_jax.training.fit` hands it every epoch's record; it keeps the curve (validation
-  and, where validation improved, test values of the headline metric) and raises `Stop`
-  after `patience` epochs without a better validation value or once `deadline` passed.
-  The test value at the best validation epoch is then the last one recorded.
+  values of the headline metric) and raises `Stop` after `patience` epochs without a
+  better validation value or once `deadline` passed. `fit` tests the best epoch at its
+  end, which a run stopped here never reaches: `train` then resumes it with no epoch
+  left to run, which tests it.
   """
 
   def __init__(self, metric: str, patience: int, deadline: float, num_epochs: int):
@@ -90,11 +92,9 @@ class EpochPrinter:
     val = row[f'val_{self.metric}']
     if self.best is None or val > self.best[f'val_{self.metric}']:
       self.best = row
-    test = row.get(f'test_{self.metric}')
-    test_text = f'{100 * test:6.2f}' if test is not None else '     -'
     print(f'  epoch {row["epoch"]:3d}/{self.num_epochs}  lr {row["learning_rate"]:.2e}  '
           f'train loss {row["train_loss"]:.4f}  val {self.metric} {100 * val:6.2f}  '
-          f'test {test_text}  {row["minutes"]:5.1f} min', flush=True)
+          f'{row["minutes"]:5.1f} min', flush=True)
     if row['epoch'] - self.best['epoch'] >= self.patience:
       self.stopped = f'no better val {self.metric} for {self.patience} epochs'
       raise Stop
@@ -152,26 +152,35 @@ def train(task_name: str, start: str, args, root: str) -> dict:
         f'training images), batch {batch_size}, {recipe.num_epochs} epochs of '
         f'{recipe.optimizer} lr {recipe.learning_rate} (head x{recipe.head_lr_scale}), '
         f'{recipe.schedule} schedule', flush=True)
+  run = lambda recipe, writer: fit(
+      model, variables, None, recipe,
+      train_batches=lambda epoch, step: task.train_batches(
+          info, batch_size=batch_size, epoch=epoch, seed=config.seed, data_dir=None,
+          start_step=step),
+      steps_per_epoch=task.steps_per_epoch(info, batch_size), checkpoint_dir=run_dir,
+      evaluator=task.evaluator(model, info, batch_size=config.data.eval_batch_size,
+                               data_dir=None, mesh=mesh),
+      metric=task.metric.key, objective=task.objective(model, info), mesh=mesh,
+      is_head=task.is_head, writer=writer, rng=jax.random.key(config.seed))
+  test = {}
   try:
-    fit(model, variables, None, recipe,
-        train_batches=lambda epoch, step: task.train_batches(
-            info, batch_size=batch_size, epoch=epoch, seed=config.seed, data_dir=None,
-            start_step=step),
-        steps_per_epoch=task.steps_per_epoch(info, batch_size), checkpoint_dir=run_dir,
-        evaluator=task.evaluator(model, info, batch_size=config.data.eval_batch_size,
-                                 data_dir=None, mesh=mesh),
-        metric=task.metric.key, objective=task.objective(model, info), mesh=mesh,
-        is_head=task.is_head, writer=printer, rng=jax.random.key(config.seed))
+    test = run(recipe, printer).test_metrics
   except Stop:
     pass
   except errors.DivergenceError as e:
     # Reported in the table: the curve up to the divergence is the finding.
     printer.stopped = f'diverged: {e}'.split(' Nothing was recorded')[0]
     print(f'  {printer.stopped}', flush=True)
+  if not test and printer.curve:
+    # Stopped early: its last checkpoint holds the best epoch's variables, which a resume
+    # with no epoch left to run tests (no step is taken: the schedule no longer matters).
+    done = dataclasses.replace(recipe, num_epochs=len(printer.curve), warmup_epochs=0,
+                               milestones=())
+    test = run(done, None).test_metrics
   best = printer.best or {}  # empty when the first epoch diverged
   return {'task': task_name, 'start': start, 'metric': task.metric.key,
           'best_epoch': best.get('epoch'), 'epochs': len(printer.curve),
-          'test': best.get(f'test_{task.metric.key}'), 'test_map': best.get('test_map'),
+          'test': test.get(task.metric.key), 'test_map': test.get('map'),
           'minutes': (time.time() - printer.start) / 60, 'stopped': printer.stopped}
 
 

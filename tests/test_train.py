@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -332,8 +333,10 @@ def test_a_run_checkpointed_in_the_accuracy_only_format_resumes(tiny, tmp_path):
     run_fit(model, variables, masks, old, config, crash_at_step=SPE + 1, evaluate=recording)
   (meta_file,) = old.glob('*/meta/metadata')
   meta = json.loads(meta_file.read_text())
-  # That format tested each improvement at once: here the first epoch's test accuracy.
+  # That format tested each improvement at once (here the first epoch's test accuracy),
+  # and saved no best variables.
   del meta['test_pending'], meta['test_metrics']
+  shutil.rmtree(meta_file.parent.parent / 'best')
   test = every_epoch[0]['accuracy']
   best = meta.pop('best_val')
   meta.update(best_val_accuracy=best, test_accuracy=test)  # the accuracy-only format's keys
@@ -360,6 +363,19 @@ def evaluator_testing_every_epoch(model, val_accuracies=None):
   return evaluate, every_epoch
 
 
+class RecordingWriter:
+  """A metric writer that keeps what it is given."""
+
+  def __init__(self):
+    self.written = []
+
+  def write_scalars(self, step, scalars):
+    self.written.append((step, dict(scalars)))
+
+  def flush(self):
+    pass
+
+
 def test_the_test_split_is_evaluated_once_on_the_best_epochs_variables(tiny, tmp_path):
   model, variables, masks = tiny
   # Validation peaks at epoch 2.
@@ -370,14 +386,20 @@ def test_the_test_split_is_evaluated_once_on_the_best_epochs_variables(tiny, tmp
     calls.append(split)
     return recording(v, split)
 
-  run = lambda directory, crash_at_step=None: run_fit(
-      model, variables, masks, directory, recipe(), crash_at_step, evaluate=rigged)
+  run = lambda directory, crash_at_step=None, **kwargs: run_fit(
+      model, variables, masks, directory, kwargs.pop('config', recipe()), crash_at_step,
+      evaluate=rigged, **kwargs)
 
-  straight = run(tmp_path / 'straight')
+  writer = RecordingWriter()
+  straight = run(tmp_path / 'straight', writer=writer)
   assert calls == ['val'] * 3 + ['test'] and straight.best_epoch == 2
   assert every_epoch[1] != every_epoch[2]  # the last epoch's variables would test otherwise
   assert straight.test_metrics == every_epoch[1] and straight.test == every_epoch[1]['accuracy']
   assert [r['epoch'] for r in straight.history if 'test_accuracy' in r] == [2]
+  # TensorBoard gets the test metrics once, at the best epoch's step.
+  assert [(step, scalars) for step, scalars in writer.written
+          if any(k.startswith('test_') for k in scalars)] == [
+              (2 * SPE, {f'test_{k}': v for k, v in every_epoch[1].items()})]
   # Killed in epoch 3, the untested best variables come back from the checkpoint.
   for format in ('today', 'tested at once'):
     crashed = tmp_path / format
@@ -389,6 +411,7 @@ def test_the_test_split_is_evaluated_once_on_the_best_epochs_variables(tiny, tmp
       meta = json.loads(meta_file.read_text())
       assert meta.pop('test_pending') and meta['best_epoch'] == 2
       meta_file.write_text(json.dumps({**meta, 'test_metrics': every_epoch[1]}))
+      shutil.rmtree(meta_file.parent.parent / 'best')  # that loop saved no best variables
     calls.clear()
     resumed = run(crashed)
     assert calls == ['val'] + (['test'] if format == 'today' else [])
@@ -397,6 +420,15 @@ def test_the_test_split_is_evaluated_once_on_the_best_epochs_variables(tiny, tmp
                                 for r in history]
     assert (resumed.history if format == 'today' else untested(resumed.history)) == (
         straight.history if format == 'today' else untested(straight.history))
+  # Resumed with no epoch left to run (fewer epochs than it was stopped after), the best
+  # epoch is still tested.
+  stopped = tmp_path / 'stopped'
+  every_epoch.clear()
+  with pytest.raises(SimulatedCrash):
+    run(stopped, crash_at_step=2 * SPE + 1)
+  calls.clear()
+  shorter = run(stopped, config=recipe(num_epochs=2, milestones=()))
+  assert calls == ['test'] and shorter.test_metrics == straight.test_metrics
 
 
 def test_divergence_stops_before_anything_is_saved_or_evaluated(tiny, tmp_path):

@@ -7,8 +7,8 @@ the test metric at the best validation epoch; testing every improvement instead 
 fifth of a few-shot fine-tune, whose test split outnumbers its training set). It writes
 an orbax checkpoint every epoch (and every N steps if asked), the best epoch's variables
 with it, and, called again on the same directory, resumes from the latest checkpoint and
-ends bit-identical to an uninterrupted run. A non-finite loss, parameter or BatchNorm statistic stops it with a
-`DivergenceError` before anything more is saved or evaluated.
+ends bit-identical to an uninterrupted run. A non-finite loss, parameter or BatchNorm
+statistic stops it with a `DivergenceError` before anything more is saved or evaluated.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
@@ -225,7 +226,8 @@ class _Loop:
   """The epochs of one `fit` call: it advances `state`, `meta` and `rewind`, and saves them.
 
   `step` is the last step trained; `meta['step']` that of the last save. `best` holds
-  the variables of the best epoch so far while they are untested (`meta['test_pending']`).
+  the variables of the best epoch so far while they are untested (`meta['test_pending']`),
+  on the host.
   """
   steps: TrainSteps
   manager: ocp.CheckpointManager
@@ -298,21 +300,13 @@ class _Loop:
       record.update(self._validate(evaluator, metric))
     self.meta['history'].append(record)
     self.meta.update(epoch=epoch + 1, train_sums={})
-    tested = {}
-    if epoch + 1 == num_epochs and self.meta['test_pending']:
-      with self.report_progress.timed('eval'):
-        tested = self._test(evaluator)
+    if epoch + 1 == num_epochs:  # tested before the last save, which then keeps the test
+      self.test_best(evaluator, writer)
     self._checkpoint()
     logging.info('Epoch %d/%d: %s', epoch + 1, num_epochs, record)
-    if tested:
-      logging.info('Test at the best validation epoch (%d): %s', self.meta['best_epoch'],
-                   tested)
     if writer is not None:
-      for step, scalars in ((self.step, record),
-                            (self.meta['history'][self.meta['best_epoch'] - 1]['step'], tested)):
-        if scalars:
-          writer.write_scalars(step, {k: v for k, v in scalars.items()
-                                      if k not in ('epoch', 'step')})
+      writer.write_scalars(self.step,
+                           {k: v for k, v in record.items() if k not in ('epoch', 'step')})
       writer.flush()
 
   def _validate(self, evaluator: Evaluator, metric: str) -> dict[str, float]:
@@ -322,19 +316,29 @@ class _Loop:
       raise ValueError(f'The evaluator returned {sorted(val)}, not the headline metric '
                        f'{metric!r}.')
     if self.meta['best_val'] is None or val[metric] > self.meta['best_val']:
-      self.best = _copy(self.state.variables)
+      # A host copy: no device memory held for the run, no buffer shared with the state
+      # the next step donates.
+      self.best = jax.tree.map(np.array, jax.device_get(self.state.variables))
       self.meta.update(best_val=val[metric], best_epoch=self.meta['epoch'] + 1,
                        test_metrics={}, test_pending=True)
     return {f'val_{k}': v for k, v in val.items()}
 
-  def _test(self, evaluator: Evaluator) -> dict[str, float]:
-    """Tests the best epoch's variables; their metrics go to `meta` and that epoch's record."""
-    test = dict(evaluator(self.best, 'test'))
+  def test_best(self, evaluator: Evaluator, writer: reporting.Writer | None) -> None:
+    """Tests the best epoch's variables if they are untested: the metrics go to `meta`,
+    to that epoch's record and, at its step, to `writer`."""
+    if not self.meta['test_pending']:
+      return
+    with self.report_progress.timed('eval'):
+      test = dict(evaluator(sharding.replicate(self.best, self.steps.mesh), 'test'))
+    record = self.meta['history'][self.meta['best_epoch'] - 1]
     tested = {f'test_{k}': v for k, v in test.items()}
-    self.meta['history'][self.meta['best_epoch'] - 1].update(tested)
+    record.update(tested)
     self.meta.update(test_metrics=test, test_pending=False)
     self.best = None
-    return tested
+    logging.info('Test at the best validation epoch (%d): %s', record['epoch'], tested)
+    if writer is not None:
+      writer.write_scalars(record['step'], tested)
+      writer.flush()
 
   def result(self, metric: str) -> FitResult:
     meta = self.meta
@@ -421,4 +425,6 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
     for epoch in range(meta['epoch'], recipe.num_epochs):
       loop.train_epoch(epoch, train_batches)
       loop.end_epoch(epoch, recipe.num_epochs, evaluator, metric, writer)
+    # Untested still when no epoch was left to run (a run resumed with fewer epochs).
+    loop.test_best(evaluator, writer)
     return loop.result(metric)
