@@ -8,8 +8,8 @@ data-parallel over all devices, one at a time) and 'scheduled' (`devices_per_run
 devices a run, as many runs at once as there are groups). For each it prints the wall
 time, the images/s of training per device, and how the fine-tuning time splits between
 train steps, evaluation and checkpoints (measured around `lth_jax.training.loop`'s
-evaluation and checkpoint calls; θ_p's pre-training where the config has one, pruning
-and plots are the rest).
+evaluation and `lth_jax.training.run_checkpoints`' save calls; θ_p's pre-training where
+the config has one, pruning and plots are the rest).
 
 The paper's CIFAR-10 figure on an 8-device accelerator host (IMP levels 0-19 and random
 pruning, 3 seeds, 182 epochs each):
@@ -49,7 +49,7 @@ def main() -> None:
 
   from lth_jax import experiments
   from lth_jax.experiments import config as config_lib
-  from lth_jax.training import loop
+  from lth_jax.training import loop, run_checkpoints
 
   spent = collections.Counter()
   counts = collections.Counter()
@@ -66,8 +66,9 @@ def main() -> None:
           spent[name] += time.perf_counter() - tic
     return wrapper
 
-  loop._Loop._evaluate = timed('evaluation', loop._Loop._evaluate)
-  loop._save = timed('checkpoints', loop._save)
+  loop._Loop._validate = timed('evaluation', loop._Loop._validate)
+  loop._Loop.test_best = timed('evaluation', loop._Loop.test_best)
+  run_checkpoints.save = timed('checkpoints', run_checkpoints.save)
   fit = loop.fit
 
   def counting_fit(model, variables, masks, recipe, **kwargs):

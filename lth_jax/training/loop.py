@@ -5,21 +5,17 @@ every epoch and keeps the variables of the best epoch so far (by the task's head
 metric), which it evaluates on 'test' once, after the last epoch (the reported number is
 the test metric at the best validation epoch; testing every improvement instead cost a
 fifth of a few-shot fine-tune, whose test split outnumbers its training set). It writes
-an orbax checkpoint every epoch (and every N steps if asked), the best epoch's variables
-with it, and, called again on the same directory, resumes from the latest checkpoint and
-ends bit-identical to an uninterrupted run. A non-finite loss, parameter or BatchNorm
-statistic stops it with a `DivergenceError` before anything more is saved or evaluated.
+an orbax checkpoint every epoch (and every N steps if asked; `run_checkpoints`), the
+best epoch's variables with it, and, called again on the same directory, resumes from
+the latest checkpoint and ends bit-identical to an uninterrupted run. A non-finite loss,
+parameter or BatchNorm statistic stops it with a `DivergenceError` before anything more
+is saved or evaluated.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import glob
-import os
-import shutil
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -30,9 +26,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
 
-from lth_jax.errors import DivergenceError, no_space
+from lth_jax.errors import DivergenceError
 from lth_jax.runtime import sharding
-from lth_jax.training import reporting
+from lth_jax.training import reporting, run_checkpoints
 from lth_jax.training.evaluators import Evaluator, add_sequentially
 from lth_jax.training.optim import Recipe
 from lth_jax.training.steps import (NONFINITE, Batch, Objective, StatefulObjective, TrainState,
@@ -65,130 +61,6 @@ class FitResult:
   rewind_variables: dict[str, Any] | None
 
 
-def _fresh_meta() -> dict[str, Any]:
-  # test_pending: the best epoch's variables are saved with the state, not yet tested.
-  return {'epoch': 0, 'step': 0, 'history': [], 'best_val': None, 'best_epoch': 0,
-          'test_metrics': {}, 'test_pending': False, 'train_sums': {}, 'has_rewind': False}
-
-
-def _upgrade(meta: dict[str, Any], metric: str) -> dict[str, Any]:
-  """`meta` in today's keys, also when it is in the accuracy-only format.
-
-  Checkpoints written before metrics were named by the task (classification only) kept
-  `best_val_accuracy` (-1 before the first epoch) and `test_accuracy` (None before it)
-  where today's keep `best_val` and `test_metrics`; such runs still resume. Those written
-  while each improvement was tested at once have no `test_pending`: their best epoch's
-  test metrics are in `test_metrics`.
-  """
-  meta.setdefault('test_pending', False)
-  if 'best_val_accuracy' in meta:
-    best, test = meta.pop('best_val_accuracy'), meta.pop('test_accuracy')
-    meta['best_val'] = None if best < 0 else best
-    meta['test_metrics'] = {} if test is None else {metric: test}
-  return meta
-
-
-def _save(manager: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any],
-          rewind: Any | None, best: Any | None) -> None:
-  # Host copies: the state is replicated, so one copy is the whole checkpoint, and
-  # orbax then need not slice every replicated device array (several times slower).
-  items = {'state': ocp.args.StandardSave(jax.device_get(state)),
-           'meta': ocp.args.JsonSave(meta)}
-  for name, variables in (('rewind', rewind), ('best', best)):
-    if variables is not None:
-      items[name] = ocp.args.StandardSave(jax.device_get(variables))
-  manager.save(meta['step'], args=ocp.args.Composite(**items), force=True)
-
-
-def _restore(manager: ocp.CheckpointManager, state: TrainState, mesh: Mesh, metric: str
-             ) -> tuple[TrainState, dict[str, Any], Any | None, Any | None]:
-  """The latest checkpoint's state, meta, rewind point and untested best variables."""
-  step = manager.latest_step()
-  meta = _upgrade(
-      manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'],
-      metric)
-  host_state = jax.device_get(state)
-  items = {'state': ocp.args.StandardRestore(host_state)}
-  for name, present in (('rewind', meta['has_rewind']), ('best', meta['test_pending'])):
-    if present:
-      items[name] = ocp.args.StandardRestore(host_state.variables)
-  restored = sharding.replicate(dict(manager.restore(step, args=ocp.args.Composite(**items))),
-                                mesh)
-  return restored['state'], meta, restored.get('rewind'), restored.get('best')
-
-
-def _restore_final_state(checkpoint_dir: str, like: TrainState, mesh: Mesh,
-                         metric: str) -> TrainState:
-  """The last state a finished (or interrupted) `fit` saved in `checkpoint_dir`."""
-  manager = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
-  try:
-    if manager.latest_step() is None:
-      raise ValueError(f'carry_from={checkpoint_dir!r} holds no checkpoint of a previous '
-                       'run; pass the checkpoint_dir of a run that has trained.')
-    return _restore(manager, like, mesh, metric)[0]
-  finally:
-    manager.close()
-
-
-@contextlib.contextmanager
-def _checkpoint_manager(checkpoint_dir: str, async_checkpoints: bool | None
-                        ) -> Iterator[ocp.CheckpointManager]:
-  """An orbax CheckpointManager whose writes have all ended when the block does.
-
-  `async_checkpoints` None writes in the background on accelerators only (see `fit`).
-
-  Raises:
-    NoSpaceError: the disk filled up during a write, in the block or in the background;
-      once, in place of orbax's errors (and the checkpoint that failed is not kept).
-  """
-  if async_checkpoints is None:
-    async_checkpoints = jax.default_backend() != 'cpu'
-  manager = ocp.CheckpointManager(
-      os.path.abspath(checkpoint_dir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1,
-                                           enable_async_checkpointing=async_checkpoints))
-  try:
-    try:
-      yield manager
-    finally:
-      # Nothing is left in flight when fit returns or raises: a DivergenceError keeps the
-      # last finite checkpoint whole, and a finished run's files are all written.
-      manager.wait_until_finished()
-      manager.close()
-  except Exception as e:
-    full = no_space(e, writing=checkpoint_dir)
-    if full is None:
-      raise
-    _discard_unfinished(checkpoint_dir)
-    if full is e:
-      raise
-    raise full from e
-
-
-def _discard_unfinished(checkpoint_dir: str, quiet_s: float = 0.2,
-                        limit_s: float = 60.) -> None:
-  """Removes the temporary folders of the checkpoint whose save failed.
-
-  Once one item of a save fails, orbax stops awaiting the others, and their writes may
-  still be landing in its temporary folder; a rerun in the same process would race them
-  when orbax clears that folder. So the folders are removed until they stay gone for
-  `quiet_s` (at most `limit_s`).
-  """
-  if jax.process_index() != 0:
-    return
-  deadline = time.monotonic() + limit_s
-  while time.monotonic() < deadline:
-    unfinished = glob.glob(os.path.join(glob.escape(checkpoint_dir), '*.orbax-checkpoint-tmp*'))
-    if not unfinished:
-      time.sleep(quiet_s)
-      if not glob.glob(os.path.join(glob.escape(checkpoint_dir), '*.orbax-checkpoint-tmp*')):
-        return
-    for path in unfinished:
-      shutil.rmtree(path, ignore_errors=True)
-  logging.warning('Writes into the unfinished checkpoint in %s went on for %.0f s after its '
-                  'save failed; orbax removes it at the next save.', checkpoint_dir, limit_s)
-
-
 def _copy(tree: Any) -> Any:
   # A snapshot must not share buffers with a state that the next step donates.
   return jax.tree.map(jnp.copy, tree)
@@ -205,12 +77,12 @@ def _begin(manager: ocp.CheckpointManager, steps: TrainSteps, start: tuple[Any, 
   """
   rewind = best = None
   if manager.latest_step() is None:
-    meta = _fresh_meta()
+    meta = run_checkpoints.fresh_meta()
     if carry_from is not None:
-      carry = _restore_final_state(carry_from, state, steps.mesh, metric)
+      carry = run_checkpoints.final_state(carry_from, state, steps.mesh, metric)
       state = steps.init(*start, carry=carry)
   else:
-    state, meta, rewind, best = _restore(manager, state, steps.mesh, metric)
+    state, meta, rewind, best = run_checkpoints.restore(manager, state, steps.mesh, metric)
     logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
                  meta['step'])
     if rewind is None and rewind_step is not None and rewind_step < meta['step']:
@@ -287,7 +159,7 @@ class _Loop:
 
   def _checkpoint(self) -> None:
     self.meta.update(step=self.step, has_rewind=self.rewind is not None)
-    _save(self.manager, self.state, self.meta, self.rewind, self.best)
+    run_checkpoints.save(self.manager, self.state, self.meta, self.rewind, self.best)
 
   def end_epoch(self, epoch: int, num_epochs: int, evaluator: Evaluator, metric: str,
                 writer: reporting.Writer | None) -> None:
@@ -415,7 +287,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
   start = (sharding.replicate(variables['params'], steps.mesh),
            sharding.replicate(variables['batch_stats'], steps.mesh), masks, rng)
   state = steps.init(*start)
-  with _checkpoint_manager(checkpoint_dir, async_checkpoints) as manager:
+  with run_checkpoints.opened(checkpoint_dir, async_checkpoints) as manager:
     state, meta, rewind, best = _begin(manager, steps, start, state,
                                        checkpoint_dir=checkpoint_dir, carry_from=carry_from,
                                        rewind_step=rewind_step, metric=metric)
