@@ -3,8 +3,8 @@
 `fit` is the fine-tuning of one IMP round (or one transfer run): it evaluates on 'val'
 every epoch and keeps the variables of the best epoch so far (by the task's headline
 metric), which it evaluates on 'test' once, after the last epoch (the reported number is
-the test metric at the best validation epoch; testing every improvement instead cost a
-fifth of a few-shot fine-tune, whose test split outnumbers its training set). It writes
+the test metric at the best validation epoch; testing every improvement instead cost an
+eighth of a few-shot fine-tune, whose test split outnumbers its training set). It writes
 an orbax checkpoint every epoch (and every N steps if asked; `run_checkpoints`), the
 best epoch's variables with it, and, called again on the same directory, resumes from
 the latest checkpoint and ends bit-identical to an uninterrupted run. A non-finite loss,
