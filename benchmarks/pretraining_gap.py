@@ -165,7 +165,7 @@ def _config(task: str, start: str, seeds: int, overrides: dict, dataset: str = '
   else:
     c.pretrained.update(source='released', path=start)
   c.imp.num_rounds = 1   # the dense round only (round 1's mask is made, not trained)
-  c.num_seeds = seeds
+  c.num_seeds, c.dense_seeds = seeds, 0   # the dense round is all there is: seeds of it
   c.update_from_flattened_dict(overrides)
   return c
 

@@ -221,6 +221,15 @@ def test_a_sparse_record_is_never_taken_as_the_dense_band():
   assert results.mark_matching([dense, ticket], band, 'test_accuracy') == 0.2
 
 
+def test_given_dense_runs_must_cover_the_dense_seeds(tmp_path):
+  runs = [{'seed': s, 'test_accuracy': 0.9} for s in (0, 1, 2)]
+  with pytest.raises(ValueError, match=r'dense_runs has seeds \[0, 1, 2\], not all of '
+                                       r'\[0, 1, 2, 3\]'):
+    transfer.run_transfer(str(tmp_path), {}, None, None, (0, 1), metric='accuracy',
+                          dense_runs=runs, dense_seeds=(0, 1, 2, 3))
+  assert not os.listdir(tmp_path)  # refused before anything
+
+
 class SlowFinetune:
   """Thread-safe: its result depends only on the run, and it notes which runs overlap."""
 

@@ -6,6 +6,8 @@ import glob
 import json
 import os
 import re
+import types
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,8 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, mo
   assert config.paper.task_imp_rounds == 0  # task-specific IMP on this task only:
   config.paper.task_recipes.digits = {'optim': {'num_epochs': 2}, 'data': {'batch_size': 32},
                                       'paper': {'task_imp_rounds': 2}}
+  assert config.num_seeds == 1
+  config.dense_seeds = 2  # the dense networks, from θ_p and from scratch, get two seeds
   out = experiments.run(config, str(tmp_path))
   rows = out['rows']
   by_key = {(r['method'], r['ticket']): r for r in rows}
@@ -41,6 +45,14 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, mo
       ('moco', 'round_00'), ('moco', 'round_01'),
       ('task_specific', 'task_specific_round_01')}
   assert all(r['task'] == 'digits' and 0 < r['test_accuracy'] <= 1 for r in rows)
+  # The dense networks have the dense seeds, the tickets and baselines the seeds; the
+  # task-specific IMP's dense round 0 is supervised's dense transfer.
+  seeds_of = {key: [run['seed'] for run in r['runs']] for key, r in by_key.items()}
+  dense_keys = {('scratch', 'scratch'), ('supervised', 'dense'), ('moco', 'dense')}
+  assert {k: v for k, v in seeds_of.items() if v != [0]} == dict.fromkeys(dense_keys, [0, 1])
+  round_0 = json.loads((tmp_path / 'transfer' / 'digits' / 'task_specific' / 'round_00'
+                        / 'round.json').read_text())
+  assert round_0['runs'] == by_key['supervised', 'dense']['runs']
   np.testing.assert_allclose([by_key['supervised', 'round_00']['sparsity'],
                               by_key['moco', 'round_01']['sparsity']], [0.2, 0.36], atol=1e-4)
   for k in (0, 1):
@@ -78,9 +90,14 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, mo
                 and x['sparsity'] > 0 and x['test_accuracy'] >= floor - 1e-9]
     assert r['extreme_sparsity'] == (max(matching) if matching else None)
     assert r['scratch'] == scratch and r['metric'] == 'accuracy'
-    assert r['pretraining_gain'] == pytest.approx(dense[pretraining] - scratch)
-    assert r['can_test_claim'] is None  # one seed: no spread to judge the gain by ...
-    assert r['pretraining_bar'] is None  # ... and no bar (std 0 would read as one)
+    # Whether pre-training matters is judged from the two dense runs of each side.
+    dense_runs = [x['test_accuracy'] for x in by_key[pretraining, 'dense']['runs']]
+    scratch_runs = [x['test_accuracy'] for x in by_key['scratch', 'scratch']['runs']]
+    gain = np.mean(dense_runs) - np.mean(scratch_runs)
+    bar = 2 * max(np.std(dense_runs, ddof=1), np.std(scratch_runs, ddof=1))
+    assert r['pretraining_gain'] == pytest.approx(dense[pretraining] - scratch) == gain
+    assert (r['pretraining_bar'], r['can_test_claim'], r['dense_num_seeds']) == (
+        pytest.approx(bar), gain > bar, 2)
   for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
                'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
     assert os.path.exists(tmp_path / name), name
@@ -92,10 +109,14 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, mo
   assert {(c['num_epochs'], c['batch_size']) for c in trained} == {(2, 32)}
   upstream_runs = [c for c in fake_finetunes.calls if c not in trained]
   assert upstream_runs and all(c['batch_size'] != 32 for c in upstream_runs)
-  assert len(trained) == len(rows) == paper._transfer_units(
-      {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0, 'round_01': 0}},
+  assert len(trained) == sum(map(len, seeds_of.values())) == len(rows) + 3
+  seeds = types.SimpleNamespace(seeds=(0,), dense_seeds=(0, 1))
+  assert len(trained) == paper._transfer_runs(
+      seeds, {'supervised': {'round_00': 0, 'round_01': 0}, 'moco': {'round_00': 0,
+                                                                     'round_01': 0}},
       dict.fromkeys(range(4)), task_imp_rounds=2)
-  assert paper._transfer_units({'a': {'r': 0}}, {}, task_imp_rounds=3) == 1 + 2 + 2
+  seeds = types.SimpleNamespace(seeds=(0, 1), dense_seeds=(0, 1, 2))
+  assert paper._transfer_runs(seeds, {'a': {'r': 0}}, {}, task_imp_rounds=3) == 2 * 3 + 3 * 2
   # Run one after another, they report the experiment's progress as each one ends ...
   progress = lambda: [re.findall(r'; (\d+)/(\d+) runs done', line) for line in said
                       if line.lstrip().startswith('done ')]
@@ -110,6 +131,28 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, mo
   os.remove(tmp_path / 'transfer' / 'digits' / 'moco' / 'round_01' / 'seed_0' / 'result.json')
   experiments.run(config, str(tmp_path))
   assert progress() == [[(str(len(trained)), str(len(trained)))]]
+
+  # More dense seeds on a rerun train just those: seed 2 of each dense network, the
+  # task-specific IMP's round 0 among them, and keep every finished run.
+  round_1 = tmp_path / 'transfer' / 'digits' / 'task_specific' / 'round_01' / 'round.json'
+  round_1_record, calls = round_1.read_text(), len(fake_finetunes.calls)
+  config.dense_seeds = 3
+  said.clear()
+  grown = experiments.run(config, str(tmp_path))
+  new = sorted(os.path.relpath(c['dir'], tmp_path) for c in fake_finetunes.calls[calls:])
+  assert new == [os.path.join('transfer', 'digits', *parts) for parts in (
+      ('moco', 'dense', 'seed_2', 'train'), ('scratch', 'dense', 'seed_2', 'train'),
+      ('task_specific', 'round_00', 'seed_2'))]
+  assert round_1.read_text() == round_1_record
+  grown_keys = {(r['method'], r['ticket']): r for r in grown['rows']}
+  for key, r in grown_keys.items():
+    want = by_key[key]['runs'] + ([] if key not in dense_keys else [mock.ANY])
+    assert r['runs'] == want, key
+  # A run counts the finished ones of the tickets before it (scratch's new seed, the
+  # first, counts scratch's two), so only the last line has seen them all.
+  total = str(len(trained) + 3)
+  assert [line[0][1] for line in progress()] == [total] * 3
+  assert progress()[-1] == [(total, total)]
 
 
 @pytest.mark.slow
@@ -238,22 +281,24 @@ def test_paper_config_matches_its_docstring():
   # The upstream recipe keeps its own batch size; transfer uses the config's.
   upstream_batch = paper_upstream.upstream_config(config, 'moco').data.batch_size
   assert upstream_batch == 128 != config.data.batch_size
-  assert config.num_seeds == 3 and config.imp.num_rounds == 8
+  assert (config.num_seeds, config.dense_seeds, config.imp.num_rounds) == (3, 5, 8)
   assert 1 - 0.8 ** config.imp.num_rounds == pytest.approx(0.832, abs=1e-3)
 
 
 
-def test_can_test_claim_is_unknown_with_one_seed_however_many_dense_runs():
-  """HEAD's semantics: one fine-tuning seed gives no spread to judge the gain by, even when
-  the dense point has several runs (num_seeds=1 with dense_seeds >= 2)."""
+def test_can_test_claim_is_judged_from_the_dense_runs_and_unknown_with_one():
+  """Whether pre-training matters compares the dense runs from θ_p and from scratch
+  (`dense_seeds` of each): one run on either side has no spread to judge the gain by."""
   metric = Metric('accuracy', 'accuracy', 'accuracy')
   rows = [{'method': 'supervised', 'ticket': 'dense', 'sparsity': 0.0, 'test_accuracy': 0.9}]
-  judged = paper_transfer.judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8],
-                                 [0.5], metric, num_seeds=1)
-  assert judged[0]['can_test_claim'] is None
-  judged = paper_transfer.judged('digits', 'supervised', ['supervised'], rows, [0.9, 0.8],
-                                 [0.5, 0.5], metric, num_seeds=2)
-  assert judged[0]['can_test_claim'] is True
+  judge = lambda dense, scratch: paper_transfer.judged(
+      'digits', 'supervised', ['supervised'], rows, dense, scratch, metric)[0]
+  assert judge([0.9, 0.8], [0.5])['can_test_claim'] is None
+  assert judge([0.9, 0.8], [0.5])['pretraining_bar'] is None
+  judged = judge([0.9, 0.8, 0.85], [0.5, 0.5, 0.5])
+  assert (judged['can_test_claim'], judged['dense_num_seeds']) == (True, 3)
+  assert judged['pretraining_bar'] == pytest.approx(2 * 0.05)
+  assert judge([0.9, 0.8, 0.85], [0.5, 0.8, 0.6])['can_test_claim'] is False
 
 
 @pytest.mark.parametrize('task, recipe, message', [
@@ -416,7 +461,7 @@ def test_the_gain_over_scratch_must_clear_twice_the_larger_seed_std():
   rows = [{'method': 'supervised', 'ticket': 'dense', 'sparsity': 0.0, 'test_accuracy': 0.75}]
   for scratch, can_test in (([0.65, 0.65], False), ([0.60, 0.60], True)):
     [row] = paper_transfer.judged('digits', 'supervised', ['supervised'], rows, [0.8, 0.7],
-                                  scratch, metric, num_seeds=2)
+                                  scratch, metric)
     assert row['pretraining_bar'] == pytest.approx(2 * np.std([0.8, 0.7], ddof=1))
     assert row['pretraining_gain'] == pytest.approx(0.75 - scratch[0])
     assert row['can_test_claim'] is can_test, scratch

@@ -274,6 +274,8 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
       defaults.validate(config)
       experiment = experiments.specs.build(config)
       assert (experiment.data.dataset, experiment.imp.spec.num_rounds) == (dataset, 1)
+      # --seeds=3 trains three runs of each start, whatever dense_seeds paper mode has.
+      assert experiment.dense_seeds == experiment.seeds == (0, 1, 2)
       for field, value in recipe.items():   # the task's recipe, and the override on top
         assert config[field] == (9 if field == 'optim.num_epochs' else value), field
       assert experiment.pretrained.source == ('scratch' if start == 'scratch' else 'released')

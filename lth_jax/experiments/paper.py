@@ -9,10 +9,10 @@
    with this config's model, rounds and epochs).
 2. Every `config.paper.transfer_every`-th ticket of each pre-training, and its dense
    θ_p, is fine-tuned on each task of `config.paper.tasks` with `config.num_seeds`
-   seeds (`lth_jax.experiments.paper_transfer`, recipe `config.optim`, or what
-   `config.paper.task_recipes.<task>` sets for that task); a ticket is matching when
+   seeds, θ_p with `config.dense_seeds` (`lth_jax.experiments.paper_transfer`, recipe
+   `config.optim`, or `config.paper.task_recipes.<task>`'s); a ticket is matching when
    its mean metric reaches the dense mean minus one std of the same pre-training.
-3. The same networks trained from scratch (a random init per seed, 'scratch'): a task
+3. The same networks trained from scratch (a random init per seed, θ_p's seeds): a task
    where θ_p does not beat scratch by more than twice the larger of the two seed stds
    cannot show whether tickets keep what pre-training gives, and the table says so
    ('pretraining_gain', 'pretraining_bar', 'can_test_claim').
@@ -203,13 +203,14 @@ def verdict(task: str, metric: Metric, extreme: list[dict[str, Any]]) -> str:
   return f'{task} ({metric.label}): ' + '; '.join(parts) + '.'
 
 
-def _transfer_units(tickets: dict[str, dict[str, Any]], random_masks: dict[str, Any],
-                    task_imp_rounds: int) -> int:
-  """Fine-tunes per task and seed: scratch, each pre-training's dense θ_p and tickets,
-  the random baselines, and the task-specific IMP's pruned rounds (its dense round is the
-  first pre-training's dense transfer)."""
-  return (1 + sum(1 + len(chosen) for chosen in tickets.values()) + len(random_masks)
-          + max(task_imp_rounds - 1, 0))
+def _transfer_runs(experiment: specs.Experiment, tickets: dict[str, dict[str, Any]],
+                   random_masks: dict[str, Any], task_imp_rounds: int) -> int:
+  """Fine-tunes on one task: scratch and each pre-training's dense θ_p with the dense
+  seeds; its tickets, the random baselines and the task-specific IMP's pruned rounds
+  with the seeds (its dense round is the first pre-training's dense transfer)."""
+  sparse = sum(map(len, tickets.values())) + len(random_masks) + max(task_imp_rounds - 1, 0)
+  return ((1 + len(tickets)) * len(experiment.dense_seeds)
+          + sparse * len(experiment.seeds))
 
 
 def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any]:
@@ -229,8 +230,8 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   baselines = random_masks(workdir, experiment.seed, next(iter(tickets.values())),
                            experiment.imp.policy, paper.random_baselines)
   runs = wiring.scheduler(
-      experiment, mesh, total_runs=len(experiment.seeds) * sum(
-          _transfer_units(tickets, baselines, paper.training[task].task_imp_rounds)
+      experiment, mesh, total_runs=sum(
+          _transfer_runs(experiment, tickets, baselines, paper.training[task].task_imp_rounds)
           for task in paper.tasks))
   rows, extreme, verdicts = [], [], []
   for task_name in paper.tasks:

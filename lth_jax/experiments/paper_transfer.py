@@ -4,7 +4,7 @@
         experiment, workdir, mesh, 'mnist5k', tickets, thetas, baselines, scheduler)
 
 On one task of `paper.tasks`, every network is fine-tuned with the experiment's seeds
-and the task's recipe (`config.optim`, `config.data`'s batch sizes and `config.model`'s
+(the dense ones, from θ_p and from scratch, with its dense seeds) and the task's recipe (`config.optim`, `config.data`'s batch sizes and `config.model`'s
 task options, with what `paper.task_recipes.<task>` sets on top: `task_config`): dense
 training from a random init ('scratch'), then each pre-training's dense θ_p and upstream
 tickets, the first pre-training's also with the random baselines and (the task's
@@ -121,7 +121,7 @@ class _Transfer:
   folder: str                         # transfer/<task>/
   finetune: Callable[..., Any]
   metric: Metric
-  scheduler: Scheduler | None         # None: one run after another, uncounted
+  scheduler: Scheduler
   loss_gradient: Callable[[Any], Callable[[Any], Any]]  # batch_stats -> params -> gradient
   task_imp_rounds: int                # the task's (0: no task-specific IMP)
 
@@ -129,8 +129,8 @@ class _Transfer:
 def _task_specific(t: _Transfer, run_dir: str, start: Any) -> list[dict[str, Any]]:
   """IMP on the task from the first pre-training's θ_p: every round's record."""
   experiment, metric = t.experiment, t.metric
-  spec = dataclasses.replace(experiment.imp.spec,
-                             num_rounds=t.task_imp_rounds, dense_seeds=None)
+  # Its dense round 0, the dense transfer, has the dense networks' seeds.
+  spec = dataclasses.replace(experiment.imp.spec, num_rounds=t.task_imp_rounds)
   # A criterion of the gradient (SNIP) scores by the task's own loss, as in mode imp.
   gradient = (t.loss_gradient(start(experiment.seed)['batch_stats'])
               if pruning.get(spec.pruning).needs_gradient else None)
@@ -159,7 +159,7 @@ def _pretraining_rows(t: _Transfer, objective: str, named: dict[str, Any], start
   found = run_transfer(
       os.path.join(t.folder, objective), named, start, t.finetune, t.experiment.seeds,
       metric=metric.key, policy=t.experiment.imp.policy, dense_runs=dense_runs,
-      scheduler=t.scheduler, on_result=lambda r: console.say(
+      dense_seeds=t.experiment.dense_seeds, scheduler=t.scheduler, on_result=lambda r: console.say(
           f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {metric.label} '
           f'{results.shown(r, metric.test)}'))
   dense = [r[metric.test] for r in results.dense_runs(
@@ -168,8 +168,7 @@ def _pretraining_rows(t: _Transfer, objective: str, named: dict[str, Any], start
 
 
 def judged(task_name: str, objective: str, methods: list[str], rows: list[dict[str, Any]],
-           dense: list[float], scratch: list[float], metric: Metric,
-           num_seeds: int) -> list[dict[str, Any]]:
+           dense: list[float], scratch: list[float], metric: Metric) -> list[dict[str, Any]]:
   """Marks one pre-training's rows matching; its extreme-sparsity rows, one per method.
 
   Args:
@@ -178,17 +177,14 @@ def judged(task_name: str, objective: str, methods: list[str], rows: list[dict[s
     methods: its methods (the pre-training's own tickets, then those derived from them).
     rows: its rows on the task, each marked matching in place.
     dense: the values of its dense transfer's runs.
-    scratch: the values of the dense runs from scratch.
+    scratch: the values of the dense runs from scratch (the same seeds): whether the
+      claim can be tested is judged from these two, unknown with one run.
     metric: the task's headline metric.
-    num_seeds: the task's fine-tuning seeds: whether the claim can be tested is unknown
-      with one, however many runs the dense point has.
 
   Returns:
     One row per method: its extreme matching sparsity and what judges it.
   """
   gain, bar, can_test = results.pretraining_gain(dense, scratch)
-  # With one seed there is no spread to compare the gain with: unknown.
-  can_test = can_test if num_seeds > 1 else None
   if can_test is False:
     console.say(f'  θ_p ({objective}) beats training from scratch on {task_name} by '
                 f'{100 * gain:+.2f} points, not more than {100 * bar:.2f} (twice the larger '
@@ -201,7 +197,7 @@ def judged(task_name: str, objective: str, methods: list[str], rows: list[dict[s
     at = next((r for r in curve if r['sparsity'] == value), {}) if value is not None else {}
     extreme.append({'task': task_name, 'method': method, 'pretraining': objective,
                     'metric': metric.key, 'dense': results.mean_std(dense)[0],
-                    'dense_std': results.std_over_runs(dense),
+                    'dense_std': results.std_over_runs(dense), 'dense_num_seeds': len(dense),
                     'scratch': results.mean_std(scratch)[0], 'pretraining_gain': gain,
                     # One seed: no spread, so no bar (std 0 would read as one).
                     'pretraining_bar': bar if can_test is not None else None,
@@ -214,7 +210,7 @@ def judged(task_name: str, objective: str, methods: list[str], rows: list[dict[s
 def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, task_name: str,
                      tickets: dict[str, dict[str, Any]], thetas: dict[str, Any],
                      baselines: dict[str, Any],
-                     scheduler: Scheduler | None) -> tuple[list, list, Metric]:
+                     scheduler: Scheduler) -> tuple[list, list, Metric]:
   """Scratch, then each pre-training's transfer (the first's with the baselines and the
   task-specific IMP) to one task.
 
@@ -227,8 +223,7 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
     tickets: pretraining -> {ticket name -> mask}, the first pre-training first.
     thetas: pretraining -> its θ_p's variables.
     baselines: the random baselines' masks (of the first pre-training's tickets).
-    scheduler: the scheduler of the runs (one group: one after another), or None for
-      one at a time without the experiment's count.
+    scheduler: the scheduler of the runs (one group: one after another).
 
   Returns:
     (rows, extreme-sparsity rows, the task's metric).
@@ -241,11 +236,11 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
                 wiring.make_finetune(experiment, model, task, info, mesh), task.headline(info),
                 scheduler, functools.partial(wiring.loss_gradient, experiment, model, task,
                                              info, mesh), rounds)
-  seeds = experiment.seeds
-  console.say(f'== Dense training from scratch on {task_name} ({len(seeds)} seeds)')
+  seeds, dense_seeds = experiment.seeds, experiment.dense_seeds
+  console.say(f'== Dense training from scratch on {task_name} ({len(dense_seeds)} seeds)')
   scratch = run_transfer(
       os.path.join(t.folder, SCRATCH), {},
-      sources.per_seed_init(model, task.image_size(info)), t.finetune, seeds,
+      sources.per_seed_init(model, task.image_size(info)), t.finetune, dense_seeds,
       metric=t.metric.key, policy=experiment.imp.policy, scheduler=scheduler)[0]
   scratch_values = [r[t.metric.test] for r in scratch['runs']]
   rows = [{'task': task_name, 'pretraining': SCRATCH, 'method': SCRATCH, **scratch,
@@ -254,7 +249,8 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
   derived = [*paper.random_baselines, *([TASK_SPECIFIC] if rounds else [])]
   for objective, chosen in tickets.items():
     console.say(f'== Transfer of the {objective} tickets to {task_name} ({len(seeds)} '
-                'seeds)')
+                'seeds' + (f', the dense θ_p {len(dense_seeds)}' if dense_seeds != seeds else '')
+                + ')')
     start = functools.lru_cache(maxsize=None)(
         lambda seed, theta=thetas[objective]: sources.transplant(theta, model,
                                                                   jax.random.key(seed)))
@@ -263,7 +259,6 @@ def transfer_to_task(experiment: specs.Experiment, workdir: str, mesh: Mesh, tas
         task_specific=objective == first and rounds > 0)
     found = [{'task': task_name, 'pretraining': objective, **r} for r in found]
     methods = [objective, *(derived if objective == first else [])]
-    extreme += judged(task_name, objective, methods, found, dense, scratch_values, t.metric,
-                      len(seeds))
+    extreme += judged(task_name, objective, methods, found, dense, scratch_values, t.metric)
     rows += found
   return rows, extreme, t.metric

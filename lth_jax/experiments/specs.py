@@ -101,7 +101,8 @@ class Experiment:
   Attributes:
     mode: the mode that runs it (`lth_jax.experiments.modes`).
     seed: the experiment's seed (a random θ_0, heads θ_p lacks, baselines' masks).
-    seeds: the fine-tuning seeds of every ticket: seed, seed + 1, ... (`num_seeds`).
+    seeds: the fine-tuning seeds of every ticket: seed, seed + 1, ... (`num_seeds`);
+      the dense networks may have more (`dense_seeds`, `imp.spec.dense_seeds`).
     data: how datasets are read.
     model: the backbone (`config.model`; its other fields are tasks' settings).
     recipe: the fine-tuning recipe (`config.optim`).
@@ -126,6 +127,11 @@ class Experiment:
   devices_per_run: int
   checkpoint_every_steps: int
   section: Any = None
+
+  @property
+  def dense_seeds(self) -> tuple[int, ...]:
+    """The seeds of the dense networks' runs: `dense_seeds` of them, or `seeds`."""
+    return self.imp.spec.dense_seeds or self.seeds
 
 
 def from_section(cls: type[T], section: ml_collections.ConfigDict, **computed: Any) -> T:

@@ -6,7 +6,8 @@ Tickets are this project's mask folders or the reference's PyTorch mask files
 (`config.transfer.masks`), or every round of an IMP workdir (`transfer.imp_workdir`);
 `transfer.variant` replaces them by a baseline (random global or layer-wise masks with
 their counts, random re-initialisation, one-shot magnitude pruning). The dense network
-is always fine-tuned too; each ticket is marked matching against its seeds. Workdir:
+is always fine-tuned too (with `config.dense_seeds` seeds where that is larger than
+`num_seeds`); each ticket is marked matching against its runs. Workdir:
 
     transfer/<dataset>/<ticket>/seed_S/      one resumable run (see lth_jax.lottery.ticket_transfer)
     results_<dataset>.csv/.json, <metric>_vs_sparsity_<dataset>.png
@@ -189,6 +190,7 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   transfer: Spec = experiment.section
   tickets = load_tickets(transfer)
   variant, num_seeds = transfer.variant, len(experiment.seeds)
+  num_dense = len(experiment.dense_seeds)
   out, runs = {}, None
   for dataset in transfer.datasets:
     task, info = wiring.task_and_data(experiment.data, dataset)
@@ -204,14 +206,14 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
       reinit = {name: fresh for name in chosen}
     if runs is None:  # every dataset fine-tunes as many tickets: one count for them all
       runs = wiring.scheduler(experiment, mesh, total_runs=len(transfer.datasets)
-                              * (len(chosen) + 1) * num_seeds)
-    console.say(f'Transfer ({variant}) to {dataset}: {len(chosen)} ticket(s) + dense x '
-                f'{num_seeds} seed(s).')
+                              * (len(chosen) * num_seeds + num_dense))
+    console.say(f'Transfer ({variant}) to {dataset}: {len(chosen)} ticket(s) x {num_seeds} '
+                f'seed(s) + dense x {num_dense}.')
     rows = run_transfer(
         transfer_dir(workdir, dataset), chosen, start,
         wiring.make_finetune(experiment, model, task, info, mesh), experiment.seeds,
         metric=metric.key, init_variables=reinit, policy=experiment.imp.policy,
-        scheduler=runs,
+        dense_seeds=experiment.dense_seeds, scheduler=runs,
         on_result=lambda r, m=metric: console.say(
             f'  {r["ticket"]}: sparsity {100 * r["sparsity"]:.2f}%, test {m.label} '
             f'{results.shown(r, m.test)}'))

@@ -32,6 +32,7 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
                  policy: str | None = None,
                  on_result: Callable[[dict[str, Any]], None] | None = None,
                  dense_runs: Sequence[Mapping[str, Any]] | None = None,
+                 dense_seeds: Sequence[int] | None = None,
                  scheduler: Scheduler | None = None) -> list[dict[str, Any]]:
   """Fine-tunes every ticket (and the dense network) with every seed.
 
@@ -39,9 +40,8 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     run_dir: where the runs live.
     tickets: name -> mask tree (any model sharing the prunable convolutions; see
       `lth_jax.masks.conform`).
-    start_variables: {'params', 'batch_stats'} of this task's model (θ_p with the
-      task's head), or seed -> those variables (see `lth_jax.lottery.per_seed`); the
-      dense run and every ticket start from them.
+    start_variables: {'params', 'batch_stats'} of this task's model (θ_p with the task's
+      head), or seed -> those (`lth_jax.lottery.per_seed`): every run starts from them.
     finetune: trains masked variables for one seed (see `lth_jax.lottery.Finetune`).
     seeds: fine-tuning seeds.
     metric: the task's headline metric (what `finetune` reports; names the fields).
@@ -49,10 +49,10 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
       of `start_variables` for that ticket (random re-initialisation baselines).
     policy: which leaves are prunable.
     on_result: called with each finished row.
-    dense_runs: the dense network's runs when they exist already (e.g. round 0 of an
-      IMP run from the same start variables with the same finetune and seeds, read with
-      `results.dense_runs`, which refuses a sparse round), one per seed; they are used
-      instead of training it again.
+    dense_runs: the dense network's runs, one per dense seed, when they exist already
+      (e.g. round 0 of an IMP run from the same start with the same finetune, read with
+      `results.dense_runs`, which refuses a sparse round): not trained again.
+    dense_seeds: the dense network's seeds when they differ from `seeds`; None: `seeds`.
     scheduler: runs the (ticket, seed) runs: side by side when it has several device
       groups, else one after another, each ticket's row as soon as its runs are done;
       None: one after another on `finetune`'s own mesh.
@@ -62,13 +62,14 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     (e.g. test_accuracy), per-seed runs, sparsity per stage.
 
   Raises:
-    DivergenceError: a run diverged (it names the ticket and seed); nothing is recorded
-      for it.
-    ValueError: `dense_runs` lacks one of the seeds.
+    DivergenceError: a run diverged (named by ticket and seed); nothing is recorded.
+    ValueError: `dense_runs` lacks one of the dense network's seeds.
   """
+  dense_seeds = tuple(dense_seeds or seeds)
+  seeds_of = lambda name: dense_seeds if name == DENSE else seeds
   given = {r['seed']: r for r in dense_runs or ()}
-  if dense_runs is not None and not set(seeds) <= set(given):
-    raise ValueError(f'dense_runs has seeds {sorted(given)}, not all of {list(seeds)}.')
+  if dense_runs is not None and not set(dense_seeds) <= set(given):
+    raise ValueError(f'dense_runs has seeds {sorted(given)}, not all of {list(dense_seeds)}.')
   start_for = per_seed(start_variables)
   init_for = {name: per_seed(v) for name, v in (init_variables or {}).items()}
   params = start_for(seeds[0])['params']
@@ -81,7 +82,7 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     _train_one(run_dir, name, seed, finetune, conformed[name],
                init_for.get(name, start_for)(seed), mesh)
 
-  units = [(name, seed) for name in named for seed in seeds if not (name == DENSE and given)]
+  units = [(n, seed) for n in named for seed in seeds_of(n) if not (n == DENSE and given)]
   # A result a crash cut short counts as missing: the run's finished checkpoints give it
   # again without training.
   todo = [(name, seed) for name, seed in units if files.read_json(result(name, seed)) is None]
@@ -95,16 +96,15 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     if scheduler.concurrent == 1:  # one after another, each ticket's row as soon as it is done
       mine = [u for u in todo if u[0] == name]
       scheduler.map(train, mine, named_runs(mine))
-    runs = ([dict(given[seed]) for seed in seeds] if name == DENSE and given else
+    runs = ([dict(given[seed]) for seed in dense_seeds] if name == DENSE and given else
             [files.read_json(result(name, seed), fix=(
                 'Rerun the command: the result is recorded again from the run\'s '
-                'checkpoints.')) for seed in seeds])
+                'checkpoints.')) for seed in seeds_of(name)])
     row = {'ticket': name, 'sparsity': masks_lib.sparsity(masks, policy),
            **results.summarize(runs, metric), **masks_lib.stage_sparsity(masks, policy),
            'runs': runs}
     rows.append(row)
-    if on_result is not None:
-      on_result(row)
+    (on_result or (lambda _: None))(row)
   return rows
 
 
