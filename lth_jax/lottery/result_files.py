@@ -118,7 +118,7 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
   import matplotlib.pyplot as plt
   from matplotlib.patches import Patch
 
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  fig, ax = plt.subplots(figsize=(6.4, 5.4))
   smallest, banded = 100.0, False
   for name, rows in curves.items():
     rows = sorted(rows, key=lambda r: r['sparsity'])
@@ -160,7 +160,9 @@ def plot_vs_sparsity(path: str, curves: Mapping[str, Sequence[Mapping[str, Any]]
   if banded:
     handles.append(Patch(color='0.5', alpha=0.25, lw=0))
     texts.append('shaded: ±1 std over seeds')
-  ax.legend(handles, texts, fontsize=8)
+  # Below the axes: inside, it hid the curves it names.
+  ax.legend(handles, texts, fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.16),
+            ncol=2, frameon=False)
   fig.tight_layout()
   files.save_figure(fig, path)
   files.save_figure(fig, os.path.splitext(path)[0] + '.pdf')
