@@ -180,8 +180,7 @@ def base_config() -> ml_collections.ConfigDict:
       c[mode.name] = mode.section()
 
   c.num_seeds = 1                       # fine-tuning seeds per ticket (the paper: 3)
-  c.dense_seeds = 0                     # seeds of the dense networks (0: num_seeds): IMP's
-                                        # round 0, transfer's dense, paper's θ_p and scratch
+  c.dense_seeds = 0                     # seeds of every dense network (0: num_seeds)
   c.checkpoint_every_steps = 0          # extra mid-epoch checkpoints (0: each epoch only)
   c.num_devices = 0                     # 0: all devices
   # Independent runs (the seeds of a round, transfer runs) side by side, each on this
