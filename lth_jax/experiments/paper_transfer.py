@@ -4,8 +4,9 @@
         experiment, workdir, mesh, 'mnist5k', tickets, thetas, baselines, scheduler)
 
 On one task of `paper.tasks`, every network is fine-tuned with the experiment's seeds
-(the dense ones, from θ_p and from scratch, with its dense seeds) and the task's recipe (`config.optim`, `config.data`'s batch sizes and `config.model`'s
-task options, with what `paper.task_recipes.<task>` sets on top: `task_config`): dense
+(the dense ones, from θ_p and from scratch, with its dense seeds) and the task's recipe
+(`config.optim`, `config.data`'s batch sizes and `config.model`'s task options, with
+what `paper.task_recipes.<task>` sets on top: `task_config`): dense
 training from a random init ('scratch'), then each pre-training's dense θ_p and upstream
 tickets, the first pre-training's also with the random baselines and (the task's
 `paper.task_imp_rounds` > 0) task-specific IMP from its θ_p. `judged` marks a
