@@ -183,12 +183,13 @@ def _discard_unfinished(checkpoint_dir: str, quiet_s: float = 0.2,
   """
   if jax.process_index() != 0:
     return
+  pattern = os.path.join(glob.escape(checkpoint_dir), '*.orbax-checkpoint-tmp*')
   deadline = time.monotonic() + limit_s
   while time.monotonic() < deadline:
-    unfinished = glob.glob(os.path.join(glob.escape(checkpoint_dir), '*.orbax-checkpoint-tmp*'))
+    unfinished = glob.glob(pattern)
     if not unfinished:
       time.sleep(quiet_s)
-      if not glob.glob(os.path.join(glob.escape(checkpoint_dir), '*.orbax-checkpoint-tmp*')):
+      if not glob.glob(pattern):
         return
     for path in unfinished:
       shutil.rmtree(path, ignore_errors=True)
