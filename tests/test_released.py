@@ -261,13 +261,13 @@ def test_the_gap_benchmark_runs_valid_configs_from_each_shipped_theta_p_and_scra
     assert (task == 'classification') == (not recipe)
     # What the README's gaps were measured with.
     assert {k: recipe.get(k) for k in ('optim.num_epochs', 'optim.learning_rate',
-                                       'model.neck_width')} == {
+                                       'optim.head_lr_scale', 'model.neck_width')} == {
         'classification': {'optim.num_epochs': None, 'optim.learning_rate': None,
-                           'model.neck_width': None},
+                           'optim.head_lr_scale': None, 'model.neck_width': None},
         'segmentation': {'optim.num_epochs': 30, 'optim.learning_rate': 0.01,
-                         'model.neck_width': None},
-        'detection': {'optim.num_epochs': 60, 'optim.learning_rate': 0.01,
-                      'model.neck_width': 1 / 16}}[task]
+                         'optim.head_lr_scale': 10.0, 'model.neck_width': None},
+        'detection': {'optim.num_epochs': 60, 'optim.learning_rate': 0.002,
+                      'optim.head_lr_scale': 5.0, 'model.neck_width': 1 / 16}}[task]
     assert recipe.get('model.neck') == ('none' if task == 'detection' else None)
     for start in (*(e.name for e in ENTRIES), 'scratch'):
       config = gap_benchmark._config(task, start, 3, {'optim.num_epochs': 9})  # > any warm-up
