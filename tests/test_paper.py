@@ -367,8 +367,9 @@ def test_all_tasks_trains_each_dense_task_with_its_few_shot_recipe(locked):
     trained = paper_transfer.for_task(experiment, task)
     recipe = presets.FEW_SHOT_RECIPES.get(task, {})
     want = {**{'num_epochs': 30, 'learning_rate': 0.05}, **recipe.get('optim', {})}
-    assert (trained.recipe.num_epochs, trained.recipe.learning_rate) == (
-        want['num_epochs'], want['learning_rate']), task
+    assert (trained.recipe.num_epochs, trained.recipe.learning_rate,
+            trained.recipe.head_lr_scale) == (
+        want['num_epochs'], want['learning_rate'], want.get('head_lr_scale', 1.0)), task
     assert trained.data.batch_size == recipe.get('data', {}).get('batch_size', 50), task
     assert dict(trained.model.options) == recipe.get('model', {}), task
   # Task-specific tickets on the dense tasks only (the paper's segmentation and detection).

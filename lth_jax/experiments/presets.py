@@ -231,9 +231,10 @@ def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
 
 
 # The few-shot dense tasks' recipes at the shipped θ_p's width (1/4), over
-# configs/paper_offline.py's: the canvas studies' optimizers (configs/
-# segmentation_offline.py, configs/detection_offline.py) with the epochs few canvases need,
-# segmentation's DeepLabV3+ head and detection's YOLO heads without their neck.
+# configs/paper_offline.py's: segmentation's canvas study's optimizer (configs/
+# segmentation_offline.py) with the epochs few canvases need and its DeepLabV3+ head;
+# detection's canvas study's SGD (configs/detection_offline.py) with more epochs, a warm-up
+# and a slower backbone (below), and YOLO's heads without their neck.
 # Segmentation's 200 canvases take 30 epochs (at 20, SimCLR's θ_p stayed under 50% mIoU).
 # Detection is on the upstream classes 0-4 (as VOC's classes are ImageNet's): 100 canvases
 # for 60 epochs after an 8-epoch warm-up, with the heads on the backbone's stages

@@ -45,7 +45,8 @@ class Recipe:
     milestones: 'multistep' epochs.
     gamma: 'multistep' factor.
     power: 'poly' exponent.
-    final_learning_rate: where 'cosine' and 'poly' end; 'yolov4_reference''s lr_min.
+    final_learning_rate: where 'cosine' and 'poly' end (the backbone's; the head's is
+      `head_lr_scale` times it); 'yolov4_reference''s lr_min.
     poly_min_learning_rate: 'poly' only: the least rate of every parameter group, the
       head's included (not scaled by `head_lr_scale`), as the reference's PolyLR
       (min_lr 1e-6).
