@@ -4,10 +4,11 @@ r"""Do lth_jax's DeepLabV3+ and YOLO train well? The offline canvases until they
         [--starts=theta_p,scratch] [--minutes=60] [--workdir=/tmp/dense_convergence] \
         [--set optim.num_epochs=40 ...]
 
-For each task (configs/segmentation_offline.py: DeepLabV3+ on `digit_canvas_seg`;
-configs/detection_offline.py: YOLOv4's neck and heads on `digit_canvas_det`) and each
-start (the supervised θ_p of the offline studies: the ResNet-18 of width 1/8 pre-trained
-on Animal-MNIST's classes 0-4 exactly as the studies pre-train it; or a random init,
+For each task (DeepLabV3+ on `digit_canvas_seg`; YOLOv4's neck and heads on
+`digit_canvas_det`: `lth_jax.experiments.presets.canvas_study`, the digit-canvas study the
+offline configs' `:tiny` smoke runs shrink) and each start (its supervised θ_p: the
+ResNet-18 of width 1/8 pre-trained on Animal-MNIST's classes 0-4 exactly as the study
+pre-trains it; or a random init,
 'scratch'), one dense run with this benchmark's convergence recipe (below) trains on the
 training canvases (2,000 for segmentation; the 1,900 of them with a box that is not
 difficult for detection). Every epoch prints the validation metric and the wall time
@@ -15,8 +16,8 @@ since the run started; at the end a table gives, per run, the best
 validation epoch and the epochs run, the test metric at the best validation epoch
 (mIoU, or mAP@0.5 with mAP@[.5:.95] beside it), the wall time and why the run stopped.
 
-The recipe differs from the studies' 1-2 epoch budget only in length and learning rate
-(see `RECIPES`): the studies stop far from convergence by design, and this benchmark
+The recipe differs from the study's 1-2 epoch budget only in length and learning rate
+(see `RECIPES`): the study stops far from convergence by design, and this benchmark
 asks whether the same model, loss, data pipeline and metric reach a trained network.
 A run stops early when its validation metric has not improved for `--patience` epochs,
 or when the `--minutes` budget is spent (checked at each epoch's end; the run is then
@@ -35,20 +36,19 @@ import time
 
 import config_overrides  # benchmarks/config_overrides.py, beside this script
 
-# The convergence recipe per task: what the studies' configs change for a trained network.
+# The convergence recipe per task: what it changes of the study's for a trained network.
 RECIPES = {
-    # The studies' poly recipe (head at 10x, lr 0.01) learns the digits' identity too
+    # The study's poly recipe (head at 10x, lr 0.01) learns the digits' identity too
     # slowly from scratch (after 3 epochs 98% of digit pixels are predicted as some
     # digit, 26% as the right one): a higher backbone rate, the head at 2x.
     'segmentation': {'optim.learning_rate': 0.05, 'optim.head_lr_scale': 2.0,
                      'optim.num_epochs': 25},
-    # The studies' recipe (SGD, cosine to 1e-4) at half the rate, longer: at 0.01, 15
+    # The study's recipe (SGD, cosine to 1e-4) at half the rate, longer: at 0.01, 15
     # epochs reach 64% mAP@0.5 from θ_p, still rising when the cosine ends, and 35
     # epochs diverge at epoch 17 (68% by then).
     'detection': {'optim.learning_rate': 0.005, 'optim.num_epochs': 30},
 }
-CONFIGS = {'segmentation': 'configs/segmentation_offline.py',
-           'detection': 'configs/detection_offline.py'}
+DATASETS = {'segmentation': 'digit_canvas_seg', 'detection': 'digit_canvas_det'}
 STARTS = ('theta_p', 'scratch')
 
 
@@ -107,11 +107,11 @@ class EpochPrinter:
 
 
 def supervised_theta_p(config, root: str, mesh) -> dict:
-  """The studies' supervised θ_p: their upstream experiment's start, cached under `root`.
+  """The study's supervised θ_p: its upstream experiment's start, cached under `root`.
 
-  The paper mode pre-trains θ_p inside `upstream/supervised/` of each study; this runs
+  The paper mode pre-trains θ_p inside `upstream/supervised/` of the study; this runs
   the same upstream config (`paper_upstream.upstream_config`) for one round, so θ_p is
-  the same network the studies transfer, and both tasks share it.
+  the same network the study transfers, and both tasks share it.
   """
   from lth_jax.experiments import paper_upstream, specs, upstream
 
@@ -125,11 +125,11 @@ def train(task_name: str, start: str, args, root: str) -> dict:
   """One dense run of `task_name` from `start`; returns its summary row."""
   import jax
 
-  from lth_jax import errors, experiments
-  from lth_jax.experiments import specs, wiring
+  from lth_jax import errors
+  from lth_jax.experiments import presets, specs, wiring
   from lth_jax.training import fit
 
-  config = experiments.load_config(CONFIGS[task_name])
+  config = presets.canvas_study(DATASETS[task_name], '')
   config.mode = 'imp'
   config.pretrained.source = 'pretrain' if start == 'theta_p' else 'random'
   for field, value in {**RECIPES[task_name], **dict(args.overrides)}.items():

@@ -12,7 +12,7 @@ training canvases, or detection canvases of the upstream classes 0-4 with 100), 
 fine-tunes the dense network from each θ_p lth_jax ships (`lth_jax.released`:
 supervised, SimCLR, MoCo v2) and from a random init ('scratch', a new one per seed as in
 paper mode), `--seeds` seeds each, with the task's recipe in
-configs/paper_offline.py:all_tasks (its own for classification, the canvas studies'
+configs/paper_offline.py:all_tasks (its own for classification, the digit canvases'
 optimizers with more epochs for segmentation and detection, detection's with a warm-up and
 the backbone at a fifth of the heads' rate, DeepLabV3+'s head, and YOLO's heads on the
 backbone's stages: `lth_jax.experiments.presets.FEW_SHOT_RECIPES`), and

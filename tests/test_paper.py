@@ -527,6 +527,34 @@ def test_a_workdir_resumes_with_the_random_masks_it_saved(tmp_path):
   assert (tmp_path / 'random_masks' / 'random_global_round_01').is_dir()
 
 
+@pytest.mark.parametrize('name, task', [('segmentation_offline', 'animal_canvas_seg_few'),
+                                        ('detection_offline', 'animal_a_canvas_det_few')])
+def test_the_offline_dense_studies_are_parts_of_the_one_command(tmp_path, name, task):
+  """No study pre-trains or finds tickets of its own: each is paper_offline:all_tasks on one
+  task, and its workdir is the whole run's (nothing it trained is trained again)."""
+  part, whole = defaults.load_config(name), defaults.load_config('paper_offline:all_tasks')
+  assert part.pretrained.source == 'released' and part.paper.tasks == task
+  for objective in defaults.split_names(whole.paper.pretrainings):
+    assert (paper_upstream.upstream_config(part, objective).to_dict()
+            == paper_upstream.upstream_config(whole, objective).to_dict())
+  trains = lambda c: {k: paper_transfer.task_config(c, task)[k].to_dict()
+                      for k in ('optim', 'data', 'model', 'imp')}
+  assert trains(part) == trains(whole)
+  assert paper_transfer.task_config(part, task).paper.task_imp_rounds == 3
+  devices = {'mesh': 1, 'per_run': 1}
+  workdir = str(tmp_path / 'study')
+  assert not experiments.claim(workdir, part, devices=devices)
+  os.makedirs(os.path.join(workdir, 'transfer', task, 'scratch', 'seed_0'))  # a run of it
+  assert experiments.claim(workdir, whole, devices=devices)   # the rest added to it
+  assert experiments.claim(workdir, part, devices=devices)    # and dropped again
+  other = next(t for t in defaults.split_names(whole.paper.tasks)
+               if t != task and t in whole.paper.task_recipes)
+  with pytest.raises(errors.WorkdirError, match=task):  # a part without this task's runs
+    experiments.claim(workdir, presets.one_task(whole, other), devices=devices)
+  with pytest.raises(ValueError, match='not one of the tasks'):
+    presets.one_task(part, other)
+
+
 def test_paper_mode_reads_no_config_file(monkeypatch, tmp_path):
   """Its upstream recipes are the package's presets, whatever configs/ holds (or lacks)."""
   config = defaults.load_config('paper_offline:tiny')

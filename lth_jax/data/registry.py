@@ -241,9 +241,9 @@ _DATASETS = (
     # the first 100 training canvases with a box that is not difficult, the first 100 val
     # canvases and the whole test. Each split's canvases paste that split's silhouettes,
     # so no test canvas holds one that pre-training saw. The miniature's detection task:
-    # with the heads on the backbone's stages (`neck='none'`) every θ_p beats scratch here,
-    # θ_Sup and θ_MoCo by more than twice the seeds' std and θ_SimCLR by about that (behind
-    # the reference's neck none did; README, "The paper in miniature").
+    # with the heads on the backbone's stages (`neck='none'`) and the backbone at a fifth of
+    # their rate every θ_p beats scratch here by more than twice the seeds' std (behind the
+    # reference's neck none did; README, "The paper in miniature").
     DatasetInfo(
         name='animal_a_canvas_det_few', source='canvases', task='detection', num_classes=5,
         image_shape=(56, 56, 1), split_sizes={'train': 100, 'val': 100, 'test': 500},

@@ -1,11 +1,12 @@
-"""Presets the package itself builds on: the upstream experiments and the canvas studies.
+"""Presets the package itself builds on: upstream experiments, canvas studies, recipes.
 
-    sub = presets.upstream_imp('moco', 'demo')       # configs/moco_imp.py:demo
-    c = presets.canvas_study('digit_canvas_seg', '')  # what the canvas configs share
-    c = presets.released_pretraining('moco')          # configs/pretrain_offline.py:moco
+    sub = presets.upstream_imp('moco', 'demo')           # configs/moco_imp.py:demo
+    c = presets.canvas_study('digit_canvas_seg', 'tiny')  # segmentation_offline.py:tiny
+    c = presets.released_pretraining('moco')              # configs/pretrain_offline.py:moco
+    part = presets.one_task(paper_config, 'animal_canvas_seg_few')
 
 Config files import these (configs/{supervised,simclr,moco}_imp.py,
-configs/{segmentation,detection}_offline.py); paper mode sizes each pre-training's
+configs/{segmentation,detection}_offline.py, configs/paper_offline.py); paper mode sizes each pre-training's
 upstream experiment from `upstream_imp(objective, 'demo')`: an objective's recipe
 (`UPSTREAM`) in the shape of the paper's experiment (`paper_setting`) or its offline
 miniature (`demo_setting`). Nothing here reads a file from configs/, so the package
@@ -15,13 +16,13 @@ never depends on a checkout's config files.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
 
 from lth_jax import objectives
-from lth_jax.experiments.config import base_config
+from lth_jax.experiments.config import base_config, split_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,15 +184,37 @@ def released_pretraining(objective: str, variant: str = '') -> ml_collections.Co
   return c
 
 
-def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
-  """The paper's dense-prediction transfer study in miniature, on digit canvases.
+# The digit canvases' heads and recipes: DeepLabV3+ as narrow as the backbone with the
+# reference's segmentation optimizer (`learning_rate` is the backbone's, the head at 10x),
+# YOLOv4's neck at the backbone's widths with the reference's SGD, each for an epoch or
+# two: a smoke run's budget, far from trained (benchmarks/dense_convergence.py trains them).
+DIGIT_CANVAS_RECIPES = {
+    'digit_canvas_seg': {
+        'model': {'output_stride': 16, 'head_channels': 32, 'low_level_channels': 8},
+        'data': {'batch_size': 16},
+        'optim': {'optimizer': 'sgd', 'learning_rate': 0.01, 'head_lr_scale': 10.0,
+                  'momentum': 0.9, 'weight_decay': 1e-4, 'schedule': 'poly', 'power': 0.9,
+                  'warmup_epochs': 0, 'num_epochs': 2}},
+    'digit_canvas_det': {
+        'model': {'neck_width': 1 / 32},  # (16, 32, 64) channels: the backbone's widths
+        'data': {'batch_size': 8},
+        'optim': {'optimizer': 'sgd', 'learning_rate': 0.01, 'momentum': 0.9,
+                  'weight_decay': 5e-4, 'schedule': 'cosine', 'final_learning_rate': 1e-4,
+                  'warmup_epochs': 0, 'num_epochs': 1}},
+}
 
-  What configs/segmentation_offline.py and configs/detection_offline.py share: θ_p of a
-  ResNet-18 (width 1/8, CIFAR stem) pre-trained on Animal-MNIST's classes 0-4 by every
-  objective, upstream tickets at 20% (one-shot from θ_p) and 36%, the 36% ones
-  transferred to `task` beside training from scratch, random global pruning and
-  task-specific IMP at 20% and 36%, 2 seeds; `:tiny` is the tests' smoke run on the
-  scikit-learn digits and `<task>_small`, one seed. The files add their head and recipe.
+
+def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
+  """A dense-prediction transfer study on digit canvases, θ_p pre-trained in the workdir.
+
+  The smoke runs of configs/segmentation_offline.py:tiny and
+  configs/detection_offline.py:tiny (`variant='tiny'`: the scikit-learn digits, the
+  supervised θ_p only, `<task>_small`, one seed, 3 epochs) and the networks
+  benchmarks/dense_convergence.py trains (`variant=''`): θ_p of a ResNet-18 (width 1/8,
+  CIFAR stem) pre-trained on Animal-MNIST's classes 0-4 by every objective, upstream
+  tickets at 20% (one-shot from θ_p) and 36%, the 36% ones transferred to `task` with its
+  head and recipe (`DIGIT_CANVAS_RECIPES`) beside training from scratch, random global
+  pruning and task-specific IMP at 20% and 36%, 2 seeds.
 
   Args:
     task: 'digit_canvas_seg' or 'digit_canvas_det'.
@@ -221,20 +244,83 @@ def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
   c.paper.task_imp_rounds = 3           # task-specific tickets at 20% and 36%
   c.paper.random_baselines = 'random_global'
   c.num_seeds = 2
+  recipe = DIGIT_CANVAS_RECIPES[task]
+  c.model.update(recipe['model'])
+  c.data.update(recipe['data'])
+  c.optim.update(recipe['optim'])
   if variant == 'tiny':
     c.pretrain.dataset = 'digits'
     c.data.dataset = c.paper.tasks = f'{task}_small'
+    c.paper.pretrainings = 'supervised'
     c.pretrain.optim.num_epochs = 1
     c.paper.task_imp_rounds = 2
     c.num_seeds = 1
+    c.data.batch_size = 8
+    c.optim.num_epochs = 3
   return c
 
 
+def one_task(config: ml_collections.ConfigDict, task: str) -> ml_collections.ConfigDict:
+  """A paper config's part on one of its tasks: the same upstream, that task only.
+
+  A workdir of the part is the whole config's too: rerun there with the whole config,
+  the part's upstream tickets and runs are read back, not trained again (a paper
+  workdir's tasks may change while the dropped or added ones have no runs).
+
+  Args:
+    config: a paper config with `task` among `paper.tasks`; changed in place.
+    task: the task to keep, with its recipe (`paper.task_recipes.<task>`), if any.
+
+  Returns:
+    `config`, its `paper.tasks` that task alone.
+
+  Raises:
+    ValueError: `task` is not one of the config's tasks.
+  """
+  tasks = split_names(config.paper.tasks)
+  if task not in tasks:
+    raise ValueError(f'{task!r} is not one of the tasks {tasks} of the paper config.')
+  config.paper.tasks = task
+  config.paper.task_recipes = {
+      name: recipe.to_dict() for name, recipe in config.paper.task_recipes.items()
+      if name == task}
+  return config
+
+
+# The digit canvases of each few-shot dense task's smoke run (`dense_study`'s `:tiny`).
+SMOKE_CANVASES = {'animal_canvas_seg_few': 'digit_canvas_seg',
+                  'animal_a_canvas_det_few': 'digit_canvas_det'}
+
+
+def dense_study(task: str, variant: str,
+                whole: Callable[[], ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
+  """configs/segmentation_offline.py and configs/detection_offline.py.
+
+  Args:
+    task: the few-shot dense task (a key of `SMOKE_CANVASES`).
+    variant: '' (the part of `whole()` on `task`, see `one_task`) or 'tiny' (the smoke
+      run on its digit canvases, see `canvas_study`).
+    whole: the paper config the part is of (configs/paper_offline.py:all_tasks, which
+      the config file loads: nothing here reads configs/).
+
+  Returns:
+    The config (mode 'paper').
+
+  Raises:
+    ValueError: an unknown variant.
+  """
+  if variant == 'tiny':
+    return canvas_study(SMOKE_CANVASES[task], variant)
+  if variant:
+    raise ValueError(f'Unknown variant {variant!r}: use the config without one, or :tiny.')
+  return one_task(whole(), task)
+
+
 # The few-shot dense tasks' recipes at the shipped θ_p's width (1/4), over
-# configs/paper_offline.py's: segmentation's canvas study's optimizer (configs/
-# segmentation_offline.py) with the epochs few canvases need and its DeepLabV3+ head;
-# detection's canvas study's SGD (configs/detection_offline.py) with more epochs, a warm-up
-# and a slower backbone (below), and YOLO's heads without their neck.
+# configs/paper_offline.py's: the digit canvases' segmentation optimizer
+# (`DIGIT_CANVAS_RECIPES`) with the epochs few canvases need and its DeepLabV3+ head;
+# their detection SGD with more epochs, a warm-up and a slower backbone (below), and
+# YOLO's heads without their neck.
 # Segmentation's 200 canvases take 30 epochs (at 20, SimCLR's θ_p stayed under 50% mIoU).
 # Detection is on the upstream classes 0-4 (as VOC's classes are ImageNet's): 100 canvases
 # for 60 epochs after an 8-epoch warm-up, with the heads on the backbone's stages
