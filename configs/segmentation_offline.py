@@ -20,7 +20,8 @@ configs/paper_offline.py:all_tasks runs it, on that one task:
 
 About 5.5 hours on a 2-core CPU (86 fine-tunes of about 3.6 minutes, upstream IMP 16
 minutes). Its workdir is a part of configs/paper_offline.py:all_tasks's: rerun there with
-that config, nothing it trained is trained again.
+that config, nothing it trained is trained again (the detection part's workdir does not take
+this part: run `:all_tasks` there instead).
 
 `:tiny` is the smoke run of the tests: DeepLabV3+ on digit canvases
 (`digit_canvas_seg_small`, 256 training canvases), the supervised θ_p pre-trained in the
@@ -28,10 +29,14 @@ workdir on the scikit-learn digits, one ticket, two rounds of task-specific IMP,
 3 epochs (`lth_jax.experiments.presets.canvas_study`).
 """
 
+import pathlib
+
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import presets
 
+# The paper run it is a part of: the file beside this one, whatever configs/ the package finds.
+WHOLE = f'{pathlib.Path(__file__).with_name("paper_offline.py")}:all_tasks'
+
 
 def get_config(variant: str = ''):
-  return presets.dense_study('animal_canvas_seg_few', variant,
-                             lambda: config_lib.load_config('paper_offline:all_tasks'))
+  return presets.dense_study('animal_canvas_seg_few', variant, lambda: config_lib.load_config(WHOLE))

@@ -63,7 +63,7 @@ LOW_THRESHOLD = 32
 HIGH_THRESHOLD = 128
 # Boxes lower than this many pixels are difficult (~15% of the objects by default).
 DIFFICULT_HEIGHT = 12
-# Small enough that the offline study trains in minutes on two CPU cores.
+# Small enough that a dense network trains on them in minutes on two CPU cores.
 SPLIT_SIZES = {'train': 2000, 'val': 300, 'test': 500}
 
 # Resize weights are integers summing to 2**_WEIGHT_BITS per output pixel. With uint8

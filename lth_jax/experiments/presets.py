@@ -5,8 +5,8 @@
     c = presets.released_pretraining('moco')              # configs/pretrain_offline.py:moco
     part = presets.one_task(paper_config, 'animal_canvas_seg_few')
 
-Config files import these (configs/{supervised,simclr,moco}_imp.py,
-configs/{segmentation,detection}_offline.py, configs/paper_offline.py); paper mode sizes each pre-training's
+Config files import these (configs/{supervised,simclr,moco}_imp.py, configs/paper_offline.py,
+configs/{segmentation,detection}_offline.py); paper mode sizes each pre-training's
 upstream experiment from `upstream_imp(objective, 'demo')`: an objective's recipe
 (`UPSTREAM`) in the shape of the paper's experiment (`paper_setting`) or its offline
 miniature (`demo_setting`). Nothing here reads a file from configs/, so the package
@@ -207,14 +207,14 @@ DIGIT_CANVAS_RECIPES = {
 def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
   """A dense-prediction transfer study on digit canvases, θ_p pre-trained in the workdir.
 
-  The smoke runs of configs/segmentation_offline.py:tiny and
-  configs/detection_offline.py:tiny (`variant='tiny'`: the scikit-learn digits, the
-  supervised θ_p only, `<task>_small`, one seed, 3 epochs) and the networks
-  benchmarks/dense_convergence.py trains (`variant=''`): θ_p of a ResNet-18 (width 1/8,
-  CIFAR stem) pre-trained on Animal-MNIST's classes 0-4 by every objective, upstream
-  tickets at 20% (one-shot from θ_p) and 36%, the 36% ones transferred to `task` with its
-  head and recipe (`DIGIT_CANVAS_RECIPES`) beside training from scratch, random global
-  pruning and task-specific IMP at 20% and 36%, 2 seeds.
+  θ_p of a ResNet-18 (width 1/8, CIFAR stem) pre-trained on Animal-MNIST's classes 0-4 by
+  every objective, upstream tickets at 20% (one-shot from θ_p) and 36%, the 36% ones
+  transferred to `task` with its head and recipe (`DIGIT_CANVAS_RECIPES`) beside training
+  from scratch, random global pruning and task-specific IMP at 20% and 36%, 2 seeds:
+  what configs/{segmentation,detection}_offline.py ran until they became the paper run's
+  parts. `variant='tiny'` is their `:tiny` smoke run (the scikit-learn digits, the
+  supervised θ_p only, `<task>_small`, one seed, 3 epochs); benchmarks/dense_convergence.py
+  trains `variant=''`'s θ_p and networks, dense only.
 
   Args:
     task: 'digit_canvas_seg' or 'digit_canvas_det'.
@@ -227,7 +227,7 @@ def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
     ValueError: an unknown variant.
   """
   if variant not in ('', 'tiny'):
-    raise ValueError(f'Unknown variant {variant!r}: use the config without one, or :tiny.')
+    raise ValueError(f'Unknown variant {variant!r} of the canvas study: use \'\' or \'tiny\'.')
   c = base_config()
   c.mode = 'paper'
   c.pretrained.source = 'pretrain'
@@ -265,7 +265,9 @@ def one_task(config: ml_collections.ConfigDict, task: str) -> ml_collections.Con
 
   A workdir of the part is the whole config's too: rerun there with the whole config,
   the part's upstream tickets and runs are read back, not trained again (a paper
-  workdir's tasks may change while the dropped or added ones have no runs).
+  workdir's tasks may change while the ones dropped have no runs). So every other field
+  stays the whole's, the first task's too (`data.dataset`, `optim`): the workdir records
+  them.
 
   Args:
     config: a paper config with `task` among `paper.tasks`; changed in place.
@@ -294,7 +296,9 @@ SMOKE_CANVASES = {'animal_canvas_seg_few': 'digit_canvas_seg',
 
 def dense_study(task: str, variant: str,
                 whole: Callable[[], ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
-  """configs/segmentation_offline.py and configs/detection_offline.py.
+  """The offline study of a few-shot dense task: the paper run's part on it, or a smoke run.
+
+  What configs/segmentation_offline.py and configs/detection_offline.py give.
 
   Args:
     task: the few-shot dense task (a key of `SMOKE_CANVASES`).
@@ -323,7 +327,7 @@ def dense_study(task: str, variant: str,
 # YOLO's heads without their neck.
 # Segmentation's 200 canvases take 30 epochs (at 20, SimCLR's θ_p stayed under 50% mIoU).
 # Detection is on the upstream classes 0-4 (as VOC's classes are ImageNet's): 100 canvases
-# for 60 epochs after an 8-epoch warm-up, with the heads on the backbone's stages
+# for 60 epochs, the first 8 a warm-up, with the heads on the backbone's stages
 # (`neck='none'`, heads 1/16 of the reference's widths, the backbone's): behind the
 # reference's SPP + PANet neck, some 30 layers from random weights, no θ_p beat scratch on
 # any detection canvases tried (README, "The paper in miniature": the gaps measured with each).
