@@ -30,8 +30,8 @@ and detection canvases of the upstream classes 0-4, as VOC's classes are ImageNe
 (`animal_a_canvas_det_few`, the heads on the backbone's stages), each with its recipe
 (`lth_jax.experiments.presets.FEW_SHOT_RECIPES`, `config.paper.task_recipes`) and, there
 only, task-specific tickets (3 rounds of IMP on the task): about 11.5 hours on a 2-core
-CPU by its fine-tunes' measured times (README), not yet run whole. The default run takes
-about 70 minutes there (66 measured with three dense runs a side).
+CPU by its fine-tunes' measured times (README; its detection part not yet run). The
+default run takes about 70 minutes there (66 measured with three dense runs a side).
 """
 
 from lth_jax.experiments import presets
