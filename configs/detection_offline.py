@@ -45,4 +45,5 @@ WHOLE = f'{pathlib.Path(__file__).with_name("paper_offline.py")}:all_tasks'
 
 
 def get_config(variant: str = ''):
-  return presets.dense_study('animal_a_canvas_det_few', variant, lambda: config_lib.load_config(WHOLE))
+  return presets.dense_study('animal_a_canvas_det_few', variant,
+                             lambda: config_lib.load_config(WHOLE))

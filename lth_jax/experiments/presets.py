@@ -244,10 +244,7 @@ def canvas_study(task: str, variant: str) -> ml_collections.ConfigDict:
   c.paper.task_imp_rounds = 3           # task-specific tickets at 20% and 36%
   c.paper.random_baselines = 'random_global'
   c.num_seeds = 2
-  recipe = DIGIT_CANVAS_RECIPES[task]
-  c.model.update(recipe['model'])
-  c.data.update(recipe['data'])
-  c.optim.update(recipe['optim'])
+  c.update(DIGIT_CANVAS_RECIPES[task])  # merged into each section, field by field
   if variant == 'tiny':
     c.pretrain.dataset = 'digits'
     c.data.dataset = c.paper.tasks = f'{task}_small'
