@@ -18,7 +18,8 @@ configs/paper_offline.py:all_tasks runs it, on that one task:
    IMP on the canvases from θ_Sup (20%, 36%). CIoU + focal objectness + BCE classes, VOC07
    11-point mAP at IoU 0.5 (headline) and over 0.50:0.05:0.95.
 3. results_animal_a_canvas_det_few.csv/.json (mAP@0.5 and mAP@[.5:.95]),
-   map_vs_sparsity_animal_a_canvas_det_few.png, extreme_sparsity.csv and verdict.txt.
+   map_vs_sparsity_animal_a_canvas_det_few.png, table_animal_a_canvas_det_few.md,
+   extreme_sparsity.csv and verdict.txt.
 
 About 5.5 hours on a 2-core CPU (86 fine-tunes of about 3.6 minutes, upstream IMP 16
 minutes). Its workdir is a part of configs/paper_offline.py:all_tasks's: rerun there with

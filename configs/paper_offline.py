@@ -20,7 +20,8 @@ the paper's small tasks): the upstream task is Animal-MNIST's classes 0-4
    a side to say), trains the same network from scratch with those 5 seeds, and prunes
    θ_Sup at random at the tickets' sparsities (globally, and with each ticket's layer
    profile).
-4. results.csv/.json, extreme_sparsity.csv/.json (per pre-training) and
+4. results.csv/.json, extreme_sparsity.csv/.json (per pre-training),
+   table_animal_mnist_b_few.md (the paper's layout) and
    accuracy_vs_sparsity_animal_mnist_b_few.png (one curve per pre-training, plus random).
 
 `:tiny` is a two-minute smoke run (supervised and MoCo pre-trained in the workdir,

@@ -16,7 +16,8 @@ configs/paper_offline.py:all_tasks runs it, on that one task:
    random pruning with the tickets' layer profile, and task-specific tickets found by IMP
    on the canvases from θ_Sup (20%, 36%).
 3. results_animal_canvas_seg_few.csv/.json, miou_vs_sparsity_animal_canvas_seg_few.png,
-   extreme_sparsity.csv and verdict.txt, as paper mode writes them.
+   table_animal_canvas_seg_few.md, extreme_sparsity.csv and verdict.txt, as paper mode
+   writes them.
 
 About 5.5 hours on a 2-core CPU (86 fine-tunes of about 3.6 minutes, upstream IMP 16
 minutes). Its workdir is a part of configs/paper_offline.py:all_tasks's: rerun there with

@@ -99,6 +99,7 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, mo
     assert (r['pretraining_bar'], r['can_test_claim'], r['dense_num_seeds']) == (
         pytest.approx(bar), gain > bar, 2)
   for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
+               'table_digits.md',
                'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
     assert os.path.exists(tmp_path / name), name
 
@@ -187,6 +188,7 @@ def test_paper_offline_tiny_end_to_end(tmp_path):
   for (method, pretraining), r in extreme.items():
     assert r['pretraining_gain'] == pytest.approx(dense[pretraining] - scratch)
   for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
+               'table_digits.md',
                'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
     assert os.path.exists(tmp_path / name), name
   # Every transfer fine-tune trained in a folder of its own.

@@ -45,6 +45,7 @@ Workdir layout (besides lth_jax.experiments'):
     results.csv/.json                    one row per (task, pretraining or random, ticket)
     extreme_sparsity.csv/.json           extreme matching sparsity per pretraining and task
     results_<task>.csv/.json             the rows of one task
+    table_<task>.md                      them in the paper's layout (see paper_report)
     <metric>_vs_sparsity_<task>.png      one curve per pre-training, plus the baselines
     verdict.txt                          the verdict line of each task
 """
@@ -62,14 +63,13 @@ from jax.sharding import Mesh
 
 from lth_jax import data, errors, masks as masks_lib, pruning
 from lth_jax.experiments import config as config_lib
-from lth_jax.experiments import modes, paper_transfer, paper_upstream, specs, wiring
-from lth_jax.lottery import DENSE, result_files
+from lth_jax.experiments import (modes, paper_report, paper_transfer, paper_upstream, specs,
+                                 wiring)
 from lth_jax.runtime import console, files, paths, sharding
 from lth_jax.tasks import Metric
 
 # The random baselines: method -> whether each layer keeps the ticket's count.
 RANDOM_BASELINES = pruning.RANDOM_BASELINES
-COLUMNS = ('task', 'method', 'ticket', 'sparsity', 'test_{}', 'test_{}_std', 'matching')
 
 
 def section() -> ml_collections.ConfigDict:
@@ -160,18 +160,6 @@ def random_masks(workdir: str, seed: int, tickets: dict[str, Any], policy: str |
   return out
 
 
-def _curves(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-  """method -> its rows, each curve starting at its own dense point."""
-  curves: dict[str, list[dict[str, Any]]] = {}
-  for row in rows:
-    curves.setdefault(row['method'], []).append(row)
-  dense = {r['pretraining']: r for r in rows if r['ticket'] == DENSE}
-  for method in (*RANDOM_BASELINES, paper_transfer.TASK_SPECIFIC):
-    if method in curves:
-      curves[method].insert(0, dense[curves[method][0]['pretraining']])
-  return curves
-
-
 def verdict(task: str, metric: Metric, extreme: list[dict[str, Any]]) -> str:
   """One line: how far each kind of ticket matches its dense network on a task.
 
@@ -246,11 +234,7 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
     verdicts.append(verdict(task_name, metric, task_extreme))
     console.say(f'Verdict: {verdicts[-1]}')
     if sharding.is_chief():
-      console.say(result_files.write(
-          workdir, task_rows, _curves(task_rows), [],
-          f'Upstream tickets transferred to {task_name}',
-          [c.format(metric.key) for c in COLUMNS], suffix=f'_{task_name}', metric=metric,
-          labels={o: f'IMP on {o} pre-training, rewind to θ_p' for o in tickets}))
+      console.say(paper_report.write(workdir, task_name, task_rows, metric))
   if sharding.is_chief():
     files.write_table(paths.results_table(workdir), rows)
     files.write_table(paths.extreme_sparsity_table(workdir), extreme)

@@ -83,6 +83,7 @@ _RELEASED_CHECKPOINT = 'theta_p.npz'
 # A mode's table of results (csv and json) and its plot.
 _RESULTS = 'results'
 _PLOT = '{}_vs_sparsity{}.png'
+_PAPER_TABLE = 'table_{}.md'
 
 
 def round_name(k: int) -> str:
@@ -236,6 +237,11 @@ def results_plot(workdir: str, metric_file: str, suffix: str = '') -> str:
 def extreme_sparsity_table(workdir: str) -> str:
   """Paper mode's extreme matching sparsities, without extension (.csv and .json)."""
   return os.path.join(workdir, _EXTREME_SPARSITY)
+
+
+def paper_table(workdir: str, task: str) -> str:
+  """Paper mode's table of one task in the paper's layout (markdown)."""
+  return os.path.join(workdir, _PAPER_TABLE.format(task))
 
 
 def verdict_file(workdir: str) -> str:
