@@ -99,9 +99,19 @@ def test_paper_offline_tiny_study_on_fake_finetunes(tmp_path, fake_finetunes, mo
     assert (r['pretraining_bar'], r['can_test_claim'], r['dense_num_seeds']) == (
         pytest.approx(bar), gain > bar, 2)
   for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
-               'table_digits.md',
-               'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
+               'table_digits.md', 'upstream/moco/pretrain/variables',
+               'upstream/moco/theta_p.json'):
     assert os.path.exists(tmp_path / name), name
+  # The task's table in the paper's layout, on these rows: every curve reaches 20%.
+  table = (tmp_path / 'table_digits.md').read_text(encoding='utf-8').splitlines()
+  assert table[0] == ("| sparsity | θ_Sup tickets | random global | random, ticket's layers | "
+                      'task-specific | θ_MoCo tickets |')
+  at_20 = next(line for line in table if line.startswith('| 20% |')).strip('|').split('|')[1:]
+  assert [c.strip().strip('*').split(' ')[0] for c in at_20] == [
+      f'{100 * by_key[k]["test_accuracy"]:.2f}' for k in (
+          ('supervised', 'round_00'), ('random_global', 'random_global_round_00'),
+          ('random_layerwise', 'random_layerwise_round_00'),
+          ('task_specific', 'task_specific_round_01'), ('moco', 'round_00'))]
 
   # The experiment ETA counts every transfer fine-tune: one each.
   trained = [c for c in fake_finetunes.calls
@@ -188,8 +198,8 @@ def test_paper_offline_tiny_end_to_end(tmp_path):
   for (method, pretraining), r in extreme.items():
     assert r['pretraining_gain'] == pytest.approx(dense[pretraining] - scratch)
   for name in ('results.csv', 'extreme_sparsity.csv', 'accuracy_vs_sparsity_digits.png',
-               'table_digits.md',
-               'upstream/moco/pretrain/variables', 'upstream/moco/theta_p.json'):
+               'table_digits.md', 'upstream/moco/pretrain/variables',
+               'upstream/moco/theta_p.json'):
     assert os.path.exists(tmp_path / name), name
   # Every transfer fine-tune trained in a folder of its own.
   trained = glob.glob(str(tmp_path / 'transfer' / '**' / 'seed_*'), recursive=True)

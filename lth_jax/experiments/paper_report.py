@@ -48,16 +48,21 @@ def _curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, An
 
 
 def _cell(row: Mapping[str, Any], key: str) -> str:
+  """'71.00 ± 1.00' in percent, bold where a sparse row matches ('(one run)' without std)."""
   std = row.get(f'{key}_std')
   text = f'{100 * row[key]:.2f} ' + (ONE_RUN if std is None else f'± {100 * std:.2f}')
   return f'**{text}**' if row.get('matching') and row['ticket'] != DENSE else text
+
+
+def _seeds(count: int) -> str:
+  return f'{count} seed' + ('s' if count != 1 else '')
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
   """(method, header) of each column: the first pre-training's curves, then the others'.
 
   The first pre-training is the one the baselines and task-specific tickets derive from,
-  else the first row's.
+  else the first in the rows (the first of `paper.pretrainings`).
   """
   pretrainings = list(dict.fromkeys(r['pretraining'] for r in rows if r['method'] != SCRATCH))
   first = next((r['pretraining'] for r in rows if r['method'] in _DERIVED), pretrainings[0])
@@ -72,7 +77,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: Headline) -> str:
 
   Args:
     rows: the task's rows (`paper_transfer.transfer_to_task`), marked matching: one
-      'scratch' row, each pre-training's 'dense' row and its tickets', the baselines'.
+      'scratch' row, each pre-training's 'dense' row and tickets, the random baselines'
+      and the task-specific IMP's rounds.
     metric: the task's headline metric.
 
   Returns:
@@ -88,10 +94,11 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: Headline) -> str:
     raise ValueError('The rows have no scratch row: the table says what pre-training adds '
                      'over training from scratch.')
   dense_seeds = max(len(r['runs']) for r in rows if r['ticket'] == DENSE)
+  seeds = max((len(r['runs']) for r in rows if r['sparsity'] > 0), default=dense_seeds)
   lines: dict[str, dict[str, Mapping[str, Any]]] = {}
   for row in sorted((r for r in rows if r is not scratch), key=lambda r: r['sparsity']):
     # Every pre-training's dense row is on the first line, in its own column.
-    label = (f'0% (dense θ_p, {dense_seeds} seeds)' if row['ticket'] == DENSE
+    label = (f'0% (dense θ_p, {_seeds(dense_seeds)})' if row['ticket'] == DENSE
              else f'{result_files.sparsity_label(100 * (1 - row["sparsity"]))}%')
     line = lines.setdefault(label, {})
     if row['method'] in line:
@@ -105,8 +112,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: Headline) -> str:
   runs = ', '.join(f'{100 * r[key]:.2f}' for r in scratch['runs'])
   return (markdown_table(['sparsity', *(h for _, h in columns)], table)
           + f'\n\nTraining from scratch: {_cell(scratch, key)} ({runs}). Test {metric.label} '
-          'at the best validation epoch, mean ± std over the seeds; bold: matching, within '
-          "one std of the same pre-training's dense transfer.\n")
+          f'at the best validation epoch, mean ± std over {_seeds(seeds)} (the dense '
+          f'networks over {dense_seeds}); bold: matching, within one std of the same '
+          "pre-training's dense transfer.\n")
 
 
 def write(workdir: str, task: str, rows: Sequence[Mapping[str, Any]],
@@ -120,13 +128,17 @@ def write(workdir: str, task: str, rows: Sequence[Mapping[str, Any]],
     metric: its headline metric.
 
   Returns:
-    The console text: the rows, where the files are, and the table.
+    The console text: the rows, where the files are, and the table (or why there is
+    none: rows that `markdown` cannot lay out do not stop the run before its results).
   """
   pretrainings = dict.fromkeys(r['pretraining'] for r in rows if r['method'] != SCRATCH)
   text = result_files.write(
       workdir, rows, _curves(rows), [], f'Upstream tickets transferred to {task}',
       [c.format(metric.key) for c in COLUMNS], suffix=f'_{task}', metric=metric,
       labels={p: f'IMP on {p} pre-training, rewind to θ_p' for p in pretrainings})
-  table = markdown(rows, metric)
+  try:
+    table = markdown(rows, metric)
+  except ValueError as e:
+    table = f'No table of {task}: {e}\n'
   path = files.atomic_write(paths.paper_table(workdir, task), lambda f: f.write(table))
   return f'{text}\n\n{table}Table: {path}'

@@ -47,7 +47,9 @@ def atomic_write(path: str, write: Callable[[IO[Any]], None], mode: str = 'w') -
   # other hosts and users of a shared workdir out); O_EXCL keeps the name ours alone.
   handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   try:
-    with os.fdopen(handle, mode, **({'newline': ''} if 'b' not in mode else {})) as f:
+    # Text in UTF-8 whatever the locale: tables and verdicts name θ_p.
+    text = {'newline': '', 'encoding': 'utf-8'} if 'b' not in mode else {}
+    with os.fdopen(handle, mode, **text) as f:
       write(f)
       # On the disk before the rename: a machine that crashes right after it must not
       # leave the target empty or cut short.
