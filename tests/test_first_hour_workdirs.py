@@ -206,7 +206,10 @@ def test_experiment_json_records_the_device_counts_and_versions(after_bad_values
   assert recorded[workdir_lib.ENVIRONMENT] == {
       'devices': {'mesh': 1, 'per_run': 1},
       'versions': {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
-                   'flax': flax.__version__}}
+                   'flax': flax.__version__},
+      'machine': {'backend': 'cpu', 'device_kind': jax.devices()[0].device_kind,
+                  'cpu': workdir_lib.machine()['cpu']}}
+  assert recorded[workdir_lib.ENVIRONMENT]['machine']['cpu']  # a model name, not ''
   # The config read back from the record leaves the environment out.
   assert config_lib.from_record(recorded).num_devices == 1
 
@@ -256,6 +259,34 @@ def test_a_resume_under_other_versions_warns_naming_both_and_goes_on(tmp_path, c
   assert 'jax 0.0.1' in caplog.text and f'jax {jax.__version__}' in caplog.text
   # The record keeps the versions the workdir was started under.
   assert json.loads(path.read_text())[workdir_lib.ENVIRONMENT]['versions']['jax'] == '0.0.1'
+
+
+def test_a_resume_on_another_machine_warns_naming_both_and_goes_on(tmp_path, caplog):
+  c = tiny()
+  experiments.claim(str(tmp_path), c)
+  path = tmp_path / workdir_lib.EXPERIMENT_FILE
+  recorded = json.loads(path.read_text())
+  here = recorded[workdir_lib.ENVIRONMENT]['machine']
+  assert here == workdir_lib.machine()
+  with caplog.at_level(logging.WARNING):
+    assert experiments.claim(str(tmp_path), c)
+  assert 'machines' not in caplog.text  # the same machine: nothing to say
+  recorded[workdir_lib.ENVIRONMENT]['machine'] = {**here, 'cpu': 'Other CPU 9000'}
+  path.write_text(json.dumps(recorded))
+  with caplog.at_level(logging.WARNING):
+    assert experiments.claim(str(tmp_path), c)
+  assert 'cpu Other CPU 9000' in caplog.text and f'cpu {here["cpu"]}' in caplog.text
+  assert 'results differ between machines' in caplog.text
+  # The record keeps the machine the workdir was started on; one written before the
+  # machine was recorded resumes without a word about it.
+  assert json.loads(path.read_text())[workdir_lib.ENVIRONMENT]['machine']['cpu'] == (
+      'Other CPU 9000')
+  del recorded[workdir_lib.ENVIRONMENT]['machine']
+  path.write_text(json.dumps(recorded))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert experiments.claim(str(tmp_path), c)
+  assert 'machines' not in caplog.text
 
 
 # ------------------------------------------------------------------------ unused data_dir

@@ -18,8 +18,10 @@ recorded settings (written by an older lth_jax) counts as its default.
 Beside the settings, `experiment.json` records its runs' environment: the number of
 devices they train on (the mesh, and each run's devices when runs go side by side),
 which changes the numbers, so a resume on another count is refused (a workdir written
-before it was recorded resumes as before); and the jax, jaxlib and flax versions it was
-started under, which may change them too, so a resume under others warns.
+before it was recorded resumes as before); and the jax, jaxlib and flax versions and the
+machine (backend, device kind, CPU model) it was started on, which change them too (XLA
+compiles for the machine, and a run's floats round otherwise on another), so a resume under
+other versions or on another machine warns.
 
 Files:
     experiment.json   the experiment's settings and its environment (chief process only)
@@ -35,10 +37,12 @@ import hashlib
 import importlib
 import json
 import os
+import platform
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 from absl import logging
 from flax import traverse_util
 
@@ -115,6 +119,17 @@ def versions() -> dict[str, str]:
   return {name: importlib.import_module(name).__version__ for name in VERSIONED_PACKAGES}
 
 
+def machine() -> dict[str, str]:
+  """What this process computes on: {'backend', 'device_kind', 'cpu'} (the CPU's model name)."""
+  cpu = platform.processor() or platform.machine()
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f
+                  if line.startswith('model name')), cpu)
+  return {'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
+          'cpu': cpu}
+
+
 def read_experiment(workdir: str) -> dict[str, Any] | None:
   """The record of a workdir's `experiment.json`: its settings and environment.
 
@@ -141,7 +156,7 @@ def _shown(devices: Mapping[str, int]) -> str:
 
 def _check_environment(workdir: str, recorded: Mapping[str, Any],
                        devices: Mapping[str, int] | None, rules: ResumeRules) -> None:
-  """Refuses a resume on another device count; warns under other package versions."""
+  """Refuses a resume on another device count; warns under other versions or machines."""
   old = recorded.get('devices')
   if devices is not None and old is not None and old != dict(devices):
     raise WorkdirError(
@@ -149,13 +164,15 @@ def _check_environment(workdir: str, recorded: Mapping[str, Any],
         f'{_shown(devices)}: results depend on the device count, and resuming on another '
         f'one would mix runs of both. Resume it on {_shown(old)} ({rules.devices_fix(old)}), '
         'or use a new --workdir.')
-  shown = lambda packages: ', '.join(f'{k} {v}' for k, v in sorted(packages.items()))
-  current = versions()
-  if recorded.get('versions') not in (None, current):
-    logging.warning(
-        '%s was started under %s and this run uses %s: results may differ between '
-        'versions, so the runs added now may not match the recorded ones exactly.',
-        workdir, shown(recorded['versions']), shown(current))
+  shown = lambda items: ', '.join(f'{k} {v}' for k, v in sorted(items.items()))
+  for key, current, between in (('versions', versions(), 'versions'),
+                                ('machine', machine(), 'machines')):
+    # A workdir written before the key was recorded says nothing about it.
+    if recorded.get(key) not in (None, current):
+      logging.warning(
+          '%s was started under %s and this run uses %s: results differ between %s, so '
+          'the runs added now may not match the recorded ones exactly.', workdir,
+          shown(recorded[key]), shown(current), between)
 
 
 def _existing(workdir: str, patterns: Sequence[str]) -> list[str]:
@@ -259,7 +276,7 @@ def claim(workdir: str, record: Mapping[str, Any], *, rules: ResumeRules = Resum
   current = json.loads(json.dumps(dict(record)))  # JSON values only, as read back
   recorded = read_experiment(workdir)
   resumed = recorded is not None
-  environment = {'versions': versions()}
+  environment = {'versions': versions(), 'machine': machine()}
   if resumed:
     # Fingerprints are rewritten below: one that cannot be read counts as missing.
     recorded_inputs = files.read_json(os.path.join(workdir, INPUTS_FILE), {})
