@@ -160,3 +160,12 @@ def test_runs_one_at_a_time_report_the_experiment_progress_too(monkeypatch):
   said.clear()
   Scheduler(None).map(lambda item, mesh: None, ['a'])  # no count given: nothing to report
   assert said == []
+  # Counted up front (paper mode), the finished runs are in the count from the first line:
+  # the engines' counts as they reach them add nothing.
+  counted = experiments.wiring.scheduler(experiment, sharding.make_mesh(jax.devices()[:1]),
+                                         total_runs=10, finished_runs=7)
+  counted.map(lambda item, mesh: None, ['a'])
+  counted.count_finished(7)
+  counted.map(lambda item, mesh: None, ['b'])
+  assert [line.split('; ')[1] for line in said] == ['8/10 runs done, experiment ETA 0m00s',
+                                                   '9/10 runs done, experiment ETA 0m00s']

@@ -191,16 +191,6 @@ def verdict(task: str, metric: Metric, extreme: list[dict[str, Any]]) -> str:
   return f'{task} ({metric.label}): ' + '; '.join(parts) + '.'
 
 
-def _transfer_runs(experiment: specs.Experiment, tickets: dict[str, dict[str, Any]],
-                   random_masks: dict[str, Any], task_imp_rounds: int) -> int:
-  """Fine-tunes on one task: scratch and each pre-training's dense θ_p with the dense
-  seeds; its tickets, the random baselines and the task-specific IMP's pruned rounds
-  with the seeds (its dense round is the first pre-training's dense transfer)."""
-  sparse = sum(map(len, tickets.values())) + len(random_masks) + max(task_imp_rounds - 1, 0)
-  return ((1 + len(tickets)) * len(experiment.dense_seeds)
-          + sparse * len(experiment.seeds))
-
-
 def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any]:
   """Upstream tickets of several pre-trainings and their transfer (see the module).
 
@@ -217,10 +207,10 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   tickets, thetas = paper_upstream.tickets(experiment, workdir, mesh)
   baselines = random_masks(workdir, experiment.seed, next(iter(tickets.values())),
                            experiment.imp.policy, paper.random_baselines)
-  runs = wiring.scheduler(
-      experiment, mesh, total_runs=sum(
-          _transfer_runs(experiment, tickets, baselines, paper.training[task].task_imp_rounds)
-          for task in paper.tasks))
+  finished = [done for task in paper.tasks for done in paper_transfer.runs_of_task(
+      experiment, workdir, task, tickets, baselines)]
+  runs = wiring.scheduler(experiment, mesh, total_runs=len(finished),
+                          finished_runs=sum(finished))
   rows, extreme, verdicts = [], [], []
   for task_name in paper.tasks:
     try:

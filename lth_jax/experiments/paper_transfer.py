@@ -30,8 +30,8 @@ from jax.sharding import Mesh
 from lth_jax import pruning, tasks
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import sources, specs, wiring
-from lth_jax.lottery import results, run_imp, run_transfer
-from lth_jax.runtime import console, paths
+from lth_jax.lottery import DENSE, results, rounds as rounds_lib, run_imp, run_transfer
+from lth_jax.runtime import console, files, paths
 from lth_jax.runtime.scheduler import Scheduler
 from lth_jax.tasks import Metric
 from lth_jax.training.optim import Recipe
@@ -127,11 +127,54 @@ class _Transfer:
   task_imp_rounds: int                # the task's (0: no task-specific IMP)
 
 
+def _task_imp_spec(experiment: specs.Experiment, task_imp_rounds: int) -> Any:
+  # Its dense round 0, the dense transfer, has the dense networks' seeds.
+  return dataclasses.replace(experiment.imp.spec, num_rounds=task_imp_rounds)
+
+
+def runs_of_task(experiment: specs.Experiment, workdir: str, task: str,
+                 tickets: dict[str, dict[str, Any]], baselines: dict[str, Any]) -> list[bool]:
+  """Every fine-tune `transfer_to_task` trains on a task: whether the workdir holds it.
+
+  Counted before any trains, so that a resume's progress counts every finished run from
+  its first line, also those after a run the resume adds (more dense seeds).
+
+  Args:
+    experiment: the paper experiment.
+    workdir: its workdir.
+    task: one of its tasks.
+    tickets: pretraining -> {ticket name -> mask}, the first pre-training first.
+    baselines: the random baselines' masks (of the first pre-training's tickets).
+
+  Returns:
+    One entry per fine-tune: True when it has finished (as the engines judge it: a
+    transfer run's result file, a task-specific IMP seed in its round's record).
+  """
+  folder = paths.transfer_dir(workdir, task)
+  seeds, dense_seeds = experiment.seeds, experiment.dense_seeds
+  done = lambda run_dir, name, seed: files.read_json(
+      paths.transfer_result(os.path.join(folder, run_dir), name, seed)) is not None
+  runs = [done(SCRATCH, DENSE, seed) for seed in dense_seeds]
+  task_imp_rounds = experiment.section.training[task].task_imp_rounds
+  first = next(iter(tickets))
+  for objective, chosen in tickets.items():
+    if objective == first and task_imp_rounds:  # its dense transfer is the IMP's round 0
+      spec = _task_imp_spec(experiment, task_imp_rounds)
+      for k in range(spec.first_round, spec.num_rounds):
+        record = rounds_lib.read_round_record(os.path.join(folder, TASK_SPECIFIC), k) or {}
+        recorded = {run['seed'] for run in record.get('runs', [])}
+        runs += [seed in recorded for seed in spec.round_seeds(k)]
+    else:
+      runs += [done(objective, DENSE, seed) for seed in dense_seeds]
+    named = [*chosen, *(baselines if objective == first else ())]
+    runs += [done(objective, name, seed) for name in named for seed in seeds]
+  return runs
+
+
 def _task_specific(t: _Transfer, run_dir: str, start: Any) -> list[dict[str, Any]]:
   """IMP on the task from the first pre-training's θ_p: every round's record."""
   experiment, metric = t.experiment, t.metric
-  # Its dense round 0, the dense transfer, has the dense networks' seeds.
-  spec = dataclasses.replace(experiment.imp.spec, num_rounds=t.task_imp_rounds)
+  spec = _task_imp_spec(experiment, t.task_imp_rounds)
   # A criterion of the gradient (SNIP) scores by the task's own loss, as in mode imp.
   gradient = (t.loss_gradient(start(experiment.seed)['batch_stats'])
               if pruning.get(spec.pruning).needs_gradient else None)

@@ -145,8 +145,8 @@ def _needs_tf_data(task: tasks.Task, info: data.DatasetInfo) -> str:
   return ''
 
 
-def scheduler(experiment: specs.Experiment, mesh: Mesh,
-              total_runs: int | None = None) -> Scheduler:
+def scheduler(experiment: specs.Experiment, mesh: Mesh, total_runs: int | None = None,
+              finished_runs: int | None = None) -> Scheduler:
   """The scheduler of independent runs: side by side on groups of `devices_per_run`
   devices, or one at a time on the caller's mesh (a scheduler of one group).
 
@@ -154,18 +154,20 @@ def scheduler(experiment: specs.Experiment, mesh: Mesh,
     experiment: the experiment.
     mesh: the experiment's mesh, split into groups of `devices_per_run` devices.
     total_runs: the experiment's runs, for its progress and ETA after each run.
+    finished_runs: how many its workdir holds already, if counted up front (`Scheduler`).
 
   Raises:
     ConfigError: `devices_per_run` does not divide the devices or the batch sizes.
   """
   per_run, d = experiment.devices_per_run, experiment.data
   if not per_run or per_run == mesh.size:
-    return Scheduler(None, total_runs=total_runs)
+    return Scheduler(None, total_runs=total_runs, finished_runs=finished_runs)
   for field, size in (('batch_size', d.batch_size), ('eval_batch_size', d.eval_batch_size)):
     if size % per_run:
       config_lib.fail('devices_per_run', per_run, f'must divide config.data.{field}={size}.')
   try:
-    return Scheduler(list(mesh.devices.flat), per_run, total_runs=total_runs)
+    return Scheduler(list(mesh.devices.flat), per_run, total_runs=total_runs,
+                     finished_runs=finished_runs)
   except ValueError as e:
     raise errors.ConfigError(f'config.devices_per_run={per_run}: {e}') from None
 

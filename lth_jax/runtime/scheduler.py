@@ -42,7 +42,8 @@ class Scheduler:
   """Runs independent jobs concurrently, one per group of devices."""
 
   def __init__(self, devices: Sequence[jax.Device] | None,
-               devices_per_run: int | None = None, total_runs: int | None = None):
+               devices_per_run: int | None = None, total_runs: int | None = None,
+               finished_runs: int | None = None):
     """Splits `devices` into groups.
 
     Args:
@@ -51,6 +52,9 @@ class Scheduler:
       devices_per_run: devices of each run (None or 0: all of them, one run at a time).
       total_runs: the experiment's number of runs, for the experiment-level ETA (None:
         the ETA covers the jobs of the current `map`).
+      finished_runs: how many of them finished before this process started, counted up
+        front by the experiment; then `count_finished` adds nothing (None: the engines
+        count them with `count_finished` as they reach them).
 
     Raises:
       ValueError: `devices_per_run` does not divide the devices, or several processes
@@ -69,7 +73,8 @@ class Scheduler:
         sharding.make_mesh(devices[i:i + per_run]) for i in range(0, len(devices), per_run)]
     self.total_runs = total_runs
     self._lock = threading.Lock()
-    self._done = 0          # runs of the experiment done, earlier ones included
+    self._done = finished_runs or 0  # runs of the experiment done, earlier ones included
+    self._counted_up_front = finished_runs is not None
     self._runs_timed = 0    # runs this scheduler timed
     self._busy_seconds = 0.0
     self._in_flight: dict[str, str] = {}
@@ -82,11 +87,14 @@ class Scheduler:
   def count_finished(self, runs: int) -> None:
     """Counts runs that finished before this process started (a resumed experiment).
 
-    They count as done in the progress, but not in the ETA's time per run.
+    They count as done in the progress, but not in the ETA's time per run; where the
+    experiment counted them up front (`finished_runs`), they are in the count already.
 
     Args:
       runs: how many of the experiment's runs are already done.
     """
+    if self._counted_up_front:
+      return
     with self._lock:
       self._done += runs
 
