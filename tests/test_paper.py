@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+import types
 from unittest import mock
 
 import jax
@@ -17,7 +18,7 @@ from lth_jax import data, errors, experiments, masks as masks_lib, objectives, p
 from lth_jax.experiments import config as defaults
 from lth_jax.experiments import paper, paper_transfer, paper_upstream, presets, upstream
 from lth_jax.experiments import transfer as transfer_mode
-from lth_jax.lottery import rounds
+from lth_jax.lottery import iterative_pruning as imp_lib, rounds
 from lth_jax.metrics.headline import Metric
 
 
@@ -433,6 +434,33 @@ def test_a_rerun_may_drop_a_task_or_change_its_recipe_while_that_task_has_no_run
   assert experiments.claim(workdir, config(f'{few},digits', **{few: 0.02}))  # reordered
   assert experiments.claim(workdir, config(f'{few},digits,mnist5k', **{few: 0.02},
                                            mnist5k=0.2))
+
+
+def test_the_runs_of_a_task_are_counted_before_any_trains(tmp_path, caplog):
+  spec = imp_lib.ImpSpec(num_rounds=1, seeds=(0, 1), dense_seeds=(0, 1, 2))
+  experiment = types.SimpleNamespace(
+      seeds=(0, 1), dense_seeds=(0, 1, 2), imp=types.SimpleNamespace(spec=spec),
+      section=types.SimpleNamespace(training={'t': types.SimpleNamespace(task_imp_rounds=3)}))
+  tickets = {'supervised': {'round_01': 0, 'round_03': 0}, 'moco': {'round_01': 0}}
+  baselines = {'random_global_round_01': 0}
+  count = lambda: paper_transfer.runs_of_task(experiment, str(tmp_path), 't', tickets,
+                                              baselines)
+  # Scratch and moco's dense θ_p (supervised's is the IMP's round 0) with the dense seeds;
+  # the three tickets, the baseline and the IMP's rounds 1 and 2 with the seeds.
+  assert count() == (3 * 3 + 6 * 2, 0)
+  folder = tmp_path / 'transfer' / 't'
+  for run_dir, ticket, seed in (('scratch', 'dense', 2), ('moco', 'round_01', 1),
+                                ('supervised', 'random_global_round_01', 0)):
+    path = folder / run_dir / ticket / f'seed_{seed}' / 'result.json'
+    path.parent.mkdir(parents=True)
+    path.write_text('{"seed": %d}' % seed)
+  path.write_text('{"seed": ')  # cut short by a crash: to be recorded again, not finished
+  round_0 = folder / 'task_specific' / 'round_00'
+  round_0.mkdir(parents=True)
+  (round_0 / 'round.json').write_text(json.dumps({'runs': [{'seed': 1}, {'seed': 2}]}))
+  with caplog.at_level('WARNING'):
+    assert count() == (21, 4)
+  assert 'cannot be read' in caplog.text
 
 
 def test_a_divergence_on_a_task_with_its_own_recipe_names_that_recipe():

@@ -207,10 +207,10 @@ def run(experiment: specs.Experiment, workdir: str, mesh: Mesh) -> dict[str, Any
   tickets, thetas = paper_upstream.tickets(experiment, workdir, mesh)
   baselines = random_masks(workdir, experiment.seed, next(iter(tickets.values())),
                            experiment.imp.policy, paper.random_baselines)
-  finished = [done for task in paper.tasks for done in paper_transfer.runs_of_task(
-      experiment, workdir, task, tickets, baselines)]
-  runs = wiring.scheduler(experiment, mesh, total_runs=len(finished),
-                          finished_runs=sum(finished))
+  counts = [paper_transfer.runs_of_task(experiment, workdir, task, tickets, baselines)
+            for task in paper.tasks]
+  runs = wiring.scheduler(experiment, mesh, total_runs=sum(c[0] for c in counts),
+                          finished_runs=sum(c[1] for c in counts))
   rows, extreme, verdicts = [], [], []
   for task_name in paper.tasks:
     try:

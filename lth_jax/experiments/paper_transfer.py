@@ -30,8 +30,10 @@ from jax.sharding import Mesh
 from lth_jax import pruning, tasks
 from lth_jax.experiments import config as config_lib
 from lth_jax.experiments import sources, specs, wiring
-from lth_jax.lottery import DENSE, results, rounds as rounds_lib, run_imp, run_transfer
-from lth_jax.runtime import console, files, paths
+from lth_jax.lottery import DENSE, results, run_imp, run_transfer
+from lth_jax.lottery.iterative_pruning import count_runs
+from lth_jax.lottery.ticket_transfer import transfer_runs
+from lth_jax.runtime import console, paths
 from lth_jax.runtime.scheduler import Scheduler
 from lth_jax.tasks import Metric
 from lth_jax.training.optim import Recipe
@@ -133,11 +135,13 @@ def _task_imp_spec(experiment: specs.Experiment, task_imp_rounds: int) -> Any:
 
 
 def runs_of_task(experiment: specs.Experiment, workdir: str, task: str,
-                 tickets: dict[str, dict[str, Any]], baselines: dict[str, Any]) -> list[bool]:
-  """Every fine-tune `transfer_to_task` trains on a task: whether the workdir holds it.
+                 tickets: dict[str, dict[str, Any]], baselines: dict[str, Any]
+                 ) -> tuple[int, int]:
+  """The fine-tunes `transfer_to_task` trains on a task, and how many the workdir holds.
 
-  Counted before any trains, so that a resume's progress counts every finished run from
-  its first line, also those after a run the resume adds (more dense seeds).
+  Counted before any trains, by the engines' own rules (`transfer_runs`, `count_runs`),
+  so that a resume's progress counts every finished run from its first line, also those
+  after a run the resume adds (more dense seeds).
 
   Args:
     experiment: the paper experiment.
@@ -147,28 +151,30 @@ def runs_of_task(experiment: specs.Experiment, workdir: str, task: str,
     baselines: the random baselines' masks (of the first pre-training's tickets).
 
   Returns:
-    One entry per fine-tune: True when it has finished (as the engines judge it: a
-    transfer run's result file, a task-specific IMP seed in its round's record).
+    (runs, finished runs).
+
+  Raises:
+    ValueError: the task-specific IMP's folder lacks a mask it cannot prune again.
   """
   folder = paths.transfer_dir(workdir, task)
-  seeds, dense_seeds = experiment.seeds, experiment.dense_seeds
-  done = lambda run_dir, name, seed: files.read_json(
-      paths.transfer_result(os.path.join(folder, run_dir), name, seed)) is not None
-  runs = [done(SCRATCH, DENSE, seed) for seed in dense_seeds]
+
+  def count(run_dir: str, names: list[str], dense_given: bool = False) -> tuple[int, int]:
+    units, todo = transfer_runs(os.path.join(folder, run_dir), [DENSE, *names],
+                                experiment.seeds, dense_seeds=experiment.dense_seeds,
+                                dense_given=dense_given)
+    return len(units), len(units) - len(todo)
+
+  counts = [count(SCRATCH, [])]
   task_imp_rounds = experiment.section.training[task].task_imp_rounds
   first = next(iter(tickets))
   for objective, chosen in tickets.items():
-    if objective == first and task_imp_rounds:  # its dense transfer is the IMP's round 0
-      spec = _task_imp_spec(experiment, task_imp_rounds)
-      for k in range(spec.first_round, spec.num_rounds):
-        record = rounds_lib.read_round_record(os.path.join(folder, TASK_SPECIFIC), k) or {}
-        recorded = {run['seed'] for run in record.get('runs', [])}
-        runs += [seed in recorded for seed in spec.round_seeds(k)]
-    else:
-      runs += [done(objective, DENSE, seed) for seed in dense_seeds]
-    named = [*chosen, *(baselines if objective == first else ())]
-    runs += [done(objective, name, seed) for name in named for seed in seeds]
-  return runs
+    specific = objective == first and task_imp_rounds > 0
+    if specific:  # its dense transfer is the IMP's round 0
+      counts.append(count_runs(os.path.join(folder, TASK_SPECIFIC),
+                               _task_imp_spec(experiment, task_imp_rounds)))
+    counts.append(count(objective, [*chosen, *(baselines if objective == first else ())],
+                        dense_given=specific))
+  return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 def _task_specific(t: _Transfer, run_dir: str, start: Any) -> list[dict[str, Any]]:

@@ -137,6 +137,16 @@ def masks_known_in_advance(spec: ImpSpec) -> bool:
           and spec.rewind_scope == 'all')
 
 
+def count_runs(run_dir: str, spec: ImpSpec) -> tuple[int, int]:
+  """(The fine-tunes of an IMP run, how many of them its folder holds), as `run_imp` counts.
+
+  Raises:
+    ValueError: as `plan.build`: a finished round's next mask is missing.
+  """
+  steps = plan.build(run_dir, spec, in_advance=masks_known_in_advance(spec), together=False)
+  return spec.num_runs, sum(len(r.seeds) - len(r.train) for r in steps.rounds)
+
+
 def run_imp(run_dir: str, spec: ImpSpec, start_variables: StartVariables,
             finetune: Finetune, on_round: Callable[[dict[str, Any]], None] | None = None,
             gradient: Callable[[Any], Any] | None = None,

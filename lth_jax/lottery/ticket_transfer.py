@@ -82,10 +82,8 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     _train_one(run_dir, name, seed, finetune, conformed[name],
                init_for.get(name, start_for)(seed), mesh)
 
-  units = [(n, seed) for n in named for seed in seeds_of(n) if not (n == DENSE and given)]
-  # A result a crash cut short counts as missing: the run's finished checkpoints give it
-  # again without training.
-  todo = [(name, seed) for name, seed in units if files.read_json(result(name, seed)) is None]
+  units, todo = transfer_runs(run_dir, list(named), seeds, dense_seeds=dense_seeds,
+                              dense_given=bool(given))
   scheduler = scheduler or Scheduler(None)  # one group: one run after another
   scheduler.count_finished(len(units) - len(todo))
   named_runs = lambda runs: [f'{name} seed {seed}' for name, seed in runs]
@@ -106,6 +104,31 @@ def run_transfer(run_dir: str, tickets: Mapping[str, Any], start_variables: Star
     rows.append(row)
     (on_result or (lambda _: None))(row)
   return rows
+
+
+def transfer_runs(run_dir: str, names: Sequence[str], seeds: Sequence[int], *,
+                  dense_seeds: Sequence[int] | None = None, dense_given: bool = False
+                  ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+  """The (ticket, seed) runs of a transfer, and those its folder does not hold yet.
+
+  Args:
+    run_dir: where the runs live.
+    names: the tickets' names, `DENSE` among them.
+    seeds: the fine-tuning seeds.
+    dense_seeds: the dense network's seeds when they differ from `seeds`.
+    dense_given: the dense network's runs exist elsewhere (`run_transfer`'s
+      `dense_runs`): none of its runs is trained here.
+
+  Returns:
+    (every run `run_transfer` trains or reads back, the runs still to train).
+  """
+  seeds_of = lambda name: tuple(dense_seeds or seeds) if name == DENSE else seeds
+  units = [(n, s) for n in names for s in seeds_of(n) if not (n == DENSE and dense_given)]
+  # A result a crash cut short counts as missing: the run's finished checkpoints give it
+  # again without training.
+  todo = [(n, s) for n, s in units
+          if files.read_json(paths.transfer_result(run_dir, n, s)) is None]
+  return units, todo
 
 
 def _train_one(run_dir: str, name: str, seed: int, finetune: Finetune, masks: Any,

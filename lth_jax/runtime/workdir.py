@@ -19,9 +19,9 @@ Beside the settings, `experiment.json` records its runs' environment: the number
 devices they train on (the mesh, and each run's devices when runs go side by side),
 which changes the numbers, so a resume on another count is refused (a workdir written
 before it was recorded resumes as before); and the jax, jaxlib and flax versions and the
-machine (backend, device kind, CPU model) it was started on, which change them too (XLA
-compiles for the machine, and a run's floats round otherwise on another), so a resume under
-other versions or on another machine warns.
+machine (backend, device kind; on CPU the processor's model and flags) it was started on,
+which may change them too (XLA compiles for the machine, and a run's floats may round
+otherwise on another), so a resume under other versions or on another machine warns.
 
 Files:
     experiment.json   the experiment's settings and its environment (chief process only)
@@ -120,14 +120,31 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, str]:
-  """What this process computes on: {'backend', 'device_kind', 'cpu'} (the CPU's model name)."""
-  cpu = platform.processor() or platform.machine()
-  if os.path.exists('/proc/cpuinfo'):
+  """What this process computes on: {'backend', 'device_kind'} and, on CPU, 'cpu'.
+
+  On CPU, XLA compiles for the processor's instruction set, so 'cpu' names its model and a
+  digest of its feature flags (cloud machines of one name may differ in them); on an
+  accelerator the host CPU is left out.
+  """
+  out = {'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind}
+  if out['backend'] == 'cpu':
+    out['cpu'] = _cpu()
+  return out
+
+
+def _cpu() -> str:
+  fields: dict[str, str] = {}
+  try:  # Linux; the first processor's lines (x86: 'model name', Arm: implementer and part)
     with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
-      cpu = next((line.split(':', 1)[1].strip() for line in f
-                  if line.startswith('model name')), cpu)
-  return {'backend': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
-          'cpu': cpu}
+      for line in f:
+        key, _, value = line.partition(':')
+        fields.setdefault(key.strip(), value.strip())
+  except OSError:
+    pass
+  arm = ' '.join(fields[k] for k in ('CPU implementer', 'CPU part') if k in fields)
+  name = fields.get('model name') or arm or platform.processor() or platform.machine()
+  flags = fields.get('flags') or fields.get('Features')
+  return name + (f' (flags {hashlib.sha256(flags.encode()).hexdigest()[:8]})' if flags else '')
 
 
 def read_experiment(workdir: str) -> dict[str, Any] | None:
@@ -170,8 +187,8 @@ def _check_environment(workdir: str, recorded: Mapping[str, Any],
     # A workdir written before the key was recorded says nothing about it.
     if recorded.get(key) not in (None, current):
       logging.warning(
-          '%s was started under %s and this run uses %s: results differ between %s, so '
-          'the runs added now may not match the recorded ones exactly.', workdir,
+          '%s was started under %s and this run uses %s: results may differ between %s, '
+          'so the runs added now may not match the recorded ones exactly.', workdir,
           shown(recorded[key]), shown(current), between)
 
 
