@@ -104,3 +104,14 @@ def test_one_seed_is_said_in_the_singular():
   rows = [{**r, 'runs': r['runs'][:1], 'test_miou_std': None} for r in _rows()]
   text = paper_report.markdown(rows, MIOU)
   assert '| 0% (dense θ_p, 1 seed) |' in text and 'over 1 seed (the dense networks over 1)' in text
+  assert 'Training from scratch: 42.00 (one run). Test' in text
+
+
+def test_a_theta_p_whose_dense_runs_did_not_train_is_named_under_the_table():
+  # Against a chance level of 65%: θ_Sup's dense runs (71 ± 1) trained, θ_SimCLR's (62)
+  # and θ_MoCo's (67, 2 points above) did not, so their bold cells mean nothing.
+  text = paper_report.markdown(_rows(), Metric('miou', 'mIoU', 'miou', chance=0.65))
+  smoke = [line for line in text.splitlines() if 'smoke run' in line]
+  assert [line.split(':')[0] for line in smoke] == ['θ_SimCLR', 'θ_MoCo']
+  assert 'the dense runs reach 67.00% ± 1.00 where chance is 65.00%' in smoke[1]
+  assert 'smoke run' not in paper_report.markdown(_rows(), MIOU)  # chance unknown: no word

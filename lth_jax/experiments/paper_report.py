@@ -20,7 +20,7 @@ from typing import Any
 
 from lth_jax.analysis.report import markdown_table
 from lth_jax.experiments.paper_transfer import SCRATCH, TASK_SPECIFIC
-from lth_jax.lottery import DENSE, result_files
+from lth_jax.lottery import DENSE, result_files, results
 from lth_jax.lottery.results import ONE_RUN, Headline
 from lth_jax.pruning import RANDOM_BASELINES
 from lth_jax.runtime import files, paths
@@ -82,7 +82,8 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: Headline) -> str:
     metric: the task's headline metric.
 
   Returns:
-    The table, then a line with training from scratch's mean ± std and each of its runs.
+    The table, then a line with training from scratch's mean ± std and each of its runs,
+    and a line for each θ_p whose dense runs did not train (`results.untrained`).
 
   Raises:
     ValueError: two rows of one curve fall on one sparsity (naming both tickets), or
@@ -109,12 +110,17 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: Headline) -> str:
   columns = _columns(rows)
   table = [[label, *(_cell(line[m], key) if m in line else '' for m, _ in columns)]
            for label, line in lines.items()]
-  runs = ', '.join(f'{100 * r[key]:.2f}' for r in scratch['runs'])
+  runs = (' (' + ', '.join(f'{100 * r[key]:.2f}' for r in scratch['runs']) + ')'
+          if len(scratch['runs']) > 1 else '')
+  # Where a θ_p's dense runs did not train, its bold cells mean nothing: said under the table.
+  smoke = [f'{header.removesuffix(" tickets")}: {note}.' for m, header in columns for r in rows
+           if r['method'] == m and r['ticket'] == DENSE
+           and (note := results.untrained([run[key] for run in r['runs']], metric))]
   return (markdown_table(['sparsity', *(h for _, h in columns)], table)
-          + f'\n\nTraining from scratch: {_cell(scratch, key)} ({runs}). Test {metric.label} '
+          + f'\n\nTraining from scratch: {_cell(scratch, key)}{runs}. Test {metric.label} '
           f'at the best validation epoch, mean ± std over {_seeds(seeds)} (the dense '
           f'networks over {dense_seeds}); bold: matching, within one std of the same '
-          "pre-training's dense transfer.\n")
+          "pre-training's dense transfer.\n" + ''.join(f'\n{line}\n' for line in smoke))
 
 
 def write(workdir: str, task: str, rows: Sequence[Mapping[str, Any]],
