@@ -96,10 +96,11 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: Headline) -> str:
                      'over training from scratch.')
   dense_seeds = max(len(r['runs']) for r in rows if r['ticket'] == DENSE)
   seeds = max((len(r['runs']) for r in rows if r['sparsity'] > 0), default=dense_seeds)
+  dense_label = f'0% (dense θ_p, {_seeds(dense_seeds)})'
   lines: dict[str, dict[str, Mapping[str, Any]]] = {}
   for row in sorted((r for r in rows if r is not scratch), key=lambda r: r['sparsity']):
     # Every pre-training's dense row is on the first line, in its own column.
-    label = (f'0% (dense θ_p, {_seeds(dense_seeds)})' if row['ticket'] == DENSE
+    label = (dense_label if row['ticket'] == DENSE
              else f'{result_files.sparsity_label(100 * (1 - row["sparsity"]))}%')
     line = lines.setdefault(label, {})
     if row['method'] in line:
@@ -113,9 +114,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], metric: Headline) -> str:
   runs = (' (' + ', '.join(f'{100 * r[key]:.2f}' for r in scratch['runs']) + ')'
           if len(scratch['runs']) > 1 else '')
   # Where a θ_p's dense runs did not train, its bold cells mean nothing: said under the table.
-  smoke = [f'{header.removesuffix(" tickets")}: {note}.' for m, header in columns for r in rows
-           if r['method'] == m and r['ticket'] == DENSE
-           and (note := results.untrained([run[key] for run in r['runs']], metric))]
+  dense = lines[dense_label]
+  smoke = [f'{header.removesuffix(" tickets")}: {note}.' for m, header in columns if m in dense
+           and (note := results.untrained([run[key] for run in dense[m]['runs']], metric))]
   return (markdown_table(['sparsity', *(h for _, h in columns)], table)
           + f'\n\nTraining from scratch: {_cell(scratch, key)}{runs}. Test {metric.label} '
           f'at the best validation epoch, mean ± std over {_seeds(seeds)} (the dense '

@@ -171,9 +171,10 @@ def _shown(devices: Mapping[str, int]) -> str:
   return f'{mesh} device(s)' + (f' ({per_run} a run, side by side)' if per_run != mesh else '')
 
 
-def _check_environment(workdir: str, recorded: Mapping[str, Any],
+def _check_environment(workdir: str, recorded: Mapping[str, Any], here: Mapping[str, Any],
                        devices: Mapping[str, int] | None, rules: ResumeRules) -> None:
-  """Refuses a resume on another device count; warns under other versions or machines."""
+  """Refuses a resume on another device count; warns under other versions or machines
+  than `here`'s (this process's 'versions' and 'machine')."""
   old = recorded.get('devices')
   if devices is not None and old is not None and old != dict(devices):
     raise WorkdirError(
@@ -182,14 +183,13 @@ def _check_environment(workdir: str, recorded: Mapping[str, Any],
         f'one would mix runs of both. Resume it on {_shown(old)} ({rules.devices_fix(old)}), '
         'or use a new --workdir.')
   shown = lambda items: ', '.join(f'{k} {v}' for k, v in sorted(items.items()))
-  for key, current, between in (('versions', versions(), 'versions'),
-                                ('machine', machine(), 'machines')):
+  for key, between in (('versions', 'versions'), ('machine', 'machines')):
     # A workdir written before the key was recorded says nothing about it.
-    if recorded.get(key) not in (None, current):
+    if recorded.get(key) not in (None, here[key]):
       logging.warning(
           '%s was started under %s and this run uses %s: results may differ between %s, '
           'so the runs added now may not match the recorded ones exactly.', workdir,
-          shown(recorded[key]), shown(current), between)
+          shown(recorded[key]), shown(here[key]), between)
 
 
 def _existing(workdir: str, patterns: Sequence[str]) -> list[str]:
@@ -293,11 +293,12 @@ def claim(workdir: str, record: Mapping[str, Any], *, rules: ResumeRules = Resum
   current = json.loads(json.dumps(dict(record)))  # JSON values only, as read back
   recorded = read_experiment(workdir)
   resumed = recorded is not None
-  environment = {'versions': versions(), 'machine': machine()}
+  here = {'versions': versions(), 'machine': machine()}
+  environment = dict(here)
   if resumed:
     # Fingerprints are rewritten below: one that cannot be read counts as missing.
     recorded_inputs = files.read_json(os.path.join(workdir, INPUTS_FILE), {})
-    environment = dict(recorded.pop(ENVIRONMENT, None) or environment)
+    environment = dict(recorded.pop(ENVIRONMENT, None) or here)
     old = {**_flatten(defaults or {}), **_flatten(recorded)}
     same_inputs = {f for f, fingerprint in inputs.items()
                    if recorded_inputs.get(f) == fingerprint}
@@ -307,7 +308,7 @@ def claim(workdir: str, record: Mapping[str, Any], *, rules: ResumeRules = Resum
           f'{workdir} holds another experiment (config differs in '
           f'{"; ".join(refused[:8])}). Use a new --workdir, or resume it with its recorded '
           f'config: {rules.rerun_fix(path)}')
-    _check_environment(workdir, environment, devices, rules)
+    _check_environment(workdir, environment, here, devices, rules)
   if devices is not None:
     environment['devices'] = dict(devices)
   if sharding.is_chief():
