@@ -15,7 +15,7 @@ import pytest
 from lth_jax import errors, experiments, masks
 from lth_jax.experiments import config as config_lib
 from lth_jax.lottery import iterative_pruning as imp, rounds
-from lth_jax.runtime import sharding
+from lth_jax.runtime import scheduler as scheduler_lib, sharding
 from lth_jax.runtime.scheduler import Scheduler
 
 
@@ -132,6 +132,20 @@ def test_progress_names_the_runs_in_flight_and_an_experiment_eta(monkeypatch):
   resumed.map(lambda item, mesh: time.sleep(1.0), ['a', 'b'])
   # One run timed (1 s), 2 left on 2 device groups: about 1 s.
   assert any('8/10 runs done, experiment ETA 0m01s' in line for line in said), said
+  # A run resumed part-way counts as done but not in the time per run: the ETA stays
+  # that of the whole run (1 s a run, 1 left), not the mean with the resumed one's 0 s.
+  def run(resumed, mesh):
+    if resumed:
+      scheduler_lib.resumed_part_way()
+    else:
+      time.sleep(1.0)
+  killed = Scheduler(None, total_runs=4)
+  said.clear()
+  killed.map(run, [True, False, True])
+  assert [re.sub(r' in \d+m\d+s', '', line) for line in said] == [
+      '  done True (resumed); 1/4 runs done, experiment ETA after the first whole run',
+      '  done False; 2/4 runs done, experiment ETA 0m02s',
+      '  done True (resumed); 3/4 runs done, experiment ETA 0m01s']
   # The count an IMP run feeds it: a dense round of 3 seeds, then 1 seed a round.
   spec = imp.ImpSpec(num_rounds=3, seeds=(0,), dense_seeds=(0, 1, 2))
   assert spec.num_runs == 5

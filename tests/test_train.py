@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 
 from lth_jax import errors
 from lth_jax.runtime import sharding
+from lth_jax.runtime.scheduler import Scheduler
 from lth_jax.tasks.classification import cross_entropy, evaluate
 from lth_jax.training import loop as fit_lib
 from lth_jax.training import optim
@@ -292,7 +294,7 @@ def test_one_compile_serves_every_round(tiny, tmp_path):
 
 
 @pytest.mark.parametrize('async_checkpoints', [False, True])
-def test_fit_resumes_bit_identically(tiny, tmp_path, async_checkpoints):
+def test_fit_resumes_bit_identically(tiny, tmp_path, async_checkpoints, monkeypatch):
   model, variables, masks = tiny
   config = recipe()
   # Background writes (the accelerator default) keep every checkpoint a crash needs.
@@ -304,7 +306,14 @@ def test_fit_resumes_bit_identically(tiny, tmp_path, async_checkpoints):
   for crash_at in (2, 5):
     with pytest.raises(SimulatedCrash):
       run_fit(model, variables, masks, crashed, config, crash_at_step=crash_at, **kwargs)
-  resumed = run_fit(model, variables, masks, crashed, config, **kwargs)
+  said = []
+  monkeypatch.setattr('lth_jax.runtime.console.say', said.append)
+  progress = Scheduler(None, total_runs=3)
+  [resumed] = progress.map(lambda _, mesh: run_fit(model, variables, masks, crashed, config,
+                                                   **kwargs), [0], names=['crashed'])
+  # A run resumed part-way took part of a run's time: no measure for the ETA.
+  assert [re.sub(r'\d+m\d+s', 'T', line) for line in said] == [
+      '  done crashed in T (resumed); 1/3 runs done, experiment ETA after the first whole run']
   # A finished run is returned from its checkpoint, without training.
   again = run_fit(model, variables, masks, crashed, config, crash_at_step=0, **kwargs)
 

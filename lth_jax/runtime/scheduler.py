@@ -31,6 +31,19 @@ from lth_jax.runtime import console, sharding
 T = TypeVar('T')
 R = TypeVar('R')
 
+# Per thread: whether the run that `Scheduler` is timing there resumed part-way.
+_current = threading.local()
+
+
+def resumed_part_way() -> None:
+  """Says that the run going on in this thread resumed from an earlier process's work.
+
+  Its time is then no measure of a whole run: it counts as done, but not in the ETA's
+  time per run (a run killed at 93% and resumed takes seconds). Outside a `Scheduler`
+  job it does nothing.
+  """
+  _current.resumed = True
+
 
 def _duration(seconds: float) -> str:
   minutes, secs = divmod(int(round(seconds)), 60)
@@ -152,6 +165,7 @@ class Scheduler:
         console.say(f'  start {name} on device(s) {where}; in flight: '
                     f'{", ".join(self._in_flight)}')
     tic = time.time()
+    _current.resumed = False
     try:
       result = job(item, mesh)
     finally:
@@ -160,10 +174,12 @@ class Scheduler:
     # A run that failed or was interrupted is not done: it neither counts nor times.
     with self._lock:
       self._done += 1
-      self._runs_timed += 1
-      self._busy_seconds += time.time() - tic
+      if not _current.resumed:
+        self._runs_timed += 1
+        self._busy_seconds += time.time() - tic
       if self.concurrent > 1 or self.total_runs:
-        console.say(f'  done {name} in {_duration(time.time() - tic)}{self._eta()}')
+        resumed = ' (resumed)' if _current.resumed else ''
+        console.say(f'  done {name} in {_duration(time.time() - tic)}{resumed}{self._eta()}')
     return result
 
   def _eta(self) -> str:
@@ -171,6 +187,9 @@ class Scheduler:
       return ''
     if self._done >= self.total_runs:
       return f'; {self._done}/{self.total_runs} runs done'
+    progress = f'; {self._done}/{self.total_runs} runs done, experiment ETA'
+    if not self._runs_timed:
+      return f'{progress} after the first whole run'
     left = self.total_runs - self._done
     eta = self._busy_seconds / self._runs_timed * left / self.concurrent
-    return f'; {self._done}/{self.total_runs} runs done, experiment ETA {_duration(eta)}'
+    return f'{progress} {_duration(eta)}'

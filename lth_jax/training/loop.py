@@ -27,7 +27,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lth_jax.errors import DivergenceError
-from lth_jax.runtime import sharding
+from lth_jax.runtime import scheduler, sharding
 from lth_jax.training import reporting, run_checkpoints
 from lth_jax.training.evaluators import Evaluator, add_sequentially
 from lth_jax.training.optim import Recipe
@@ -85,6 +85,7 @@ def _begin(manager: ocp.CheckpointManager, steps: TrainSteps, start: tuple[Any, 
     state, meta, rewind, best = run_checkpoints.restore(manager, state, steps.mesh, metric)
     logging.info('Resuming %s at epoch %d, step %d.', checkpoint_dir, meta['epoch'],
                  meta['step'])
+    scheduler.resumed_part_way()
     if rewind is None and rewind_step is not None and rewind_step < meta['step']:
       raise ValueError(f'{checkpoint_dir} holds a run without rewind_step={rewind_step} '
                        f'that is past that step; use a new checkpoint_dir.')
