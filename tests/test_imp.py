@@ -32,9 +32,10 @@ def start() -> dict:
 class FakeFinetune:
   """Records each call; 'trains' by adding seeded noise to the unpruned weights."""
 
-  def __init__(self, crash_on_call: int | None = None):
+  def __init__(self, crash_on_call: int | None = None, seconds: float | None = None):
     self.calls = []
     self.crash_on_call = crash_on_call
+    self.seconds = seconds  # what each run says it took (None: it does not time itself)
 
   def __call__(self, variables, m, *, seed, checkpoint_dir, rewind_step=None,
                continue_from=None):
@@ -57,7 +58,7 @@ class FakeFinetune:
     return training.FitResult(metric='accuracy', best_val=acc, best_epoch=1, test=acc, test_metrics={'accuracy': acc}, history=[],
                            variables={'params': trained,
                                       'batch_stats': variables['batch_stats']},
-                           rewind_variables=early)
+                           rewind_variables=early, seconds=self.seconds)
 
 
 def _kept(m) -> int:
@@ -101,8 +102,10 @@ def test_finished_rounds_are_never_recomputed_and_a_crash_resumes(tmp_path, star
   crashing = FakeFinetune(crash_on_call=5)  # round 2, seed 1
   with pytest.raises(KeyboardInterrupt):
     imp.run_imp(str(tmp_path), spec, start, crashing)
-  resumed = FakeFinetune()
+  resumed = FakeFinetune(seconds=2.5)
   records = imp.run_imp(str(tmp_path), spec, start, resumed)
+  # A round's time is its runs' own, which holds a resumed run's time before the kill.
+  assert [r['seconds'] for r in records[2:]] == [5.0, 5.0]
   # Only the unfinished rounds ran again: round 2 (both seeds) and round 3.
   assert [c['dir'].split(os.sep)[-2:] for c in resumed.calls] == [
       ['round_02', 'seed_0'], ['round_02', 'seed_1'], ['round_03', 'seed_0'],

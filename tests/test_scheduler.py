@@ -142,10 +142,19 @@ def test_progress_names_the_runs_in_flight_and_an_experiment_eta(monkeypatch):
   killed = Scheduler(None, total_runs=4)
   said.clear()
   killed.map(run, [True, False, True])
-  assert [re.sub(r' in \d+m\d+s', '', line) for line in said] == [
+  lines = [re.sub(r' in \d+m\d+s', '', line) for line in said]
+  assert [re.sub(r'ETA 0m0\ds$', 'ETA T', line) for line in lines] == [
       '  done True (resumed); 1/4 runs done, experiment ETA after the first whole run',
-      '  done False; 2/4 runs done, experiment ETA 0m02s',
-      '  done True (resumed); 3/4 runs done, experiment ETA 0m01s']
+      '  done False; 2/4 runs done, experiment ETA T',
+      '  done True (resumed); 3/4 runs done, experiment ETA T']
+  assert lines[1].endswith(('0m02s', '0m03s')) and lines[2].endswith(('0m01s', '0m02s'))
+  # Side by side, each job's thread says only its own run resumed.
+  said.clear()
+  Scheduler(jax.devices()[:2], devices_per_run=1, total_runs=4).map(run, [True, False])
+  done = sorted(line.split(' in ')[0] for line in said if line.startswith('  done'))
+  assert done == ['  done False', '  done True'] and [
+      line for line in said if '(resumed)' in line] == [
+          line for line in said if line.startswith('  done True')]
   # The count an IMP run feeds it: a dense round of 3 seeds, then 1 seed a round.
   spec = imp.ImpSpec(num_rounds=3, seeds=(0,), dense_seeds=(0, 1, 2))
   assert spec.num_runs == 5

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -309,13 +310,18 @@ def test_fit_resumes_bit_identically(tiny, tmp_path, async_checkpoints, monkeypa
   said = []
   monkeypatch.setattr('lth_jax.runtime.console.say', said.append)
   progress = Scheduler(None, total_runs=3)
+  tic = time.time()
   [resumed] = progress.map(lambda _, mesh: run_fit(model, variables, masks, crashed, config,
                                                    **kwargs), [0], names=['crashed'])
+  resume_seconds = time.time() - tic
   # A run resumed part-way took part of a run's time: no measure for the ETA.
   assert [re.sub(r'\d+m\d+s', 'T', line) for line in said] == [
       '  done crashed in T (resumed); 1/3 runs done, experiment ETA after the first whole run']
   # A finished run is returned from its checkpoint, without training.
   again = run_fit(model, variables, masks, crashed, config, crash_at_step=0, **kwargs)
+  # The resumed run's time holds the killed processes' too, up to their checkpoints; a run
+  # returned finished from its checkpoint keeps it.
+  assert resumed.seconds > resume_seconds and again.seconds == resumed.seconds
 
   for result in (resumed, again):
     assert result.history == straight.history

@@ -336,8 +336,9 @@ class _Execution:
     except DivergenceError as e:
       raise e.within(f'{self.name} round {step.round}, seed {step.seed}') from None
     with self._lock:
+      # A resumed run's own count holds the time before the kill too.
       self._trained.setdefault(step.round, {})[step.seed] = _Trained(
-          start, fit, time.time() - tic)
+          start, fit, time.time() - tic if fit.seconds is None else fit.seconds)
       del fit  # (held by the round alone, it is released once the round is recorded)
       r = self.rounds[step.round]
       if len(self._trained[r.index]) == len(r.train):

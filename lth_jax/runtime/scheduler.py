@@ -36,11 +36,11 @@ _current = threading.local()
 
 
 def resumed_part_way() -> None:
-  """Says that the run going on in this thread resumed from an earlier process's work.
+  """Says that the job going on in this thread resumed a run from checkpoints on disk.
 
-  Its time is then no measure of a whole run: it counts as done, but not in the ETA's
-  time per run (a run killed at 93% and resumed takes seconds). Outside a `Scheduler`
-  job it does nothing.
+  The job's time is then no measure of a whole run: it counts as done, but not in the
+  ETA's time per run (a run killed at 93% and resumed takes seconds). Outside a
+  `Scheduler` job it does nothing.
   """
   _current.resumed = True
 

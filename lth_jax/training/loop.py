@@ -15,6 +15,7 @@ is saved or evaluated.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -50,6 +51,9 @@ class FitResult:
     variables: final {'params', 'batch_stats'} (replicated jax arrays).
     rewind_variables: {'params', 'batch_stats'} after `rewind_step` optimizer steps,
       when asked for.
+    seconds: the time `fit` spent on the run, summed over every process that trained
+      it up to its last checkpoint (what a killed process did after its checkpoint was
+      done again, and counts once); None from a fine-tune that does not time itself.
   """
   metric: str
   best_val: float
@@ -59,6 +63,7 @@ class FitResult:
   history: list[dict[str, float]]
   variables: dict[str, Any]
   rewind_variables: dict[str, Any] | None
+  seconds: float | None = None
 
 
 def _copy(tree: Any) -> Any:
@@ -114,9 +119,11 @@ class _Loop:
   meta: dict[str, Any]
   rewind: Any | None
   best: Any | None
+  started: float  # when this process's `fit` began
 
   def __post_init__(self):
     self.step = self.meta['step']
+    self.seconds_before = self.meta['seconds']  # earlier processes' time on the run
 
   def train_epoch(self, epoch: int, train_batches: Callable[[int, int], Iterable[Batch]]
                   ) -> None:
@@ -159,7 +166,8 @@ class _Loop:
     pending.clear()
 
   def _checkpoint(self) -> None:
-    self.meta.update(step=self.step, has_rewind=self.rewind is not None)
+    self.meta.update(step=self.step, has_rewind=self.rewind is not None,
+                     seconds=self.seconds_before + time.time() - self.started)
     run_checkpoints.save(self.manager, self.state, self.meta, self.rewind, self.best)
 
   def end_epoch(self, epoch: int, num_epochs: int, evaluator: Evaluator, metric: str,
@@ -218,7 +226,7 @@ class _Loop:
     return FitResult(metric=metric, best_val=meta['best_val'], best_epoch=meta['best_epoch'],
                      test=meta['test_metrics'][metric], test_metrics=meta['test_metrics'],
                      history=meta['history'], variables=self.state.variables,
-                     rewind_variables=self.rewind)
+                     rewind_variables=self.rewind, seconds=meta['seconds'])
 
 
 def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recipe: Recipe, *,
@@ -276,6 +284,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
     NoSpaceError: the disk filled up while a checkpoint was written; the checkpoints
       before it are whole, and calling `fit` again (with space freed) resumes from them.
   """
+  started = time.time()
   if masks is not None:
     check_masks(variables['params'], masks)
   total_steps = recipe.num_epochs * steps_per_epoch
@@ -294,7 +303,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
                                        rewind_step=rewind_step, metric=metric)
     loop = _Loop(steps, manager, checkpoint_dir, masks, steps_per_epoch, rewind_step,
                  checkpoint_every_steps, reporting.LogProgress(total_steps, writer),
-                 state, meta, rewind, best)
+                 state, meta, rewind, best, started)
     for epoch in range(meta['epoch'], recipe.num_epochs):
       loop.train_epoch(epoch, train_batches)
       loop.end_epoch(epoch, recipe.num_epochs, evaluator, metric, writer)

@@ -29,9 +29,11 @@ from lth_jax.training.steps import TrainState
 
 def fresh_meta() -> dict[str, Any]:
   """The meta of a run that has not trained yet (`test_pending`: the best epoch's
-  variables are saved with the state, not yet tested)."""
+  variables are saved with the state, not yet tested; `seconds`: the time `fit` spent on
+  the run up to the save, over every process that trained it)."""
   return {'epoch': 0, 'step': 0, 'history': [], 'best_val': None, 'best_epoch': 0,
-          'test_metrics': {}, 'test_pending': False, 'train_sums': {}, 'has_rewind': False}
+          'test_metrics': {}, 'test_pending': False, 'train_sums': {}, 'has_rewind': False,
+          'seconds': 0.0}
 
 
 def upgrade_meta(meta: dict[str, Any], metric: str) -> dict[str, Any]:
@@ -41,7 +43,8 @@ def upgrade_meta(meta: dict[str, Any], metric: str) -> dict[str, Any]:
   `best_val_accuracy` (-1 before the first epoch) and `test_accuracy` (None before it)
   where today's keep `best_val` and `test_metrics`; such runs still resume. Those written
   while each improvement was tested at once have no `test_pending`: their best epoch's
-  test metrics are in `test_metrics`.
+  test metrics are in `test_metrics`. Those written before runs were timed have no
+  `seconds`: the time before them is not known, and counts as 0.
 
   Args:
     meta: the meta a checkpoint holds (changed in place).
@@ -51,6 +54,7 @@ def upgrade_meta(meta: dict[str, Any], metric: str) -> dict[str, Any]:
     `meta`.
   """
   meta.setdefault('test_pending', False)
+  meta.setdefault('seconds', 0.0)
   if 'best_val_accuracy' in meta:
     best, test = meta.pop('best_val_accuracy'), meta.pop('test_accuracy')
     meta['best_val'] = None if best < 0 else best
