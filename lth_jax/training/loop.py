@@ -253,8 +253,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
     steps_per_epoch: batches `train_batches` yields per epoch.
     checkpoint_dir: where the run's checkpoints live; an existing run there resumes.
     evaluator: (variables, split) -> named metrics on 'val' or 'test'.
-    metric: the headline metric of `evaluator` that picks the best epoch (higher is
-      better).
+    metric: the headline metric of `evaluator` that picks the best epoch (higher: better).
     objective: the training loss (an `Objective` or a `StatefulObjective`).
     mesh: the device mesh; all devices by default.
     is_head: top-level parameter name -> whether it is the head's (for
