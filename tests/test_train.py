@@ -300,28 +300,33 @@ def test_fit_resumes_bit_identically(tiny, tmp_path, async_checkpoints, monkeypa
   config = recipe()
   # Background writes (the accelerator default) keep every checkpoint a crash needs.
   kwargs = dict(checkpoint_every_steps=2, rewind_step=4, async_checkpoints=async_checkpoints)
+  tic = time.monotonic()
   straight = run_fit(model, variables, masks, tmp_path / 'straight', config, **kwargs)
+  assert 0 < straight.seconds <= time.monotonic() - tic
 
   crashed = tmp_path / 'crashed'
   # Crash mid-epoch 0 (after the step-2 checkpoint), then mid-epoch 1 (after step 4).
+  tic = time.monotonic()
   for crash_at in (2, 5):
     with pytest.raises(SimulatedCrash):
       run_fit(model, variables, masks, crashed, config, crash_at_step=crash_at, **kwargs)
+  crashes_seconds = time.monotonic() - tic
   said = []
   monkeypatch.setattr('lth_jax.runtime.console.say', said.append)
   progress = Scheduler(None, total_runs=3)
-  tic = time.time()
+  tic = time.monotonic()
   [resumed] = progress.map(lambda _, mesh: run_fit(model, variables, masks, crashed, config,
                                                    **kwargs), [0], names=['crashed'])
-  resume_seconds = time.time() - tic
+  resume_seconds = time.monotonic() - tic
   # A run resumed part-way took part of a run's time: no measure for the ETA.
   assert [re.sub(r'\d+m\d+s', 'T', line) for line in said] == [
       '  done crashed in T (resumed); 1/3 runs done, experiment ETA after the first whole run']
   # A finished run is returned from its checkpoint, without training.
   again = run_fit(model, variables, masks, crashed, config, crash_at_step=0, **kwargs)
-  # The resumed run's time holds the killed processes' too, up to their checkpoints; a run
-  # returned finished from its checkpoint keeps it.
-  assert resumed.seconds > resume_seconds and again.seconds == resumed.seconds
+  # The resumed run's time holds the killed processes' too, up to their checkpoints (each
+  # counted once); a run returned finished from its checkpoint keeps it.
+  assert resume_seconds < resumed.seconds <= resume_seconds + crashes_seconds
+  assert again.seconds == resumed.seconds
 
   for result in (resumed, again):
     assert result.history == straight.history
@@ -350,13 +355,15 @@ def test_a_run_checkpointed_in_the_accuracy_only_format_resumes(tiny, tmp_path):
   meta = json.loads(meta_file.read_text())
   # That format tested each improvement at once (here the first epoch's test accuracy),
   # and saved no best variables.
-  del meta['test_pending'], meta['test_metrics']
+  del meta['test_pending'], meta['test_metrics'], meta['seconds']  # (nor timed its runs)
   shutil.rmtree(meta_file.parent.parent / 'best')
   test = every_epoch[0]['accuracy']
   best = meta.pop('best_val')
   meta.update(best_val_accuracy=best, test_accuracy=test)  # the accuracy-only format's keys
   meta_file.write_text(json.dumps(meta))
+  tic = time.monotonic()
   resumed = run_fit(model, variables, masks, old, config)
+  assert 0 < resumed.seconds <= time.monotonic() - tic  # the time before counts as 0
   assert (resumed.best_val, resumed.best_epoch, resumed.test) == (
       straight.best_val, straight.best_epoch, straight.test)
   assert resumed.history == straight.history

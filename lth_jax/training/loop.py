@@ -52,8 +52,9 @@ class FitResult:
     rewind_variables: {'params', 'batch_stats'} after `rewind_step` optimizer steps,
       when asked for.
     seconds: the time `fit` spent on the run, summed over every process that trained
-      it up to its last checkpoint (what a killed process did after its checkpoint was
-      done again, and counts once); None from a fine-tune that does not time itself.
+      it, each up to the start of its last save (what a killed process did after its
+      last checkpoint was done again, and counts once); None from a fine-tune that does
+      not time itself.
   """
   metric: str
   best_val: float
@@ -167,7 +168,7 @@ class _Loop:
 
   def _checkpoint(self) -> None:
     self.meta.update(step=self.step, has_rewind=self.rewind is not None,
-                     seconds=self.seconds_before + time.time() - self.started)
+                     seconds=self.seconds_before + time.monotonic() - self.started)
     run_checkpoints.save(self.manager, self.state, self.meta, self.rewind, self.best)
 
   def end_epoch(self, epoch: int, num_epochs: int, evaluator: Evaluator, metric: str,
@@ -283,7 +284,7 @@ def fit(model: nn.Module, variables: Mapping[str, Any], masks: Any | None, recip
     NoSpaceError: the disk filled up while a checkpoint was written; the checkpoints
       before it are whole, and calling `fit` again (with space freed) resumes from them.
   """
-  started = time.time()
+  started = time.monotonic()
   if masks is not None:
     check_masks(variables['params'], masks)
   total_steps = recipe.num_epochs * steps_per_epoch
