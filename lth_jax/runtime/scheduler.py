@@ -172,14 +172,15 @@ class Scheduler:
       with self._lock:
         del self._in_flight[name]
     # A run that failed or was interrupted is not done: it neither counts nor times.
+    seconds = time.time() - tic
     with self._lock:
       self._done += 1
       if not _current.resumed:
         self._runs_timed += 1
-        self._busy_seconds += time.time() - tic
+        self._busy_seconds += seconds
       if self.concurrent > 1 or self.total_runs:
         resumed = ' (resumed)' if _current.resumed else ''
-        console.say(f'  done {name} in {_duration(time.time() - tic)}{resumed}{self._eta()}')
+        console.say(f'  done {name} in {_duration(seconds)}{resumed}{self._eta()}')
     return result
 
   def _eta(self) -> str:
